@@ -1,0 +1,106 @@
+"""The settings of a run: one validated, immutable record, stored with the run.
+
+The CLI builds a :class:`RunSettings` from its options; ``rerun`` rebuilds the same
+record from the ledger, so a later pass sends exactly what the first one did. Header
+lines are stored as typed, with ``${VAR}`` unexpanded: secrets stay in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+
+from engine.errors import UsageError
+from engine.policy import RetryPolicy
+from engine.template import RequestSpec
+from engine.transport import TransportOptions
+from engine.worker import WorkerConfig
+
+#: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Everything that decides what a run sends and how; JSON-serialisable, secret-free."""
+
+    url: str
+    method: str = "POST"
+    headers: tuple[str, ...] = ()
+    secret_headers: tuple[str, ...] = ()
+    body_template: str | None = None
+    form: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    id_field: str = "id"
+    priority_field: str | None = None
+    idempotency_header: str = "Idempotency-Key"
+    idempotency_key_field: str | None = None
+    idempotency: bool = True
+    workers: int = field(default_factory=default_workers)
+    concurrency: int = 100
+    chunks: int = 100
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 120.0
+    connect_timeout: float = 10.0
+    timeout: float = 30.0
+    insecure: bool = False
+    ca_bundle: str | None = None
+
+    def __post_init__(self):
+        for name in ("workers", "concurrency", "chunks", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        for name in ("connect_timeout", "timeout"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        self._check_secret_headers()
+
+    def _check_secret_headers(self) -> None:
+        secret = SECRET_HEADERS | {name.lower() for name in self.secret_headers}
+        for line in self.headers:
+            name, _, value = line.partition(":")
+            if name.strip().lower() in secret and not _ENV_REF.search(value):
+                raise UsageError(
+                    f"--header {name.strip()}: a secret must come from the environment, "
+                    f"e.g. --header '{name.strip()}: Bearer ${{API_TOKEN}}'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides) -> "RunSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def request_spec(self) -> RequestSpec:
+        """The request template, with ``${VAR}`` expanded from this process's environment."""
+        return RequestSpec.build(
+            self.url, method=self.method, header_lines=self.headers, body_template_text=self.body_template,
+            form=self.form, allow_hosts=self.allow_hosts,
+            idempotency_header=self.idempotency_header if self.idempotency else None,
+        )
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts, backoff_base=self.backoff_base,
+                           backoff_cap=self.backoff_cap, retry_after_cap=self.retry_after_cap,
+                           idempotent=self.idempotency)
+
+    def worker_config(self) -> WorkerConfig:
+        transport = TransportOptions(connect_timeout=self.connect_timeout, timeout=self.timeout,
+                                     verify_tls=not self.insecure, ca_bundle=self.ca_bundle)
+        return WorkerConfig(spec=self.request_spec(), policy=self.policy(), transport=transport,
+                            concurrency=self.concurrency, chunk_size=self.chunks)

@@ -1,0 +1,251 @@
+"""The coordinator: it loads the input into the ledger, feeds the pool, records the results.
+
+It is the ledger's only writer. Loading happens before anything is sent (write-ahead):
+a row that is in flight when a process dies is still ``pending`` or ``retrying`` in
+the ledger, and the next pass sends it again with the same Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from engine.config import RunSettings
+from engine.errors import InputError, TemplateError
+from engine.inputs import Row
+from engine.ledger import Attempt, Dispatch, DuplicateRow, Ledger
+from engine.policy import RETRYING, SUCCEEDED
+from engine.pool import WorkerPool
+from engine.template import CompiledRequest
+
+#: Rows per insert transaction while loading.
+LOAD_BATCH = 2000
+#: How long the coordinator waits for worker messages before looking around again (s).
+EVENT_WAIT = 0.2
+#: Extra time, beyond --timeout, that workers get to finish in-flight transfers on Ctrl-C (s).
+DRAIN_GRACE = 5.0
+
+
+def load_rows(ledger: Ledger, run_id: str, rows: Iterable[Row], settings: RunSettings,
+              source: str, on_progress: Callable[[int], None] = lambda n: None) -> int:
+    """Validate every row and write it to the ledger as ``pending``; return how many.
+
+    Raises :class:`InputError` at the first bad row; the caller then deletes the run, so
+    nothing of a bad input is ever sent.
+    """
+    compiled = CompiledRequest(settings.request_spec())
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    validator = _RowValidator(compiled, settings, source)
+    batch, total = [], 0
+    for row in rows:
+        priority = validator.check(row)
+        key = validator.idempotency_key(row, run_id)
+        batch.append((row.line, row.row_id, priority, encode(row.fields), key))
+        if len(batch) >= LOAD_BATCH:
+            total += _insert(ledger, run_id, batch, source)
+            on_progress(total)
+            batch = []
+    if batch:
+        total += _insert(ledger, run_id, batch, source)
+        on_progress(total)
+    return total
+
+
+def _insert(ledger: Ledger, run_id: str, batch: list, source: str) -> int:
+    try:
+        ledger.insert_requests(run_id, batch)
+    except DuplicateRow as dup:
+        raise InputError(source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})",
+                         "id") from None
+    return len(batch)
+
+
+class _RowValidator:
+    """Checks a row against the templates and options before it may enter the ledger."""
+
+    def __init__(self, compiled: CompiledRequest, settings: RunSettings, source: str):
+        self.compiled, self.settings, self.source = compiled, settings, source
+        self.checks_rows = compiled.host_is_dynamic or bool(compiled.header_fields)
+
+    def check(self, row: Row) -> float:
+        missing = self.compiled.missing_fields(row.fields)
+        if missing:
+            raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
+        if self.checks_rows:
+            try:
+                self.compiled.check(row.fields)
+            except TemplateError as err:
+                raise InputError(self.source, row.line, str(err)) from None
+        return self._priority(row)
+
+    def _priority(self, row: Row) -> float:
+        name = self.settings.priority_field
+        if not name:
+            return 0.0
+        value = row.fields.get(name)
+        if value in (None, ""):
+            return 0.0
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(self.source, row.line, f"priority must be a number, found {value!r}", name) from None
+
+    def idempotency_key(self, row: Row, run_id: str) -> str:
+        name = self.settings.idempotency_key_field
+        if not name:
+            return f"{run_id}:{row.row_id}"
+        value = row.fields.get(name)
+        if value in (None, ""):
+            raise InputError(self.source, row.line, "idempotency key is missing or empty", name)
+        return str(value)
+
+
+@dataclass
+class PassTally:
+    """Counts a pass keeps as results arrive, for progress and the end-of-pass line."""
+
+    attempts: int = 0
+    succeeded: int = 0
+    not_succeeded: int = 0
+    retries: int = 0
+    by_state: dict = field(default_factory=dict)
+
+    def add(self, attempt: Attempt) -> None:
+        self.attempts += 1
+        if attempt.outcome == RETRYING:
+            self.retries += 1
+            return
+        self.by_state[attempt.outcome] = self.by_state.get(attempt.outcome, 0) + 1
+        if attempt.outcome == SUCCEEDED:
+            self.succeeded += 1
+        else:
+            self.not_succeeded += 1
+
+
+class StopRequest:
+    """SIGINT/SIGTERM become a counter the pass loop reads: 1 = drain, 2 = abort now."""
+
+    def __init__(self):
+        self.count = 0
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Pass:
+    """One pass over a run: every row in ``states`` is sent until it reaches a final state."""
+
+    def __init__(self, ledger: Ledger, run_id: str, settings: RunSettings, states: Iterable[str],
+                 progress=None, events=None, stop: StopRequest | None = None):
+        self.ledger, self.run_id, self.settings = ledger, run_id, settings
+        self.pages: Iterator[list[Dispatch]] | None = ledger.iter_to_send(run_id, tuple(states))
+        self.backlog: deque[Dispatch] = deque()
+        self.outstanding: dict[int, dict[int, Dispatch]] = {}
+        self.hungry: dict[int, int] = {}
+        self.tally = PassTally()
+        self.progress = progress
+        self.events = events
+        self.stop = stop or StopRequest()
+        self.interrupted = False
+
+    def run(self, pool_factory=WorkerPool) -> PassTally:
+        config = self.settings.worker_config()
+        with pool_factory(self.settings.workers, config) as pool:
+            self.outstanding = {index: {} for index in range(self.settings.workers)}
+            while not self._done():
+                if self.stop.count:
+                    self._drain(pool)
+                    break
+                self._handle_events(pool, EVENT_WAIT)
+                self._serve_hungry(pool)
+            else:
+                pool.stop()
+                pool.join(5)
+        return self.tally
+
+    def _done(self) -> bool:
+        return self.pages is None and not self.backlog and not any(self.outstanding.values())
+
+    def _handle_events(self, pool: WorkerPool, timeout: float) -> None:
+        messages, dead = pool.events(timeout)
+        for message in messages:
+            if message.attempts:
+                self._record(message.worker, message.attempts)
+            if message.want:
+                self.hungry[message.worker] = message.want
+        for index in dead:
+            self._salvage(pool, index)
+
+    def _record(self, worker: int, attempts: list[Attempt]) -> None:
+        self.ledger.record(self.run_id, attempts)
+        outstanding = self.outstanding[worker]
+        for attempt in attempts:
+            self.tally.add(attempt)
+            if attempt.outcome != RETRYING:
+                outstanding.pop(attempt.rid, None)
+            if self.events is not None and attempt.outcome != SUCCEEDED:
+                self.events.failed_attempt(self.run_id, attempt)
+        if self.progress is not None:
+            self.progress.update(self.tally)
+
+    def _salvage(self, pool: WorkerPool, index: int) -> None:
+        """A worker died: its unfinished rows go back to the front of the queue; a new worker starts."""
+        lost = list(self.outstanding[index].values())
+        self.outstanding[index] = {}
+        self.backlog.extendleft(reversed(lost))
+        self.hungry.pop(index, None)
+        if self.events is not None:
+            self.events.emit("worker_died", run_id=self.run_id, worker=index, requeued=len(lost))
+        if not self.stop.count:
+            pool.replace(index)
+
+    def _serve_hungry(self, pool: WorkerPool) -> None:
+        for index, want in list(self.hungry.items()):
+            rows = self._take(want)
+            if not rows:
+                return
+            del self.hungry[index]
+            self.outstanding[index].update((row.rid, row) for row in rows)
+            pool.send_rows(index, rows)
+
+    def _take(self, want: int) -> list[Dispatch]:
+        """Up to ``want`` rows, rounded up to whole chunks, from the re-queued rows then the ledger."""
+        chunk = self.settings.chunks
+        count = max(chunk, -(-want // chunk) * chunk)
+        while len(self.backlog) < count and self.pages is not None:
+            page = next(self.pages, None)
+            if page is None:
+                self.pages = None
+            else:
+                self.backlog.extend(page)
+        return [self.backlog.popleft() for _ in range(min(count, len(self.backlog)))]
+
+    def _drain(self, pool: WorkerPool) -> None:
+        """Ctrl-C: let in-flight transfers finish and be recorded; a second Ctrl-C stops at once."""
+        self.interrupted = True
+        pool.drain()
+        deadline = time.monotonic() + self.settings.timeout + DRAIN_GRACE
+        while pool.live() and time.monotonic() < deadline and self.stop.count < 2:
+            self._handle_events_no_replace(pool)
+
+    def _handle_events_no_replace(self, pool: WorkerPool) -> None:
+        messages, _dead = pool.events(EVENT_WAIT)
+        for message in messages:
+            if message.attempts:
+                self._record(message.worker, message.attempts)

@@ -1,0 +1,147 @@
+"""Streaming the input rows: CSV with a header, JSON Lines, or standard input.
+
+Rows are yielded one at a time so a file of any length is read in constant memory.
+Every problem is raised as an :class:`InputError` that names the file, the line and,
+where there is one, the field.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from engine.errors import InputError, UsageError
+
+FORMATS = ("csv", "jsonl")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input row: where it came from, its unique id and its fields."""
+
+    line: int
+    row_id: str
+    fields: dict[str, Any]
+
+
+def detect_format(path: str, given: str | None) -> str:
+    """The format named by ``--format``, or by the file's extension."""
+    if given:
+        return given
+    lowered = path.lower()
+    if lowered.endswith(".csv"):
+        return "csv"
+    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    where = "standard input" if path == "-" else path
+    raise UsageError(f"{where}: cannot tell the format from the name; pass --format csv or --format jsonl")
+
+
+@contextmanager
+def _open_text(path: str):
+    if path == "-":
+        yield io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        return
+    try:
+        handle = open(path, encoding="utf-8", newline="")
+    except OSError as err:
+        raise InputError(path, None, f"cannot open: {err.strerror}") from None
+    with handle:
+        yield handle
+
+
+def read_rows(path: str, fmt: str, id_field: str) -> Iterator[Row]:
+    """Yield every row of ``path`` in order, or raise the first problem found."""
+    name = "<stdin>" if path == "-" else path
+    reader = _read_csv if fmt == "csv" else _read_jsonl
+    with _open_text(path) as handle:
+        try:
+            yield from reader(handle, name, id_field)
+        except UnicodeDecodeError as err:
+            raise InputError(name, _line_of_offset(path, err), f"not valid UTF-8 ({err.reason})") from None
+        except OSError as err:
+            raise InputError(name, None, f"cannot read: {err.strerror or err}") from None
+
+
+def _read_csv(handle, name: str, id_field: str) -> Iterator[Row]:
+    reader = csv.reader(handle, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError(name, 1, "empty file: expected a header row") from None
+    except csv.Error as err:
+        raise InputError(name, reader.line_num or 1, f"malformed CSV header: {err}") from None
+    header = [column.strip() for column in header]
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    if id_field not in header:
+        raise InputError(name, 1, f"missing column (the header has: {', '.join(header)})", id_field)
+    _check_header(name, header)
+    width, id_index = len(header), header.index(id_field)
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(name, reader.line_num, f"malformed CSV row: {err}") from None
+        if not values:
+            continue
+        line = reader.line_num
+        if len(values) != width:
+            raise InputError(name, line, f"expected {width} fields as in the header, found {len(values)}")
+        row_id = values[id_index].strip()
+        if not row_id:
+            raise InputError(name, line, "empty id", id_field)
+        yield Row(line, row_id, dict(zip(header, values)))
+
+
+def _check_header(name: str, header: list[str]) -> None:
+    seen = set()
+    for column in header:
+        if not column:
+            raise InputError(name, 1, "the header has an empty column name")
+        if column in seen:
+            raise InputError(name, 1, "column appears twice in the header", column)
+        seen.add(column)
+
+
+def _read_jsonl(handle, name: str, id_field: str) -> Iterator[Row]:
+    for line, text in enumerate(handle, start=1):
+        if not text.strip():
+            continue
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(name, line, f"malformed JSON: {err.msg} at column {err.colno}") from None
+        if not isinstance(fields, dict):
+            raise InputError(name, line, f"expected a JSON object, found {type(fields).__name__}")
+        if id_field not in fields:
+            raise InputError(name, line, "missing", id_field)
+        row_id = fields[id_field]
+        if isinstance(row_id, (dict, list, bool)) or row_id is None or str(row_id).strip() == "":
+            raise InputError(name, line, "must be a non-empty string or number", id_field)
+        yield Row(line, str(row_id), fields)
+
+
+def _line_of_offset(path: str, err: UnicodeDecodeError) -> int | None:
+    """The line holding the first byte that is not UTF-8 (read again, since text I/O lost it)."""
+    if path == "-":
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as raw:
+            for line, data in enumerate(raw, start=1):
+                try:
+                    decoder.decode(data)
+                except UnicodeDecodeError:
+                    return line
+    except OSError:
+        return None
+    return None

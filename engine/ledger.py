@@ -1,0 +1,298 @@
+"""The SQLite ledger: the only module that holds SQL.
+
+One file records every run, every request (one row per input row) and every
+attempt. It is written by one process, the coordinator, in batched transactions;
+WAL mode lets ``status`` and ``report`` read it while a run is going.
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlite3
+import time
+from contextlib import closing
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import sqlite_utils
+
+from engine.errors import LedgerError
+from engine.policy import FAILED, PENDING, REJECTED, RETRYING, STATES, SUCCEEDED, UNKNOWN
+
+#: Busy timeout (ms) so a reader never makes the writer fail on a lock.
+BUSY_TIMEOUT_MS = 10_000
+#: Longest response excerpt kept per attempt.
+EXCERPT_BYTES = 200
+
+_RUN_COLUMNS = {
+    "run_id": str, "created_at": float, "input": str, "url": str, "method": str,
+    "options": str, "state": str, "total": int, "not_before": float,
+}
+_REQUEST_COLUMNS = {
+    "rid": int, "run_id": str, "line": int, "row_id": str, "priority": float, "payload": str,
+    "idempotency_key": str, "status": str, "attempts": int, "http_status": int,
+    "curl_error": int, "error": str, "latency_ms": float, "updated_at": float,
+}
+_ATTEMPT_COLUMNS = {
+    "rid": int, "run_id": str, "attempt": int, "started_at": float, "duration_ms": float,
+    "http_status": int, "curl_error": int, "error": str, "excerpt": str, "outcome": str,
+}
+_PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
+
+
+class Dispatch(NamedTuple):
+    """A row as the coordinator hands it to a worker."""
+
+    rid: int
+    row_id: str
+    payload: str
+    idempotency_key: str
+    attempts: int
+
+
+class Attempt(NamedTuple):
+    """One finished attempt, as a worker reports it; ``outcome`` is the row's new state."""
+
+    rid: int
+    attempt: int
+    outcome: str
+    http_status: int | None
+    curl_error: int | None
+    error: str | None
+    started_at: float
+    duration_ms: float
+    excerpt: str | None
+
+
+class Ledger:
+    """Open (creating if needed) the ledger at ``path``; every query is a method here."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.db = sqlite_utils.Database(self.conn)
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._create_schema()
+        except sqlite3.DatabaseError as err:
+            raise LedgerError(f"--db {path}: cannot use the ledger: {err}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db["runs"].create(_RUN_COLUMNS, pk="run_id", if_not_exists=True)
+        db["requests"].create(_REQUEST_COLUMNS, pk="rid", if_not_exists=True, not_null=["run_id", "row_id"])
+        db["requests"].create_index(["run_id", "row_id"], unique=True, if_not_exists=True)
+        db["requests"].create_index(["run_id", "priority", "rid"], if_not_exists=True)
+        db["attempts"].create(_ATTEMPT_COLUMNS, if_not_exists=True)
+        db["attempts"].create_index(["rid"], if_not_exists=True)
+        db["passes"].create(_PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
+
+    # -- runs ---------------------------------------------------------------
+
+    def create_run(self, run_id: str, *, input: str, url: str, method: str, options: dict,
+                   not_before: float | None) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'loading', 0, ?)",
+                (run_id, time.time(), input, url, method, json.dumps(options, sort_keys=True), not_before),
+            )
+
+    def get_run(self, run_id: str) -> dict:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no run {run_id!r} in {self.path}")
+        run = dict(zip([c[0] for c in self.conn.execute("SELECT * FROM runs LIMIT 0").description], row))
+        run["options"] = json.loads(run["options"] or "{}")
+        return run
+
+    def has_run(self, run_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+    def delete_run(self, run_id: str) -> None:
+        with self.conn:
+            for table in ("attempts", "requests", "passes", "runs"):
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+    def set_run_state(self, run_id: str, state: str, total: int | None = None) -> None:
+        with self.conn:
+            if total is None:
+                self.conn.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
+            else:
+                self.conn.execute("UPDATE runs SET state = ?, total = ? WHERE run_id = ?", (state, total, run_id))
+
+    def list_runs(self) -> list[dict]:
+        runs = self.conn.execute("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
+        return [{"run_id": r, "created_at": c, "state": s, "total": t, **self.counts(r)} for r, c, s, t in runs]
+
+    # -- loading ------------------------------------------------------------
+
+    def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
+        """Insert ``(line, row_id, priority, payload, idempotency_key)`` rows as ``pending``.
+
+        A duplicate id raises :class:`DuplicateRow` naming the row and the line seen first.
+        """
+        now = time.time()
+        try:
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT INTO requests (run_id, line, row_id, priority, payload, idempotency_key,"
+                    " status, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
+                    [(run_id, *row, now) for row in rows],
+                )
+        except sqlite3.IntegrityError:
+            raise self._find_duplicate(run_id, rows) from None
+
+    def _find_duplicate(self, run_id: str, rows: list[tuple]) -> "DuplicateRow":
+        seen: dict[str, int] = {}
+        for line, row_id, *_ in rows:
+            first = self.conn.execute(
+                "SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)).fetchone()
+            if first is not None or row_id in seen:
+                return DuplicateRow(row_id, line, first[0] if first else seen[row_id])
+            seen[row_id] = line
+        return DuplicateRow("?", rows[0][0], rows[0][0])
+
+    # -- dispatch -----------------------------------------------------------
+
+    def iter_to_send(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[list[Dispatch]]:
+        """Pages of rows in ``states``, highest priority first, then input order.
+
+        Keyset pagination (priority level, then rid) keeps every page an index seek,
+        so the writer can record results between pages.
+        """
+        states = tuple(states)
+        marks = ",".join("?" * len(states))
+        level = self.conn.execute("SELECT max(priority) FROM requests WHERE run_id = ?", (run_id,)).fetchone()[0]
+        while level is not None:
+            after = 0
+            while True:
+                rows = self.conn.execute(
+                    "SELECT rid, row_id, payload, idempotency_key, attempts FROM requests"
+                    f" WHERE run_id = ? AND priority = ? AND rid > ? AND status IN ({marks})"
+                    " ORDER BY rid LIMIT ?", (run_id, level, after, *states, page)).fetchall()
+                if not rows:
+                    break
+                after = rows[-1][0]
+                yield [Dispatch(*row) for row in rows]
+            level = self.conn.execute(
+                "SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level)).fetchone()[0]
+
+    def reset_in_flight(self, run_id: str) -> int:
+        """Rows left ``retrying`` by a pass that died are due again: make them ``pending``."""
+        with self.conn:
+            return self.conn.execute(
+                "UPDATE requests SET status = 'pending' WHERE run_id = ? AND status = 'retrying'", (run_id,)).rowcount
+
+    # -- recording ----------------------------------------------------------
+
+    def record(self, run_id: str, attempts: list[Attempt]) -> None:
+        """Write a batch of attempts and move their rows to their new state, in one transaction."""
+        now = time.time()
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO attempts (rid, run_id, attempt, started_at, duration_ms, http_status,"
+                " curl_error, error, excerpt, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(a.rid, run_id, a.attempt, a.started_at, a.duration_ms, a.http_status, a.curl_error,
+                  a.error, a.excerpt, a.outcome) for a in attempts],
+            )
+            self.conn.executemany(
+                "UPDATE requests SET status = ?, attempts = ?, http_status = ?, curl_error = ?,"
+                " error = ?, latency_ms = ?, updated_at = ? WHERE rid = ?",
+                [(a.outcome, a.attempt, a.http_status, a.curl_error, a.error, a.duration_ms, now, a.rid)
+                 for a in attempts],
+            )
+
+    def start_pass(self, run_id: str) -> int:
+        with self.conn:
+            number = self.conn.execute(
+                "SELECT coalesce(max(pass_no), 0) + 1 FROM passes WHERE run_id = ?", (run_id,)).fetchone()[0]
+            self.conn.execute("INSERT INTO passes (run_id, pass_no, started_at) VALUES (?, ?, ?)",
+                              (run_id, number, time.time()))
+            self.conn.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", (run_id,))
+        return number
+
+    def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?",
+                              (time.time(), run_id, pass_no))
+            self.conn.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
+
+    # -- reading ------------------------------------------------------------
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(self.conn.execute(
+            "SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)).fetchall())
+        return counts
+
+    def count_in(self, run_id: str, states: Iterable[str]) -> int:
+        states = tuple(states)
+        return self.conn.execute(
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({','.join('?' * len(states))})",
+            (run_id, *states)).fetchone()[0]
+
+    def attempt_count(self, run_id: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM attempts WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def elapsed(self, run_id: str) -> float:
+        """Seconds spent sending, summed over the run's passes."""
+        return self.conn.execute(
+            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes"
+            " WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
+        """Nearest-rank percentiles of the latency of each row's last attempt that got an answer."""
+        where = "FROM requests WHERE run_id = ? AND latency_ms IS NOT NULL AND http_status IS NOT NULL"
+        n = self.conn.execute(f"SELECT count(*) {where}", (run_id,)).fetchone()[0]
+        result = {}
+        for q in quantiles:
+            if n == 0:
+                result[q] = None
+                continue
+            offset = min(n - 1, max(0, int(q * n + 0.999999) - 1))
+            result[q] = self.conn.execute(
+                f"SELECT latency_ms {where} ORDER BY latency_ms LIMIT 1 OFFSET ?", (run_id, offset)).fetchone()[0]
+        return result
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
+        rows = self.conn.execute(
+            "SELECT coalesce(CAST(http_status AS TEXT), 'curl:' || curl_error), count(*) FROM attempts"
+            " WHERE run_id = ? GROUP BY 1 ORDER BY 1", (run_id,)).fetchall()
+        return dict(rows)
+
+    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
+        states = tuple(states)
+        marks = ",".join("?" * len(states))
+        cursor = self.conn.execute(
+            "SELECT row_id, line, status, attempts, http_status, curl_error, error, latency_ms, idempotency_key"
+            f" FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
+        names = [c[0] for c in cursor.description]
+        with closing(cursor):
+            for row in cursor:
+                yield dict(zip(names, row))
+
+
+class DuplicateRow(LedgerError):
+    """Two input rows share one id."""
+
+    def __init__(self, row_id: str, line: int, first_line: int):
+        self.row_id, self.line, self.first_line = row_id, line, first_line
+        super().__init__(f"duplicate id {row_id!r} (first seen on line {first_line})")
+
+
+#: States a later pass sends again by default.
+RESEND_STATES = (PENDING, RETRYING, FAILED)
+

@@ -1,0 +1,298 @@
+"""The bundled mock billing API: slow, sometimes failing, idempotent like Stripe.
+
+An asyncio HTTP/1.1 server (keep-alive, Content-Length bodies) that holds thousands
+of connections on one core. ``POST`` to any path charges a customer, named by the
+path (``/customers/<id>/...``) or by the body's ``customer`` or ``id`` field. A
+request whose ``Idempotency-Key`` already succeeded is replayed, not charged again;
+one whose key is still being processed gets 409. ``GET /stats`` returns counters,
+including the customers charged more than once; ``POST /admin/config`` changes the
+fault knobs while it runs, ``POST /admin/reset`` clears the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import re
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+_CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
+            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass
+class MockConfig:
+    """The fault knobs; probabilities are per request, times in seconds."""
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    p500: float = 0.0
+    p503: float = 0.0
+    p429: float = 0.0
+    retry_after: float = 1.0
+    p_drop_before: float = 0.0
+    p_drop_after: float = 0.0
+    p_hang: float = 0.0
+    fail_rate: float = 0.0
+    outage_at: float | None = None
+    outage_for: float = 0.0
+    max_inflight: int = 0
+    seed: int | None = None
+
+    def update(self, changes: dict) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise KeyError(key)
+            setattr(self, key, value)
+
+
+class BillingState:
+    """Charges, idempotency keys and counters, shared by every connection."""
+
+    def __init__(self, config: MockConfig):
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.started = time.monotonic()
+        self.reset()
+
+    def reset(self) -> None:
+        self.charges: Counter = Counter()
+        self.keys: dict[str, tuple[int, bytes] | None] = {}
+        self.statuses: Counter = Counter()
+        self.counters: Counter = Counter()
+        self.inflight = 0
+        self.max_seen_inflight = 0
+        self.second_counts: Counter = Counter()
+
+    def stats(self) -> dict:
+        twice = [c for c, n in self.charges.items() if n > 1]
+        return {
+            "requests": self.counters["requests"],
+            "charges": sum(self.charges.values()),
+            "customers_charged": len(self.charges),
+            "customers_charged_more_than_once": len(twice),
+            "double_charged_sample": twice[:20],
+            "replays": self.counters["replays"],
+            "conflicts": self.counters["conflicts"],
+            "dropped_before": self.counters["drop_before"],
+            "dropped_after": self.counters["drop_after"],
+            "hung": self.counters["hang"],
+            "max_inflight": self.max_seen_inflight,
+            "max_requests_in_one_second": max(self.second_counts.values(), default=0),
+            "http_status": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+    def in_outage(self) -> bool:
+        c = self.config
+        if c.outage_at is None:
+            return False
+        elapsed = time.monotonic() - self.started
+        return c.outage_at <= elapsed < c.outage_at + c.outage_for
+
+    def customer_fails(self, customer: str) -> bool:
+        """A fixed share of customers (by hash) whose charges fail while ``fail_rate`` is set."""
+        rate = self.config.fail_rate
+        return rate > 0 and (zlib.crc32(customer.encode()) % 10_000) < rate * 10_000
+
+
+class Request:
+    __slots__ = ("method", "path", "headers", "body")
+
+    def __init__(self, method: bytes, path: bytes, headers: dict, body: bytes):
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+
+class _Drop(Exception):
+    """Close the connection without an answer."""
+
+
+class _Hang(Exception):
+    """Never answer."""
+
+
+class BillingProtocol(asyncio.Protocol):
+    """One client connection: parse requests in order, answer each after the configured latency."""
+
+    def __init__(self, state: BillingState):
+        self.state = state
+        self.buffer = bytearray()
+        self.busy = False
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._next()
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+    def _next(self) -> None:
+        if self.busy:
+            return
+        request = self._parse()
+        if request is not None:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._serve(request))
+
+    def _parse(self) -> Request | None:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = bytes(self.buffer[:end]).split(b"\r\n")
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0") or 0)
+        if len(self.buffer) < end + 4 + length:
+            return None
+        body = bytes(self.buffer[end + 4:end + 4 + length])
+        del self.buffer[:end + 4 + length]
+        method, path, *_ = head[0].split(b" ") + [b"", b""]
+        return Request(method, path, headers, body)
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            status, body, extra = await handle(self.state, request)
+        except _Drop:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        except _Hang:
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.state.statuses[status] += 1
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}\r\n")
+        self.transport.write(head.encode() + body)
+        self.busy = False
+        self._next()
+
+
+async def handle(state: BillingState, request: Request) -> tuple[int, bytes, str]:
+    """Route one request; returns (status, body, extra header lines)."""
+    if request.method == b"GET" and request.path.startswith(b"/stats"):
+        return 200, json.dumps(state.stats()).encode(), ""
+    if request.method == b"POST" and request.path.startswith(b"/admin/"):
+        return _admin(state, request)
+    return await _charge(state, request)
+
+
+def _admin(state: BillingState, request: Request) -> tuple[int, bytes, str]:
+    if request.path.startswith(b"/admin/reset"):
+        state.reset()
+        return 200, b'{"reset":true}', ""
+    try:
+        state.config.update(json.loads(request.body or b"{}"))
+    except (ValueError, KeyError, TypeError) as err:
+        return 400, json.dumps({"error": f"bad config: {err}"}).encode(), ""
+    return 200, json.dumps(dataclasses.asdict(state.config)).encode(), ""
+
+
+def _customer(request: Request) -> str | None:
+    match = _CUSTOMER_PATH.search(request.path)
+    if match:
+        return match.group(1).decode("utf-8", "replace")
+    content_type = request.headers.get(b"content-type", b"")
+    try:
+        if b"form" in content_type:
+            fields = dict(parse_qsl(request.body.decode()))
+        else:
+            fields = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    value = fields.get("customer", fields.get("id"))
+    return None if value is None else str(value)
+
+
+async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, str]:
+    config, rng = state.config, state.rng
+    state.counters["requests"] += 1
+    state.second_counts[int(time.monotonic())] += 1
+    key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None
+    if key is not None and key in state.keys:
+        if state.keys[key] is None:
+            state.counters["conflicts"] += 1
+            return 409, b'{"error":"a request with this Idempotency-Key is in progress"}', ""
+        state.counters["replays"] += 1
+        status, body = state.keys[key]
+        return status, body, "Idempotent-Replayed: true\r\n"
+    if config.max_inflight and state.inflight >= config.max_inflight:
+        return 429, b'{"error":"too many requests in flight"}', f"Retry-After: {config.retry_after:g}\r\n"
+    customer = _customer(request)
+    if customer is None:
+        return 400, b'{"error":"no customer in path or body"}', ""
+    if key is not None:
+        state.keys[key] = None
+    state.inflight += 1
+    state.max_seen_inflight = max(state.max_seen_inflight, state.inflight)
+    try:
+        return await _charge_after_latency(state, customer, key)
+    finally:
+        state.inflight -= 1
+        if key is not None and state.keys.get(key) is None:
+            state.keys.pop(key, None)
+
+
+async def _charge_after_latency(state: BillingState, customer: str, key: str | None) -> tuple[int, bytes, str]:
+    config, rng = state.config, state.rng
+    delay = config.latency + (rng.uniform(-config.jitter, config.jitter) if config.jitter else 0.0)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    if state.in_outage():
+        return 503, b'{"error":"down for maintenance"}', ""
+    roll = rng.random()
+    for name, p in (("drop_before", config.p_drop_before), ("hang", config.p_hang)):
+        if roll < p:
+            state.counters[name] += 1
+            raise _Drop if name == "drop_before" else _Hang
+        roll -= p
+    for status, p in ((500, config.p500), (503, config.p503), (429, config.p429)):
+        if roll < p:
+            extra = f"Retry-After: {config.retry_after:g}\r\n" if status in (429, 503) else ""
+            return status, json.dumps({"error": f"injected {status}"}).encode(), extra
+        roll -= p
+    if state.customer_fails(customer):
+        return 503, b'{"error":"billing backend unavailable for this customer"}', ""
+    state.charges[customer] += 1
+    body = json.dumps({"charged": customer, "charge": state.charges[customer]}).encode()
+    if key is not None:
+        state.keys[key] = (200, body)
+    if roll < config.p_drop_after:
+        state.counters["drop_after"] += 1
+        raise _Drop
+    return 200, body, ""
+
+
+async def serve(host: str, port: int, config: MockConfig, on_ready=None) -> None:
+    """Run the mock API until cancelled; ``on_ready(port)`` is called once it listens."""
+    state = BillingState(config)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: BillingProtocol(state), host, port, backlog=4096, reuse_address=True)
+    bound = server.sockets[0].getsockname()[1]
+    if on_ready is not None:
+        on_ready(bound)
+    async with server:
+        await server.serve_forever()
+
+
+def run(host: str = "127.0.0.1", port: int = 0, config: MockConfig | None = None, on_ready=None) -> None:
+    """Blocking entry point for ``engine mock-api``."""
+    try:
+        asyncio.run(serve(host, port, config or MockConfig(), on_ready))
+    except KeyboardInterrupt:
+        pass

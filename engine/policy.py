@@ -1,0 +1,121 @@
+"""The retry policy: which outcomes are final, which are retried, and after how long.
+
+A :class:`RetryPolicy` never changes and never sleeps; it only answers. The worker
+asks :meth:`RetryPolicy.decide` after every attempt and schedules the retry itself.
+
+Failures are classified by one question: *could the server have received the
+request?* A connection that was never made is always safe to retry. A timeout or
+reset after the request went out may already have charged the customer; with an
+``Idempotency-Key`` the server deduplicates it, so it is retried too; without one
+the outcome is ``unknown`` and left for a person to reconcile.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pycurl
+
+SUCCEEDED, RETRYING, FAILED, REJECTED, UNKNOWN = "succeeded", "retrying", "failed", "rejected", "unknown"
+PENDING = "pending"
+#: Every state a ledger row can be in; a row is done only when it ``succeeded``.
+STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN)
+
+#: curl errors raised before any byte of the request could reach the server.
+CONNECT_PHASE_ERRORS = frozenset({
+    pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_CONNECT,
+    pycurl.E_SSL_CONNECT_ERROR,
+})
+#: curl errors after which the request may or may not have been applied.
+READ_PHASE_ERRORS = frozenset({
+    pycurl.E_OPERATION_TIMEDOUT, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR,
+    pycurl.E_PARTIAL_FILE, getattr(pycurl, "E_HTTP2", 16), getattr(pycurl, "E_HTTP2_STREAM", 92),
+})
+
+
+class Outcome(NamedTuple):
+    """What one attempt produced, as the transport saw it."""
+
+    http_status: int | None = None
+    curl_error: int | None = None
+    connected: bool = True
+    retry_after: str | None = None
+
+
+class Decision(NamedTuple):
+    """The state a row moves to after an attempt, and the delay before the next one."""
+
+    state: str
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Immutable retry rules; ``decide`` is a pure function of the attempt and a random draw."""
+
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 120.0
+    idempotent: bool = True
+
+    #: HTTP statuses that ask to be retried (409: same Idempotency-Key still in progress).
+    RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+    #: Statuses whose Retry-After header sets the delay.
+    RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.backoff_base < 0 or self.backoff_cap < 0 or self.retry_after_cap < 0:
+            raise ValueError("back-off times must not be negative")
+
+    def classify(self, outcome: Outcome) -> str:
+        """``succeeded``, ``rejected``, ``unknown`` or ``retrying`` (retryable), ignoring attempts."""
+        status = outcome.http_status
+        if outcome.curl_error is None and status is not None:
+            if 200 <= status < 300:
+                return SUCCEEDED
+            return RETRYING if status in self.RETRY_STATUSES else REJECTED
+        if outcome.curl_error in CONNECT_PHASE_ERRORS or not outcome.connected:
+            return RETRYING
+        if self.idempotent:
+            return RETRYING
+        return UNKNOWN
+
+    def decide(self, outcome: Outcome, attempt: int, rng: random.Random = random) -> Decision:
+        """The row's next state after its ``attempt``-th attempt in this pass (1-based)."""
+        state = self.classify(outcome)
+        if state != RETRYING:
+            return Decision(state)
+        if attempt >= self.max_attempts:
+            return Decision(FAILED)
+        delay = self.backoff(attempt, rng)
+        if outcome.http_status in self.RETRY_AFTER_STATUSES and outcome.retry_after:
+            asked = parse_retry_after(outcome.retry_after)
+            if asked is not None:
+                delay = min(asked, self.retry_after_cap)
+        return Decision(RETRYING, delay)
+
+    def backoff(self, attempt: int, rng: random.Random = random) -> float:
+        """Full-jitter exponential back-off: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt - 1, 62)))
+        return rng.uniform(0, ceiling)
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,126 @@
+"""The process pool: start, feed, watch, replace and stop the worker processes.
+
+Each worker has its own inbox (a ``multiprocessing.Queue``, written only by the
+coordinator) and its own result pipe (written only by that worker), so killing one
+worker can never corrupt a channel another one uses. Workers are started with
+``spawn``: a child builds its own curl handles and never inherits the ledger's
+SQLite connection.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.connection import wait
+from typing import NamedTuple
+
+from engine.worker import DRAIN, ROWS, STOP, WorkerConfig, run_worker
+
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class Message(NamedTuple):
+    """What a worker reported: finished attempts, how many rows it wants, whether it is leaving."""
+
+    worker: int
+    attempts: list
+    want: int
+    bye: bool
+
+
+class _Slot:
+    def __init__(self, index: int, config: WorkerConfig):
+        self.index = index
+        self.inbox = _CONTEXT.Queue()
+        reader, writer = _CONTEXT.Pipe(duplex=False)
+        self.results = reader
+        self.process = _CONTEXT.Process(
+            target=run_worker, args=(index, config, self.inbox, writer), name=f"engine-worker-{index}", daemon=True)
+        self.process.start()
+        writer.close()
+        self.closed = False
+
+
+class WorkerPool:
+    """``size`` worker processes; ``events`` reports their messages and deaths."""
+
+    def __init__(self, size: int, config: WorkerConfig):
+        self.config = config
+        self.slots = [_Slot(index, config) for index in range(size)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.terminate()
+
+    def events(self, timeout: float) -> tuple[list[Message], list[int]]:
+        """Messages that arrived within ``timeout`` seconds, and the workers that died."""
+        by_handle = {}
+        for slot in self.slots:
+            if not slot.closed:
+                by_handle[slot.results] = slot
+                by_handle[slot.process.sentinel] = slot
+        messages, dead = [], []
+        for handle in wait(list(by_handle), timeout):
+            slot = by_handle[handle]
+            if handle is slot.results:
+                messages.extend(self._receive(slot))
+        for slot in self.slots:
+            if not slot.closed and not slot.process.is_alive():
+                messages.extend(self._receive(slot))
+                slot.closed = True
+                dead.append(slot.index)
+        return messages, dead
+
+    def _receive(self, slot: _Slot) -> list[Message]:
+        messages = []
+        try:
+            while slot.results.poll():
+                attempts, want, bye = slot.results.recv()
+                messages.append(Message(slot.index, attempts, want, bye))
+                if bye:
+                    slot.closed = True
+                    break
+        except (EOFError, OSError):
+            slot.closed = True
+        return messages
+
+    def replace(self, index: int) -> None:
+        """Start a fresh worker in place of one that died."""
+        self._close(self.slots[index])
+        self.slots[index] = _Slot(index, self.config)
+
+    def send_rows(self, index: int, rows: list) -> None:
+        self.slots[index].inbox.put((ROWS, rows))
+
+    def drain(self) -> None:
+        """Ask every worker to finish what is in flight, start nothing new, and leave."""
+        for slot in self.slots:
+            if not slot.closed:
+                slot.inbox.put((DRAIN, None))
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            if not slot.closed:
+                slot.inbox.put((STOP, None))
+
+    def live(self) -> list[int]:
+        return [slot.index for slot in self.slots if not slot.closed]
+
+    def join(self, timeout: float) -> None:
+        for slot in self.slots:
+            slot.process.join(timeout)
+
+    def terminate(self) -> None:
+        for slot in self.slots:
+            self._close(slot)
+
+    @staticmethod
+    def _close(slot: _Slot) -> None:
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(5)
+        slot.inbox.cancel_join_thread()
+        slot.inbox.close()
+        slot.results.close()
+        slot.closed = True

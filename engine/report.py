@@ -1,0 +1,83 @@
+"""What a run did, read back from the ledger: the summary, in text, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from engine.ledger import Ledger
+from engine.policy import FAILED, PENDING, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
+
+REPORT_FORMATS = ("text", "json", "csv")
+
+
+def summarize(ledger: Ledger, run_id: str) -> dict:
+    """The figures of one run: counts per state, attempts, speed, latency, HTTP statuses."""
+    run = ledger.get_run(run_id)
+    counts = ledger.counts(run_id)
+    elapsed = ledger.elapsed(run_id)
+    attempts = ledger.attempt_count(run_id)
+    latency = ledger.latency_percentiles(run_id, (0.50, 0.95, 0.99))
+    return {
+        "run_id": run_id,
+        "state": run["state"],
+        "total": run["total"],
+        "succeeded": counts[SUCCEEDED],
+        "failed": counts[FAILED],
+        "rejected": counts[REJECTED],
+        "unknown": counts[UNKNOWN],
+        "pending": counts[PENDING] + counts[RETRYING],
+        "attempts": attempts,
+        "elapsed_s": round(elapsed, 3),
+        "requests_per_s": round(attempts / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_ms": {f"p{int(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency.items()},
+        "http_status": ledger.status_counts(run_id),
+        "insecure": bool(run["options"].get("insecure")),
+    }
+
+
+def render(summary: dict, fmt: str = "text") -> str:
+    if fmt == "json":
+        return json.dumps(summary, indent=2)
+    if fmt == "csv":
+        flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
+        flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(flat))
+        writer.writeheader()
+        writer.writerow(flat)
+        return out.getvalue().rstrip("\n")
+    return _text(summary)
+
+
+def _text(s: dict) -> str:
+    lat = s["latency_ms"]
+    statuses = ", ".join(f"{code}: {n}" for code, n in s["http_status"].items()) or "none"
+    lines = [
+        f"run {s['run_id']} ({s['state']})",
+        f"  rows       {s['total']}: {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"{s['rejected']} rejected, {s['unknown']} unknown, {s['pending']} not yet sent",
+        f"  attempts   {s['attempts']} in {s['elapsed_s']:.1f} s ({s['requests_per_s']:.0f} requests/s)",
+        f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
+        f"  responses  {statuses}",
+    ]
+    if s.get("insecure"):
+        lines.append("  WARNING    TLS certificates were not verified (--insecure)")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def runs_table(runs: list[dict]) -> str:
+    """The ``status`` command's table of every run in a ledger."""
+    if not runs:
+        return "no runs in this ledger"
+    header = ("run", "state", "total", "succeeded", "failed", "rejected", "unknown", "pending")
+    rows = [(r["run_id"], r["state"], r["total"], r[SUCCEEDED], r[FAILED], r[REJECTED], r[UNKNOWN],
+             r[PENDING] + r[RETRYING]) for r in runs]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in (header, *rows))

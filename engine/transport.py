@@ -1,0 +1,185 @@
+"""The only module that talks to libcurl: a pool of reusable easy handles on one CurlMulti.
+
+``configure`` turns a request into handle options, ``harvest`` turns a finished handle
+into an :class:`~engine.policy.Outcome`; :class:`Transport` keeps the handles busy.
+The loop is the one of pycurl's ``retriever-multi`` example: take a free handle,
+configure, add; ``perform``; read what finished; return the handle; ``select``.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import pycurl
+
+from engine.policy import Outcome
+
+#: Longest response excerpt kept per attempt (bytes).
+EXCERPT_BYTES = 200
+_PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportOptions:
+    """Per-attempt limits and TLS settings shared by every handle."""
+
+    connect_timeout: float = 10.0
+    timeout: float = 30.0
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    user_agent: str = "batch-engine"
+
+
+class Finished(NamedTuple):
+    """A transfer that ended: whose it was, what came back, and when it started."""
+
+    token: Any
+    outcome: Outcome
+    started_at: float
+    duration_ms: float
+    excerpt: str | None
+    error: str | None
+
+
+class _Capture:
+    """Per-handle buffers, reset for each transfer; only a short excerpt is kept."""
+
+    __slots__ = ("body", "size", "retry_after", "token", "started_at")
+
+    def __init__(self):
+        self.reset(None)
+
+    def reset(self, token) -> None:
+        self.body, self.size, self.retry_after, self.token = [], 0, None, token
+        self.started_at = time.time()
+
+    def write(self, data: bytes) -> None:
+        if self.size < EXCERPT_BYTES:
+            self.body.append(data)
+            self.size += len(data)
+
+    def header(self, line: bytes) -> None:
+        if line[:12].lower() == b"retry-after:":
+            self.retry_after = line[12:].strip().decode("latin-1")
+
+
+def _new_handle(options: TransportOptions) -> pycurl.Curl:
+    handle = pycurl.Curl()
+    capture = _Capture()
+    handle.capture = capture
+    handle.setopt(pycurl.NOSIGNAL, 1)
+    handle.setopt(pycurl.PROTOCOLS, _PROTOCOLS)
+    handle.setopt(pycurl.FOLLOWLOCATION, 0)
+    handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(options.connect_timeout * 1000))
+    handle.setopt(pycurl.TIMEOUT_MS, int(options.timeout * 1000))
+    handle.setopt(pycurl.USERAGENT, options.user_agent)
+    handle.setopt(pycurl.SSL_VERIFYPEER, 1 if options.verify_tls else 0)
+    handle.setopt(pycurl.SSL_VERIFYHOST, 2 if options.verify_tls else 0)
+    if options.ca_bundle:
+        handle.setopt(pycurl.CAINFO, options.ca_bundle)
+    handle.setopt(pycurl.WRITEFUNCTION, capture.write)
+    handle.setopt(pycurl.HEADERFUNCTION, capture.header)
+    return handle
+
+
+def configure(handle: pycurl.Curl, method: str, url: str, headers: list[str], body: bytes | None) -> None:
+    """Point a reusable handle at one request."""
+    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.HTTPHEADER, headers)
+    if body is not None:
+        handle.setopt(pycurl.POSTFIELDS, body)
+        handle.setopt(pycurl.CUSTOMREQUEST, None if method == "POST" else method)
+    else:
+        handle.setopt(pycurl.HTTPGET, 1)
+        handle.setopt(pycurl.NOBODY, 1 if method == "HEAD" else 0)
+        handle.setopt(pycurl.CUSTOMREQUEST, None if method in ("GET", "HEAD") else method)
+
+
+def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) -> Finished:
+    """What a finished handle says about its transfer."""
+    capture = handle.capture
+    status = handle.getinfo(pycurl.RESPONSE_CODE) or None
+    sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
+    duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
+    excerpt = b"".join(capture.body)[:EXCERPT_BYTES].decode("utf-8", "replace") if capture.body else None
+    if curl_error is not None:
+        status = None
+    outcome = Outcome(http_status=status, curl_error=curl_error, connected=sent, retry_after=capture.retry_after)
+    error = f"curl {curl_error}: {message}" if curl_error is not None else None
+    return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, error)
+
+
+class Transport:
+    """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused."""
+
+    def __init__(self, size: int, options: TransportOptions):
+        self.multi = pycurl.CurlMulti()
+        self.size = size
+        self.options = options
+        self.free: list[pycurl.Curl] = []
+        self.created = 0
+        self.active = 0
+
+    def has_room(self) -> bool:
+        return self.active < self.size
+
+    def start(self, token, method: str, url: str, headers: list[str], body: bytes | None) -> None:
+        if self.free:
+            handle = self.free.pop()
+        else:
+            handle = _new_handle(self.options)
+            self.created += 1
+        handle.capture.reset(token)
+        configure(handle, method, url, headers, body)
+        self.multi.add_handle(handle)
+        self.active += 1
+
+    def poll(self, timeout: float) -> list[Finished]:
+        """Wait up to ``timeout`` seconds for socket activity, drive transfers, return those that ended."""
+        if self.active:
+            if self.multi.select(timeout) == -1:
+                time.sleep(min(timeout, 0.001))
+        elif timeout > 0:
+            time.sleep(timeout)
+        return self.drive()
+
+    def drive(self) -> list[Finished]:
+        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        finished = []
+        while True:
+            queued, ok_list, err_list = self.multi.info_read()
+            for handle in ok_list:
+                finished.append(self._release(handle, None, None))
+            for handle, errno, message in err_list:
+                finished.append(self._release(handle, errno, message))
+            if not queued:
+                return finished
+
+    def _release(self, handle, errno, message) -> Finished:
+        result = harvest(handle, errno, message)
+        self.multi.remove_handle(handle)
+        handle.capture.reset(None)
+        self.free.append(handle)
+        self.active -= 1
+        return result
+
+    def close(self) -> None:
+        for handle in self.free:
+            handle.close()
+        self.multi.close()
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; thousands of sockets need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard

@@ -1,0 +1,192 @@
+"""The worker process: one CurlMulti kept full from the chunks the coordinator hands it.
+
+Only plain data crosses the process boundary: a :class:`WorkerConfig` at start,
+lists of :class:`~engine.ledger.Dispatch` rows in, lists of
+:class:`~engine.ledger.Attempt` records out. Curl handles are built here, in the child.
+
+The worker asks for more rows while its queue is short, so the window refills as
+each transfer ends and a slow request never idles the rest of its chunk. Retries
+wait in a heap until due; nothing ever sleeps while transfers are in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import queue
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from engine.ledger import Attempt, Dispatch
+from engine.policy import REJECTED, RETRYING, RetryPolicy
+from engine.template import CompiledRequest, RequestSpec
+from engine.transport import Transport, TransportOptions, raise_open_file_limit
+
+#: Longest a batch of results waits before it is sent to the coordinator (s).
+FLUSH_INTERVAL = 0.02
+#: Results per message at most.
+FLUSH_SIZE = 512
+#: How often the worker checks that the coordinator is still alive (s).
+PARENT_CHECK_INTERVAL = 0.5
+
+# Messages from the coordinator.
+ROWS, DRAIN, STOP = "rows", "drain", "stop"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """Everything a worker needs, sent once when it starts."""
+
+    spec: RequestSpec
+    policy: RetryPolicy
+    transport: TransportOptions
+    concurrency: int
+    chunk_size: int
+
+
+def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox) -> None:
+    """Entry point of a worker process; returns when told to stop or when the coordinator dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_open_file_limit()
+    loop = WorkerLoop(config, inbox, outbox)
+    try:
+        loop.run()
+    except (BrokenPipeError, EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        loop.transport.close()
+
+
+class WorkerLoop:
+    """The state of one worker: queued rows, delayed retries, transfers in flight."""
+
+    def __init__(self, config: WorkerConfig, inbox, outbox):
+        self.config = config
+        self.inbox, self.outbox = inbox, outbox
+        self.request = CompiledRequest(config.spec)
+        self.idempotency_header = config.spec.idempotency_header
+        self.method = config.spec.method
+        self.policy = config.policy
+        self.transport = Transport(config.concurrency, config.transport)
+        self.ready: deque[Dispatch] = deque()
+        self.delayed: list[tuple[float, int, Dispatch]] = []
+        self.pass_attempts: dict[int, int] = {}
+        self.results: list[Attempt] = []
+        self.asked = False
+        self.draining = False
+        self.stopping = False
+        self.rng = random.Random()
+        self.parent = os.getppid()
+
+    def run(self) -> None:
+        last_flush = last_parent_check = time.monotonic()
+        self._send(want=self._want())
+        while not self._finished():
+            self._read_inbox(block=self._idle())
+            self._release_due()
+            self._start_transfers()
+            for done in self.transport.poll(self._poll_timeout()):
+                self._settle(done)
+            now = time.monotonic()
+            want = self._want()
+            if (self.results and (len(self.results) >= FLUSH_SIZE or now - last_flush >= FLUSH_INTERVAL)) or want:
+                self._send(want)
+                last_flush = now
+            if now - last_parent_check >= PARENT_CHECK_INTERVAL:
+                last_parent_check = now
+                if os.getppid() != self.parent:
+                    return
+        self._send(want=0, bye=True)
+
+    def _finished(self) -> bool:
+        if self.stopping:
+            return True
+        return self.draining and not self.transport.active
+
+    def _idle(self) -> bool:
+        return not (self.ready or self.delayed or self.transport.active or self.results)
+
+    def _want(self) -> int:
+        """Rows to ask for: enough to fill the window and hold one chunk in reserve."""
+        if self.asked or self.draining:
+            return 0
+        backlog = len(self.ready) + self.transport.active
+        target = self.config.concurrency + self.config.chunk_size
+        return target - backlog if backlog < self.config.concurrency else 0
+
+    def _send(self, want: int, bye: bool = False) -> None:
+        self.outbox.send((self.results, want, bye))
+        self.results = []
+        if want:
+            self.asked = True
+
+    def _read_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                message = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                if block and os.getppid() != self.parent:
+                    raise EOFError
+                if block:
+                    continue
+                return
+            block = False
+            kind, rows = message
+            if kind == ROWS:
+                self.asked = False
+                self.ready.extend(rows)
+            elif kind == DRAIN:
+                self.draining = True
+            elif kind == STOP:
+                self.stopping = True
+                return
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            self.ready.append(heapq.heappop(self.delayed)[2])
+
+    def _start_transfers(self) -> None:
+        if self.draining:
+            return
+        while self.ready and self.transport.has_room():
+            self._start(self.ready.popleft())
+
+    def _start(self, row: Dispatch) -> None:
+        try:
+            url, headers, body = self.request.render(json.loads(row.payload))
+        except Exception as err:  # a row the coordinator validated should never get here
+            self._record(row, REJECTED, None, None, f"cannot render request: {err}", time.time(), 0.0, None)
+            return
+        if self.idempotency_header:
+            headers = headers + [f"{self.idempotency_header}: {row.idempotency_key}", "Expect:"]
+        self.transport.start(row, self.method, url, headers, body)
+
+    def _settle(self, done) -> None:
+        row: Dispatch = done.token
+        attempt = self.pass_attempts.get(row.rid, 0) + 1
+        decision = self.policy.decide(done.outcome, attempt, self.rng)
+        if decision.state == RETRYING:
+            self.pass_attempts[row.rid] = attempt
+            heapq.heappush(self.delayed, (time.monotonic() + decision.delay, row.rid, row))
+        else:
+            self.pass_attempts.pop(row.rid, None)
+        self._record(row, decision.state, done.outcome.http_status, done.outcome.curl_error, done.error,
+                     done.started_at, done.duration_ms, done.excerpt, attempt)
+
+    def _record(self, row, state, http_status, curl_error, error, started_at, duration_ms, excerpt,
+                attempt: int = 1) -> None:
+        self.results.append(Attempt(row.rid, row.attempts + attempt, state, http_status, curl_error, error,
+                                    started_at, duration_ms, excerpt))
+
+    def _poll_timeout(self) -> float:
+        if self.ready and self.transport.has_room() and not self.draining:
+            return 0.0
+        timeout = FLUSH_INTERVAL
+        if self.delayed:
+            timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
+        return timeout
