@@ -1,0 +1,105 @@
+"""Bad input is refused with one line naming file, line and field; exit 2; nothing sent."""
+
+import os
+
+import pytest
+
+from conftest import ledger_rows
+
+
+def assert_refused(result, api, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert api.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ('id,amount\n1,5\n2,"7\n', [":3:", "malformed CSV"]),
+    ("id,amount\n1,5\n2,7,9\n", [":3:", "expected 2 fields"]),
+    ("name,amount\nx,5\n", [":1:", "field 'id'", "missing column"]),
+    ("id,amount\n1,5\n2,6\n1,7\n", [":4:", "field 'id'", "duplicate id '1'", "first on line 2"]),
+    ("id,amount\n1,5\n,6\n", [":3:", "field 'id'", "empty id"]),
+    ("", [":1:", "empty file"]),
+])
+def test_bad_csv(tmp_path, api, db, run, content, fragments):
+    path = tmp_path / "in.csv"
+    path.write_text(content)
+    result = run("bill", path, "--url", api.charge_url(), "--db", db)
+    assert_refused(result, api, str(path), *fragments)
+
+
+def test_non_utf8_bytes(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,name\n1,ok\n2,caf\xe9\n")
+    assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db), api, ":3:", "UTF-8")
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ('{"id": 1}\n{"id": 2\n', [":2:", "malformed JSON"]),
+    ('{"id": 1}\n[1, 2]\n', [":2:", "expected a JSON object"]),
+    ('{"id": 1}\n\n{"amount": 2}\n', [":3:", "field 'id'", "missing"]),
+])
+def test_bad_jsonl(tmp_path, api, db, run, content, fragments):
+    path = tmp_path / "in.jsonl"
+    path.write_text(content)
+    assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db), api, *fragments)
+
+
+def test_unknown_field_in_url_template(customers, api, db, run):
+    path = customers(3)
+    result = run("bill", path, "--url", f"{api.base_url}/v1/customers/{{customer_no}}/charges", "--db", db)
+    assert_refused(result, api, ":2:", "field 'customer_no'")
+
+
+def test_row_cannot_change_the_destination_host(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id,tenant\n1,good\n2,evil.example.net#\n")
+    url = "http://{tenant}.localhost:1/charge"
+    result = run("bill", path, "--url", url, "--allow-host", "good.localhost:1", "--db", db)
+    assert_refused(result, api, ":3:", "leaves the allowed hosts")
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("ftp://127.0.0.1/x", "only http and https"),
+    ("127.0.0.1/x", "absolute"),
+    ("http://{host}/x", "--allow-host"),
+])
+def test_bad_url(customers, api, db, run, url, fragment):
+    assert_refused(run("bill", customers(2), "--url", url, "--db", db), api, fragment)
+
+
+def test_unreadable_file(tmp_path, api, db, run):
+    assert_refused(run("bill", tmp_path / "missing.csv", "--url", api.charge_url(), "--db", db), api,
+                   "missing.csv", "cannot open")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_db_as_user(customers, api, tmp_path, run):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert_refused(run("bill", customers(2), "--url", api.charge_url(), "--db", locked / "x.db"), api, "--db")
+
+
+def test_unwritable_db(customers, api, tmp_path, run):
+    # a directory where the ledger file should be cannot be opened, even by root
+    folder = tmp_path / "is-a-dir.db"
+    folder.mkdir()
+    assert_refused(run("bill", customers(2), "--url", api.charge_url(), "--db", folder), api, "--db", "ledger")
+
+
+def test_missing_environment_variable(customers, api, db, run):
+    result = run("bill", customers(2), "--url", api.charge_url(), "--db", db,
+                 "--header", "Authorization: Bearer ${NOT_SET_ANYWHERE}")
+    assert_refused(result, api, "NOT_SET_ANYWHERE", "not set")
+
+
+def test_a_refused_input_leaves_no_run_behind(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id\n" + "".join(f"{n}\n" for n in range(5000)) + "1\n")
+    assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "x"), api, "duplicate")
+    assert ledger_rows(db, "SELECT count(*) FROM requests") == [(0,)]
+    assert ledger_rows(db, "SELECT count(*) FROM runs") == [(0,)]

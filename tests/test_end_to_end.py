@@ -1,0 +1,124 @@
+"""Whole runs through the CLI against the real mock API on 127.0.0.1."""
+
+from conftest import ledger_rows, report_json, status_counts
+
+
+def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
+    path = customers(5000)
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "r1", "--workers", 2,
+                 "--concurrency", 200, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert status_counts(db, "r1") == {"succeeded": 5000}
+    stats = api.stats()
+    assert stats["customers_charged"] == 5000
+    assert stats["customers_charged_more_than_once"] == 0
+    assert stats["charges"] == 5000
+    summary = report_json(run, db, "r1")
+    assert summary["succeeded"] == summary["total"] == 5000
+    assert summary["http_status"] == {"200": 5000}
+
+
+def test_failed_rows_are_rerun_after_the_api_heals(api, customers, db, run):
+    api.configure(fail_rate=0.05)
+    path = customers(1000)
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "r2", "--max-attempts", 2,
+                 "--backoff-base", 0.01, "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "python -m engine rerun r2" in result.output
+    counts = status_counts(db, "r2")
+    assert 20 < counts["failed"] < 100 and counts["failed"] + counts["succeeded"] == 1000
+    failed_ids = {row_id for (row_id,) in ledger_rows(db, "SELECT row_id FROM requests WHERE status='failed'")}
+
+    api.configure(fail_rate=0.0)
+    result = run("rerun", "r2", "--db", db, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert status_counts(db, "r2") == {"succeeded": 1000}
+    stats = api.stats()
+    assert stats["customers_charged"] == 1000
+    assert stats["customers_charged_more_than_once"] == 0
+    # the rerun sent only the rows that had failed, each with the key it had before
+    second_pass = ledger_rows(db, "SELECT DISTINCT r.row_id FROM attempts a JOIN requests r USING (rid)"
+                                  " WHERE a.attempt > 2")
+    assert {row_id for (row_id,) in second_pass} <= failed_ids
+    keys = ledger_rows(db, "SELECT DISTINCT idempotency_key FROM requests WHERE row_id = 'cus_1'")
+    assert keys == [("r2:cus_1",)]
+
+
+def test_rejected_rows_are_final_and_not_rerun_by_default(api, tmp_path, db, run):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n')
+    # the body template names no customer, so the mock API answers 400: a final answer
+    result = run("bill", str(path), "--url", f"{api.base_url}/v1/charges", "--db", db, "--run-id", "r3",
+                 "--body-template", _template(tmp_path, '{"note": "{id}"}'), "--quiet")
+    assert result.exit_code == 1
+    assert status_counts(db, "r3") == {"rejected": 2}
+    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(2,)]
+    result = run("rerun", "r3", "--db", db, "--quiet")
+    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(2,)]
+    result = run("rerun", "r3", "--db", db, "--include-rejected", "--quiet")
+    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(4,)]
+
+
+def _template(tmp_path, text):
+    path = tmp_path / "body.json"
+    path.write_text(text)
+    return str(path)
+
+
+def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
+    api.configure(p500=0.2, p503=0.1, retry_after=0)
+    result = run("bill", customers(500), "--url", api.charge_url(), "--db", db, "--run-id", "r4",
+                 "--max-attempts", 8, "--backoff-base", 0.01, "--backoff-cap", 0.05, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert status_counts(db, "r4") == {"succeeded": 500}
+    attempts = ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r4'")[0][0]
+    assert attempts > 550
+    assert api.stats()["customers_charged_more_than_once"] == 0
+
+
+def test_priority_field_sends_higher_priority_first(api, tmp_path, db, run):
+    path = tmp_path / "prio.csv"
+    path.write_text("id,prio\n" + "".join(f"c{n},{n % 3}\n" for n in range(30)))
+    result = run("bill", str(path), "--url", api.charge_url(), "--db", db, "--run-id", "p",
+                 "--priority-field", "prio", "--workers", 1, "--concurrency", 1, "--chunks", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    order = [row_id for (row_id,) in ledger_rows(
+        db, "SELECT r.row_id FROM attempts a JOIN requests r USING (rid) ORDER BY a.started_at")]
+    expected = [f"c{n}" for p in (2, 1, 0) for n in range(30) if n % 3 == p]
+    assert order == expected
+
+
+def test_delay_sends_nothing_before_its_time(api, customers, db, run):
+    import time
+    before = time.time()
+    result = run("bill", customers(20), "--url", api.charge_url(), "--db", db, "--run-id", "d",
+                 "--delay", 1.5, "--quiet")
+    assert result.exit_code == 0, result.output
+    first = ledger_rows(db, "SELECT min(started_at) FROM attempts")[0][0]
+    assert first >= before + 1.5
+
+
+def test_secrets_never_reach_the_ledger_or_the_log(api, customers, db, run, tmp_path):
+    secret = "sk_live_THIS_IS_SECRET_42"
+    log = tmp_path / "events.jsonl"
+    api.configure(p500=0.3)
+    result = run("bill", customers(50), "--url", api.charge_url(), "--db", db, "--run-id", "s",
+                 "--header", "Authorization: Bearer ${BILLING_TOKEN}", "--log-file", log,
+                 "--backoff-base", 0.01, "--max-attempts", 10, "--quiet", env={"BILLING_TOKEN": secret})
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+    for path in (db, db + "-wal", str(log)):
+        try:
+            assert secret.encode() not in open(path, "rb").read()
+        except FileNotFoundError:
+            pass
+    events = [line for line in log.read_text().splitlines()]
+    assert any('"attempt_failed"' in e for e in events) and any('"run_start"' in e for e in events)
+
+
+def test_a_typed_secret_is_refused(api, customers, db, run):
+    result = run("bill", customers(5), "--url", api.charge_url(), "--db", db,
+                 "--header", "Authorization: Bearer sk_live_typed_in_argv")
+    assert result.exit_code == 2
+    assert "environment" in result.output
+    assert api.stats()["requests"] == 0

@@ -1,0 +1,85 @@
+"""The retry policy's pure decisions: classification, back-off bounds, Retry-After."""
+
+import random
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+
+import pycurl
+import pytest
+
+from engine.policy import (FAILED, REJECTED, RETRYING, SUCCEEDED, UNKNOWN, Outcome, RetryPolicy,
+                           parse_retry_after)
+
+POLICY = RetryPolicy()
+
+
+@pytest.mark.parametrize("status,state", [
+    (200, SUCCEEDED), (201, SUCCEEDED), (204, SUCCEEDED),
+    (301, REJECTED), (302, REJECTED), (400, REJECTED), (401, REJECTED), (402, REJECTED), (403, REJECTED),
+    (404, REJECTED), (410, REJECTED), (422, REJECTED),
+    (408, RETRYING), (409, RETRYING), (425, RETRYING), (429, RETRYING),
+    (500, RETRYING), (502, RETRYING), (503, RETRYING), (504, RETRYING),
+])
+def test_http_status_classification(status, state):
+    assert POLICY.classify(Outcome(http_status=status)) == state
+
+
+@pytest.mark.parametrize("error", [pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST])
+def test_connect_errors_are_always_retried(error):
+    unkeyed = RetryPolicy(idempotent=False)
+    assert unkeyed.classify(Outcome(curl_error=error, connected=False)) == RETRYING
+
+
+@pytest.mark.parametrize("error", [pycurl.E_OPERATION_TIMEDOUT, pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR])
+def test_errors_after_sending_are_retried_only_with_a_key(error):
+    assert POLICY.classify(Outcome(curl_error=error, connected=True)) == RETRYING
+    assert RetryPolicy(idempotent=False).classify(Outcome(curl_error=error, connected=True)) == UNKNOWN
+
+
+def test_timeout_before_connecting_is_safe_without_a_key():
+    outcome = Outcome(curl_error=pycurl.E_OPERATION_TIMEDOUT, connected=False)
+    assert RetryPolicy(idempotent=False).classify(outcome) == RETRYING
+
+
+def test_attempts_run_out_into_failed():
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.decide(Outcome(http_status=503), 2).state == RETRYING
+    assert policy.decide(Outcome(http_status=503), 3).state == FAILED
+    assert policy.decide(Outcome(http_status=404), 1).state == REJECTED
+
+
+def test_backoff_is_full_jitter_within_the_capped_exponential():
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=4.0)
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (60, 4.0)]:
+        draws = [policy.backoff(attempt, rng) for _ in range(500)]
+        assert all(0 <= d <= ceiling for d in draws)
+        assert max(draws) > ceiling * 0.9 and min(draws) < ceiling * 0.1
+
+
+def test_retry_after_sets_the_delay_on_429_and_503_only():
+    assert POLICY.decide(Outcome(http_status=429, retry_after="7"), 1).delay == 7
+    assert POLICY.decide(Outcome(http_status=503, retry_after="7"), 1).delay == 7
+    assert POLICY.decide(Outcome(http_status=500, retry_after="7"), 1).delay <= 0.5
+
+
+def test_retry_after_is_capped():
+    policy = RetryPolicy(retry_after_cap=10)
+    assert policy.decide(Outcome(http_status=429, retry_after="3600"), 1).delay == 10
+
+
+def test_parse_retry_after_seconds_date_and_garbage():
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    earlier = format_datetime(now - timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after(" 0 ") == 0
+    assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(90)
+    assert parse_retry_after(earlier, now=now.timestamp()) == 0
+    for garbage in ("soon", "-5", "1.5e3", "", "Wed, 99 Foo 2026"):
+        assert parse_retry_after(garbage) is None
+
+
+def test_policy_is_immutable():
+    with pytest.raises(Exception):
+        POLICY.max_attempts = 9
