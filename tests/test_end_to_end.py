@@ -122,3 +122,21 @@ def test_a_typed_secret_is_refused(api, customers, db, run):
     assert result.exit_code == 2
     assert "environment" in result.output
     assert api.stats()["requests"] == 0
+
+
+def test_rerun_script_finishes_a_run(api, customers, db, run):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    api.configure(fail_rate=0.2)
+    assert run("bill", customers(100), "--url", api.charge_url(), "--db", db, "--run-id", "sc",
+               "--max-attempts", 1, "--quiet").exit_code == 1
+    api.configure(fail_rate=0.0)
+    script = Path(__file__).resolve().parent.parent / "scripts" / "rerun_failed.py"
+    done = subprocess.run([sys.executable, str(script), "sc", "--db", db, "--quiet"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "100 succeeded" in done.stdout
+    assert status_counts(db, "sc") == {"succeeded": 100}
+    assert api.stats()["customers_charged_more_than_once"] == 0

@@ -1,0 +1,81 @@
+"""status, report, export, help: what a person reads."""
+
+import csv
+import io
+import json
+import pathlib
+
+import pytest
+
+from engine.cli import cli
+from conftest import report_json
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture
+def finished_run(api, customers, db, run):
+    api.configure(fail_rate=0.1)
+    result = run("bill", customers(200), "--url", api.charge_url(), "--db", db, "--run-id", "rep",
+                 "--max-attempts", 1, "--quiet")
+    assert result.exit_code == 1
+    return "rep"
+
+
+def test_report_json_has_every_key(finished_run, db, run):
+    summary = report_json(run, db, finished_run)
+    for key in ("run_id", "total", "succeeded", "failed", "rejected", "pending", "attempts", "elapsed_s",
+                "requests_per_s", "latency_ms", "http_status"):
+        assert key in summary
+    assert summary["total"] == 200 and summary["succeeded"] + summary["failed"] == 200
+    assert summary["failed"] > 5
+    assert summary["http_status"]["503"] == summary["failed"]
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+
+
+def test_report_text_and_csv(finished_run, db, run):
+    text = run("report", finished_run, "--db", db)
+    assert text.exit_code == 0 and "succeeded" in text.output and "p95" in text.output
+    table = run("report", finished_run, "--db", db, "--format", "csv")
+    row = next(csv.DictReader(io.StringIO(table.output)))
+    assert row["total"] == "200"
+
+
+def test_export_failed_rows(finished_run, db, run):
+    result = run("export", finished_run, "--db", db, "--status", "failed")
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    summary = report_json(run, db, finished_run)
+    assert len(rows) == summary["failed"]
+    assert all(r["status"] == "failed" and r["http_status"] == "503" for r in rows)
+    assert all(r["idempotency_key"] == f"rep:{r['row_id']}" for r in rows)
+
+
+def test_status_table(finished_run, db, run):
+    result = run("status", "--db", db)
+    assert result.exit_code == 0
+    header, line = result.output.splitlines()[:2]
+    assert header.split()[:3] == ["run", "state", "total"]
+    assert line.split()[:3] == ["rep", "finished", "200"]
+
+
+def test_unknown_run_is_one_line(db, run):
+    result = run("report", "nope", "--db", db)
+    assert result.exit_code == 2 and result.output.strip() == f"error: no run 'nope' in {db}"
+
+
+def test_bill_refuses_an_existing_run(finished_run, customers, api, db, run):
+    result = run("bill", customers(3, name="other.csv"), "--url", api.charge_url(), "--db", db, "--run-id", "rep")
+    assert result.exit_code == 2 and "rerun rep" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(name, run):
+    result = run(name, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    command = cli.commands[name]
+    for param in command.params:
+        if param.param_type_name == "option" and param.name != "help":
+            assert param.help, f"{name} {param.opts} has no help"
+    assert f"engine {name}" in README.read_text(), f"README does not document '{name}'"
