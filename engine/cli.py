@@ -58,6 +58,8 @@ def pool_options(command):
                      help="Transfers in flight per worker [default: 100]."),
         click.option("--chunks", type=int, default=None, metavar="N",
                      help="Rows per chunk handed to a worker [default: 100]."),
+        click.option("--rate", type=float, default=None, metavar="N",
+                     help="Requests per second at most, for all workers together [default: no limit]."),
         click.option("--max-attempts", type=int, default=None, metavar="N",
                      help="Attempts per row in one pass, the first included [default: 5]."),
         click.option("--timeout", type=float, default=None, metavar="S",
@@ -130,7 +132,7 @@ def cli():
 def bill(input_path, url, method, headers, secret_headers, body_template, form, fmt, id_field, priority_field,
          run_id, not_before, delay, idempotency_header, idempotency_key_field, no_idempotency, backoff_base,
          backoff_cap, retry_after_cap, connect_timeout, allow_hosts, insecure, ca_bundle, db, workers,
-         concurrency, chunks, max_attempts, timeout, log_file, quiet):
+         concurrency, chunks, rate, max_attempts, timeout, log_file, quiet):
     """Send one request per row of INPUT (CSV, JSON Lines, or - for stdin) and record each outcome.
 
     Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
@@ -149,7 +151,8 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
         idempotency_key_field=idempotency_key_field, idempotency=not no_idempotency, backoff_base=backoff_base,
         backoff_cap=backoff_cap, retry_after_cap=retry_after_cap, connect_timeout=connect_timeout,
         insecure=insecure, ca_bundle=ca_bundle,
-    ), workers=workers, concurrency=concurrency, chunks=chunks, max_attempts=max_attempts, timeout=timeout)
+    ), workers=workers, concurrency=concurrency, chunks=chunks, rate=rate, max_attempts=max_attempts,
+        timeout=timeout)
     result = bill_run(db=db, input_path=input_path, settings=settings, fmt=fmt, run_id=run_id,
                       not_before=_start_time(not_before, delay), log_file=log_file, quiet=quiet)
     _finish(result)
@@ -163,7 +166,7 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
 @db_option
 @pool_options
 @engine_errors
-def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, chunks, max_attempts, timeout,
+def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, chunks, rate, max_attempts, timeout,
           log_file, quiet):
     """The later pass: send every row of RUN_ID that has not succeeded, with the same keys.
 
@@ -177,7 +180,7 @@ def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, c
     """
     result = rerun_run(db=db, run_id=run_id, include_rejected=include_rejected, include_unknown=include_unknown,
                        log_file=log_file, quiet=quiet, workers=workers, concurrency=concurrency, chunks=chunks,
-                       max_attempts=max_attempts, timeout=timeout)
+                       rate=rate, max_attempts=max_attempts, timeout=timeout)
     _finish(result)
 
 

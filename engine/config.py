@@ -46,6 +46,7 @@ class RunSettings:
     workers: int = field(default_factory=default_workers)
     concurrency: int = 100
     chunks: int = 100
+    rate: float | None = None
     max_attempts: int = 5
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -62,6 +63,8 @@ class RunSettings:
         for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        if self.rate is not None and self.rate <= 0:
+            raise UsageError("--rate must be positive")
         for name in ("connect_timeout", "timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")

@@ -163,10 +163,11 @@ class Pass:
         self.events = events
         self.stop = stop or StopRequest()
         self.interrupted = False
+        self.paused = False
 
     def run(self, pool_factory=WorkerPool) -> PassTally:
         config = self.settings.worker_config()
-        with pool_factory(self.settings.workers, config) as pool:
+        with pool_factory(self.settings.workers, config, rate=self.settings.rate) as pool:
             self.outstanding = {index: {} for index in range(self.settings.workers)}
             while not self._done():
                 if self.stop.count:
@@ -174,6 +175,7 @@ class Pass:
                     break
                 self._handle_events(pool, EVENT_WAIT)
                 self._serve_hungry(pool)
+                self._watch_breaker(pool)
             else:
                 pool.stop()
                 pool.join(5)
@@ -203,6 +205,24 @@ class Pass:
                 self.events.failed_attempt(self.run_id, attempt)
         if self.progress is not None:
             self.progress.update(self.tally)
+
+    def _watch_breaker(self, pool: WorkerPool) -> None:
+        """Say when the pool pauses because the endpoint is down, and when it resumes."""
+        paused = pool.breaker.is_open()
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            since = time.strftime("%H:%M:%S", time.localtime(pool.breaker.opened_at()))
+            if self.progress is not None:
+                self.progress.note(f"paused: endpoint down since {since}")
+            if self.events is not None:
+                self.events.emit("pause", run_id=self.run_id, reason="endpoint down", since=pool.breaker.opened_at())
+        else:
+            if self.progress is not None:
+                self.progress.note("resumed")
+            if self.events is not None:
+                self.events.emit("resume", run_id=self.run_id)
 
     def _salvage(self, pool: WorkerPool, index: int) -> None:
         """A worker died: its unfinished rows go back to the front of the queue; a new worker starts."""

@@ -13,6 +13,8 @@ import multiprocessing
 from multiprocessing.connection import wait
 from typing import NamedTuple
 
+from engine.breaker import CircuitBreaker
+from engine.ratelimit import Pacer
 from engine.worker import DRAIN, ROWS, STOP, WorkerConfig, run_worker
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -28,24 +30,32 @@ class Message(NamedTuple):
 
 
 class _Slot:
-    def __init__(self, index: int, config: WorkerConfig):
+    def __init__(self, index: int, config: WorkerConfig, shared: tuple):
         self.index = index
         self.inbox = _CONTEXT.Queue()
         reader, writer = _CONTEXT.Pipe(duplex=False)
         self.results = reader
         self.process = _CONTEXT.Process(
-            target=run_worker, args=(index, config, self.inbox, writer), name=f"engine-worker-{index}", daemon=True)
+            target=run_worker, args=(index, config, self.inbox, writer, *shared), name=f"engine-worker-{index}", daemon=True)
         self.process.start()
         writer.close()
         self.closed = False
 
 
 class WorkerPool:
-    """``size`` worker processes; ``events`` reports their messages and deaths."""
+    """``size`` worker processes; ``events`` reports their messages and deaths.
 
-    def __init__(self, size: int, config: WorkerConfig):
+    The pool owns the state its workers share: the circuit breaker and the pacer.
+    """
+
+    def __init__(self, size: int, config: WorkerConfig, rate: float | None = None):
         self.config = config
-        self.slots = [_Slot(index, config) for index in range(size)]
+        self.breaker = CircuitBreaker.create(_CONTEXT)
+        self.pacer = Pacer.create(_CONTEXT, rate)
+        self.slots = [_Slot(index, config, self._shared()) for index in range(size)]
+
+    def _shared(self) -> tuple:
+        return self.breaker, self.pacer
 
     def __enter__(self):
         return self
@@ -88,7 +98,7 @@ class WorkerPool:
     def replace(self, index: int) -> None:
         """Start a fresh worker in place of one that died."""
         self._close(self.slots[index])
-        self.slots[index] = _Slot(index, self.config)
+        self.slots[index] = _Slot(index, self.config, self._shared())
 
     def send_rows(self, index: int, rows: list) -> None:
         self.slots[index].inbox.put((ROWS, rows))

@@ -21,8 +21,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from engine.breaker import CircuitBreaker, is_down
 from engine.ledger import Attempt, Dispatch
 from engine.policy import REJECTED, RETRYING, RetryPolicy
+from engine.ratelimit import Pacer
 from engine.template import CompiledRequest, RequestSpec
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
 
@@ -48,11 +50,11 @@ class WorkerConfig:
     chunk_size: int
 
 
-def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox) -> None:
+def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer) -> None:
     """Entry point of a worker process; returns when told to stop or when the coordinator dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_open_file_limit()
-    loop = WorkerLoop(config, inbox, outbox)
+    loop = WorkerLoop(config, inbox, outbox, breaker, pacer)
     try:
         loop.run()
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
@@ -64,8 +66,11 @@ def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox) -> None:
 class WorkerLoop:
     """The state of one worker: queued rows, delayed retries, transfers in flight."""
 
-    def __init__(self, config: WorkerConfig, inbox, outbox):
+    def __init__(self, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer):
         self.config = config
+        self.breaker, self.pacer = breaker, pacer
+        self.probe_rid: int | None = None
+        self.paced_until = 0.0
         self.inbox, self.outbox = inbox, outbox
         self.request = CompiledRequest(config.spec)
         self.idempotency_header = config.spec.idempotency_header
@@ -151,9 +156,22 @@ class WorkerLoop:
             self.ready.append(heapq.heappop(self.delayed)[2])
 
     def _start_transfers(self) -> None:
-        if self.draining:
+        if self.draining or not self.ready:
             return
-        while self.ready and self.transport.has_room():
+        window = self.pacer.window(self.config.concurrency)
+        while self.ready and self.transport.active < window:
+            permit = self.breaker.allow()
+            if not permit:
+                return
+            if permit == "probe":
+                row = self.ready.popleft()
+                self.probe_rid = row.rid
+                self._start(row)
+                return
+            wait = self.pacer.acquire()
+            if wait:
+                self.paced_until = time.monotonic() + wait
+                return
             self._start(self.ready.popleft())
 
     def _start(self, row: Dispatch) -> None:
@@ -168,6 +186,13 @@ class WorkerLoop:
 
     def _settle(self, done) -> None:
         row: Dispatch = done.token
+        outcome = done.outcome
+        probe = row.rid == self.probe_rid
+        if probe:
+            self.probe_rid = None
+        self.breaker.record(is_down(outcome.http_status, outcome.curl_error, outcome.connected), probe)
+        if outcome.http_status == 429:
+            self.pacer.too_many_requests()
         attempt = self.pass_attempts.get(row.rid, 0) + 1
         decision = self.policy.decide(done.outcome, attempt, self.rng)
         if decision.state == RETRYING:
@@ -184,8 +209,8 @@ class WorkerLoop:
                                     started_at, duration_ms, excerpt))
 
     def _poll_timeout(self) -> float:
-        if self.ready and self.transport.has_room() and not self.draining:
-            return 0.0
+        if self.ready and self.transport.has_room() and not self.draining and not self.breaker.is_open():
+            return max(0.0, min(FLUSH_INTERVAL, self.paced_until - time.monotonic()))
         timeout = FLUSH_INTERVAL
         if self.delayed:
             timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
