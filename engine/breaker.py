@@ -26,7 +26,7 @@ class BreakerSettings:
 
     threshold: int = 20
     first_interval: float = 1.0
-    max_interval: float = 30.0
+    max_interval: float = 10.0
     probe_timeout: float = 35.0
 
 

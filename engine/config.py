@@ -104,6 +104,7 @@ class RunSettings:
 
     def worker_config(self) -> WorkerConfig:
         transport = TransportOptions(connect_timeout=self.connect_timeout, timeout=self.timeout,
-                                     verify_tls=not self.insecure, ca_bundle=self.ca_bundle)
+                                     verify_tls=not self.insecure, ca_bundle=self.ca_bundle,
+                                     reuse_connections=self.idempotency)
         return WorkerConfig(spec=self.request_spec(), policy=self.policy(), transport=transport,
                             concurrency=self.concurrency, chunk_size=self.chunks)

@@ -18,7 +18,7 @@ import random
 import re
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -70,7 +70,8 @@ class BillingState:
         self.counters: Counter = Counter()
         self.inflight = 0
         self.max_seen_inflight = 0
-        self.second_counts: Counter = Counter()
+        self.recent: deque = deque()
+        self.max_per_second = 0
 
     def stats(self) -> dict:
         twice = [c for c, n in self.charges.items() if n > 1]
@@ -86,9 +87,17 @@ class BillingState:
             "dropped_after": self.counters["drop_after"],
             "hung": self.counters["hang"],
             "max_inflight": self.max_seen_inflight,
-            "max_requests_in_one_second": max(self.second_counts.values(), default=0),
+            "max_requests_in_one_second": self.max_per_second,
             "http_status": {str(k): v for k, v in sorted(self.statuses.items())},
         }
+
+    def count_arrival(self, now: float) -> None:
+        """Track the most requests seen in any sliding one-second window."""
+        recent = self.recent
+        recent.append(now)
+        while recent[0] <= now - 1.0:
+            recent.popleft()
+        self.max_per_second = max(self.max_per_second, len(recent))
 
     def in_outage(self) -> bool:
         c = self.config
@@ -222,7 +231,7 @@ def _customer(request: Request) -> str | None:
 async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, str]:
     config, rng = state.config, state.rng
     state.counters["requests"] += 1
-    state.second_counts[int(time.monotonic())] += 1
+    state.count_arrival(time.monotonic())
     key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None
     if key is not None and key in state.keys:
         if state.keys[key] is None:

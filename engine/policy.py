@@ -97,8 +97,8 @@ class RetryPolicy:
         delay = self.backoff(attempt, rng)
         if outcome.http_status in self.RETRY_AFTER_STATUSES and outcome.retry_after:
             asked = parse_retry_after(outcome.retry_after)
-            if asked is not None:
-                delay = min(asked, self.retry_after_cap)
+            if asked is not None:  # the server's wait is a floor: never sooner, still jittered above it
+                delay = max(delay, min(asked, self.retry_after_cap))
         return Decision(RETRYING, delay)
 
     def backoff(self, attempt: int, rng: random.Random = random) -> float:

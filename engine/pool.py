@@ -39,7 +39,8 @@ class _Slot:
             target=run_worker, args=(index, config, self.inbox, writer, *shared), name=f"engine-worker-{index}", daemon=True)
         self.process.start()
         writer.close()
-        self.closed = False
+        self.closed = False  # said goodbye, or was shut down: no longer watched
+        self.eof = False  # its result pipe has ended (it exited or died)
 
 
 class WorkerPool:
@@ -51,7 +52,7 @@ class WorkerPool:
     def __init__(self, size: int, config: WorkerConfig, rate: float | None = None):
         self.config = config
         self.breaker = CircuitBreaker.create(_CONTEXT)
-        self.pacer = Pacer.create(_CONTEXT, rate)
+        self.pacer = Pacer.create(_CONTEXT, rate, size, config.concurrency)
         self.slots = [_Slot(index, config, self._shared()) for index in range(size)]
 
     def _shared(self) -> tuple:
@@ -68,7 +69,8 @@ class WorkerPool:
         by_handle = {}
         for slot in self.slots:
             if not slot.closed:
-                by_handle[slot.results] = slot
+                if not slot.eof:
+                    by_handle[slot.results] = slot
                 by_handle[slot.process.sentinel] = slot
         messages, dead = [], []
         for handle in wait(list(by_handle), timeout):
@@ -77,9 +79,11 @@ class WorkerPool:
                 messages.extend(self._receive(slot))
         for slot in self.slots:
             if not slot.closed and not slot.process.is_alive():
-                messages.extend(self._receive(slot))
-                slot.closed = True
-                dead.append(slot.index)
+                if not slot.eof:
+                    messages.extend(self._receive(slot))
+                if not slot.closed:  # it left without saying goodbye
+                    slot.closed = True
+                    dead.append(slot.index)
         return messages, dead
 
     def _receive(self, slot: _Slot) -> list[Message]:
@@ -92,7 +96,7 @@ class WorkerPool:
                     slot.closed = True
                     break
         except (EOFError, OSError):
-            slot.closed = True
+            slot.eof = True
         return messages
 
     def replace(self, index: int) -> None:

@@ -1,40 +1,51 @@
-"""Pool-wide pacing: a requests-per-second limit and a window that backs off on 429.
+"""Pool-wide pacing: a requests-per-second limit, and a window that backs off on 429.
 
 Both live in one shared ``multiprocessing.Array`` so the limits hold for all workers
 together, not per process.
 
-- ``--rate N`` is a GCRA (generic cell rate algorithm) token schedule: a transfer may
-  start when the pool's "theoretical arrival time" is not ahead of now by more than
-  the burst allowance; each start pushes it by ``1/N``. In any one-second window at
-  most ``N + burst`` transfers start.
-- On HTTP 429 the run slows down by AIMD, as TCP does: at most once a second a 429
-  halves the allowed window of transfers in flight (and the rate, when one is set);
-  every second without one, they grow back by a tenth of their configured size.
+- ``--rate N`` is a GCRA (generic cell rate algorithm) schedule: a transfer may start
+  when the pool's "theoretical arrival time" is not ahead of now by more than the
+  burst allowance; each start pushes it by ``1/N``. In any one-second window at most
+  ``N`` plus a few transfers start.
+- 429 (Too Many Requests) is answered by AIMD over one-second epochs, driven by the
+  share of answers that were 429: above :data:`THROTTLED_SHARE` the window of
+  transfers in flight (and the rate, when one is set) is multiplied by
+  ``1 - share`` (at most halved); an epoch with no 429 grows them back by
+  :data:`RECOVERY_PER_SECOND` of their configured size. A few scattered 429s thus
+  change nothing, while a server that accepts only 40 requests at a time brings the
+  window down to about 40 within a few seconds.
 """
 
 from __future__ import annotations
 
 import time
 
-_TAT, _RATE, _FRACTION, _LAST_CUT, _LAST_RAISE = range(5)
-#: Smallest share of the configured window or rate that 429s can push the pool down to.
-MIN_FRACTION = 0.02
-#: Share of the configured window or rate regained per second without a 429.
-RECOVERY_PER_SECOND = 0.1
-#: Transfers that may start at once above the steady rate (burst allowance, in seconds of rate).
+_TAT, _RATE_SHARE, _WINDOW, _EPOCH_START, _ANSWERS, _THROTTLED = range(6)
+#: Share of 429 answers in an epoch above which the pool slows down.
+THROTTLED_SHARE = 0.10
+#: Share of the configured window and rate regained after an epoch without a 429.
+RECOVERY_PER_SECOND = 0.05
+#: Length of an epoch (s).
+EPOCH = 1.0
+#: Smallest share of the configured rate that 429s can push the pool down to.
+MIN_RATE_SHARE = 0.02
+#: Burst allowance above the steady rate, in seconds of rate.
 BURST_SECONDS = 0.02
 
 
 class Pacer:
-    """Shared pacing state; ``rate`` of None means no requests-per-second limit."""
+    """Shared pacing state for ``workers`` processes of ``concurrency`` transfers each."""
 
-    def __init__(self, shared, rate: float | None):
+    def __init__(self, shared, rate: float | None, workers: int, concurrency: int):
         self.shared = shared
         self.rate = rate
+        self.workers, self.concurrency = workers, concurrency
+        self.total = workers * concurrency
 
     @classmethod
-    def create(cls, context, rate: float | None) -> "Pacer":
-        return cls(context.Array("d", [0.0, rate or 0.0, 1.0, 0.0, 0.0]), rate)
+    def create(cls, context, rate: float | None, workers: int, concurrency: int) -> "Pacer":
+        shared = context.Array("d", [0.0, 1.0, float(workers * concurrency), time.monotonic(), 0.0, 0.0])
+        return cls(shared, rate, workers, concurrency)
 
     def acquire(self) -> float:
         """0 if a transfer may start now (and it is counted), else the seconds to wait."""
@@ -43,37 +54,35 @@ class Pacer:
         s = self.shared
         with s.get_lock():
             now = time.monotonic()
-            rate = self.rate * s[_FRACTION]
+            interval = 1.0 / (self.rate * s[_RATE_SHARE])
             tat = max(s[_TAT], now)
-            if tat - now > max(BURST_SECONDS, 1.0 / rate):
+            if tat - now > max(BURST_SECONDS, interval):
                 return tat - now - BURST_SECONDS
-            s[_TAT] = tat + 1.0 / rate
+            s[_TAT] = tat + interval
             return 0.0
 
-    def window(self, configured: int) -> int:
-        """Transfers in flight this worker may have now."""
-        s = self.shared
-        if s[_FRACTION] >= 1.0:
-            return configured
-        now = time.monotonic()
-        if now - s[_LAST_RAISE] >= 1.0:
-            with s.get_lock():
-                seconds = int(now - max(s[_LAST_RAISE], s[_LAST_CUT]))
-                if seconds >= 1:
-                    s[_FRACTION] = min(1.0, s[_FRACTION] + RECOVERY_PER_SECOND * seconds)
-                    s[_LAST_RAISE] = now
-        return max(1, int(configured * s[_FRACTION]))
+    def window(self) -> int:
+        """Transfers in flight one worker may have now."""
+        return max(1, int(self.shared[_WINDOW] / self.workers))
 
-    def too_many_requests(self) -> None:
-        """A 429 came back: halve the window (and rate), at most once a second."""
+    def report(self, answers: int, throttled: int) -> None:
+        """Count a worker's answers (and how many were 429) and adjust at each epoch's end."""
         s = self.shared
-        now = time.monotonic()
-        if now - s[_LAST_CUT] < 1.0:
-            return
         with s.get_lock():
-            if now - s[_LAST_CUT] >= 1.0:
-                s[_FRACTION] = max(MIN_FRACTION, s[_FRACTION] / 2)
-                s[_LAST_CUT] = s[_LAST_RAISE] = now
+            s[_ANSWERS] += answers
+            s[_THROTTLED] += throttled
+            now = time.monotonic()
+            if now - s[_EPOCH_START] < EPOCH:
+                return
+            share = s[_THROTTLED] / s[_ANSWERS] if s[_ANSWERS] else 0.0
+            if share > THROTTLED_SHARE:
+                factor = max(0.5, 1.0 - share)
+                s[_WINDOW] = max(float(self.workers), s[_WINDOW] * factor)
+                s[_RATE_SHARE] = max(MIN_RATE_SHARE, s[_RATE_SHARE] * factor)
+            elif share == 0.0:
+                s[_WINDOW] = min(float(self.total), s[_WINDOW] + RECOVERY_PER_SECOND * self.total)
+                s[_RATE_SHARE] = min(1.0, s[_RATE_SHARE] + RECOVERY_PER_SECOND)
+            s[_EPOCH_START], s[_ANSWERS], s[_THROTTLED] = now, 0.0, 0.0
 
-    def fraction(self) -> float:
-        return self.shared[_FRACTION]
+    def in_flight_limit(self) -> int:
+        return int(self.shared[_WINDOW])

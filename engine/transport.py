@@ -31,6 +31,9 @@ class TransportOptions:
     verify_tls: bool = True
     ca_bundle: str | None = None
     user_agent: str = "batch-engine"
+    #: libcurl silently resends a request once when a reused connection turns out dead;
+    #: without an Idempotency-Key that could charge twice, so such runs use fresh connections.
+    reuse_connections: bool = True
 
 
 class Finished(NamedTuple):
@@ -80,6 +83,9 @@ def _new_handle(options: TransportOptions) -> pycurl.Curl:
     handle.setopt(pycurl.SSL_VERIFYHOST, 2 if options.verify_tls else 0)
     if options.ca_bundle:
         handle.setopt(pycurl.CAINFO, options.ca_bundle)
+    if not options.reuse_connections:
+        handle.setopt(pycurl.FRESH_CONNECT, 1)
+        handle.setopt(pycurl.FORBID_REUSE, 1)
     handle.setopt(pycurl.WRITEFUNCTION, capture.write)
     handle.setopt(pycurl.HEADERFUNCTION, capture.header)
     return handle

@@ -70,6 +70,8 @@ class WorkerLoop:
         self.config = config
         self.breaker, self.pacer = breaker, pacer
         self.probe_rid: int | None = None
+        self.answers = self.throttled = 0
+        self.cooling: list[float] = []  # release times of slots resting after a 429
         self.paced_until = 0.0
         self.inbox, self.outbox = inbox, outbox
         self.request = CompiledRequest(config.spec)
@@ -124,6 +126,9 @@ class WorkerLoop:
         return target - backlog if backlog < self.config.concurrency else 0
 
     def _send(self, want: int, bye: bool = False) -> None:
+        if self.answers:
+            self.pacer.report(self.answers, self.throttled)
+            self.answers = self.throttled = 0
         self.outbox.send((self.results, want, bye))
         self.results = []
         if want:
@@ -158,7 +163,10 @@ class WorkerLoop:
     def _start_transfers(self) -> None:
         if self.draining or not self.ready:
             return
-        window = self.pacer.window(self.config.concurrency)
+        now = time.monotonic()
+        while self.cooling and self.cooling[0] <= now:
+            heapq.heappop(self.cooling)
+        window = self.pacer.window() - len(self.cooling)
         while self.ready and self.transport.active < window:
             permit = self.breaker.allow()
             if not permit:
@@ -191,13 +199,17 @@ class WorkerLoop:
         if probe:
             self.probe_rid = None
         self.breaker.record(is_down(outcome.http_status, outcome.curl_error, outcome.connected), probe)
+        self.answers += 1
         if outcome.http_status == 429:
-            self.pacer.too_many_requests()
+            self.throttled += 1
         attempt = self.pass_attempts.get(row.rid, 0) + 1
         decision = self.policy.decide(done.outcome, attempt, self.rng)
         if decision.state == RETRYING:
             self.pass_attempts[row.rid] = attempt
-            heapq.heappush(self.delayed, (time.monotonic() + decision.delay, row.rid, row))
+            due = time.monotonic() + decision.delay
+            heapq.heappush(self.delayed, (due, row.rid, row))
+            if outcome.http_status == 429:  # the slot rests too, or it would spin on instant 429s
+                heapq.heappush(self.cooling, due)
         else:
             self.pass_attempts.pop(row.rid, None)
         self._record(row, decision.state, done.outcome.http_status, done.outcome.curl_error, done.error,

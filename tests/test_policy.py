@@ -68,6 +68,12 @@ def test_retry_after_is_capped():
     assert policy.decide(Outcome(http_status=429, retry_after="3600"), 1).delay == 10
 
 
+def test_retry_after_zero_does_not_cause_an_immediate_retry_storm():
+    policy = RetryPolicy(backoff_base=1.0, backoff_cap=1.0)
+    delays = [policy.decide(Outcome(http_status=429, retry_after="0"), 3).delay for _ in range(200)]
+    assert max(delays) > 0.5
+
+
 def test_parse_retry_after_seconds_date_and_garbage():
     now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
     later = format_datetime(now + timedelta(seconds=90), usegmt=True)

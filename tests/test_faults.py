@@ -1,0 +1,201 @@
+"""Fault injection: real processes, real sockets on 127.0.0.1, real signals.
+
+The promise under test: every row ends ``succeeded`` and no customer is charged twice,
+whatever the API or the machine does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.mockproc import MockProcess
+from conftest import ledger_rows, status_counts
+
+ENGINE = [sys.executable, "-m", "engine"]
+
+
+def start_engine(*args) -> subprocess.Popen:
+    return subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if ledger_rows(db, "SELECT count(*) FROM attempts")[0][0] >= count:
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} attempts after {limit} s")
+
+
+def finish_with_reruns(db: str, run_id: str, passes: int = 2) -> None:
+    for _ in range(passes):
+        if status_counts(db, run_id).get("succeeded", 0) == sum(status_counts(db, run_id).values()):
+            return
+        run_engine("rerun", run_id, "--db", db, "--quiet")
+
+
+def assert_everyone_charged_once(api: MockProcess, db: str, run_id: str, rows: int) -> None:
+    assert status_counts(db, run_id) == {"succeeded": rows}
+    stats = api.stats()
+    assert stats["customers_charged"] == rows
+    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+
+
+def test_every_fault_at_once(customers, db):
+    rows = 10_000
+    knobs = dict(latency=0.02, jitter=0.01, p500=0.05, p503=0.05, p429=0.03, retry_after=0.2, p_drop_before=0.02,
+                 p_drop_after=0.03, p_hang=0.005, max_inflight=150, seed=11)
+    with MockProcess(**knobs) as api:
+        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "chaos",
+                            "--workers", 2, "--concurrency", 100, "--timeout", 2, "--backoff-base", 0.05,
+                            "--backoff-cap", 1, "--retry-after-cap", 1, "--quiet")
+        assert result.returncode in (0, 1), result.stderr
+        finish_with_reruns(db, "chaos")
+        assert_everyone_charged_once(api, db, "chaos", rows)
+        stats = api.stats()
+        assert stats["dropped_after"] > 100 and stats["replays"] > 100  # the double-charge trap was sprung
+
+
+def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_path):
+    rows = 6000
+    log = tmp_path / "events.jsonl"
+    with MockProcess(latency=0.05, outage_at=2.0, outage_for=20.0) as api:
+        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "down",
+                            "--workers", 2, "--concurrency", 25, "--log-file", log, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert_everyone_charged_once(api, db, "down", rows)
+    attempts = ledger_rows(db, "SELECT count(*) FROM attempts")[0][0]
+    during_outage = ledger_rows(db, "SELECT count(*) FROM attempts WHERE http_status = 503")[0][0]
+    assert during_outage > 0
+    assert during_outage / attempts < 0.02, (during_outage, attempts)
+    events = log.read_text()
+    assert '"event":"pause"' in events and '"event":"resume"' in events
+
+
+def test_kill_coordinator_then_rerun(customers, db):
+    rows = 3000
+    with MockProcess(latency=0.3, jitter=0.1) as api:
+        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "k9",
+                              "--workers", 2, "--concurrency", 50, "--quiet")
+        wait_for_attempts(db, random.randint(200, 1500))
+        workers = worker_pids(engine.pid)
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+        _wait_gone(workers)
+        assert 0 < status_counts(db, "k9").get("succeeded", 0) < rows
+        result = run_engine("rerun", "k9", "--db", db, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert_everyone_charged_once(api, db, "k9", rows)
+
+
+def test_kill_one_worker_mid_run(customers, db, tmp_path):
+    rows = 3000
+    log = tmp_path / "events.jsonl"
+    with MockProcess(latency=0.3, jitter=0.1) as api:
+        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "kw",
+                              "--workers", 2, "--concurrency", 50, "--log-file", log, "--quiet")
+        wait_for_attempts(db, random.randint(200, 1500))
+        os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
+        _, err = engine.communicate(timeout=120)
+        assert engine.returncode == 0, err
+        assert_everyone_charged_once(api, db, "kw", rows)
+    assert '"event":"worker_died"' in log.read_text()
+
+
+def test_ctrl_c_drains_and_rerun_finishes(customers, db):
+    rows = 3000
+    with MockProcess(latency=0.3) as api:
+        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "int",
+                              "--workers", 2, "--concurrency", 50, "--quiet")
+        wait_for_attempts(db, 300)
+        engine.send_signal(signal.SIGINT)
+        out, err = engine.communicate(timeout=60)
+        assert engine.returncode == 130, err
+        assert "python -m engine rerun int" in err
+        assert "Traceback" not in err
+        in_flight = ledger_rows(db, "SELECT count(*) FROM requests WHERE status NOT IN ('succeeded', 'pending')")
+        assert in_flight == [(0,)]  # every transfer in flight was finished and recorded
+        result = run_engine("rerun", "int", "--db", db, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert_everyone_charged_once(api, db, "int", rows)
+
+
+def test_rate_limit_is_global(customers, db):
+    with MockProcess() as api:
+        result = run_engine("bill", customers(1500), "--url", api.charge_url(), "--db", db, "--run-id", "rate",
+                            "--workers", 2, "--concurrency", 50, "--rate", 200, "--quiet")
+        assert result.returncode == 0, result.stderr
+        stats = api.stats()
+    assert 150 <= stats["max_requests_in_one_second"] <= 210, stats
+    elapsed = ledger_rows(db, "SELECT max(started_at) - min(started_at) FROM attempts")[0][0]
+    assert elapsed >= 1500 / 200 * 0.9
+
+
+def test_429s_slow_the_run_down_and_it_recovers(customers, db):
+    with MockProcess(latency=0.05, max_inflight=40, retry_after=1) as api:
+        result = run_engine("bill", customers(3000), "--url", api.charge_url(), "--db", db, "--run-id", "slow",
+                            "--workers", 2, "--concurrency", 100, "--max-attempts", 20, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert_everyone_charged_once(api, db, "slow", 3000)
+    rejected_429 = ledger_rows(db, "SELECT count(*) FROM attempts WHERE http_status = 429")[0][0]
+    # a slot that got a 429 rests for Retry-After and the window shrinks: about 500 here; a client that
+    # refilled slots at once spun into more than 10,000 on this test, one that only honoured Retry-After ~800
+    assert rejected_429 < 750
+
+
+def test_without_idempotency_unknown_outcomes_are_not_retried(customers, db, run):
+    with MockProcess(p_drop_after=0.05, seed=3) as api:
+        result = run("bill", customers(1000), "--url", api.charge_url(), "--db", db, "--run-id", "nokey",
+                     "--no-idempotency", "--quiet")
+        assert result.exit_code == 1
+        counts = status_counts(db, "nokey")
+        assert counts["unknown"] > 10 and counts["succeeded"] + counts["unknown"] == 1000
+        unknown = run("export", "nokey", "--db", db, "--status", "unknown")
+        assert len(unknown.output.strip().splitlines()) == counts["unknown"] + 1
+        run("rerun", "nokey", "--db", db, "--quiet")
+        assert status_counts(db, "nokey")["unknown"] == counts["unknown"]  # left for a person
+        stats = api.stats()
+        assert stats["customers_charged"] == 1000  # the unknown ones were in fact charged, once
+        assert stats["customers_charged_more_than_once"] == 0
+
+
+def _wait_gone(pids: list[int], limit: float = 10) -> None:
+    deadline = time.monotonic() + limit
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and b"spawn_main" in _cmdline(pid):
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {pid} outlived its coordinator")
+            time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

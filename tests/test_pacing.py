@@ -1,0 +1,65 @@
+"""The pool-wide pacer and circuit breaker, driven directly (shared memory, no processes)."""
+
+import multiprocessing
+import time
+
+from engine.breaker import BreakerSettings, CircuitBreaker, is_down
+from engine.ratelimit import Pacer
+
+CONTEXT = multiprocessing.get_context("spawn")
+
+
+def test_rate_admits_about_rate_per_second():
+    pacer = Pacer.create(CONTEXT, 100, workers=2, concurrency=10)
+    admitted, deadline = 0, time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        if pacer.acquire() == 0:
+            admitted += 1
+    assert 45 <= admitted <= 55
+
+
+def test_no_rate_means_no_wait():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=10)
+    assert all(pacer.acquire() == 0 for _ in range(10_000))
+
+
+def test_many_429s_shrink_the_window_and_it_recovers():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=50)
+    assert pacer.window() == 50
+    pacer.shared[3] -= 1.0  # the epoch is over
+    pacer.report(100, 60)  # 60 % throttled: halve
+    assert pacer.in_flight_limit() == 50 and pacer.window() == 25
+    pacer.shared[3] -= 1.0
+    pacer.report(100, 0)  # a clean epoch: +5 % of 100
+    assert pacer.in_flight_limit() == 55
+
+
+def test_scattered_429s_change_nothing():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=50)
+    pacer.shared[3] -= 1.0
+    pacer.report(1000, 30)
+    assert pacer.in_flight_limit() == 100
+
+
+def test_breaker_opens_after_a_streak_and_one_probe_closes_it():
+    breaker = CircuitBreaker.create(CONTEXT, BreakerSettings(threshold=3, first_interval=0.05))
+    for _ in range(2):
+        breaker.record(down=True)
+    breaker.record(down=False)  # an answer breaks the streak
+    for _ in range(3):
+        breaker.record(down=True)
+    assert breaker.is_open() and breaker.allow() is False
+    time.sleep(0.06)
+    assert breaker.allow() == "probe"
+    assert breaker.allow() is False  # only one probe at a time
+    breaker.record(down=True, probe=True)  # still down: wait twice as long
+    assert 0.05 < breaker.wait_time() <= 0.1
+    time.sleep(0.11)
+    assert breaker.allow() == "probe"
+    breaker.record(down=False, probe=True)
+    assert not breaker.is_open() and breaker.allow() is True
+
+
+def test_what_counts_as_down():
+    assert is_down(503, None, True) and is_down(502, None, True) and is_down(None, 7, False)
+    assert not is_down(500, None, True) and not is_down(429, None, True) and not is_down(None, 28, True)
