@@ -300,8 +300,15 @@ async def serve(host: str, port: int, config: MockConfig, on_ready=None) -> None
 
 
 def run(host: str = "127.0.0.1", port: int = 0, config: MockConfig | None = None, on_ready=None) -> None:
-    """Blocking entry point for ``engine mock-api``."""
+    """Blocking entry point for ``engine mock-api``; uses uvloop when it is installed."""
     try:
-        asyncio.run(serve(host, port, config or MockConfig(), on_ready))
+        import uvloop
+    except ImportError:
+        uvloop = None
+    try:
+        if uvloop is not None:
+            uvloop.run(serve(host, port, config or MockConfig(), on_ready))
+        else:
+            asyncio.run(serve(host, port, config or MockConfig(), on_ready))
     except KeyboardInterrupt:
         pass

@@ -9,6 +9,7 @@ configure, add; ``perform``; read what finished; return the handle; ``select``.
 from __future__ import annotations
 
 import resource
+import select
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,6 +20,10 @@ from engine.policy import Outcome
 
 #: Longest response excerpt kept per attempt (bytes).
 EXCERPT_BYTES = 200
+#: Above this many handles per process the epoll loop is used: ``perform`` + ``select``
+#: is cheaper per request for small windows, but libcurl's fdset skips descriptors
+#: at or above FD_SETSIZE (1024), which a large window reaches.
+EPOLL_ABOVE = 400
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 
@@ -118,6 +123,73 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
     return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, error)
 
 
+class _SelectLoop:
+    """``perform`` then ``select`` over curl's fdset: cheapest for a few hundred handles."""
+
+    def __init__(self, multi: pycurl.CurlMulti):
+        self.multi = multi
+
+    def wait(self, timeout: float) -> None:
+        if self.multi.select(timeout) == -1:
+            time.sleep(min(timeout, 0.001))
+
+    def drive(self) -> None:
+        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+
+
+class _EpollLoop:
+    """``socket_action`` driven by epoll and curl's timer: no limit on descriptor numbers."""
+
+    def __init__(self, multi: pycurl.CurlMulti):
+        self.multi = multi
+        self.epoll = select.epoll()
+        self.watched: set[int] = set()
+        self.deadline: float | None = 0.0
+        self.ready: list[tuple[int, int]] = []
+        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+
+    def _on_socket(self, what: int, fd: int, multi, socketp) -> None:
+        if what == pycurl.POLL_REMOVE:
+            if fd in self.watched:
+                self.watched.discard(fd)
+                try:
+                    self.epoll.unregister(fd)
+                except OSError:
+                    pass
+            return
+        mask = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
+        if fd in self.watched:
+            self.epoll.modify(fd, mask)
+        else:
+            self.epoll.register(fd, mask)
+            self.watched.add(fd)
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        self.deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
+
+    def wait(self, timeout: float) -> None:
+        if self.deadline is not None:
+            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
+        self.ready = self.epoll.poll(timeout) if self.watched else (time.sleep(timeout) or [])
+
+    def drive(self) -> None:
+        act = self.multi.socket_action
+        for fd, events in self.ready:
+            flags = ((pycurl.CSELECT_IN if events & (select.EPOLLIN | select.EPOLLHUP) else 0)
+                     | (pycurl.CSELECT_OUT if events & select.EPOLLOUT else 0)
+                     | (pycurl.CSELECT_ERR if events & select.EPOLLERR else 0))
+            act(fd, flags)
+        self.ready = []
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.deadline = None
+            act(pycurl.SOCKET_TIMEOUT, 0)
+
+    def close(self) -> None:
+        self.epoll.close()
+
+
 class Transport:
     """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused."""
 
@@ -125,6 +197,7 @@ class Transport:
         self.multi = pycurl.CurlMulti()
         self.size = size
         self.options = options
+        self.loop = _EpollLoop(self.multi) if size > EPOLL_ABOVE else _SelectLoop(self.multi)
         self.free: list[pycurl.Curl] = []
         self.created = 0
         self.active = 0
@@ -146,15 +219,13 @@ class Transport:
     def poll(self, timeout: float) -> list[Finished]:
         """Wait up to ``timeout`` seconds for socket activity, drive transfers, return those that ended."""
         if self.active:
-            if self.multi.select(timeout) == -1:
-                time.sleep(min(timeout, 0.001))
+            self.loop.wait(timeout)
         elif timeout > 0:
             time.sleep(timeout)
         return self.drive()
 
     def drive(self) -> list[Finished]:
-        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
+        self.loop.drive()
         finished = []
         while True:
             queued, ok_list, err_list = self.multi.info_read()
@@ -168,7 +239,7 @@ class Transport:
     def _release(self, handle, errno, message) -> Finished:
         result = harvest(handle, errno, message)
         self.multi.remove_handle(handle)
-        handle.capture.reset(None)
+        handle.capture.token = None
         self.free.append(handle)
         self.active -= 1
         return result
@@ -177,6 +248,8 @@ class Transport:
         for handle in self.free:
             handle.close()
         self.multi.close()
+        if isinstance(self.loop, _EpollLoop):
+            self.loop.close()
 
 
 def raise_open_file_limit() -> tuple[int, int]:

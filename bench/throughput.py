@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Throughput benchmark: the engine end to end against peers, on nginx answering ``return 200``.
+
+Installs nginx with apt-get if it is missing, starts it on a free 127.0.0.1 port, then
+runs in one go, with the same processes and in-flight requests for every client:
+(1) ``python -m engine bill`` end to end (ledger, progress, retry machinery on),
+(2) a bare pycurl CurlMulti loop (the ceiling), (3) aiohttp + uvloop, (4) httpx
+AsyncClient, (5) serial ``requests``. Slow peers run on fewer rows and are extrapolated.
+
+Example:
+    python bench/throughput.py                  # 200,000 rows
+    python bench/throughput.py --full           # 1,000,000 rows
+    python bench/throughput.py --rows 2000      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import engine, record, report, table  # noqa: E402
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+
+
+def ensure_nginx() -> str:
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if path:
+        return path
+    print("nginx not found: installing it with apt-get", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_nginx(directory: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = os.path.join(directory, "nginx.conf")
+    with open(conf, "w") as handle:
+        handle.write(NGINX_CONF.format(dir=directory, port=port))
+    process = subprocess.Popen([ensure_nginx(), "-c", conf, "-e", os.path.join(directory, "error.log")])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nginx did not start")
+
+
+def timed(command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds and CPU seconds (the whole process tree) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode not in (0,):
+        raise SystemExit(f"{command[:4]} failed: {done.stderr[-2000:]}")
+    return wall, cpu, done
+
+
+def write_rows(path: str, count: int) -> None:
+    with open(path, "w") as handle:
+        handle.write("id,amount_cents,currency\n")
+        for n in range(count):
+            handle.write(f"cus_{n:07d},{n % 5000},eur\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--full", action="store_true", help="1,000,000 rows")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--peers", nargs="*", default=["bare", "aiohttp", "httpx", "requests"])
+    args = parser.parse_args()
+    rows = 1_000_000 if args.full else args.rows
+    shares = {"bare": 1.0, "aiohttp": 0.25, "httpx": 0.02, "requests": min(1.0, 1000 / rows)}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as directory:
+        nginx, port = start_nginx(directory)
+        url = f"http://127.0.0.1:{port}/v1/customers"
+        try:
+            csv_path, db = os.path.join(directory, "rows.csv"), os.path.join(directory, "ledger.db")
+            write_rows(csv_path, rows)
+            wall, cpu, _ = timed([sys.executable, "-m", "engine", "bill", csv_path, "--url", url + "/{id}/charges",
+                                  "--db", db, "--run-id", "bench", "--workers", str(args.workers),
+                                  "--concurrency", str(args.concurrency), "--quiet"])
+            summary = report(db, "bench")
+            assert summary["succeeded"] == rows, summary
+            results.append(("engine (end to end)", rows, wall, cpu, rows))
+            for peer in args.peers:
+                count = max(1, int(rows * shares.get(peer, 1.0)))
+                processes = 1 if peer == "requests" else args.workers
+                wall_p, cpu_p, done = timed([sys.executable, os.path.join(HERE, "peers.py"), peer, url, str(count),
+                                             str(processes), str(args.concurrency)])
+                results.append((peer, count, wall_p, cpu_p, int(done.stdout.split()[-1])))
+        finally:
+            nginx.terminate()
+            nginx.wait()
+    engine_rate = results[0][1] / results[0][2]
+    lines = []
+    for name, count, wall, cpu, ok in results:
+        rate = count / wall
+        line = [name, count, f"{rate:,.0f}", f"{cpu / count * 1e6:.0f}", f"{rate / engine_rate:.2f}", ok]
+        lines.append(line)
+        record("throughput", f"{name} requests/s", round(rate), "req/s", rows=count, cpu_us_per_request=round(
+            cpu / count * 1e6, 1), ratio_to_engine=round(rate / engine_rate, 3), workers=args.workers,
+               concurrency=args.concurrency)
+    print(f"\n{rows} rows; {args.workers} processes x {args.concurrency} in flight for every concurrent client;"
+          f" nginx `return 200` on 127.0.0.1\n")
+    print(table(["client", "requests", "requests/s", "CPU µs/request", "rate / engine", "2xx"], lines))
+    bare = next((r for r in results if r[0] == "bare"), None)
+    if bare:
+        print(f"\nengine / bare pycurl loop: {engine_rate / (bare[1] / bare[2]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
