@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from engine.shared import SharedState
+
 CLOSED, OPEN, PROBING = 0.0, 1.0, 2.0
 _STATE, _STREAK, _PROBE_AT, _INTERVAL, _OPENED_AT, _PROBE_STARTED = range(6)
 
@@ -30,11 +32,11 @@ class BreakerSettings:
     probe_timeout: float = 35.0
 
 
-class CircuitBreaker:
+class CircuitBreaker(SharedState):
     """A breaker over a shared ``multiprocessing.Array('d', 6)``; create it with :meth:`create`."""
 
     def __init__(self, shared, settings: BreakerSettings = BreakerSettings()):
-        self.shared = shared
+        super().__init__(shared)
         self.settings = settings
 
     @classmethod
@@ -43,9 +45,9 @@ class CircuitBreaker:
 
     def allow(self) -> bool | str:
         """True to send normally, ``"probe"`` to send this one transfer as the probe, False to wait."""
-        s = self.shared
-        if s[_STATE] == CLOSED:
+        if self.view[_STATE] == CLOSED:
             return True
+        s = self.shared
         now = time.monotonic()
         with s.get_lock():
             stuck_probe = s[_STATE] == PROBING and now - s[_PROBE_STARTED] > self.settings.probe_timeout
@@ -56,9 +58,9 @@ class CircuitBreaker:
 
     def record(self, down: bool, probe: bool = False) -> None:
         """Count one outcome; ``probe`` marks the answer to this worker's probe."""
-        s = self.shared
-        if not down and s[_STATE] == CLOSED and s[_STREAK] == 0:
+        if not down and self.view[_STATE] == CLOSED and self.view[_STREAK] == 0:
             return
+        s = self.shared
         with s.get_lock():
             if not down:
                 s[_STATE], s[_STREAK], s[_INTERVAL] = CLOSED, 0, self.settings.first_interval
@@ -73,15 +75,15 @@ class CircuitBreaker:
 
     def wait_time(self) -> float:
         """Seconds until a probe may be claimed (0 when closed)."""
-        s = self.shared
-        return 0.0 if s[_STATE] == CLOSED else max(0.0, s[_PROBE_AT] - time.monotonic())
+        view = self.view
+        return 0.0 if view[_STATE] == CLOSED else max(0.0, view[_PROBE_AT] - time.monotonic())
 
     def is_open(self) -> bool:
-        return self.shared[_STATE] != CLOSED
+        return self.view[_STATE] != CLOSED
 
     def opened_at(self) -> float:
         """Wall-clock time the breaker last opened."""
-        return self.shared[_OPENED_AT]
+        return self.view[_OPENED_AT]
 
 
 def is_down(http_status: int | None, curl_error: int | None, connected: bool) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import time
 
+from engine.shared import SharedState
+
 _TAT, _RATE_SHARE, _WINDOW, _EPOCH_START, _ANSWERS, _THROTTLED = range(6)
 #: Share of 429 answers in an epoch above which the pool slows down.
 THROTTLED_SHARE = 0.10
@@ -33,11 +35,11 @@ MIN_RATE_SHARE = 0.02
 BURST_SECONDS = 0.02
 
 
-class Pacer:
+class Pacer(SharedState):
     """Shared pacing state for ``workers`` processes of ``concurrency`` transfers each."""
 
     def __init__(self, shared, rate: float | None, workers: int, concurrency: int):
-        self.shared = shared
+        super().__init__(shared)
         self.rate = rate
         self.workers, self.concurrency = workers, concurrency
         self.total = workers * concurrency
@@ -63,7 +65,7 @@ class Pacer:
 
     def window(self) -> int:
         """Transfers in flight one worker may have now."""
-        return max(1, int(self.shared[_WINDOW] / self.workers))
+        return max(1, int(self.view[_WINDOW] / self.workers))
 
     def report(self, answers: int, throttled: int) -> None:
         """Count a worker's answers (and how many were 429) and adjust at each epoch's end."""
@@ -85,4 +87,4 @@ class Pacer:
             s[_EPOCH_START], s[_ANSWERS], s[_THROTTLED] = now, 0.0, 0.0
 
     def in_flight_limit(self) -> int:
-        return int(self.shared[_WINDOW])
+        return int(self.view[_WINDOW])

@@ -217,19 +217,22 @@ class CompiledRequest:
     def render_url(self, row: dict) -> str:
         return self.url.render(row, _url_quote)
 
-    def render(self, row: dict) -> tuple[str, list[str], bytes | None]:
+    def render(self, row: dict, payload: str | None = None) -> tuple[str, list[str], bytes | None]:
+        """The request for ``row``; ``payload``, the row already encoded as JSON, is reused as the body."""
         url = self.render_url(row)
         if self.host_is_dynamic:
             self.check_destination(url)
         headers = self.fixed_headers
         if self.row_headers:
             headers = headers + [f"{name}: {t.render(row)}" for name, t in self.row_headers]
-        return url, headers, self.render_body(row)
+        return url, headers, self.render_body(row, payload)
 
-    def render_body(self, row: dict) -> bytes | None:
+    def render_body(self, row: dict, payload: str | None = None) -> bytes | None:
         kind = self.spec.body
         if kind == "none":
             return None
+        if kind == "json" and payload is not None:
+            return payload.encode()
         source = row if self.body_parts is None else _render_body(self.body_parts, row)
         if kind == "form":
             return urlencode({k: _text(v) for k, v in source.items()}).encode()

@@ -55,13 +55,13 @@ class Finished(NamedTuple):
 class _Capture:
     """Per-handle buffers, reset for each transfer; only a short excerpt is kept."""
 
-    __slots__ = ("body", "size", "retry_after", "token", "started_at")
+    __slots__ = ("body", "size", "token", "started_at")
 
     def __init__(self):
         self.reset(None)
 
     def reset(self, token) -> None:
-        self.body, self.size, self.retry_after, self.token = [], 0, None, token
+        self.body, self.size, self.token = [], 0, token
         self.started_at = time.time()
 
     def write(self, data: bytes) -> None:
@@ -69,15 +69,15 @@ class _Capture:
             self.body.append(data)
             self.size += len(data)
 
-    def header(self, line: bytes) -> None:
-        if line[:12].lower() == b"retry-after:":
-            self.retry_after = line[12:].strip().decode("latin-1")
 
-
-def _new_handle(options: TransportOptions) -> pycurl.Curl:
+def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
     handle = pycurl.Curl()
     capture = _Capture()
     handle.capture = capture
+    if method == "HEAD":
+        handle.setopt(pycurl.NOBODY, 1)
+    elif method not in ("GET", "POST"):
+        handle.setopt(pycurl.CUSTOMREQUEST, method)
     handle.setopt(pycurl.NOSIGNAL, 1)
     handle.setopt(pycurl.PROTOCOLS, _PROTOCOLS)
     handle.setopt(pycurl.FOLLOWLOCATION, 0)
@@ -92,21 +92,15 @@ def _new_handle(options: TransportOptions) -> pycurl.Curl:
         handle.setopt(pycurl.FRESH_CONNECT, 1)
         handle.setopt(pycurl.FORBID_REUSE, 1)
     handle.setopt(pycurl.WRITEFUNCTION, capture.write)
-    handle.setopt(pycurl.HEADERFUNCTION, capture.header)
     return handle
 
 
-def configure(handle: pycurl.Curl, method: str, url: str, headers: list[str], body: bytes | None) -> None:
-    """Point a reusable handle at one request."""
+def configure(handle: pycurl.Curl, url: str, headers: list[str], body: bytes | None) -> None:
+    """Point a reusable handle at one request (the method was set when the handle was made)."""
     handle.setopt(pycurl.URL, url)
     handle.setopt(pycurl.HTTPHEADER, headers)
     if body is not None:
         handle.setopt(pycurl.POSTFIELDS, body)
-        handle.setopt(pycurl.CUSTOMREQUEST, None if method == "POST" else method)
-    else:
-        handle.setopt(pycurl.HTTPGET, 1)
-        handle.setopt(pycurl.NOBODY, 1 if method == "HEAD" else 0)
-        handle.setopt(pycurl.CUSTOMREQUEST, None if method in ("GET", "HEAD") else method)
 
 
 def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) -> Finished:
@@ -118,7 +112,9 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
     excerpt = b"".join(capture.body)[:EXCERPT_BYTES].decode("utf-8", "replace") if capture.body else None
     if curl_error is not None:
         status = None
-    outcome = Outcome(http_status=status, curl_error=curl_error, connected=sent, retry_after=capture.retry_after)
+    retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
+    outcome = Outcome(http_status=status, curl_error=curl_error, connected=sent,
+                      retry_after=str(retry_after) if retry_after > 0 else None)
     error = f"curl {curl_error}: {message}" if curl_error is not None else None
     return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, error)
 
@@ -193,10 +189,11 @@ class _EpollLoop:
 class Transport:
     """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused."""
 
-    def __init__(self, size: int, options: TransportOptions):
+    def __init__(self, size: int, options: TransportOptions, method: str = "POST"):
         self.multi = pycurl.CurlMulti()
         self.size = size
         self.options = options
+        self.method = method
         self.loop = _EpollLoop(self.multi) if size > EPOLL_ABOVE else _SelectLoop(self.multi)
         self.free: list[pycurl.Curl] = []
         self.created = 0
@@ -205,14 +202,14 @@ class Transport:
     def has_room(self) -> bool:
         return self.active < self.size
 
-    def start(self, token, method: str, url: str, headers: list[str], body: bytes | None) -> None:
+    def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
         if self.free:
             handle = self.free.pop()
         else:
-            handle = _new_handle(self.options)
+            handle = _new_handle(self.options, self.method)
             self.created += 1
         handle.capture.reset(token)
-        configure(handle, method, url, headers, body)
+        configure(handle, url, headers, body)
         self.multi.add_handle(handle)
         self.active += 1
 

@@ -2,6 +2,8 @@
 
 from conftest import ledger_rows, report_json, status_counts
 
+ATTEMPTS_OF_RUN = "SELECT count(*) FROM attempts JOIN requests USING (rid) WHERE run_id = ?"
+
 
 def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
     path = customers(5000)
@@ -52,11 +54,11 @@ def test_rejected_rows_are_final_and_not_rerun_by_default(api, tmp_path, db, run
                  "--body-template", _template(tmp_path, '{"note": "{id}"}'), "--quiet")
     assert result.exit_code == 1
     assert status_counts(db, "r3") == {"rejected": 2}
-    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(2,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(2,)]
     result = run("rerun", "r3", "--db", db, "--quiet")
-    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(2,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(2,)]
     result = run("rerun", "r3", "--db", db, "--include-rejected", "--quiet")
-    assert ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r3'") == [(4,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(4,)]
 
 
 def _template(tmp_path, text):
@@ -71,7 +73,7 @@ def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
                  "--max-attempts", 8, "--backoff-base", 0.01, "--backoff-cap", 0.05, "--quiet")
     assert result.exit_code == 0, result.output
     assert status_counts(db, "r4") == {"succeeded": 500}
-    attempts = ledger_rows(db, "SELECT count(*) FROM attempts WHERE run_id='r4'")[0][0]
+    attempts = ledger_rows(db, ATTEMPTS_OF_RUN, 'r4')[0][0]
     assert attempts > 550
     assert api.stats()["customers_charged_more_than_once"] == 0
 
