@@ -107,4 +107,4 @@ class RunSettings:
                                      verify_tls=not self.insecure, ca_bundle=self.ca_bundle,
                                      reuse_connections=self.idempotency)
         return WorkerConfig(spec=self.request_spec(), policy=self.policy(), transport=transport,
-                            concurrency=self.concurrency, chunk_size=self.chunks)
+                            concurrency=self.concurrency, chunk_size=self.chunks, id_field=self.id_field)

@@ -11,7 +11,7 @@ import json
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -23,6 +23,10 @@ from engine.policy import RETRYING, SUCCEEDED
 from engine.pool import WorkerPool
 from engine.template import CompiledRequest
 
+# positions in the plain Attempt tuples workers send
+_RID = Attempt._fields.index("rid")
+_ATTEMPT = Attempt._fields.index("attempt")
+_OUTCOME = Attempt._fields.index("outcome")
 #: Rows per insert transaction while loading.
 LOAD_BATCH = 2000
 #: How long the coordinator waits for worker messages before looking around again (s).
@@ -113,18 +117,18 @@ class PassTally:
     succeeded: int = 0
     not_succeeded: int = 0
     retries: int = 0
-    by_state: dict = field(default_factory=dict)
+    by_state: Counter = field(default_factory=Counter)
 
-    def add(self, attempt: Attempt) -> None:
-        self.attempts += 1
-        if attempt.outcome == RETRYING:
-            self.retries += 1
-            return
-        self.by_state[attempt.outcome] = self.by_state.get(attempt.outcome, 0) + 1
-        if attempt.outcome == SUCCEEDED:
-            self.succeeded += 1
-        else:
-            self.not_succeeded += 1
+    def add(self, outcomes: Counter) -> None:
+        """Count a batch of attempts, given as outcome -> how many."""
+        self.by_state.update(outcomes)
+        retries = outcomes.get(RETRYING, 0)
+        succeeded = outcomes.get(SUCCEEDED, 0)
+        total = sum(outcomes.values())
+        self.attempts += total
+        self.retries += retries
+        self.succeeded += succeeded
+        self.not_succeeded += total - retries - succeeded
 
 
 class StopRequest:
@@ -187,25 +191,30 @@ class Pass:
     def _handle_events(self, pool: WorkerPool, timeout: float) -> None:
         messages, dead = pool.events(timeout)
         for message in messages:
-            if message.attempts:
-                self._record(message.worker, message.attempts)
             if message.want:
                 self.hungry[message.worker] = message.want
+        self._serve_hungry(pool)  # first: a worker waiting for rows must not wait for the ledger too
+        for message in messages:
+            if message.attempts:
+                self._record(message.worker, message.attempts)
         for index in dead:
             self._salvage(pool, index)
 
-    def _record(self, worker: int, raw: list[tuple]) -> None:
-        attempts = list(map(Attempt._make, raw))
+    def _record(self, worker: int, attempts: list[tuple]) -> None:
+        """Write a worker's batch to the ledger, then forget the rows that reached a final state."""
         self.ledger.record(attempts)
+        outcomes = Counter(attempt[_OUTCOME] for attempt in attempts)
+        self.tally.add(outcomes)
         outstanding = self.outstanding[worker]
         for attempt in attempts:
-            self.tally.add(attempt)
-            if attempt.outcome != RETRYING:
-                outstanding.pop(attempt.rid, None)
-            elif attempt.rid in outstanding:  # if its worker dies, the row goes out again as attempt n+1
-                outstanding[attempt.rid] = outstanding[attempt.rid]._replace(attempts=attempt.attempt)
-            if self.events is not None and attempt.outcome != SUCCEEDED:
-                self.events.failed_attempt(self.run_id, attempt)
+            if attempt[_OUTCOME] != RETRYING:
+                outstanding.pop(attempt[_RID], None)
+            elif attempt[_RID] in outstanding:  # if its worker dies, the row goes out again as attempt n+1
+                outstanding[attempt[_RID]] = outstanding[attempt[_RID]]._replace(attempts=attempt[_ATTEMPT])
+        if self.events is not None and outcomes[SUCCEEDED] != len(attempts):
+            for attempt in map(Attempt._make, attempts):
+                if attempt.outcome != SUCCEEDED:
+                    self.events.failed_attempt(self.run_id, attempt)
         if self.progress is not None:
             self.progress.update(self.tally)
 

@@ -22,8 +22,8 @@ from engine.policy import FAILED, PENDING, REJECTED, RETRYING, STATES, SUCCEEDED
 
 #: Busy timeout (ms) so a reader never makes the writer fail on a lock.
 BUSY_TIMEOUT_MS = 10_000
-#: Longest response excerpt kept per attempt.
-EXCERPT_BYTES = 200
+#: Page cache of the writer (KiB): big enough that loading a million rows stays in memory.
+CACHE_KIB = 65_536
 
 _RUN_COLUMNS = {
     "run_id": str, "created_at": float, "input": str, "url": str, "method": str,
@@ -86,6 +86,7 @@ class Ledger:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._create_schema()
         except sqlite3.DatabaseError as err:
             raise LedgerError(f"--db {path}: cannot use the ledger: {err}") from None
@@ -212,8 +213,8 @@ class Ledger:
 
     # -- recording ----------------------------------------------------------
 
-    def record(self, attempts: list[Attempt]) -> None:
-        """Write a batch of attempts and move their rows to their new state, in one transaction."""
+    def record(self, attempts: list[tuple]) -> None:
+        """Write a batch of attempts (:class:`Attempt` tuples) and move their rows to their new state."""
         with self.conn:
             self.conn.executemany(_INSERT_ATTEMPT, attempts)
             self.conn.executemany(_UPDATE_REQUEST, attempts)

@@ -53,6 +53,9 @@ class Decision(NamedTuple):
     delay: float = 0.0
 
 
+_SUCCESS = Decision(SUCCEEDED)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Immutable retry rules; ``decide`` is a pure function of the attempt and a random draw."""
@@ -89,6 +92,8 @@ class RetryPolicy:
 
     def decide(self, outcome: Outcome, attempt: int, rng: random.Random = random) -> Decision:
         """The row's next state after its ``attempt``-th attempt in this pass (1-based)."""
+        if outcome.curl_error is None and 200 <= (outcome.http_status or 0) < 300:
+            return _SUCCESS
         state = self.classify(outcome)
         if state != RETRYING:
             return Decision(state)

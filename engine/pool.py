@@ -1,14 +1,17 @@
 """The process pool: start, feed, watch, replace and stop the worker processes.
 
-Each worker has its own inbox (a ``multiprocessing.Queue``, written only by the
-coordinator) and its own result pipe (written only by that worker), so killing one
-worker can never corrupt a channel another one uses. Workers are started with
-``spawn``: a child builds its own curl handles and never inherits the ledger's
-SQLite connection.
+Each worker has two pipes of its own: an inbox written only by the coordinator and a
+result pipe written only by that worker, so killing one worker can never corrupt a
+channel another one uses. The coordinator writes rows straight into the inbox (no
+feeder thread waiting for the GIL behind ledger writes); the pipes are enlarged so
+the one answer to a worker's request for rows fits without blocking. Workers are
+started with ``spawn``: a child builds its own curl handles and never inherits the
+ledger's SQLite connection.
 """
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 from multiprocessing.connection import wait
 from typing import NamedTuple
@@ -18,6 +21,19 @@ from engine.ratelimit import Pacer
 from engine.worker import DRAIN, ROWS, STOP, WorkerConfig, run_worker
 
 _CONTEXT = multiprocessing.get_context("spawn")
+#: Pipe buffer asked for (bytes); Linux caps it at /proc/sys/fs/pipe-max-size.
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _pipe():
+    """A one-way pipe with a large buffer (where the OS allows it)."""
+    reader, writer = _CONTEXT.Pipe(duplex=False)
+    try:
+        fcntl.fcntl(writer.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
+    return reader, writer
 
 
 class Message(NamedTuple):
@@ -32,13 +48,13 @@ class Message(NamedTuple):
 class _Slot:
     def __init__(self, index: int, config: WorkerConfig, shared: tuple):
         self.index = index
-        self.inbox = _CONTEXT.Queue()
-        reader, writer = _CONTEXT.Pipe(duplex=False)
-        self.results = reader
-        self.process = _CONTEXT.Process(
-            target=run_worker, args=(index, config, self.inbox, writer, *shared), name=f"engine-worker-{index}", daemon=True)
+        inbox_reader, self.inbox = _pipe()
+        self.results, results_writer = _pipe()
+        self.process = _CONTEXT.Process(target=run_worker, args=(index, config, inbox_reader, results_writer, *shared),
+                                        name=f"engine-worker-{index}", daemon=True)
         self.process.start()
-        writer.close()
+        inbox_reader.close()
+        results_writer.close()
         self.closed = False  # said goodbye, or was shut down: no longer watched
         self.eof = False  # its result pipe has ended (it exited or died)
 
@@ -105,18 +121,25 @@ class WorkerPool:
         self.slots[index] = _Slot(index, self.config, self._shared())
 
     def send_rows(self, index: int, rows: list) -> None:
-        self.slots[index].inbox.put((ROWS, rows))
+        self._send(self.slots[index], (ROWS, rows))
 
     def drain(self) -> None:
         """Ask every worker to finish what is in flight, start nothing new, and leave."""
         for slot in self.slots:
-            if not slot.closed:
-                slot.inbox.put((DRAIN, None))
+            self._send(slot, (DRAIN, None))
 
     def stop(self) -> None:
         for slot in self.slots:
-            if not slot.closed:
-                slot.inbox.put((STOP, None))
+            self._send(slot, (STOP, None))
+
+    @staticmethod
+    def _send(slot: _Slot, message) -> None:
+        if slot.closed:
+            return
+        try:
+            slot.inbox.send(message)
+        except OSError:  # it died; events() reports it and its rows are sent again
+            pass
 
     def live(self) -> list[int]:
         return [slot.index for slot in self.slots if not slot.closed]
@@ -134,7 +157,6 @@ class WorkerPool:
         if slot.process.is_alive():
             slot.process.kill()
         slot.process.join(5)
-        slot.inbox.cancel_join_thread()
         slot.inbox.close()
         slot.results.close()
         slot.closed = True

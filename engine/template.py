@@ -60,8 +60,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
+
+
 def _url_quote(text: str) -> str:
-    return quote(text, safe="")
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
 def origin_of(url: str) -> tuple[str, str, int]:

@@ -53,21 +53,19 @@ class Finished(NamedTuple):
 
 
 class _Capture:
-    """Per-handle buffers, reset for each transfer; only a short excerpt is kept."""
+    """Per-handle state of one transfer: whose it is, when it started, the response body's chunks."""
 
-    __slots__ = ("body", "size", "token", "started_at")
+    __slots__ = ("chunks", "token", "started_at")
 
     def __init__(self):
-        self.reset(None)
+        self.chunks: list[bytes] = []
+        self.token = None
+        self.started_at = 0.0
 
     def reset(self, token) -> None:
-        self.body, self.size, self.token = [], 0, token
+        self.chunks.clear()
+        self.token = token
         self.started_at = time.time()
-
-    def write(self, data: bytes) -> None:
-        if self.size < EXCERPT_BYTES:
-            self.body.append(data)
-            self.size += len(data)
 
 
 def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
@@ -91,7 +89,9 @@ def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
     if not options.reuse_connections:
         handle.setopt(pycurl.FRESH_CONNECT, 1)
         handle.setopt(pycurl.FORBID_REUSE, 1)
-    handle.setopt(pycurl.WRITEFUNCTION, capture.write)
+    # list.append is a C method: no Python frame per chunk. Billing answers are small;
+    # only the first EXCERPT_BYTES are kept when the transfer is harvested.
+    handle.setopt(pycurl.WRITEFUNCTION, capture.chunks.append)
     return handle
 
 
@@ -106,17 +106,19 @@ def configure(handle: pycurl.Curl, url: str, headers: list[str], body: bytes | N
 def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) -> Finished:
     """What a finished handle says about its transfer."""
     capture = handle.capture
-    status = handle.getinfo(pycurl.RESPONSE_CODE) or None
-    sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
-    excerpt = b"".join(capture.body)[:EXCERPT_BYTES].decode("utf-8", "replace") if capture.body else None
+    chunks = capture.chunks
+    excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks))[:EXCERPT_BYTES].decode("utf-8", "replace") \
+        if chunks else None
     if curl_error is not None:
-        status = None
+        sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
+        outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent)
+        return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt,
+                        f"curl {curl_error}: {message}")
+    status = handle.getinfo(pycurl.RESPONSE_CODE)
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-    outcome = Outcome(http_status=status, curl_error=curl_error, connected=sent,
-                      retry_after=str(retry_after) if retry_after > 0 else None)
-    error = f"curl {curl_error}: {message}" if curl_error is not None else None
-    return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, error)
+    outcome = Outcome(http_status=status, retry_after=str(retry_after) if retry_after > 0 else None)
+    return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, None)
 
 
 class _SelectLoop:
@@ -237,6 +239,7 @@ class Transport:
         result = harvest(handle, errno, message)
         self.multi.remove_handle(handle)
         handle.capture.token = None
+        handle.capture.chunks.clear()
         self.free.append(handle)
         self.active -= 1
         return result

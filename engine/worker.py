@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import queue
 import random
 import signal
 import time
@@ -32,6 +31,8 @@ from engine.transport import Transport, TransportOptions, raise_open_file_limit
 FLUSH_INTERVAL = 0.02
 #: Results per message at most.
 FLUSH_SIZE = 512
+#: Chunks a worker keeps queued beyond its window, to hide the round trip to the coordinator.
+RESERVE_CHUNKS = 5
 #: How often the worker checks that the coordinator is still alive (s).
 PARENT_CHECK_INTERVAL = 0.5
 
@@ -48,6 +49,7 @@ class WorkerConfig:
     transport: TransportOptions
     concurrency: int
     chunk_size: int
+    id_field: str = "id"
 
 
 def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer) -> None:
@@ -75,6 +77,8 @@ class WorkerLoop:
         self.paced_until = 0.0
         self.inbox, self.outbox = inbox, outbox
         self.request = CompiledRequest(config.spec)
+        # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
+        self.needs_fields = bool(self.request.fields - {config.id_field}) or config.spec.body not in ("json", "none")
         self.idempotency_header = config.spec.idempotency_header
         self.method = config.spec.method
         self.policy = config.policy
@@ -118,12 +122,18 @@ class WorkerLoop:
         return not (self.ready or self.delayed or self.transport.active or self.results)
 
     def _want(self) -> int:
-        """Rows to ask for: enough to fill the window and hold one chunk in reserve."""
+        """Rows to ask for: enough to fill the window and keep a reserve queued behind it.
+
+        The reserve hides the round trip to the coordinator (which may be busy writing
+        the ledger), so a fast server never finds the window empty.
+        """
         if self.asked or self.draining:
             return 0
         backlog = len(self.ready) + self.transport.active
-        target = self.config.concurrency + self.config.chunk_size
-        return target - backlog if backlog < self.config.concurrency else 0
+        reserve = max(self.config.concurrency, RESERVE_CHUNKS * self.config.chunk_size)
+        if backlog > self.config.concurrency + reserve // 2:
+            return 0
+        return self.config.concurrency + reserve - backlog
 
     def _send(self, want: int, bye: bool = False) -> None:
         if self.answers:
@@ -135,17 +145,12 @@ class WorkerLoop:
             self.asked = True
 
     def _read_inbox(self, block: bool) -> None:
-        while True:
-            try:
-                message = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
-            except queue.Empty:
-                if block and os.getppid() != self.parent:
-                    raise EOFError
-                if block:
-                    continue
-                return
-            block = False
-            kind, rows = message
+        """Take every message waiting; when idle, wait for one (checking the coordinator lives)."""
+        while block and not self.inbox.poll(PARENT_CHECK_INTERVAL):
+            if os.getppid() != self.parent:
+                raise EOFError
+        while self.inbox.poll():
+            kind, rows = self.inbox.recv()
             if kind == ROWS:
                 self.asked = False
                 self.ready.extend(map(Dispatch._make, rows))
@@ -184,7 +189,8 @@ class WorkerLoop:
 
     def _start(self, row: Dispatch) -> None:
         try:
-            url, headers, body = self.request.render(json.loads(row.payload), row.payload)
+            fields = json.loads(row.payload) if self.needs_fields else {self.config.id_field: row.row_id}
+            url, headers, body = self.request.render(fields, row.payload)
         except Exception as err:  # a row the coordinator validated should never get here
             self._record(row, REJECTED, None, None, f"cannot render request: {err}", time.time(), 0.0, None)
             return
@@ -202,8 +208,8 @@ class WorkerLoop:
         self.answers += 1
         if outcome.http_status == 429:
             self.throttled += 1
-        attempt = self.pass_attempts.get(row.rid, 0) + 1
-        decision = self.policy.decide(done.outcome, attempt, self.rng)
+        attempt = self.pass_attempts.get(row.rid, 0) + 1 if self.pass_attempts else 1
+        decision = self.policy.decide(outcome, attempt, self.rng)
         if decision.state == RETRYING:
             self.pass_attempts[row.rid] = attempt
             due = time.monotonic() + decision.delay

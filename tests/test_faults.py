@@ -22,8 +22,24 @@ from conftest import ledger_rows, status_counts
 ENGINE = [sys.executable, "-m", "engine"]
 
 
-def start_engine(*args) -> subprocess.Popen:
-    return subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_engine():
+    """Start ``python -m engine ...`` in the background; whatever is left is killed after the test."""
+    started = []
+
+    def start(*args) -> subprocess.Popen:
+        process = subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            for pid in worker_pids(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.wait()
 
 
 def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
@@ -98,7 +114,7 @@ def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_p
     assert '"event":"pause"' in events and '"event":"resume"' in events
 
 
-def test_kill_coordinator_then_rerun(customers, db):
+def test_kill_coordinator_then_rerun(customers, db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3, jitter=0.1) as api:
         engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "k9",
@@ -114,7 +130,7 @@ def test_kill_coordinator_then_rerun(customers, db):
         assert_everyone_charged_once(api, db, "k9", rows)
 
 
-def test_kill_one_worker_mid_run(customers, db, tmp_path):
+def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
     rows = 3000
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=0.3, jitter=0.1) as api:
@@ -128,7 +144,7 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path):
     assert '"event":"worker_died"' in log.read_text()
 
 
-def test_ctrl_c_drains_and_rerun_finishes(customers, db):
+def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3) as api:
         engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "int",
