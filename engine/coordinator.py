@@ -31,6 +31,11 @@ _OUTCOME = Attempt._fields.index("outcome")
 LOAD_BATCH = 2000
 #: How long the coordinator waits for worker messages before looking around again (s).
 EVENT_WAIT = 0.2
+#: Results written to the ledger per transaction at most, and the longest they wait for it (s).
+#: Bigger transactions write each ledger page once for many rows; a crash can lose only
+#: unwritten results, whose rows are then simply sent again with the same key.
+LEDGER_BATCH = 4096
+LEDGER_INTERVAL = 0.1
 #: Extra time, beyond --timeout, that workers get to finish in-flight transfers on Ctrl-C (s).
 DRAIN_GRACE = 5.0
 
@@ -168,6 +173,8 @@ class Pass:
         self.stop = stop or StopRequest()
         self.interrupted = False
         self.paused = False
+        self.unwritten: list[tuple] = []
+        self.written_at = time.monotonic()
 
     def run(self, pool_factory=WorkerPool) -> PassTally:
         config = self.settings.worker_config()
@@ -183,6 +190,7 @@ class Pass:
             else:
                 pool.stop()
                 pool.join(5)
+            self._write_ledger()
         return self.tally
 
     def _done(self) -> bool:
@@ -199,10 +207,20 @@ class Pass:
                 self._record(message.worker, message.attempts)
         for index in dead:
             self._salvage(pool, index)
+        if self.unwritten and time.monotonic() - self.written_at >= LEDGER_INTERVAL:
+            self._write_ledger()
+
+    def _write_ledger(self) -> None:
+        if self.unwritten:
+            self.ledger.record(self.unwritten)
+            self.unwritten = []
+        self.written_at = time.monotonic()
 
     def _record(self, worker: int, attempts: list[tuple]) -> None:
-        """Write a worker's batch to the ledger, then forget the rows that reached a final state."""
-        self.ledger.record(attempts)
+        """Queue a worker's batch for the ledger, and forget the rows that reached a final state."""
+        self.unwritten.extend(attempts)
+        if len(self.unwritten) >= LEDGER_BATCH or time.monotonic() - self.written_at >= LEDGER_INTERVAL:
+            self._write_ledger()
         outcomes = Counter(attempt[_OUTCOME] for attempt in attempts)
         self.tally.add(outcomes)
         outstanding = self.outstanding[worker]
