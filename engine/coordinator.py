@@ -157,6 +157,11 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def start_pool(settings: RunSettings) -> WorkerPool:
+    """The worker processes for a pass, started and left to import while the caller works on."""
+    return WorkerPool(settings.workers, settings.worker_config(), rate=settings.rate)
+
+
 class Pass:
     """One pass over a run: every row in ``states`` is sent until it reaches a final state."""
 
@@ -176,9 +181,9 @@ class Pass:
         self.unwritten: list[tuple] = []
         self.written_at = time.monotonic()
 
-    def run(self, pool_factory=WorkerPool) -> PassTally:
-        config = self.settings.worker_config()
-        with pool_factory(self.settings.workers, config, rate=self.settings.rate) as pool:
+    def run(self, pool: WorkerPool | None = None) -> PassTally:
+        """Send every row; ``pool``, if given, was started earlier (while the input loaded)."""
+        with pool or start_pool(self.settings) as pool:
             self.outstanding = {index: {} for index in range(self.settings.workers)}
             while not self._done():
                 if self.stop.count:

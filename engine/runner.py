@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from engine.config import RunSettings
-from engine.coordinator import Pass, StopRequest, load_rows
+from engine.coordinator import Pass, StopRequest, load_rows, start_pool
 from engine.errors import UsageError
 from engine.events import EventLog
 from engine.inputs import detect_format, read_rows
@@ -62,16 +62,20 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
     with Ledger(db) as ledger, EventLog(log_file) as events:
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
+        # the workers start (imports, curl handles) while the input loads; they send nothing yet
+        pool = start_pool(settings) if not_before is None else None
         try:
             with Progress(0, "loading rows", quiet) as progress:
                 total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, source,
                                   on_progress=progress.count)
         except BaseException:
+            if pool is not None:
+                pool.terminate()
             ledger.delete_run(run_id)
             raise
         ledger.set_run_state(run_id, "ready", total)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
-        return _send_pass(ledger, run_id, settings, (PENDING,), not_before, events, quiet)
+        return _send_pass(ledger, run_id, settings, (PENDING,), not_before, events, quiet, pool)
 
 
 def _create_run(ledger: Ledger, run_id: str, input_path: str, settings: RunSettings, not_before) -> None:
@@ -99,7 +103,7 @@ def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unkno
 
 
 def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog,
-               quiet: bool) -> RunResult:
+               quiet: bool, pool=None) -> RunResult:
     raise_open_file_limit()
     to_send = ledger.count_in(run_id, states)
     interrupted = False
@@ -111,11 +115,14 @@ def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_b
             events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
             with Progress(to_send, f"pass {pass_no}", quiet) as progress:
                 sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop)
-                tally = sender.run()
+                tally = sender.run(pool)
+                pool = None
             interrupted = sender.interrupted
             ledger.end_pass(run_id, pass_no, "interrupted" if interrupted else "finished")
             events.emit("pass_end", run_id=run_id, pass_no=pass_no, attempts=tally.attempts,
                         succeeded=tally.succeeded, not_succeeded=tally.not_succeeded, interrupted=interrupted)
+    if pool is not None:  # started for a pass that had nothing to send, or was stopped while waiting
+        pool.terminate()
     summary = summarize(ledger, run_id)
     events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
     return RunResult(run_id, ledger.path, summary, interrupted)
