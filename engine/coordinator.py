@@ -166,12 +166,15 @@ class Pass:
     """One pass over a run: every row in ``states`` is sent until it reaches a final state."""
 
     def __init__(self, ledger: Ledger, run_id: str, settings: RunSettings, states: Iterable[str],
-                 progress=None, events=None, stop: StopRequest | None = None):
+                 progress=None, events=None, stop: StopRequest | None = None, total: int | None = None):
         self.ledger, self.run_id, self.settings = ledger, run_id, settings
         self.pages: Iterator[list[Dispatch]] | None = ledger.iter_to_send(run_id, tuple(states))
         self.backlog: deque[Dispatch] = deque()
         self.outstanding: dict[int, dict[int, Dispatch]] = {}
-        self.hungry: dict[int, int] = {}
+        self.hungry: dict[int, tuple[int, int]] = {}  # worker -> (rows wanted, slots free now)
+        # rows not yet handed out; once they fit in the pool's window, workers get no reserve, so
+        # no row waits in one worker's queue while another worker has an empty slot
+        self.left = total if total is not None else float("inf")
         self.tally = PassTally()
         self.progress = progress
         self.events = events
@@ -205,7 +208,7 @@ class Pass:
         messages, dead = pool.events(timeout)
         for message in messages:
             if message.want:
-                self.hungry[message.worker] = message.want
+                self.hungry[message.worker] = (message.want, message.free)
         self._serve_hungry(pool)  # first: a worker waiting for rows must not wait for the ledger too
         for message in messages:
             if message.attempts:
@@ -263,6 +266,7 @@ class Pass:
         """A worker died: its unfinished rows go back to the front of the queue; a new worker starts."""
         lost = list(self.outstanding[index].values())
         self.outstanding[index] = {}
+        self.left += len(lost)
         self.backlog.extendleft(reversed(lost))
         self.hungry.pop(index, None)
         if self.events is not None:
@@ -271,25 +275,36 @@ class Pass:
             pool.replace(index)
 
     def _serve_hungry(self, pool: WorkerPool) -> None:
-        for index, want in list(self.hungry.items()):
-            rows = self._take(want)
+        window = self.settings.workers * self.settings.concurrency
+        for index, (want, free) in list(self.hungry.items()):
+            count = want if self.left > window else free
+            if count == 0:  # it only wanted a reserve, and none is handed out at the end: say so
+                del self.hungry[index]
+                pool.send_chunks(index, [])
+                continue
+            rows = self._take(count)
             if not rows:
                 return
             del self.hungry[index]
+            self.left -= len(rows)
             self.outstanding[index].update((row.rid, row) for row in rows)
-            pool.send_rows(index, [tuple(row) for row in rows])  # plain tuples pickle ten times faster
+            chunk = self.settings.chunks
+            # whole chunks of --chunks rows, the last one cut to what was asked; plain tuples pickle faster
+            pool.send_chunks(index, [[tuple(row) for row in rows[i:i + chunk]] for i in range(0, len(rows), chunk)])
 
     def _take(self, want: int) -> list[Dispatch]:
-        """Up to ``want`` rows, rounded up to whole chunks, from the re-queued rows then the ledger."""
-        chunk = self.settings.chunks
-        count = max(chunk, -(-want // chunk) * chunk)
-        while len(self.backlog) < count and self.pages is not None:
+        """The ``want`` rows a worker asked for (it sizes its own reserve), re-queued rows first.
+
+        Exactly what was asked, not rounded up to whole chunks: rows hoarded by one worker
+        would sit idle at the end of a pass while another worker's slots stand empty.
+        """
+        while len(self.backlog) < want and self.pages is not None:
             page = next(self.pages, None)
             if page is None:
                 self.pages = None
             else:
                 self.backlog.extend(page)
-        return [self.backlog.popleft() for _ in range(min(count, len(self.backlog)))]
+        return [self.backlog.popleft() for _ in range(min(want, len(self.backlog)))]
 
     def _drain(self, pool: WorkerPool) -> None:
         """Ctrl-C: let in-flight transfers finish and be recorded; a second Ctrl-C stops at once."""

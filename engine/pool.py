@@ -37,11 +37,13 @@ def _pipe():
 
 
 class Message(NamedTuple):
-    """What a worker reported: finished attempts, how many rows it wants, whether it is leaving."""
+    """What a worker reported: finished attempts, rows it wants (window plus reserve), slots it
+    could start now, whether it is leaving."""
 
     worker: int
     attempts: list
     want: int
+    free: int
     bye: bool
 
 
@@ -106,8 +108,8 @@ class WorkerPool:
         messages = []
         try:
             while slot.results.poll():
-                attempts, want, bye = slot.results.recv()
-                messages.append(Message(slot.index, attempts, want, bye))
+                attempts, want, free, bye = slot.results.recv()
+                messages.append(Message(slot.index, attempts, want, free, bye))
                 if bye:
                     slot.closed = True
                     break
@@ -120,8 +122,9 @@ class WorkerPool:
         self._close(self.slots[index])
         self.slots[index] = _Slot(index, self.config, self._shared())
 
-    def send_rows(self, index: int, rows: list) -> None:
-        self._send(self.slots[index], (ROWS, rows))
+    def send_chunks(self, index: int, chunks: list[list]) -> None:
+        """Hand one worker the chunks it asked for, in one message."""
+        self._send(self.slots[index], (ROWS, chunks))
 
     def drain(self) -> None:
         """Ask every worker to finish what is in flight, start nothing new, and leave."""

@@ -114,7 +114,8 @@ def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_b
             pass_no = ledger.start_pass(run_id)
             events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
             with Progress(to_send, f"pass {pass_no}", quiet) as progress:
-                sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop)
+                sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop,
+                              total=to_send)
                 tally = sender.run(pool)
                 pool = None
             interrupted = sender.interrupted

@@ -124,11 +124,18 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
 class _SelectLoop:
     """``perform`` then ``select`` over curl's fdset: cheapest for a few hundred handles."""
 
-    def __init__(self, multi: pycurl.CurlMulti):
+    def __init__(self, multi: pycurl.CurlMulti, wake_fd: int | None):
         self.multi = multi
+        self.wake = [] if wake_fd is None else [wake_fd]
 
     def wait(self, timeout: float) -> None:
-        if self.multi.select(timeout) == -1:
+        readable, writable, failed = self.multi.fdset()
+        curl_ms = self.multi.timeout()
+        if curl_ms >= 0:
+            timeout = min(timeout, curl_ms / 1000.0)
+        if readable or writable or failed or self.wake:
+            select.select(readable + self.wake, writable, failed, timeout)
+        elif timeout > 0:
             time.sleep(min(timeout, 0.001))
 
     def drive(self) -> None:
@@ -139,10 +146,13 @@ class _SelectLoop:
 class _EpollLoop:
     """``socket_action`` driven by epoll and curl's timer: no limit on descriptor numbers."""
 
-    def __init__(self, multi: pycurl.CurlMulti):
+    def __init__(self, multi: pycurl.CurlMulti, wake_fd: int | None):
         self.multi = multi
         self.epoll = select.epoll()
         self.watched: set[int] = set()
+        self.wake_fd = wake_fd
+        if wake_fd is not None:
+            self.epoll.register(wake_fd, select.EPOLLIN)
         self.deadline: float | None = 0.0
         self.ready: list[tuple[int, int]] = []
         multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
@@ -170,11 +180,13 @@ class _EpollLoop:
     def wait(self, timeout: float) -> None:
         if self.deadline is not None:
             timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
-        self.ready = self.epoll.poll(timeout) if self.watched else (time.sleep(timeout) or [])
+        self.ready = self.epoll.poll(timeout)
 
     def drive(self) -> None:
         act = self.multi.socket_action
         for fd, events in self.ready:
+            if fd == self.wake_fd:
+                continue
             flags = ((pycurl.CSELECT_IN if events & (select.EPOLLIN | select.EPOLLHUP) else 0)
                      | (pycurl.CSELECT_OUT if events & select.EPOLLOUT else 0)
                      | (pycurl.CSELECT_ERR if events & select.EPOLLERR else 0))
@@ -189,14 +201,19 @@ class _EpollLoop:
 
 
 class Transport:
-    """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused."""
+    """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused.
 
-    def __init__(self, size: int, options: TransportOptions, method: str = "POST"):
+    ``wake_fd``, if given, ends a wait as soon as it is readable (the worker's inbox),
+    so new rows are started the moment they arrive.
+    """
+
+    def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
         self.multi = pycurl.CurlMulti()
         self.size = size
         self.options = options
         self.method = method
-        self.loop = _EpollLoop(self.multi) if size > EPOLL_ABOVE else _SelectLoop(self.multi)
+        loop = _EpollLoop if size > EPOLL_ABOVE else _SelectLoop
+        self.loop = loop(self.multi, wake_fd)
         self.free: list[pycurl.Curl] = []
         self.created = 0
         self.active = 0
@@ -217,10 +234,8 @@ class Transport:
 
     def poll(self, timeout: float) -> list[Finished]:
         """Wait up to ``timeout`` seconds for socket activity, drive transfers, return those that ended."""
-        if self.active:
+        if timeout > 0 or self.active:
             self.loop.wait(timeout)
-        elif timeout > 0:
-            time.sleep(timeout)
         return self.drive()
 
     def drive(self) -> list[Finished]:

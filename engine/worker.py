@@ -31,8 +31,14 @@ from engine.transport import Transport, TransportOptions, raise_open_file_limit
 FLUSH_INTERVAL = 0.02
 #: Results per message at most.
 FLUSH_SIZE = 512
-#: Chunks a worker keeps queued beyond its window, to hide the round trip to the coordinator.
+#: A worker keeps queued, beyond its window, the rows it expects to finish during this many
+#: coordinator round trips (measured), so the window never waits for rows...
+RESERVE_ROUND_TRIPS = 3
+#: ...but never more than this many chunks, so few rows sit idle in one worker at the end of a pass,
 RESERVE_CHUNKS = 5
+#: ...and none at all when it would be smaller than this: against a slow API the round trip is
+#: negligible, and a row held back here can cost a whole extra latency at the end of a pass.
+RESERVE_MIN = 10
 #: How often the worker checks that the coordinator is still alive (s).
 PARENT_CHECK_INTERVAL = 0.5
 
@@ -82,12 +88,17 @@ class WorkerLoop:
         self.idempotency_header = config.spec.idempotency_header
         self.method = config.spec.method
         self.policy = config.policy
-        self.transport = Transport(config.concurrency, config.transport, config.spec.method)
+        self.transport = Transport(config.concurrency, config.transport, config.spec.method, inbox.fileno())
         self.ready: deque[Dispatch] = deque()
         self.delayed: list[tuple[float, int, Dispatch]] = []
         self.pass_attempts: dict[int, int] = {}
         self.results: list[Attempt] = []
         self.asked = False
+        self.asked_at = 0.0
+        self.round_trip = 0.01  # seconds from asking for rows to having them (moving average)
+        self.finished = 0
+        self.rate = 0.0  # transfers finished per second (moving average)
+        self.rate_since = time.monotonic()
         self.draining = False
         self.stopping = False
         self.rng = random.Random()
@@ -100,9 +111,12 @@ class WorkerLoop:
             self._read_inbox(block=self._idle())
             self._release_due()
             self._start_transfers()
-            for done in self.transport.poll(self._poll_timeout()):
+            finished = self.transport.poll(self._poll_timeout())
+            for done in finished:
                 self._settle(done)
+            self.finished += len(finished)
             now = time.monotonic()
+            self._measure(now)
             want = self._want()
             if (self.results and (len(self.results) >= FLUSH_SIZE or now - last_flush >= FLUSH_INTERVAL)) or want:
                 self._send(want)
@@ -111,7 +125,7 @@ class WorkerLoop:
                 last_parent_check = now
                 if os.getppid() != self.parent:
                     return
-        self._send(want=0, bye=True)
+        self._send(0, bye=True)
 
     def _finished(self) -> bool:
         if self.stopping:
@@ -124,25 +138,38 @@ class WorkerLoop:
     def _want(self) -> int:
         """Rows to ask for: enough to fill the window and keep a reserve queued behind it.
 
-        The reserve hides the round trip to the coordinator (which may be busy writing
-        the ledger), so a fast server never finds the window empty.
+        The reserve covers what this worker finishes during a few round trips to the
+        coordinator (busy writing the ledger), so a fast server never finds the window
+        empty, while a slow one does not leave rows idling here at the end of a pass.
         """
         if self.asked or self.draining:
             return 0
         backlog = len(self.ready) + self.transport.active
-        reserve = max(self.config.concurrency, RESERVE_CHUNKS * self.config.chunk_size)
+        ceiling = RESERVE_CHUNKS * self.config.chunk_size
+        reserve = min(ceiling, int(self.rate * self.round_trip * RESERVE_ROUND_TRIPS))
+        if reserve < RESERVE_MIN:
+            reserve = 0
         if backlog > self.config.concurrency + reserve // 2:
             return 0
-        return self.config.concurrency + reserve - backlog
+        return max(0, self.config.concurrency + reserve - backlog)
+
+    def _measure(self, now: float) -> None:
+        """Update the finishing rate (per 0.25 s window, smoothed)."""
+        elapsed = now - self.rate_since
+        if elapsed >= 0.25:
+            self.rate = 0.5 * self.rate + 0.5 * self.finished / elapsed
+            self.finished, self.rate_since = 0, now
 
     def _send(self, want: int, bye: bool = False) -> None:
         if self.answers:
             self.pacer.report(self.answers, self.throttled)
             self.answers = self.throttled = 0
-        self.outbox.send((self.results, want, bye))
+        free = max(0, self.config.concurrency - len(self.ready) - self.transport.active)
+        self.outbox.send((self.results, want, free, bye))
         self.results = []
         if want:
             self.asked = True
+            self.asked_at = time.monotonic()
 
     def _read_inbox(self, block: bool) -> None:
         """Take every message waiting; when idle, wait for one (checking the coordinator lives)."""
@@ -150,10 +177,12 @@ class WorkerLoop:
             if os.getppid() != self.parent:
                 raise EOFError
         while self.inbox.poll():
-            kind, rows = self.inbox.recv()
+            kind, chunks = self.inbox.recv()
             if kind == ROWS:
                 self.asked = False
-                self.ready.extend(map(Dispatch._make, rows))
+                self.round_trip = 0.8 * self.round_trip + 0.2 * (time.monotonic() - self.asked_at)
+                for chunk in chunks:
+                    self.ready.extend(map(Dispatch._make, chunk))
             elif kind == DRAIN:
                 self.draining = True
             elif kind == STOP:
