@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import engine, record, report, table  # noqa: E402
+from common import record, report, table  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;

@@ -13,12 +13,12 @@ import math
 import sqlite3
 import time
 from contextlib import closing
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import sqlite_utils
 
 from engine.errors import LedgerError
-from engine.policy import FAILED, PENDING, REJECTED, RETRYING, STATES, SUCCEEDED, UNKNOWN
+from engine.policy import FAILED, PENDING, RETRYING, STATES
 
 #: Busy timeout (ms) so a reader never makes the writer fail on a lock.
 BUSY_TIMEOUT_MS = 10_000

@@ -229,7 +229,7 @@ def _customer(request: Request) -> str | None:
 
 
 async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, str]:
-    config, rng = state.config, state.rng
+    config = state.config
     state.counters["requests"] += 1
     state.count_arrival(time.monotonic())
     key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None

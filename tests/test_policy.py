@@ -1,5 +1,6 @@
 """The retry policy's pure decisions: classification, back-off bounds, Retry-After."""
 
+import dataclasses
 import random
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
@@ -87,5 +88,5 @@ def test_parse_retry_after_seconds_date_and_garbage():
 
 
 def test_policy_is_immutable():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         POLICY.max_attempts = 9

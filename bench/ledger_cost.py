@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Ledger cost: coordinator CPU per row for loading and for recording results.
+
+Loads N rows into a fresh ledger the way ``bill`` does (parse, validate, encode, insert)
+and then records one successful attempt per row in the batches the coordinator uses,
+timing each with ``time.process_time``.
+
+Example:
+    python bench/ledger_cost.py                  # 200,000 rows
+    python bench/ledger_cost.py --rows 2000      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import record, table  # noqa: E402
+from engine.config import RunSettings  # noqa: E402
+from engine.coordinator import LEDGER_BATCH, load_rows  # noqa: E402
+from engine.inputs import read_rows  # noqa: E402
+from engine.ledger import Ledger  # noqa: E402
+from throughput import write_rows  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
+        path = os.path.join(directory, "rows.csv")
+        write_rows(path, args.rows)
+        settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
+        with Ledger(os.path.join(directory, "ledger.db")) as ledger:
+            ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
+            started = time.process_time()
+            load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, path)
+            load_us = (time.process_time() - started) / args.rows * 1e6
+            rids = [rid for page in ledger.iter_to_send("bench", ("pending",)) for rid, *_ in page]
+            now = time.time()
+            results = [(rid, 1, "succeeded", 200, None, None, '{"ok":true}', now, 1.5) for rid in rids]
+            started = time.process_time()
+            for i in range(0, len(results), LEDGER_BATCH):
+                ledger.record(results[i:i + LEDGER_BATCH])
+            record_us = (time.process_time() - started) / args.rows * 1e6
+    record("ledger_cost", "load µs/row", round(load_us, 2), "us", rows=args.rows)
+    record("ledger_cost", "record µs/row", round(record_us, 2), "us", rows=args.rows, batch=LEDGER_BATCH)
+    print(f"\n{args.rows} rows, coordinator CPU (process time)\n")
+    print(table(["step", "µs per row"], [["load: parse, validate, encode, insert (write-ahead)", f"{load_us:.1f}"],
+                                         [f"record a result (batches of {LEDGER_BATCH})", f"{record_us:.1f}"]]))
+
+
+if __name__ == "__main__":
+    main()

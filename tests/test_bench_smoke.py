@@ -1,0 +1,44 @@
+"""Each benchmark script still runs end to end, on a tiny N (figures are not checked here)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+needs_nginx = pytest.mark.skipif(not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
+                                 reason="nginx is not installed (.ci/run installs it with apt-get)")
+
+
+def run_bench(script: str, *args) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_latency_bound_smoke():
+    out = run_bench("latency_bound.py", "--rows", 200, "--in-flight", 100, "--latency", 0.2, "--tail-rows", 300,
+                    "--tail-in-flight", 100)
+    assert "| 100 |" in out and "chunk-tail check" in out
+
+
+@needs_nginx
+def test_throughput_smoke():
+    out = run_bench("throughput.py", "--rows", 2000)
+    for client in ("engine (end to end)", "bare", "aiohttp", "httpx", "requests"):
+        assert f"| {client} |" in out
+
+
+@needs_nginx
+def test_memory_smoke():
+    out = run_bench("memory.py", "--rows", 2000)
+    assert "| 2000 |" in out
+
+
+def test_ledger_cost_smoke():
+    out = run_bench("ledger_cost.py", "--rows", 2000)
+    assert "record a result" in out
