@@ -31,5 +31,6 @@ def test_million_row_csv_loads_in_bounded_memory(tmp_path):
                          timeout=240, check=True).stdout.split()
     total, peak_mb = int(out[0]), int(out[1])
     assert total == 1_000_000
-    # the file is 40 MB and the rows as Python objects would be ~500 MB: streaming keeps it flat
-    assert peak_mb < 100, f"peak RSS {peak_mb} MB"
+    # the file is 40 MB and the rows as Python objects would be ~500 MB; streaming keeps the
+    # loader at the interpreter plus SQLite's page cache (capped at 64 MB)
+    assert peak_mb < 150, f"peak RSS {peak_mb} MB"
