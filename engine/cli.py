@@ -17,7 +17,7 @@ from engine.inputs import FORMATS
 from engine.ledger import Ledger
 from engine.policy import STATES
 from engine.report import REPORT_FORMATS, render, runs_table, summarize
-from engine.runner import RunResult, bill as bill_run, rerun as rerun_run
+from engine.runner import EXIT_INTERRUPTED, RunResult, bill as bill_run, rerun as rerun_run
 
 DEFAULT_DB = "engine.db"
 
@@ -40,6 +40,9 @@ def engine_errors(command):
             return command(*args, **kwargs)
         except EngineError as err:
             raise EngineClickError(str(err)) from None
+        except KeyboardInterrupt:  # before sending started (loading, starting up): nothing was sent
+            click.echo("interrupted before anything was sent", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from engine.config import RunSettings
-from engine.errors import InputError, TemplateError
+from engine.errors import EngineError, InputError, TemplateError
 from engine.inputs import Row
 from engine.ledger import Attempt, Dispatch, DuplicateRow, Ledger
 from engine.policy import RETRYING, SUCCEEDED
@@ -36,6 +36,8 @@ EVENT_WAIT = 0.2
 #: unwritten results, whose rows are then simply sent again with the same key.
 LEDGER_BATCH = 4096
 LEDGER_INTERVAL = 0.1
+#: Worker deaths in one pass, per worker, after which the pass gives up instead of restarting them.
+MAX_DEATHS_PER_WORKER = 5
 #: Extra time, beyond --timeout, that workers get to finish in-flight transfers on Ctrl-C (s).
 DRAIN_GRACE = 5.0
 
@@ -181,6 +183,7 @@ class Pass:
         self.stop = stop or StopRequest()
         self.interrupted = False
         self.paused = False
+        self.deaths = 0
         self.unwritten: list[tuple] = []
         self.written_at = time.monotonic()
 
@@ -271,6 +274,10 @@ class Pass:
         self.hungry.pop(index, None)
         if self.events is not None:
             self.events.emit("worker_died", run_id=self.run_id, worker=index, requeued=len(lost))
+        self.deaths += 1
+        if self.deaths > MAX_DEATHS_PER_WORKER * self.settings.workers:
+            raise EngineError(f"worker processes died {self.deaths} times in this pass; stopping. Nothing is lost:"
+                              f" finish the run later with: python -m engine rerun {self.run_id}")
         if not self.stop.count:
             pool.replace(index)
 

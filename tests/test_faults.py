@@ -162,6 +162,24 @@ def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
         assert_everyone_charged_once(api, db, "int", rows)
 
 
+def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_engine):
+    rows = 2000
+    with MockProcess(latency=2.0) as api:
+        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "int2",
+                              "--workers", 2, "--concurrency", 100, "--quiet")
+        wait_for_attempts(db, 100)
+        engine.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        engine.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = engine.communicate(timeout=30)
+        assert engine.returncode == 130, err
+        assert time.monotonic() - started < 2.0  # did not wait for the 2-second transfers in flight
+        result = run_engine("rerun", "int2", "--db", db, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert_everyone_charged_once(api, db, "int2", rows)
+
+
 def test_rate_limit_is_global(customers, db):
     with MockProcess() as api:
         result = run_engine("bill", customers(1500), "--url", api.charge_url(), "--db", db, "--run-id", "rate",
