@@ -85,15 +85,15 @@ def _read_csv(handle, name: str, id_field: str) -> Iterator[Row]:
     _check_header(name, header)
     width, id_index = len(header), header.index(id_field)
     while True:
+        line = reader.line_num + 1  # where the record starts; a quoted field may span lines
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
-            raise InputError(name, reader.line_num, f"malformed CSV row: {err}") from None
+            raise InputError(name, line, f"malformed CSV row: {err}") from None
         if not values:
             continue
-        line = reader.line_num
         if len(values) != width:
             raise InputError(name, line, f"expected {width} fields as in the header, found {len(values)}")
         row_id = values[id_index].strip()
