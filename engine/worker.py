@@ -94,6 +94,7 @@ class WorkerLoop:
         self.pass_attempts: dict[int, int] = {}
         self.results: list[Attempt] = []
         self.asked = False
+        self.reserve_refused = False  # the pass is ending: ask only for free slots from now on
         self.asked_at = 0.0
         self.round_trip = 0.01  # seconds from asking for rows to having them (moving average)
         self.finished = 0
@@ -147,7 +148,7 @@ class WorkerLoop:
         backlog = len(self.ready) + self.transport.active
         ceiling = RESERVE_CHUNKS * self.config.chunk_size
         reserve = min(ceiling, int(self.rate * self.round_trip * RESERVE_ROUND_TRIPS))
-        if reserve < RESERVE_MIN:
+        if reserve < RESERVE_MIN or self.reserve_refused:
             reserve = 0
         if backlog > self.config.concurrency + reserve // 2:
             return 0
@@ -181,6 +182,8 @@ class WorkerLoop:
             if kind == ROWS:
                 self.asked = False
                 self.round_trip = 0.8 * self.round_trip + 0.2 * (time.monotonic() - self.asked_at)
+                if not chunks:
+                    self.reserve_refused = True
                 for chunk in chunks:
                     self.ready.extend(map(Dispatch._make, chunk))
             elif kind == DRAIN:
