@@ -225,7 +225,7 @@ def status(db):
     Example:
         python -m engine status --db engine.db
     """
-    with Ledger(db) as ledger:
+    with Ledger(db, create=False) as ledger:
         click.echo(runs_table(ledger.list_runs()))
 
 
@@ -242,7 +242,7 @@ def report(run_id, fmt, db):
     Example:
         python -m engine report run-20261123-101500-ab12 --format json
     """
-    with Ledger(db) as ledger:
+    with Ledger(db, create=False) as ledger:
         click.echo(render(summarize(ledger, run_id), fmt))
 
 
@@ -261,7 +261,7 @@ def export(run_id, states, output, db):
     Example:
         python -m engine export run-20261123-101500-ab12 --status failed -o failed.csv
     """
-    with Ledger(db) as ledger:
+    with Ledger(db, create=False) as ledger:
         ledger.get_run(run_id)
         writer = None
         for row in ledger.iter_rows(run_id, states):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import sqlite3
 import time
@@ -78,8 +79,10 @@ _UPDATE_REQUEST = (
 class Ledger:
     """Open (creating if needed) the ledger at ``path``; every query is a method here."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, create: bool = True):
         self.path = path
+        if not create and not os.path.exists(path):
+            raise LedgerError(f"no ledger at {path} (give its path with --db)")
         try:
             self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
             self.db = sqlite_utils.Database(self.conn)

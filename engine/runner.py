@@ -91,7 +91,7 @@ def _create_run(ledger: Ledger, run_id: str, input_path: str, settings: RunSetti
 def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unknown: bool = False,
           log_file: str | None = None, quiet: bool = False, **overrides) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
-    with Ledger(db) as ledger, EventLog(log_file) as events:
+    with Ledger(db, create=False) as ledger, EventLog(log_file) as events:
         run = ledger.get_run(run_id)
         if run["state"] == "loading":
             raise UsageError(f"run {run_id!r} never finished loading its input; "

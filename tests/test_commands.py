@@ -58,9 +58,17 @@ def test_status_table(finished_run, db, run):
     assert line.split()[:3] == ["rep", "finished", "200"]
 
 
-def test_unknown_run_is_one_line(db, run):
+def test_unknown_run_is_one_line(finished_run, db, run):
     result = run("report", "nope", "--db", db)
     assert result.exit_code == 2 and result.output.strip() == f"error: no run 'nope' in {db}"
+
+
+@pytest.mark.parametrize("command", [["status"], ["report", "r"], ["export", "r"], ["rerun", "r"]])
+def test_reading_a_missing_ledger_creates_nothing(tmp_path, run, command):
+    missing = tmp_path / "nowhere.db"
+    result = run(*command, "--db", missing)
+    assert result.exit_code == 2 and "no ledger at" in result.output
+    assert not missing.exists()
 
 
 def test_bill_refuses_an_existing_run(finished_run, customers, api, db, run):
