@@ -142,3 +142,18 @@ def test_rerun_script_finishes_a_run(api, customers, db, run):
     assert "100 succeeded" in done.stdout
     assert status_counts(db, "sc") == {"succeeded": 100}
     assert api.stats()["customers_charged_more_than_once"] == 0
+
+
+def test_a_load_cut_short_is_loaded_again_by_the_same_bill(api, customers, db, run):
+    from engine.ledger import Ledger
+
+    path = customers(50)
+    with Ledger(db) as ledger:  # what a coordinator killed while loading leaves behind
+        ledger.create_run("cut", input=path, url=api.charge_url(), method="POST", options={}, not_before=None)
+        ledger.insert_requests("cut", [(2, "cus_1", 0.0, '{"id":"cus_1"}', "cut:cus_1")])
+    result = run("rerun", "cut", "--db", db)
+    assert result.exit_code == 2 and "never finished loading" in result.output
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "cut", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert status_counts(db, "cut") == {"succeeded": 50}
+    assert api.stats()["customers_charged_more_than_once"] == 0
