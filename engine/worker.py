@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from engine.breaker import CircuitBreaker, is_down
 from engine.ledger import Attempt, Dispatch
-from engine.policy import REJECTED, RETRYING, RetryPolicy
+from engine.policy import REJECTED, RETRYING, SUCCEEDED, RetryPolicy
 from engine.ratelimit import Pacer
 from engine.template import CompiledRequest, RequestSpec
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
@@ -233,6 +233,14 @@ class WorkerLoop:
     def _settle(self, done) -> None:
         row: Dispatch = done.token
         outcome = done.outcome
+        status = outcome.http_status
+        if outcome.curl_error is None and 200 <= status < 300 and row.rid != self.probe_rid:
+            # the common case, kept short: nothing to decide, nothing to schedule
+            self.breaker.record(False)
+            self.answers += 1
+            attempt = self.pass_attempts.pop(row.rid, 0) + 1 if self.pass_attempts else 1
+            self._record(row, SUCCEEDED, status, None, None, done.started_at, done.duration_ms, done.excerpt, attempt)
+            return
         probe = row.rid == self.probe_rid
         if probe:
             self.probe_rid = None
