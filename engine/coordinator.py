@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from engine.config import RunSettings
@@ -58,21 +58,21 @@ def load_rows(ledger: Ledger, run_id: str, rows: Iterable[Row], settings: RunSet
         key = validator.idempotency_key(row, run_id)
         batch.append((row.line, row.row_id, priority, encode(row.fields), key))
         if len(batch) >= LOAD_BATCH:
-            total += _insert(ledger, run_id, batch, source)
+            total += _insert(ledger, run_id, batch, source, settings.id_field)
             on_progress(total)
             batch = []
     if batch:
-        total += _insert(ledger, run_id, batch, source)
+        total += _insert(ledger, run_id, batch, source, settings.id_field)
         on_progress(total)
     return total
 
 
-def _insert(ledger: Ledger, run_id: str, batch: list, source: str) -> int:
+def _insert(ledger: Ledger, run_id: str, batch: list, source: str, id_field: str) -> int:
     try:
         ledger.insert_requests(run_id, batch)
     except DuplicateRow as dup:
         raise InputError(source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})",
-                         "id") from None
+                         id_field) from None
     return len(batch)
 
 
@@ -124,11 +124,9 @@ class PassTally:
     succeeded: int = 0
     not_succeeded: int = 0
     retries: int = 0
-    by_state: Counter = field(default_factory=Counter)
 
     def add(self, outcomes: Counter) -> None:
         """Count a batch of attempts, given as outcome -> how many."""
-        self.by_state.update(outcomes)
         retries = outcomes.get(RETRYING, 0)
         succeeded = outcomes.get(SUCCEEDED, 0)
         total = sum(outcomes.values())
@@ -196,7 +194,6 @@ class Pass:
                     self._drain(pool)
                     break
                 self._handle_events(pool, EVENT_WAIT)
-                self._serve_hungry(pool)
                 self._watch_breaker(pool)
             else:
                 pool.stop()
@@ -218,6 +215,8 @@ class Pass:
                 self._record(message.worker, message.attempts)
         for index in dead:
             self._salvage(pool, index)
+        if dead:
+            self._serve_hungry(pool)  # the dead worker's rows, to whoever asks
         if self.unwritten and time.monotonic() - self.written_at >= LEDGER_INTERVAL:
             self._write_ledger()
 
@@ -319,10 +318,4 @@ class Pass:
         pool.drain()
         deadline = time.monotonic() + self.settings.timeout + DRAIN_GRACE
         while pool.live() and time.monotonic() < deadline and self.stop.count < 2:
-            self._handle_events_no_replace(pool)
-
-    def _handle_events_no_replace(self, pool: WorkerPool) -> None:
-        messages, _dead = pool.events(EVENT_WAIT)
-        for message in messages:
-            if message.attempts:
-                self._record(message.worker, message.attempts)
+            self._handle_events(pool, EVENT_WAIT)  # draining workers ask for nothing; the dead are not replaced

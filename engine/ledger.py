@@ -208,12 +208,6 @@ class Ledger:
             level = self.conn.execute(
                 "SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level)).fetchone()[0]
 
-    def reset_in_flight(self, run_id: str) -> int:
-        """Rows left ``retrying`` by a pass that died are due again: make them ``pending``."""
-        with self.conn:
-            return self.conn.execute(
-                "UPDATE requests SET status = 'pending' WHERE run_id = ? AND status = 'retrying'", (run_id,)).rowcount
-
     # -- recording ----------------------------------------------------------
 
     def record(self, attempts: list[tuple]) -> None:

@@ -19,7 +19,6 @@ from engine.ledger import RESEND_STATES, Ledger
 from engine.policy import PENDING, REJECTED, UNKNOWN
 from engine.progress import Progress
 from engine.report import summarize
-from engine.transport import raise_open_file_limit
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
@@ -104,7 +103,6 @@ def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unkno
 
 def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog,
                quiet: bool, pool=None) -> RunResult:
-    raise_open_file_limit()
     to_send = ledger.count_in(run_id, states)
     interrupted = False
     with StopRequest() as stop:

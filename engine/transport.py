@@ -142,6 +142,9 @@ class _SelectLoop:
         while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
             pass
 
+    def close(self) -> None:
+        pass
+
 
 class _EpollLoop:
     """``socket_action`` driven by epoll and curl's timer: no limit on descriptor numbers."""
@@ -215,18 +218,13 @@ class Transport:
         loop = _EpollLoop if size > EPOLL_ABOVE else _SelectLoop
         self.loop = loop(self.multi, wake_fd)
         self.free: list[pycurl.Curl] = []
-        self.created = 0
         self.active = 0
 
     def has_room(self) -> bool:
         return self.active < self.size
 
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
-        if self.free:
-            handle = self.free.pop()
-        else:
-            handle = _new_handle(self.options, self.method)
-            self.created += 1
+        handle = self.free.pop() if self.free else _new_handle(self.options, self.method)
         handle.capture.reset(token)
         configure(handle, url, headers, body)
         self.multi.add_handle(handle)
@@ -263,8 +261,7 @@ class Transport:
         for handle in self.free:
             handle.close()
         self.multi.close()
-        if isinstance(self.loop, _EpollLoop):
-            self.loop.close()
+        self.loop.close()
 
 
 def raise_open_file_limit() -> tuple[int, int]:

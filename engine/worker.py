@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from engine.breaker import CircuitBreaker, is_down
 from engine.ledger import Attempt, Dispatch
-from engine.policy import REJECTED, RETRYING, SUCCEEDED, RetryPolicy
+from engine.policy import REJECTED, RETRYING, RetryPolicy
 from engine.ratelimit import Pacer
 from engine.template import CompiledRequest, RequestSpec
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
@@ -86,7 +86,6 @@ class WorkerLoop:
         # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
         self.needs_fields = bool(self.request.fields - {config.id_field}) or config.spec.body not in ("json", "none")
         self.idempotency_header = config.spec.idempotency_header
-        self.method = config.spec.method
         self.policy = config.policy
         self.transport = Transport(config.concurrency, config.transport, config.spec.method, inbox.fileno())
         self.ready: deque[Dispatch] = deque()
@@ -227,20 +226,12 @@ class WorkerLoop:
             self._record(row, REJECTED, None, None, f"cannot render request: {err}", time.time(), 0.0, None)
             return
         if self.idempotency_header:
-            headers = headers + [f"{self.idempotency_header}: {row.idempotency_key}", "Expect:"]
+            headers = headers + [f"{self.idempotency_header}: {row.idempotency_key}"]
         self.transport.start(row, url, headers, body)
 
     def _settle(self, done) -> None:
         row: Dispatch = done.token
         outcome = done.outcome
-        status = outcome.http_status
-        if outcome.curl_error is None and 200 <= status < 300 and row.rid != self.probe_rid:
-            # the common case, kept short: nothing to decide, nothing to schedule
-            self.breaker.record(False)
-            self.answers += 1
-            attempt = self.pass_attempts.pop(row.rid, 0) + 1 if self.pass_attempts else 1
-            self._record(row, SUCCEEDED, status, None, None, done.started_at, done.duration_ms, done.excerpt, attempt)
-            return
         probe = row.rid == self.probe_rid
         if probe:
             self.probe_rid = None
@@ -258,7 +249,7 @@ class WorkerLoop:
                 heapq.heappush(self.cooling, due)
         else:
             self.pass_attempts.pop(row.rid, None)
-        self._record(row, decision.state, done.outcome.http_status, done.outcome.curl_error, done.error,
+        self._record(row, decision.state, outcome.http_status, outcome.curl_error, done.error,
                      done.started_at, done.duration_ms, done.excerpt, attempt)
 
     def _record(self, row, state, http_status, curl_error, error, started_at, duration_ms, excerpt,

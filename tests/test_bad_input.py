@@ -103,3 +103,11 @@ def test_a_refused_input_leaves_no_run_behind(tmp_path, api, db, run):
     assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "x"), api, "duplicate")
     assert ledger_rows(db, "SELECT count(*) FROM requests") == [(0,)]
     assert ledger_rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_duplicate_names_the_id_field_in_use(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("customer_no,amount\nA,1\nA,2\n")
+    result = run("bill", path, "--url", api.charge_url().replace("{id}", "{customer_no}"), "--id-field", "customer_no",
+                 "--db", db)
+    assert_refused(result, api, ":3:", "field 'customer_no'", "duplicate id 'A'")
