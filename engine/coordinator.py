@@ -7,7 +7,6 @@ the ledger, and the next pass sends it again with the same Idempotency-Key.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 from engine.config import RunSettings
 from engine.errors import EngineError, InputError, TemplateError
 from engine.inputs import Row
+from engine.jsontext import json_text
 from engine.ledger import Attempt, Dispatch, DuplicateRow, Ledger
 from engine.policy import RETRYING, SUCCEEDED
 from engine.pool import WorkerPool
@@ -50,13 +50,12 @@ def load_rows(ledger: Ledger, run_id: str, rows: Iterable[Row], settings: RunSet
     nothing of a bad input is ever sent.
     """
     compiled = CompiledRequest(settings.request_spec())
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     validator = _RowValidator(compiled, settings, source)
     batch, total = [], 0
     for row in rows:
         priority = validator.check(row)
         key = validator.idempotency_key(row, run_id)
-        batch.append((row.line, row.row_id, priority, encode(row.fields), key))
+        batch.append((row.line, row.row_id, priority, json_text(row.fields), key))
         if len(batch) >= LOAD_BATCH:
             total += _insert(ledger, run_id, batch, source, settings.id_field)
             on_progress(total)

@@ -13,16 +13,14 @@ import io
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from engine.errors import InputError, UsageError
 
 FORMATS = ("csv", "jsonl")
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One input row: where it came from, its unique id and its fields."""
 
     line: int

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from urllib.parse import quote, urlencode, urlsplit
 
 from engine.errors import DestinationError, TemplateError, UsageError
+from engine.jsontext import json_bytes
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -190,7 +191,6 @@ class CompiledRequest:
         self.header_fields = frozenset().union(*(t.fields for _, t in self.headers))
         self.content_type = {"json": "application/json", "template": "application/json",
                              "form": "application/x-www-form-urlencoded"}.get(spec.body)
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         names = {name.lower() for name, _ in spec.headers}
         self.fixed_headers = [f"{name}: {t.render({})}" for name, t in self.headers if not t.fields]
         self.row_headers = [(name, t) for name, t in self.headers if t.fields]
@@ -243,7 +243,7 @@ class CompiledRequest:
         source = row if self.body_parts is None else _render_body(self.body_parts, row)
         if kind == "form":
             return urlencode({k: _text(v) for k, v in source.items()}).encode()
-        return self._encode(source).encode()
+        return json_bytes(source)
 
 
 def _placeholder_in_origin(url: str) -> bool:
