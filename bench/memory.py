@@ -22,20 +22,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import psutil  # noqa: E402
-
-from common import record, report, table  # noqa: E402
+from common import TreeWatch, record, report, table  # noqa: E402
 from throughput import start_nginx, write_rows  # noqa: E402
-
-
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_one(rows: int, url: str, directory: str) -> dict:
@@ -44,16 +32,14 @@ def run_one(rows: int, url: str, directory: str) -> dict:
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db,
                               "--run-id", "mem", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watched, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        peak = max(peak, tree_rss(watched))
-        time.sleep(0.05)
+    watch = TreeWatch(child.pid)
+    returncode = watch.wait(child)
     wall = time.perf_counter() - started
-    if child.returncode != 0:
+    if returncode != 0:
         raise SystemExit(f"engine failed: {child.stderr.read().decode()[-2000:]}")
     summary = report(db, "mem")
     size = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
-    return {"rows": rows, "peak_rss_mb": round(peak / 2**20, 1), "ledger_mb": round(size / 2**20, 1),
+    return {"rows": rows, "peak_rss_mb": round(watch.peak_rss / 2**20, 1), "ledger_mb": round(size / 2**20, 1),
             "wall_s": round(wall, 1), "succeeded": summary["succeeded"]}
 
 
