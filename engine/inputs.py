@@ -115,9 +115,11 @@ def _read_jsonl(handle, name: str, id_field: str) -> Iterator[Row]:
         if not text.strip():
             continue
         try:
-            fields = json.loads(text)
+            fields = json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as err:
             raise InputError(name, line, f"malformed JSON: {err.msg} at column {err.colno}") from None
+        except ValueError as err:
+            raise InputError(name, line, f"malformed JSON: {err}") from None
         if not isinstance(fields, dict):
             raise InputError(name, line, f"expected a JSON object, found {type(fields).__name__}")
         if id_field not in fields:
@@ -126,6 +128,11 @@ def _read_jsonl(handle, name: str, id_field: str) -> Iterator[Row]:
         if isinstance(row_id, (dict, list, bool)) or row_id is None or str(row_id).strip() == "":
             raise InputError(name, line, "must be a non-empty string or number", id_field)
         yield Row(line, str(row_id), fields)
+
+
+def _not_json(constant: str):
+    """Python's reader accepts NaN and Infinity, which JSON does not: refuse them rather than guess."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _line_of_offset(path: str, err: UnicodeDecodeError) -> int | None:

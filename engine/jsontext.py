@@ -3,8 +3,8 @@
 orjson encodes a row about ten times faster than the standard library's encoder
 (0.2 µs against 2 µs), a fifth of what loading a row costs. The values it refuses
 (integers beyond 64 bits) go to the standard library instead; both write the same
-compact form and keep non-ASCII text as UTF-8 (orjson writes NaN as ``null``, which
-unlike ``NaN`` is JSON).
+compact form and keep non-ASCII text as UTF-8. (They differ on NaN, which orjson
+writes as ``null``; the input reader refuses NaN, so no row carries one.)
 """
 
 from __future__ import annotations

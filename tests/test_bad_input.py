@@ -42,6 +42,7 @@ def test_non_utf8_bytes(tmp_path, api, db, run):
     ('{"id": 1}\n{"id": 2\n', [":2:", "malformed JSON"]),
     ('{"id": 1}\n[1, 2]\n', [":2:", "expected a JSON object"]),
     ('{"id": 1}\n\n{"amount": 2}\n', [":3:", "field 'id'", "missing"]),
+    ('{"id": 1, "amount": 5}\n{"id": 2, "amount": NaN}\n', [":2:", "malformed JSON", "NaN is not a JSON number"]),
 ])
 def test_bad_jsonl(tmp_path, api, db, run, content, fragments):
     path = tmp_path / "in.jsonl"
