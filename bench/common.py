@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pycurl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,8 +57,6 @@ class TreeWatch:
     """
 
     def __init__(self, pid: int, interval: float = 0.05):
-        import psutil
-
         self.root, self.interval = psutil.Process(pid), interval
         self.peak_rss = 0
         self._cpu: dict[int, tuple[str, float]] = {}
@@ -69,8 +68,6 @@ class TreeWatch:
         return "workers" if "spawn_main" in command and "resource_tracker" not in command else "other"
 
     def sample(self) -> None:
-        import psutil
-
         rss = 0
         for member in [self.root, *self.root.children(recursive=True)]:
             try:
@@ -100,8 +97,6 @@ class TreeWatch:
 
 def cpu_seconds(pid: int) -> float:
     """CPU seconds used so far by a process and its children (a server, between runs)."""
-    import psutil
-
     total = 0.0
     root = psutil.Process(pid)
     for member in [root, *root.children(recursive=True)]:
