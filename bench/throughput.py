@@ -86,36 +86,47 @@ def start_nginx(directory: str) -> tuple[subprocess.Popen, int]:
     raise SystemExit("nginx did not start")
 
 
+class Measured:
+    """Over a ``with`` block: wall seconds, CPU seconds of this process's children, and of the server."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+
+    def __enter__(self):
+        self._children, self._server = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(self.server_pid)
+        self.started = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.ended = time.time()
+        self.wall = self.ended - self.started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - self._children.ru_utime) + (after.ru_stime - self._children.ru_stime)
+        self.server_cpu = cpu_seconds(self.server_pid) - self._server
+
+
 def timed(command: list[str], server_pid: int) -> tuple[float, float, float, subprocess.CompletedProcess]:
     """Wall seconds, CPU seconds of the command's process tree and CPU seconds of the server."""
-    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if done.returncode not in (0,):
+    with Measured(server_pid) as measured:
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
         raise SystemExit(f"{command[:4]} failed: {done.stderr[-2000:]}")
-    return wall, cpu, cpu_seconds(server_pid) - server_before, done
+    return measured.wall, measured.cpu, measured.server_cpu, done
 
 
 def run_engine(command: list[str], server_pid: int) -> tuple[float, float, float, dict]:
     """Like :func:`timed` for the engine, plus its CPU per role and its phases (from its log)."""
-    log = command[command.index("--log-file") + 1]
-    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
-    started = time.time()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watch = TreeWatch(child.pid)
-    if watch.wait(child) != 0:
+    with Measured(server_pid) as measured:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        watch = TreeWatch(child.pid)
+        returncode = watch.wait(child)
+    if returncode != 0:
         raise SystemExit(f"engine failed: {child.stderr.read().decode()[-2000:]}")
-    ended = time.time()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    with open(log) as handle:
+    with open(command[command.index("--log-file") + 1]) as handle:
         times = {event["event"]: event["time"] for event in map(json.loads, handle)}
-    phases = {"start and load": times["pass_start"] - started, "pass": times["pass_end"] - times["pass_start"],
-              "summary and exit": ended - times["pass_end"]}
-    return ended - started, cpu, cpu_seconds(server_pid) - server_before, {"cpu": watch.cpu(), "phases": phases}
+    phases = {"start and load": times["pass_start"] - measured.started,
+              "pass": times["pass_end"] - times["pass_start"], "summary and exit": measured.ended - times["pass_end"]}
+    return measured.wall, measured.cpu, measured.server_cpu, {"cpu": watch.cpu(), "phases": phases}
 
 
 def write_rows(path: str, count: int) -> None:

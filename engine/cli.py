@@ -11,15 +11,24 @@ import time
 import click
 
 from engine import __version__
-from engine.config import RunSettings, default_workers
+from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError, UsageError
 from engine.inputs import FORMATS
 from engine.ledger import Ledger
+from engine.mockconfig import MockConfig
 from engine.policy import STATES
 from engine.report import REPORT_FORMATS, render, runs_table, summarize
 from engine.runner import EXIT_INTERRUPTED, RunResult, bill as bill_run, rerun as rerun_run
 
 DEFAULT_DB = "engine.db"
+
+
+def run_default(name: str):
+    return default_of(RunSettings, name)
+
+
+def mock_default(name: str):
+    return default_of(MockConfig, name)
 
 
 class EngineClickError(click.ClickException):
@@ -58,15 +67,16 @@ def pool_options(command):
         click.option("--workers", type=int, default=None, metavar="N",
                      help=f"Worker processes, each with one CurlMulti [default: CPU count, {default_workers()}]."),
         click.option("--concurrency", type=int, default=None, metavar="N",
-                     help="Transfers in flight per worker [default: 100]."),
+                     help=f"Transfers in flight per worker [default: {run_default('concurrency')}]."),
         click.option("--chunks", type=int, default=None, metavar="N",
-                     help="Rows per chunk handed to a worker [default: 100]."),
+                     help=f"Rows per chunk handed to a worker [default: {run_default('chunks')}]."),
         click.option("--rate", type=float, default=None, metavar="N",
                      help="Requests per second at most, for all workers together [default: no limit]."),
         click.option("--max-attempts", type=int, default=None, metavar="N",
-                     help="Attempts per row in one pass, the first included [default: 5]."),
+                     help="Attempts per row in one pass, the first included"
+                          f" [default: {run_default('max_attempts')}]."),
         click.option("--timeout", type=float, default=None, metavar="S",
-                     help="Longest time for one attempt, in seconds [default: 30]."),
+                     help=f"Longest time for one attempt, in seconds [default: {run_default('timeout'):g}]."),
         click.option("--log-file", type=click.Path(dir_okay=False), default=None,
                      help="Append one JSON line per run event and per failed attempt here."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
@@ -92,7 +102,7 @@ def cli():
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option("--url", required=True, help="Request URL; {field} placeholders are filled from the row, URL-encoded.")
-@click.option("--method", default="POST", show_default=True, help="HTTP method.")
+@click.option("--method", default=run_default("method"), show_default=True, help="HTTP method.")
 @click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
               help="Request header (repeatable); {field} from the row, ${VAR} from the environment.")
 @click.option("--secret-header", "secret_headers", multiple=True, metavar="NAME",
@@ -103,26 +113,27 @@ def cli():
 @click.option("--form", is_flag=True, help="Send the body form-encoded instead of as JSON.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Input format [default: from the file's extension; needed for '-' (stdin)].")
-@click.option("--id-field", default="id", show_default=True, help="Column or key holding each row's unique id.")
+@click.option("--id-field", default=run_default("id_field"), show_default=True,
+              help="Column or key holding each row's unique id.")
 @click.option("--priority-field", default=None, metavar="FIELD",
               help="Numeric column: higher values are sent first; ties keep input order.")
 @click.option("--run-id", default=None, help="Name of this run [default: run-<date>-<time>-<random>].")
 @click.option("--not-before", default=None, metavar="TIME",
               help="Send nothing before this time (ISO 8601, or HH:MM today); waits with a countdown.")
 @click.option("--delay", type=float, default=None, metavar="S", help="Send nothing for this many seconds.")
-@click.option("--idempotency-header", default="Idempotency-Key", show_default=True,
+@click.option("--idempotency-header", default=run_default("idempotency_header"), show_default=True,
               help="Header carrying each row's stable idempotency key.")
 @click.option("--idempotency-key-field", default=None, metavar="FIELD",
               help="Use this row field as the key [default: <run-id>:<row id>].")
 @click.option("--no-idempotency", is_flag=True,
               help="Send no key; a request whose outcome is unknown is then not retried but marked 'unknown'.")
-@click.option("--backoff-base", type=float, default=0.5, show_default=True, metavar="S",
+@click.option("--backoff-base", type=float, default=run_default("backoff_base"), show_default=True, metavar="S",
               help="First retry waits up to this long; doubling each time (full jitter).")
-@click.option("--backoff-cap", type=float, default=30.0, show_default=True, metavar="S",
+@click.option("--backoff-cap", type=float, default=run_default("backoff_cap"), show_default=True, metavar="S",
               help="Longest back-off between attempts.")
-@click.option("--retry-after-cap", type=float, default=120.0, show_default=True, metavar="S",
+@click.option("--retry-after-cap", type=float, default=run_default("retry_after_cap"), show_default=True, metavar="S",
               help="Longest wait honoured from a Retry-After header.")
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True, metavar="S",
+@click.option("--connect-timeout", type=float, default=run_default("connect_timeout"), show_default=True, metavar="S",
               help="Longest time to open a connection.")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST[:PORT]",
               help="Another destination host requests may go to (the --url host always may).")
@@ -274,27 +285,30 @@ def export(run_id, states, output, db):
 @cli.command("mock-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port; 0 picks a free one.")
-@click.option("--latency", type=float, default=0.0, show_default=True, metavar="S", help="Seconds before each answer.")
-@click.option("--jitter", type=float, default=0.0, show_default=True, metavar="S",
+@click.option("--latency", type=float, default=mock_default("latency"), show_default=True, metavar="S",
+              help="Seconds before each answer.")
+@click.option("--jitter", type=float, default=mock_default("jitter"), show_default=True, metavar="S",
               help="Latency varies uniformly by up to this much either way.")
-@click.option("--p500", "--error-rate", "p500", type=float, default=0.0, show_default=True, metavar="P",
-              help="Share of requests answered 500.")
-@click.option("--p503", type=float, default=0.0, show_default=True, metavar="P",
+@click.option("--p500", "--error-rate", "p500", type=float, default=mock_default("p500"), show_default=True,
+              metavar="P", help="Share of requests answered 500.")
+@click.option("--p503", type=float, default=mock_default("p503"), show_default=True, metavar="P",
               help="Share answered 503 with Retry-After.")
-@click.option("--p429", type=float, default=0.0, show_default=True, metavar="P",
+@click.option("--p429", type=float, default=mock_default("p429"), show_default=True, metavar="P",
               help="Share answered 429 with Retry-After.")
-@click.option("--retry-after", type=float, default=1.0, show_default=True, metavar="S",
+@click.option("--retry-after", type=float, default=mock_default("retry_after"), show_default=True, metavar="S",
               help="Retry-After sent with 429 and 503.")
-@click.option("--p-drop-before", type=float, default=0.0, show_default=True, metavar="P",
+@click.option("--p-drop-before", type=float, default=mock_default("p_drop_before"), show_default=True, metavar="P",
               help="Share of connections closed without charging or answering.")
-@click.option("--p-drop-after", type=float, default=0.0, show_default=True, metavar="P",
+@click.option("--p-drop-after", type=float, default=mock_default("p_drop_after"), show_default=True, metavar="P",
               help="Share charged, then closed without an answer (what double-charges naive clients).")
-@click.option("--p-hang", type=float, default=0.0, show_default=True, metavar="P", help="Share never answered.")
-@click.option("--fail-rate", type=float, default=0.0, show_default=True, metavar="P",
+@click.option("--p-hang", type=float, default=mock_default("p_hang"), show_default=True, metavar="P",
+              help="Share never answered.")
+@click.option("--fail-rate", type=float, default=mock_default("fail_rate"), show_default=True, metavar="P",
               help="Share of customers (fixed by id) answered 503 until changed via POST /admin/config.")
 @click.option("--outage-at", type=float, default=None, metavar="S", help="Start an outage (all 503) S seconds in.")
-@click.option("--outage-for", type=float, default=0.0, show_default=True, metavar="S", help="Length of the outage.")
-@click.option("--max-inflight", type=int, default=0, show_default=True, metavar="N",
+@click.option("--outage-for", type=float, default=mock_default("outage_for"), show_default=True, metavar="S",
+              help="Length of the outage.")
+@click.option("--max-inflight", type=int, default=mock_default("max_inflight"), show_default=True, metavar="N",
               help="Answer 429 beyond N requests in flight (0: no limit).")
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible faults.")
 def mock_api(host, port, **knobs):
@@ -308,14 +322,15 @@ def mock_api(host, port, **knobs):
     Example:
         python -m engine mock-api --port 8080 --latency 1.6 --error-rate 0.02
     """
-    from engine import mockapi
     from engine.mockproc import READY_PREFIX
 
     def ready(bound_port):
         click.echo(f"{READY_PREFIX}http://{host}:{bound_port}")
         sys.stdout.flush()
 
-    mockapi.run(host, port, mockapi.MockConfig(**knobs), on_ready=ready)
+    from engine.mockapi import run as run_mock_api
+
+    run_mock_api(host, port, MockConfig(**knobs), on_ready=ready)
 
 
 @cli.command()

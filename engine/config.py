@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from engine.errors import UsageError
 from engine.policy import RetryPolicy
-from engine.template import RequestSpec
+from engine.template import IDEMPOTENCY_HEADER, RequestSpec
 from engine.transport import TransportOptions
 from engine.worker import WorkerConfig
 
@@ -25,6 +25,11 @@ _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 def default_workers() -> int:
     return os.cpu_count() or 1
+
+
+def default_of(record: type, name: str):
+    """The default of field ``name`` of a dataclass: option defaults and help texts read it here."""
+    return {f.name: f.default for f in dataclasses.fields(record)}[name]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,19 +45,19 @@ class RunSettings:
     allow_hosts: tuple[str, ...] = ()
     id_field: str = "id"
     priority_field: str | None = None
-    idempotency_header: str = "Idempotency-Key"
+    idempotency_header: str = IDEMPOTENCY_HEADER
     idempotency_key_field: str | None = None
     idempotency: bool = True
     workers: int = field(default_factory=default_workers)
     concurrency: int = 100
     chunks: int = 100
     rate: float | None = None
-    max_attempts: int = 5
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    retry_after_cap: float = 120.0
-    connect_timeout: float = 10.0
-    timeout: float = 30.0
+    max_attempts: int = RetryPolicy.max_attempts
+    backoff_base: float = RetryPolicy.backoff_base
+    backoff_cap: float = RetryPolicy.backoff_cap
+    retry_after_cap: float = RetryPolicy.retry_after_cap
+    connect_timeout: float = TransportOptions.connect_timeout
+    timeout: float = TransportOptions.timeout
     insecure: bool = False
     ca_bundle: str | None = None
 

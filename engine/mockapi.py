@@ -19,39 +19,13 @@ import re
 import time
 import zlib
 from collections import Counter, deque
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
+
+from engine.mockconfig import MockConfig
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
-
-
-@dataclass
-class MockConfig:
-    """The fault knobs; probabilities are per request, times in seconds."""
-
-    latency: float = 0.0
-    jitter: float = 0.0
-    p500: float = 0.0
-    p503: float = 0.0
-    p429: float = 0.0
-    retry_after: float = 1.0
-    p_drop_before: float = 0.0
-    p_drop_after: float = 0.0
-    p_hang: float = 0.0
-    fail_rate: float = 0.0
-    outage_at: float | None = None
-    outage_for: float = 0.0
-    max_inflight: int = 0
-    seed: int | None = None
-
-    def update(self, changes: dict) -> None:
-        names = {f.name for f in dataclasses.fields(self)}
-        for key, value in changes.items():
-            if key not in names:
-                raise KeyError(key)
-            setattr(self, key, value)
 
 
 class BillingState:

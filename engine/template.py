@@ -24,6 +24,8 @@ _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The header that carries each row's idempotency key unless --idempotency-header names another.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class RequestSpec:
     body: str = "json"  # json | template | form | none
     body_template: Any = None
     allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
-    idempotency_header: str | None = "Idempotency-Key"
+    idempotency_header: str | None = IDEMPOTENCY_HEADER
 
     @classmethod
     def build(
@@ -122,7 +124,7 @@ class RequestSpec:
         body_template_text: str | None = None,
         form: bool = False,
         allow_hosts: Iterable[str] = (),
-        idempotency_header: str | None = "Idempotency-Key",
+        idempotency_header: str | None = IDEMPOTENCY_HEADER,
         environ=os.environ,
     ) -> "RequestSpec":
         """Validate the options a user gave and build the spec, or raise a one-line error."""

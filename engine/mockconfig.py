@@ -1,0 +1,36 @@
+"""The fault knobs of the bundled mock billing API (see :mod:`engine.mockapi`).
+
+Kept apart from the server so the CLI can show their defaults without importing asyncio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class MockConfig:
+    """The fault knobs; probabilities are per request, times in seconds."""
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    p500: float = 0.0
+    p503: float = 0.0
+    p429: float = 0.0
+    retry_after: float = 1.0
+    p_drop_before: float = 0.0
+    p_drop_after: float = 0.0
+    p_hang: float = 0.0
+    fail_rate: float = 0.0
+    outage_at: float | None = None
+    outage_for: float = 0.0
+    max_inflight: int = 0
+    seed: int | None = None
+
+    def update(self, changes: dict) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise KeyError(key)
+            setattr(self, key, value)
