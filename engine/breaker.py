@@ -1,11 +1,23 @@
-"""The pool-wide circuit breaker: when the endpoint is down, the whole run pauses.
+"""The pool-wide circuit breaker: when the endpoint goes down, the whole run pauses.
 
-Every worker reports each outcome; after ``threshold`` "down" outcomes in a row
-(connection refused, connect timeout, 502/503/504) across all workers, the breaker
-opens and no worker starts a transfer. At growing intervals exactly one worker
-claims a probe and sends one request; an answer closes the breaker and the run
-resumes, another "down" reopens it for twice as long. Its state lives in shared
-memory, so the pause is pool-wide, not per process.
+Only evidence that the *endpoint* is down trips it, never a few customers that fail on
+their own:
+
+- an answer counts as evidence only if it is "down" (connection refused, connect
+  timeout, 502/503/504) **and** it is that row's first down answer in this pass, so a
+  streak is made of distinct rows; rows that keep failing (a customer whose charge
+  always gets 503) add nothing, however often they are retried;
+- any success breaks the streak; ``threshold`` counted answers in a row open the breaker;
+- it opens only once the endpoint has answered at least once in this pass: an endpoint
+  never seen up (wrong port, wrong host) is a mistake to report, not an outage to wait
+  out, so its rows use their attempts and fail with the reason.
+
+While open no worker starts a transfer. At growing intervals (capped at
+``max_interval``) exactly one worker claims a probe and sends one request, preferring a
+row that has not failed yet; only the probe's answer closes the breaker (a late success
+of a transfer started before the pause does not). The coordinator bounds the total
+pause of a pass (``--max-pause``). The state lives in shared memory, so the pause is
+pool-wide, not per process.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from dataclasses import dataclass
 from engine.shared import SharedState
 
 CLOSED, OPEN, PROBING = 0.0, 1.0, 2.0
-_STATE, _STREAK, _PROBE_AT, _INTERVAL, _OPENED_AT, _PROBE_STARTED = range(6)
+_STATE, _STREAK, _PROBE_AT, _INTERVAL, _OPENED_AT, _PROBE_STARTED, _LAST_UP = range(7)
 
 #: HTTP statuses that mean "the endpoint is down", not "this request failed".
 DOWN_STATUSES = frozenset({502, 503, 504})
@@ -24,16 +36,16 @@ DOWN_STATUSES = frozenset({502, 503, 504})
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerSettings:
-    """When to open, and how the probe interval grows."""
+    """When to open (``threshold`` 0: never), how the probe interval grows, when a probe is lost."""
 
     threshold: int = 20
-    first_interval: float = 1.0
-    max_interval: float = 10.0
+    first_interval: float = 0.5
+    max_interval: float = 2.0
     probe_timeout: float = 35.0
 
 
 class CircuitBreaker(SharedState):
-    """A breaker over a shared ``multiprocessing.Array('d', 6)``; create it with :meth:`create`."""
+    """A breaker over a shared ``multiprocessing.Array('d', 7)``; create it with :meth:`create`."""
 
     def __init__(self, shared, settings: BreakerSettings = BreakerSettings()):
         super().__init__(shared)
@@ -41,7 +53,7 @@ class CircuitBreaker(SharedState):
 
     @classmethod
     def create(cls, context, settings: BreakerSettings = BreakerSettings()) -> "CircuitBreaker":
-        return cls(context.Array("d", [CLOSED, 0, 0, settings.first_interval, 0, 0]), settings)
+        return cls(context.Array("d", [CLOSED, 0, 0, settings.first_interval, 0, 0, 0]), settings)
 
     def allow(self) -> bool | str:
         """True to send normally, ``"probe"`` to send this one transfer as the probe, False to wait."""
@@ -56,22 +68,34 @@ class CircuitBreaker(SharedState):
                 return "probe"
             return s[_STATE] == CLOSED
 
-    def record(self, down: bool, probe: bool = False) -> None:
-        """Count one outcome; ``probe`` marks the answer to this worker's probe."""
-        if not down and self.view[_STATE] == CLOSED and self.view[_STREAK] == 0:
+    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None:
+        """Count one answer. ``probe``: the answer to this worker's probe; ``counted``: a down
+        answer that is evidence (the row's first down answer in this pass)."""
+        if not down:
+            self.view[_LAST_UP] = time.monotonic()  # one aligned double: a plain store is atomic
+            if self.view[_STATE] == CLOSED and self.view[_STREAK] == 0:
+                return
+        elif not (probe or counted):
             return
         s = self.shared
         with s.get_lock():
-            if not down:
-                s[_STATE], s[_STREAK], s[_INTERVAL] = CLOSED, 0, self.settings.first_interval
-            elif probe:
-                s[_INTERVAL] = min(self.settings.max_interval, s[_INTERVAL] * 2)
-                s[_STATE], s[_PROBE_AT] = OPEN, time.monotonic() + s[_INTERVAL]
-            else:
+            if probe:
+                self._answer_probe(down)
+            elif not down:
+                if s[_STATE] == CLOSED:  # while open, a late success from before the pause proves nothing
+                    s[_STREAK] = 0
+            elif s[_STATE] == CLOSED:
                 s[_STREAK] += 1
-                if s[_STATE] == CLOSED and s[_STREAK] >= self.settings.threshold:
-                    now = time.monotonic()
-                    s[_STATE], s[_OPENED_AT], s[_PROBE_AT] = OPEN, time.time(), now + s[_INTERVAL]
+                if self.settings.threshold and s[_STREAK] >= self.settings.threshold and s[_LAST_UP]:
+                    s[_STATE], s[_OPENED_AT], s[_PROBE_AT] = OPEN, time.time(), time.monotonic() + s[_INTERVAL]
+
+    def _answer_probe(self, down: bool) -> None:
+        s = self.shared
+        if down:
+            s[_INTERVAL] = min(self.settings.max_interval, s[_INTERVAL] * 2)
+            s[_STATE], s[_PROBE_AT] = OPEN, time.monotonic() + s[_INTERVAL]
+        else:
+            s[_STATE], s[_STREAK], s[_INTERVAL] = CLOSED, 0, self.settings.first_interval
 
     def wait_time(self) -> float:
         """Seconds until a probe may be claimed (0 when closed)."""

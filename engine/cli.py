@@ -76,7 +76,19 @@ def pool_options(command):
                      help="Attempts per row in one pass, the first included"
                           f" [default: {run_default('max_attempts')}]."),
         click.option("--timeout", type=float, default=None, metavar="S",
-                     help=f"Longest time for one attempt, in seconds [default: {run_default('timeout'):g}]."),
+                     help=f"Longest time for one attempt, in seconds [default: {run_default('timeout'):g}]. "
+                          "A row whose attempt may still be in progress (its sender died) is not sent again "
+                          "before this long after it was sent."),
+        click.option("--pause-after", type=int, default=None, metavar="N",
+                     help="Pause the whole run (outage) after N distinct rows in a row get a 'down' answer "
+                          "(connection refused, connect timeout, 502/503/504) following a success; rows that "
+                          f"keep failing on their own never count; 0 never pauses [default: {run_default('pause_after')}]."),
+        click.option("--max-pause", type=float, default=None, metavar="S",
+                     help="Longest total pause of one pass; then the pass ends and the rows wait for rerun "
+                          f"[default: {run_default('max_pause'):g}]."),
+        click.option("--stall-timeout", type=float, default=None, metavar="S",
+                     help="Replace a worker process that makes no progress for this long (stopped, or stuck in C "
+                          f"code) [default: {run_default('stall_timeout'):g}]."),
         click.option("--log-file", type=click.Path(dir_okay=False), default=None,
                      help="Append one JSON line per run event and per failed attempt here."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
@@ -146,15 +158,20 @@ def cli():
 def bill(input_path, url, method, headers, secret_headers, body_template, form, fmt, id_field, priority_field,
          run_id, not_before, delay, idempotency_header, idempotency_key_field, no_idempotency, backoff_base,
          backoff_cap, retry_after_cap, connect_timeout, allow_hosts, insecure, ca_bundle, db, workers,
-         concurrency, chunks, rate, max_attempts, timeout, log_file, quiet):
+         concurrency, chunks, rate, max_attempts, timeout, pause_after, max_pause, stall_timeout, log_file, quiet):
     """Send one request per row of INPUT (CSV, JSON Lines, or - for stdin) and record each outcome.
 
     Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
     printed), 2 on bad usage or bad input (nothing is sent), 130 when interrupted.
 
+    Running the same command again charges nobody twice: the idempotency keys derive from
+    the request templates and each row's id, and on the same ledger the earlier run is
+    named instead. To bill the same customers again on purpose (next month), give a new
+    --run-id: the keys then derive from it.
+
     \b
     Example:
-        python -m engine bill customers.csv --chunks 100 \\
+        python -m engine bill customers.csv --chunks 100 --run-id 2026-12 \\
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
     """
@@ -166,7 +183,7 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
         backoff_cap=backoff_cap, retry_after_cap=retry_after_cap, connect_timeout=connect_timeout,
         insecure=insecure, ca_bundle=ca_bundle,
     ), workers=workers, concurrency=concurrency, chunks=chunks, rate=rate, max_attempts=max_attempts,
-        timeout=timeout)
+        timeout=timeout, pause_after=pause_after, max_pause=max_pause, stall_timeout=stall_timeout)
     result = bill_run(db=db, input_path=input_path, settings=settings, fmt=fmt, run_id=run_id,
                       not_before=_start_time(not_before, delay), log_file=log_file, quiet=quiet)
     _finish(result)
@@ -181,7 +198,7 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
 @pool_options
 @engine_errors
 def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, chunks, rate, max_attempts, timeout,
-          log_file, quiet):
+          pause_after, max_pause, stall_timeout, log_file, quiet):
     """The later pass: send every row of RUN_ID that has not succeeded, with the same keys.
 
     Sends rows that are pending (never sent, or in flight when a run was stopped or
@@ -194,13 +211,28 @@ def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, c
     """
     result = rerun_run(db=db, run_id=run_id, include_rejected=include_rejected, include_unknown=include_unknown,
                        log_file=log_file, quiet=quiet, workers=workers, concurrency=concurrency, chunks=chunks,
-                       rate=rate, max_attempts=max_attempts, timeout=timeout)
+                       rate=rate, max_attempts=max_attempts, timeout=timeout, pause_after=pause_after,
+                       max_pause=max_pause, stall_timeout=stall_timeout)
     _finish(result)
 
 
 def _finish(result: RunResult) -> None:
     click.echo(render(result.summary))
-    if result.interrupted:
+    if result.already_billed:
+        left = result.summary["total"] - result.summary["succeeded"]
+        state = result.summary["state"]
+        if left:
+            click.echo(f"this input was already billed with the same request as run {result.run_id} ({state}, "
+                       f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
+                       "(or give a new --run-id to bill everyone again on purpose)", err=True)
+        else:
+            click.echo(f"this input was already billed with the same request as run {result.run_id} ({state}); "
+                       "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
+                       "purpose)", err=True)
+        sys.exit(result.exit_code)
+    if result.gave_up:
+        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
+    elif result.interrupted:
         click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
     elif not result.complete:
         missing = result.summary["total"] - result.summary["succeeded"]

@@ -8,10 +8,13 @@ lines are stored as typed, with ``${VAR}`` unexpanded: secrets stay in the envir
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
 
+from engine.breaker import BreakerSettings
 from engine.errors import UsageError
 from engine.policy import RetryPolicy
 from engine.template import IDEMPOTENCY_HEADER, RequestSpec
@@ -60,17 +63,24 @@ class RunSettings:
     timeout: float = TransportOptions.timeout
     insecure: bool = False
     ca_bundle: str | None = None
+    pause_after: int = BreakerSettings.threshold
+    max_pause: float = 300.0
+    stall_timeout: float = 15.0
+
+    #: The settings that decide what a request is: same values, same request (and same keys).
+    REQUEST_FIELDS = ("url", "method", "headers", "body_template", "form", "id_field", "idempotency_header",
+                      "idempotency_key_field", "idempotency")
 
     def __post_init__(self):
         for name in ("workers", "concurrency", "chunks", "max_attempts"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap", "max_pause", "pause_after"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self.rate is not None and self.rate <= 0:
             raise UsageError("--rate must be positive")
-        for name in ("connect_timeout", "timeout"):
+        for name in ("connect_timeout", "timeout", "stall_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
         self._check_secret_headers()
@@ -83,6 +93,16 @@ class RunSettings:
                 raise UsageError(
                     f"--header {name.strip()}: a secret must come from the environment, "
                     f"e.g. --header '{name.strip()}: Bearer ${{API_TOKEN}}'")
+
+    def request_fingerprint(self) -> str:
+        """A digest of what every request of this run looks like (templates, not secrets)."""
+        shape = {name: getattr(self, name) for name in self.REQUEST_FIELDS}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+    def breaker(self) -> BreakerSettings:
+        """The outage pause: trips after ``pause_after`` distinct rows answer "down" in a row; a probe
+        that gets no answer within the attempt timeout is replaced by another."""
+        return BreakerSettings(threshold=self.pause_after, probe_timeout=self.timeout + 5.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

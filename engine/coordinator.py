@@ -18,10 +18,12 @@ from engine.config import RunSettings
 from engine.errors import EngineError, InputError, TemplateError
 from engine.inputs import Row
 from engine.jsontext import json_text
-from engine.ledger import Attempt, Dispatch, DuplicateRow, Ledger
-from engine.policy import RETRYING, SUCCEEDED
+from engine.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
+from engine.ledger import DuplicateRow, Ledger, Page
+from engine.policy import RETRYING, SUCCEEDED, UNKNOWN
 from engine.pool import WorkerPool
 from engine.template import CompiledRequest
+from engine.wire import Attempt, Dispatch
 
 # positions in the plain Attempt tuples workers send
 _RID = Attempt._fields.index("rid")
@@ -43,19 +45,27 @@ DRAIN_GRACE = 5.0
 
 
 def load_rows(ledger: Ledger, run_id: str, rows: Iterable[Row], settings: RunSettings,
-              source: str, on_progress: Callable[[int], None] = lambda n: None) -> int:
+              source: str, on_progress: Callable[[int], None] = lambda n: None, key_prefix: str | None = None,
+              digest=None) -> int:
     """Validate every row and write it to the ledger as ``pending``; return how many.
 
+    Each row's idempotency key is ``<key_prefix>:<row id>`` (``key_prefix`` defaults to the
+    run id) unless ``--idempotency-key-field`` names a field. ``digest``, a hashlib object,
+    if given, is fed every row's id and payload: the identity of the input's content.
     Raises :class:`InputError` at the first bad row; the caller then deletes the run, so
     nothing of a bad input is ever sent.
     """
     compiled = CompiledRequest(settings.request_spec())
     validator = _RowValidator(compiled, settings, source)
+    key_prefix = key_prefix or run_id
     batch, total = [], 0
     for row in rows:
         priority = validator.check(row)
-        key = validator.idempotency_key(row, run_id)
-        batch.append((row.line, row.row_id, priority, json_text(row.fields), key))
+        key = validator.idempotency_key(row, key_prefix)
+        payload = json_text(row.fields)
+        if digest is not None:
+            digest.update(f"{row.row_id}\0{payload}\n".encode())
+        batch.append((row.line, row.row_id, priority, payload, key))
         if len(batch) >= LOAD_BATCH:
             total += _insert(ledger, run_id, batch, source, settings.id_field)
             on_progress(total)
@@ -105,10 +115,10 @@ class _RowValidator:
         except (TypeError, ValueError):
             raise InputError(self.source, row.line, f"priority must be a number, found {value!r}", name) from None
 
-    def idempotency_key(self, row: Row, run_id: str) -> str:
+    def idempotency_key(self, row: Row, key_prefix: str) -> str:
         name = self.settings.idempotency_key_field
         if not name:
-            return f"{run_id}:{row.row_id}"
+            return f"{key_prefix}:{row.row_id}"
         value = row.fields.get(name)
         if value in (None, ""):
             raise InputError(self.source, row.line, "idempotency key is missing or empty", name)
@@ -158,16 +168,24 @@ class StopRequest:
 
 def start_pool(settings: RunSettings) -> WorkerPool:
     """The worker processes for a pass, started and left to import while the caller works on."""
-    return WorkerPool(settings.workers, settings.worker_config(), rate=settings.rate)
+    return WorkerPool(settings.workers, settings.worker_config(), rate=settings.rate, breaker=settings.breaker())
 
 
 class Pass:
-    """One pass over a run: every row in ``states`` is sent until it reaches a final state."""
+    """One pass over a run: every row in ``states`` is sent until it reaches a final state.
+
+    The pass holds the run's lease (``holder``): it renews it every second and moves its
+    dispatch frontier forward before handing out rows beyond it. ``hold``, left by an
+    earlier pass that did not end cleanly, keeps the rows it may have had in flight until
+    their attempt timeout has passed. ``clean`` says, at the end, whether nothing can still
+    be in progress at the API, so the lease can be dropped.
+    """
 
     def __init__(self, ledger: Ledger, run_id: str, settings: RunSettings, states: Iterable[str],
-                 progress=None, events=None, stop: StopRequest | None = None, total: int | None = None):
+                 progress=None, events=None, stop: StopRequest | None = None, total: int | None = None,
+                 holder: Holder | None = None, hold: Hold | None = None):
         self.ledger, self.run_id, self.settings = ledger, run_id, settings
-        self.pages: Iterator[list[Dispatch]] | None = ledger.iter_to_send(run_id, tuple(states))
+        self.pages: Iterator[Page] | None = ledger.iter_pages(run_id, tuple(states))
         self.backlog: deque[Dispatch] = deque()
         self.outstanding: dict[int, dict[int, Dispatch]] = {}
         self.hungry: dict[int, tuple[int, int]] = {}  # worker -> (rows wanted, slots free now)
@@ -178,27 +196,50 @@ class Pass:
         self.progress = progress
         self.events = events
         self.stop = stop or StopRequest()
+        self.holder = holder or Holder.this_process()
+        self.hold = hold
+        self.frontier = hold.frontier if hold else None
+        self.renewed_at = time.monotonic()
         self.interrupted = False
-        self.paused = False
+        self.gave_up: str | None = None  # why the pass ended before every row was final
+        self.clean = False
+        self.paused_since: float | None = None
+        self.paused_total = 0.0
         self.deaths = 0
+        self.lost_at = -float("inf")  # when a worker last died with rows that may be in flight
         self.unwritten: list[tuple] = []
         self.written_at = time.monotonic()
 
     def run(self, pool: WorkerPool | None = None) -> PassTally:
         """Send every row; ``pool``, if given, was started earlier (while the input loaded)."""
         with pool or start_pool(self.settings) as pool:
-            self.outstanding = {index: {} for index in range(self.settings.workers)}
-            while not self._done():
-                if self.stop.count:
-                    self._drain(pool)
-                    break
-                self._handle_events(pool, EVENT_WAIT)
-                self._watch_breaker(pool)
-            else:
-                pool.stop()
-                pool.join(5)
-            self._write_ledger()
+            try:
+                self._send_all(pool)
+            finally:
+                self._write_ledger()
         return self.tally
+
+    def _send_all(self, pool: WorkerPool) -> None:
+        self.outstanding = {index: {} for index in range(self.settings.workers)}
+        while not self._done():
+            if self.stop.count or self.gave_up:
+                self.interrupted = not self.gave_up
+                self._drain(pool)
+                break
+            self._handle_events(pool, EVENT_WAIT)
+            self._watch_breaker(pool)
+            self._watch_workers(pool)
+            self._renew_lease()
+        else:
+            pool.stop()
+            pool.join(5)
+            self.clean = True
+            return
+        self._write_ledger()
+        in_flight_lost = bool(pool.live())  # drained workers leave; one still here may be mid-transfer
+        recently_lost = time.monotonic() - self.lost_at < self.settings.timeout + HOLD_MARGIN
+        hold_pending = self.hold is not None and self.hold.until > time.time()
+        self.clean = not (in_flight_lost or recently_lost or hold_pending)
 
     def _done(self) -> bool:
         return self.pages is None and not self.backlog and not any(self.outstanding.values())
@@ -212,6 +253,8 @@ class Pass:
         for message in messages:
             if message.attempts:
                 self._record(message.worker, message.attempts)
+            if message.bye and not self.stop.count and not self.gave_up and not self._done():
+                self._left(pool, message.worker)
         for index in dead:
             self._salvage(pool, index)
         if dead:
@@ -224,6 +267,13 @@ class Pass:
             self.ledger.record(self.unwritten)
             self.unwritten = []
         self.written_at = time.monotonic()
+
+    def _renew_lease(self, frontier: tuple[float, int] | None = None) -> None:
+        """Heartbeat once a second; a new frontier is written (and committed) at once."""
+        if frontier is None and time.monotonic() - self.renewed_at < HEARTBEAT_INTERVAL:
+            return
+        self.ledger.renew_lease(self.run_id, self.holder, frontier)
+        self.renewed_at = time.monotonic()
 
     def _record(self, worker: int, attempts: list[tuple]) -> None:
         """Queue a worker's batch for the ledger, and forget the rows that reached a final state."""
@@ -246,38 +296,68 @@ class Pass:
             self.progress.update(self.tally)
 
     def _watch_breaker(self, pool: WorkerPool) -> None:
-        """Say when the pool pauses because the endpoint is down, and when it resumes."""
+        """Say when the pool pauses because the endpoint is down, and when it resumes; bound the pause."""
         paused = pool.breaker.is_open()
-        if paused == self.paused:
-            return
-        self.paused = paused
-        if paused:
-            since = time.strftime("%H:%M:%S", time.localtime(pool.breaker.opened_at()))
-            if self.progress is not None:
-                self.progress.note(f"paused: endpoint down since {since}")
-            if self.events is not None:
-                self.events.emit("pause", run_id=self.run_id, reason="endpoint down", since=pool.breaker.opened_at())
-        else:
-            if self.progress is not None:
-                self.progress.note("resumed")
-            if self.events is not None:
-                self.events.emit("resume", run_id=self.run_id)
+        now = time.monotonic()
+        if paused != (self.paused_since is not None):
+            if paused:
+                self.paused_since = now
+                since = time.strftime("%H:%M:%S", time.localtime(pool.breaker.opened_at()))
+                self._say(f"paused: endpoint down since {since}", "pause", reason="endpoint down",
+                          since=pool.breaker.opened_at())
+            else:
+                self.paused_total += now - self.paused_since
+                self.paused_since = None
+                self._say("resumed", "resume")
+        if self.paused_since is not None and self.paused_total + now - self.paused_since > self.settings.max_pause:
+            self.gave_up = (f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all"
+                            " (--max-pause)")
+            self._say("giving up: paused longer than --max-pause", "give_up", reason=self.gave_up)
+
+    def _watch_workers(self, pool: WorkerPool) -> None:
+        """A worker that is alive but silent (stopped, stuck in C code) is killed; its rows are salvaged."""
+        for index in pool.stalled(self.settings.stall_timeout):
+            self._say(f"worker {index} made no progress for {self.settings.stall_timeout:g} s; replacing it",
+                      "worker_stalled", worker=index)
+            pool.kill(index)
+
+    def _say(self, note: str, event: str, **fields) -> None:
+        if self.progress is not None:
+            self.progress.note(note)
+        if self.events is not None:
+            self.events.emit(event, run_id=self.run_id, **fields)
 
     def _salvage(self, pool: WorkerPool, index: int) -> None:
-        """A worker died: its unfinished rows go back to the front of the queue; a new worker starts."""
+        """A worker died: what it had may have been sent. Keyed rows go back to the queue, held until
+        an attempt sent just before the death would have timed out; rows without a key become ``unknown``."""
         lost = list(self.outstanding[index].values())
         self.outstanding[index] = {}
-        self.left += len(lost)
-        self.backlog.extendleft(reversed(lost))
         self.hungry.pop(index, None)
-        if self.events is not None:
-            self.events.emit("worker_died", run_id=self.run_id, worker=index, requeued=len(lost))
+        if lost:
+            self.lost_at = time.monotonic()
+        if self.settings.idempotency:
+            not_before = time.time() + self.settings.timeout + HOLD_MARGIN
+            self.left += len(lost)
+            self.backlog.extendleft(reversed([row._replace(not_before=not_before) for row in lost]))
+        else:
+            self._record(index, [_unknown_attempt(row, "its worker process died") for row in lost])
+        self._say(f"worker {index} died; {len(lost)} rows recovered", "worker_died", worker=index,
+                  requeued=len(lost) if self.settings.idempotency else 0)
         self.deaths += 1
         if self.deaths > MAX_DEATHS_PER_WORKER * self.settings.workers:
             raise EngineError(f"worker processes died {self.deaths} times in this pass; stopping. Nothing is lost:"
-                              f" finish the run later with: python -m engine rerun {self.run_id}")
+                              f" finish the run later with: {rerun_command(self.run_id, self.ledger.path)}")
         if not self.stop.count:
             pool.replace(index)
+
+    def _left(self, pool: WorkerPool, index: int) -> None:
+        """A worker drained itself (SIGTERM) and left: nothing of it is in flight; its queue goes back."""
+        lost = list(self.outstanding[index].values())
+        self.outstanding[index] = {}
+        self.hungry.pop(index, None)
+        self.left += len(lost)
+        self.backlog.extendleft(reversed(lost))
+        pool.replace(index)
 
     def _serve_hungry(self, pool: WorkerPool) -> None:
         window = self.settings.workers * self.settings.concurrency
@@ -293,6 +373,9 @@ class Pass:
             del self.hungry[index]
             self.left -= len(rows)
             self.outstanding[index].update((row.rid, row) for row in rows)
+            if not self.settings.idempotency:  # write ahead: a crash from here on leaves them 'unknown'
+                self._write_ledger()
+                self.ledger.mark_in_flight([row.rid for row in rows])
             chunk = self.settings.chunks
             # whole chunks of --chunks rows, the last one cut to what was asked; plain tuples pickle faster
             pool.send_chunks(index, [[tuple(row) for row in rows[i:i + chunk]] for i in range(0, len(rows), chunk)])
@@ -308,13 +391,40 @@ class Pass:
             if page is None:
                 self.pages = None
             else:
-                self.backlog.extend(page)
+                self.backlog.extend(self._admit(page))
         return [self.backlog.popleft() for _ in range(min(want, len(self.backlog)))]
+
+    def _admit(self, page: Page) -> list[Dispatch]:
+        """A page from the ledger, about to be handed out: move the frontier past it first (write-ahead),
+        and hold the rows an earlier, dead pass may still have in flight."""
+        self.frontier = later(self.frontier, (page.level, page.rows[-1].rid))
+        self._renew_lease(self.frontier)
+        hold = self.hold
+        if hold is None or hold.until <= time.time():
+            return page.rows
+        held = [row._replace(not_before=hold.until) if hold.covers(page.level, row.rid) else row for row in page.rows]
+        count = sum(1 for row in held if row.not_before)
+        if count:
+            until = time.strftime("%H:%M:%S", time.localtime(hold.until))
+            self._say(f"{count} rows wait until {until}: their last attempt may still be in progress",
+                      "hold", rows=count, until=hold.until)
+        return held
 
     def _drain(self, pool: WorkerPool) -> None:
         """Ctrl-C: let in-flight transfers finish and be recorded; a second Ctrl-C stops at once."""
-        self.interrupted = True
         pool.drain()
         deadline = time.monotonic() + self.settings.timeout + DRAIN_GRACE
         while pool.live() and time.monotonic() < deadline and self.stop.count < 2:
             self._handle_events(pool, EVENT_WAIT)  # draining workers ask for nothing; the dead are not replaced
+            self._renew_lease()
+
+
+def _unknown_attempt(row: Dispatch, why: str) -> tuple:
+    """The record of an attempt whose request may or may not have been sent (no key to resend with)."""
+    return (row.rid, row.attempts + 1, UNKNOWN, None, None, f"outcome unknown: {why} while it may have been sent",
+            None, time.time(), 0.0)
+
+
+def rerun_command(run_id: str, db: str) -> str:
+    """The one place the rerun hint is written."""
+    return f"python -m engine rerun {run_id} --db {db}"

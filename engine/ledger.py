@@ -13,13 +13,20 @@ import os
 
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from typing import Iterable, Iterator, NamedTuple
 
 import sqlite_utils
 
+from engine import lease as leases
 from engine.errors import LedgerError
-from engine.policy import FAILED, PENDING, RETRYING, STATES
+from engine.lease import Hold, Holder
+from engine.policy import FAILED, PENDING, RETRYING, STATES, UNKNOWN
+from engine.wire import Attempt, Dispatch
+
+#: A row handed to a worker of a run without idempotency keys, not yet answered: if the
+#: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
+IN_FLIGHT = "in_flight"
 
 #: Busy timeout (ms) so a reader never makes the writer fail on a lock.
 BUSY_TIMEOUT_MS = 10_000
@@ -28,7 +35,7 @@ CACHE_KIB = 65_536
 
 _RUN_COLUMNS = {
     "run_id": str, "created_at": float, "input": str, "url": str, "method": str,
-    "options": str, "state": str, "total": int, "not_before": float,
+    "options": str, "state": str, "total": int, "not_before": float, "fingerprint": str,
 }
 _REQUEST_COLUMNS = {
     "rid": int, "run_id": str, "line": int, "row_id": str, "priority": float, "payload": str,
@@ -42,30 +49,18 @@ _ATTEMPT_COLUMNS = {
 }
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
 _PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
+#: One row per run being sent (or left behind by a pass that did not end cleanly).
+_LEASE_COLUMNS = {
+    "run_id": str, "holder": str, "host": str, "pid": int, "heartbeat_at": float,
+    "frontier_priority": float, "frontier_rid": int, "timeout": float,
+}
 
 
-class Dispatch(NamedTuple):
-    """A row as the coordinator hands it to a worker."""
+class Page(NamedTuple):
+    """Rows to send, all of one priority ``level``, in rid order."""
 
-    rid: int
-    row_id: str
-    payload: str
-    idempotency_key: str
-    attempts: int
-
-
-class Attempt(NamedTuple):
-    """One finished attempt, as a worker reports it; ``outcome`` is the row's new state."""
-
-    rid: int
-    attempt: int
-    outcome: str
-    http_status: int | None
-    curl_error: int | None
-    error: str | None
-    excerpt: str | None
-    started_at: float
-    duration_ms: float
+    level: float
+    rows: list[Dispatch]
 
 
 _INSERT_ATTEMPT = (
@@ -114,6 +109,10 @@ class Ledger:
             # one clustered B-tree, appended in (rid, attempt) order: the cheapest insert there is
             self.conn.execute(f"CREATE TABLE attempts ({columns}, PRIMARY KEY (rid, attempt)) WITHOUT ROWID")
         db["passes"].create(_PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
+        db["leases"].create(_LEASE_COLUMNS, pk="run_id", if_not_exists=True)
+        if "fingerprint" not in db["runs"].columns_dict:  # a ledger written by an older version
+            db["runs"].add_column("fingerprint", str)
+        db["runs"].create_index(["fingerprint"], if_not_exists=True)
 
     # -- runs ---------------------------------------------------------------
 
@@ -143,6 +142,20 @@ class Ledger:
                               (run_id,))
             for table in ("requests", "passes", "runs"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+    def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
+        """Mark a loaded run ready, unless another run has the same fingerprint: return that one's id.
+
+        One transaction, so of two identical commands loading at once exactly one wins.
+        """
+        with self._immediate():
+            other = self.conn.execute("SELECT run_id FROM runs WHERE fingerprint = ? AND run_id != ?",
+                                      (fingerprint, run_id)).fetchone()
+            if other is not None:
+                return other[0]
+            self.conn.execute("UPDATE runs SET state = 'ready', total = ?, fingerprint = ? WHERE run_id = ?",
+                              (total, fingerprint, run_id))
+        return None
 
     def set_run_state(self, run_id: str, state: str, total: int | None = None) -> None:
         with self.conn:
@@ -186,13 +199,18 @@ class Ledger:
     # -- dispatch -----------------------------------------------------------
 
     def iter_to_send(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[list[Dispatch]]:
-        """Pages of rows in ``states``, highest priority first, then input order.
+        """Pages of rows in ``states``, highest priority first, then input order."""
+        for level_page in self.iter_pages(run_id, states, page):
+            yield level_page.rows
+
+    def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
+        """Like :meth:`iter_to_send`, each page with its priority level.
 
         Keyset pagination (priority level, then rid) keeps every page an index seek,
         so the writer can record results between pages.
         """
         states = tuple(states)
-        marks = ",".join("?" * len(states))
+        marks = _marks(states)
         level = self.conn.execute("SELECT max(priority) FROM requests WHERE run_id = ?", (run_id,)).fetchone()[0]
         while level is not None:
             after = 0
@@ -204,7 +222,7 @@ class Ledger:
                 if not rows:
                     break
                 after = rows[-1][0]
-                yield [Dispatch(*row) for row in rows]
+                yield Page(level, [Dispatch(*row) for row in rows])
             level = self.conn.execute(
                 "SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level)).fetchone()[0]
 
@@ -215,6 +233,28 @@ class Ledger:
         with self.conn:
             self.conn.executemany(_INSERT_ATTEMPT, attempts)
             self.conn.executemany(_UPDATE_REQUEST, attempts)
+
+    def mark_in_flight(self, rids: list[int]) -> None:
+        """Write ahead that these rows are being sent (runs without idempotency keys only)."""
+        with self.conn:
+            self.conn.executemany(f"UPDATE requests SET status = '{IN_FLIGHT}' WHERE rid = ?", [(r,) for r in rids])
+
+    def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
+        """Rows of ``run_id`` in ``states`` move to ``state``; how many."""
+        states = tuple(states)
+        with self.conn:
+            return self.conn.execute(
+                f"UPDATE requests SET status = ? WHERE run_id = ? AND status IN ({_marks(states)})",
+                (state, run_id, *states)).rowcount
+
+    def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
+        """Rows of ``run_id`` in ``states`` become ``unknown`` (they may have been sent); how many."""
+        states = tuple(states)
+        with self.conn:
+            return self.conn.execute(
+                f"UPDATE requests SET status = '{UNKNOWN}', error = ?, updated_at = ?"
+                f" WHERE run_id = ? AND status IN ({_marks(states)})",
+                (reason, time.time(), run_id, *states)).rowcount
 
     def start_pass(self, run_id: str) -> int:
         with self.conn:
@@ -231,6 +271,70 @@ class Ledger:
                               (time.time(), run_id, pass_no))
             self.conn.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
 
+    # -- the lease: one pass per run at a time ------------------------------
+
+    def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
+        """Take the run's lease; raise :class:`LeaseHeld` if a live process has it.
+
+        A lease left by a pass that did not end cleanly is taken over, keeping its frontier,
+        and what that pass may still have in flight is returned as a :class:`Hold`.
+        """
+        now = time.time()
+        with self._immediate():
+            old = self._lease(run_id)
+            if old is not None and leases.holder_alive(old, now):
+                raise LeaseHeld(f"run {run_id!r} is being sent by {leases.describe(old, now)};"
+                                " wait for it to end, or stop that process first")
+            hold = leases.hold_after(old) if old is not None else None
+            self.conn.execute(
+                "INSERT OR REPLACE INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority,"
+                " frontier_rid, timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, holder.name, holder.host, holder.pid, now,
+                 *(hold.frontier if hold else (None, None)), max(timeout, old["timeout"] if old else 0.0)))
+        return hold
+
+    def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
+        """Heartbeat, and move the dispatch frontier forward; :class:`LeaseLost` if it was taken over."""
+        with self.conn:
+            if frontier is None:
+                changed = self.conn.execute("UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                                            (time.time(), run_id, holder.name)).rowcount
+            else:
+                changed = self.conn.execute(
+                    "UPDATE leases SET heartbeat_at = ?, frontier_priority = ?, frontier_rid = ?"
+                    " WHERE run_id = ? AND holder = ?", (time.time(), *frontier, run_id, holder.name)).rowcount
+        if not changed:
+            raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
+
+    def release_lease(self, run_id: str, holder: Holder, clean: bool) -> None:
+        """Give the lease up. After an unclean end (requests may be in flight) it stays, ownerless,
+        so the next pass waits out what may still be in progress."""
+        with self.conn:
+            if clean:
+                self.conn.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", (run_id, holder.name))
+            else:
+                self.conn.execute("UPDATE leases SET pid = 0, heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                                  (time.time(), run_id, holder.name))
+
+    def lease(self, run_id: str) -> dict | None:
+        return self._lease(run_id)
+
+    def _lease(self, run_id: str) -> dict | None:
+        cursor = self.conn.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,))
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+
+    @contextmanager
+    def _immediate(self):
+        """A write transaction that takes the write lock at once (read-then-write without a race)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     # -- reading ------------------------------------------------------------
 
     def counts(self, run_id: str) -> dict[str, int]:
@@ -242,8 +346,15 @@ class Ledger:
     def count_in(self, run_id: str, states: Iterable[str]) -> int:
         states = tuple(states)
         return self.conn.execute(
-            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({','.join('?' * len(states))})",
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({_marks(states)})",
             (run_id, *states)).fetchone()[0]
+
+    def top_error(self, run_id: str) -> tuple[str, int] | None:
+        """The most common last error of the rows that did not succeed, and how many rows have it."""
+        return self.conn.execute(
+            "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
+            " AND status != 'succeeded' AND (error IS NOT NULL OR http_status IS NOT NULL)"
+            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1", (run_id,)).fetchone()
 
     def attempt_count(self, run_id: str) -> int:
         return self.conn.execute(
@@ -287,7 +398,7 @@ class Ledger:
 
     def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
         states = tuple(states)
-        marks = ",".join("?" * len(states))
+        marks = _marks(states)
         cursor = self.conn.execute(
             "SELECT row_id, line, status, attempts, http_status, curl_error, error, latency_ms, idempotency_key"
             f" FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
@@ -303,6 +414,19 @@ class DuplicateRow(LedgerError):
     def __init__(self, row_id: str, line: int, first_line: int):
         self.row_id, self.line, self.first_line = row_id, line, first_line
         super().__init__(f"duplicate id {row_id!r} (first seen on line {first_line})")
+
+
+class LeaseHeld(LedgerError):
+    """Another live process is sending this run."""
+
+
+class LeaseLost(LedgerError):
+    """This pass's lease was taken over (it looked dead to another process)."""
+
+
+def _marks(values: tuple) -> str:
+    """``?,?,?``: the placeholders of an ``IN (...)`` list."""
+    return ",".join("?" * len(values))
 
 
 #: States a later pass sends again by default.

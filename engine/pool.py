@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import time
 from multiprocessing.connection import wait
 from typing import NamedTuple
 
-from engine.breaker import CircuitBreaker
+from engine.breaker import BreakerSettings, CircuitBreaker
 from engine.ratelimit import Pacer
-from engine.worker import DRAIN, ROWS, STOP, WorkerConfig, run_worker
+from engine.wire import DRAIN, ROWS, STOP
+from engine.worker import WorkerConfig, run_worker
 
 _CONTEXT = multiprocessing.get_context("spawn")
 #: Pipe buffer asked for (bytes); Linux caps it at /proc/sys/fs/pipe-max-size.
 PIPE_BYTES = 1 << 20
+#: A new worker's first heartbeat may come this late (s): a spawned interpreter imports first.
+STARTUP_GRACE = 30.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -48,10 +52,11 @@ class Message(NamedTuple):
 
 
 class _Slot:
-    def __init__(self, index: int, config: WorkerConfig, shared: tuple):
+    def __init__(self, index: int, config: WorkerConfig, shared: tuple, heartbeats):
         self.index = index
         inbox_reader, self.inbox = _pipe()
         self.results, results_writer = _pipe()
+        heartbeats[index] = time.monotonic() + STARTUP_GRACE
         self.process = _CONTEXT.Process(target=run_worker, args=(index, config, inbox_reader, results_writer, *shared),
                                         name=f"engine-worker-{index}", daemon=True)
         self.process.start()
@@ -64,17 +69,21 @@ class _Slot:
 class WorkerPool:
     """``size`` worker processes; ``events`` reports their messages and deaths.
 
-    The pool owns the state its workers share: the circuit breaker and the pacer.
+    The pool owns the state its workers share: the circuit breaker, the pacer, and one
+    heartbeat per worker (the monotonic time of its last loop), by which a worker that is
+    alive but makes no progress is found.
     """
 
-    def __init__(self, size: int, config: WorkerConfig, rate: float | None = None):
+    def __init__(self, size: int, config: WorkerConfig, rate: float | None = None,
+                 breaker: BreakerSettings = BreakerSettings()):
         self.config = config
-        self.breaker = CircuitBreaker.create(_CONTEXT)
+        self.breaker = CircuitBreaker.create(_CONTEXT, breaker)
         self.pacer = Pacer.create(_CONTEXT, rate, size, config.concurrency)
-        self.slots = [_Slot(index, config, self._shared()) for index in range(size)]
+        self.heartbeats = _CONTEXT.Array("d", size, lock=False)
+        self.slots = [self._start(index) for index in range(size)]
 
-    def _shared(self) -> tuple:
-        return self.breaker, self.pacer
+    def _start(self, index: int) -> _Slot:
+        return _Slot(index, self.config, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
 
     def __enter__(self):
         return self
@@ -120,7 +129,19 @@ class WorkerPool:
     def replace(self, index: int) -> None:
         """Start a fresh worker in place of one that died."""
         self._close(self.slots[index])
-        self.slots[index] = _Slot(index, self.config, self._shared())
+        self.slots[index] = self._start(index)
+
+    def stalled(self, limit: float) -> list[int]:
+        """Live workers whose heartbeat is older than ``limit`` seconds (stopped, or stuck in C code)."""
+        now = time.monotonic()
+        return [slot.index for slot in self.slots
+                if not slot.closed and now - self.heartbeats[slot.index] > limit and slot.process.is_alive()]
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one worker (it also ends a stopped one); :meth:`events` then reports it dead."""
+        process = self.slots[index].process
+        if process.is_alive():
+            process.kill()
 
     def send_chunks(self, index: int, chunks: list[list]) -> None:
         """Hand one worker the chunks it asked for, in one message."""

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from engine.ledger import Ledger
+from engine.ledger import IN_FLIGHT, Ledger
 from engine.policy import FAILED, PENDING, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
 
 REPORT_FORMATS = ("text", "json", "csv")
@@ -27,21 +27,27 @@ def summarize(ledger: Ledger, run_id: str) -> dict:
         "failed": counts[FAILED],
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
-        "pending": counts[PENDING] + counts[RETRYING],
+        "pending": counts[PENDING] + counts[RETRYING] + counts.get(IN_FLIGHT, 0),
         "attempts": attempts,
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(attempts / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_ms": {f"p{int(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency.items()},
         "http_status": ledger.status_counts(run_id),
         "insecure": bool(run["options"].get("insecure")),
+        "top_error": _top_error(ledger, run_id),
     }
+
+
+def _top_error(ledger: Ledger, run_id: str) -> dict | None:
+    found = ledger.top_error(run_id)
+    return None if found is None else {"error": found[0], "rows": found[1]}
 
 
 def render(summary: dict, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(summary, indent=2)
     if fmt == "csv":
-        flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        flat = {k: v for k, v in summary.items() if not isinstance(v, dict) and k != "top_error"}
         flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
         flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
         out = io.StringIO()
@@ -63,6 +69,9 @@ def _text(s: dict) -> str:
         f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
         f"  responses  {statuses}",
     ]
+    if s.get("top_error") and s["succeeded"] < s["total"]:
+        top = s["top_error"]
+        lines.append(f"  last error {top['error']} ({top['rows']} rows)")
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")
     return "\n".join(lines)
@@ -78,6 +87,6 @@ def runs_table(runs: list[dict]) -> str:
         return "no runs in this ledger"
     header = ("run", "state", "total", "succeeded", "failed", "rejected", "unknown", "pending")
     rows = [(r["run_id"], r["state"], r["total"], r[SUCCEEDED], r[FAILED], r[REJECTED], r[UNKNOWN],
-             r[PENDING] + r[RETRYING]) for r in runs]
+             r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0)) for r in runs]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in (header, *rows))

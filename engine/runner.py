@@ -2,36 +2,52 @@
 
 Each opens the ledger, sends one pass, and returns a :class:`RunResult`; the CLI
 only parses options and prints.
+
+The same command never charges twice. Without ``--run-id``, each row's idempotency key
+is derived from the shape of the request (method, URL, header and body templates: the
+request fingerprint) and the row's id, so running the same ``bill`` again — on the same
+ledger or on a fresh one — sends the keys the API has already seen. On the same ledger
+it is found before anything is sent: the run's fingerprint (request and input content)
+matches an earlier run, which is named instead. Billing the same customers again on
+purpose takes a new ``--run-id``: keys are then ``<run-id>:<row id>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
 
 from engine.config import RunSettings
-from engine.coordinator import Pass, StopRequest, load_rows, start_pool
+from engine.coordinator import Pass, StopRequest, load_rows, rerun_command, start_pool
 from engine.errors import UsageError
 from engine.events import EventLog
 from engine.inputs import detect_format, read_rows
-from engine.ledger import RESEND_STATES, Ledger
-from engine.policy import PENDING, REJECTED, UNKNOWN
+from engine.lease import HEARTBEAT_INTERVAL, Hold, Holder
+from engine.ledger import IN_FLIGHT, RESEND_STATES, Ledger
+from engine.policy import PENDING, REJECTED, RETRYING, UNKNOWN
 from engine.progress import Progress
 from engine.report import summarize
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
+#: Characters of the request fingerprint in a default idempotency key.
+KEY_PREFIX_CHARS = 16
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """How a pass ended: the run's summary and whether it was interrupted."""
+    """How a pass ended: the run's summary, whether it was interrupted, and anything to tell."""
 
     run_id: str
     db: str
     summary: dict
     interrupted: bool = False
+    #: Why the pass stopped before every row was final (e.g. the endpoint stayed down).
+    gave_up: str | None = None
+    #: This command had been run before: the summary is of that earlier run; nothing was sent.
+    already_billed: bool = False
 
     @property
     def complete(self) -> bool:
@@ -45,7 +61,7 @@ class RunResult:
 
     @property
     def rerun_command(self) -> str:
-        return f"python -m engine rerun {self.run_id} --db {self.db}"
+        return rerun_command(self.run_id, self.db)
 
 
 def new_run_id() -> str:
@@ -57,22 +73,30 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
     """Load ``input_path`` into a new run (write-ahead), then send every row once."""
     fmt = detect_format(input_path, fmt)
     settings.request_spec()  # surface template and environment errors before touching the ledger
+    fingerprint = settings.request_fingerprint()
+    key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
     run_id = run_id or new_run_id()
     with Ledger(db) as ledger, EventLog(log_file) as events:
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         pool = start_pool(settings) if not_before is None else None
+        digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
             with Progress(0, "loading rows", quiet) as progress:
                 total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, source,
-                                  on_progress=progress.count)
+                                  on_progress=progress.count, key_prefix=key_prefix, digest=digest)
+            earlier = ledger.finish_load(run_id, total, digest.hexdigest())
         except BaseException:
             if pool is not None:
                 pool.terminate()
             ledger.delete_run(run_id)
             raise
-        ledger.set_run_state(run_id, "ready", total)
+        if earlier is not None:
+            if pool is not None:
+                pool.terminate()
+            ledger.delete_run(run_id)
+            return RunResult(earlier, ledger.path, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
         return _send_pass(ledger, run_id, settings, (PENDING,), not_before, events, quiet, pool)
 
@@ -81,7 +105,7 @@ def _create_run(ledger: Ledger, run_id: str, input_path: str, settings: RunSetti
     if ledger.has_run(run_id):
         if ledger.get_run(run_id)["state"] != "loading":
             raise UsageError(f"run {run_id!r} already exists in {ledger.path}; "
-                             f"finish it with: python -m engine rerun {run_id} --db {ledger.path}")
+                             f"finish it with: {rerun_command(run_id, ledger.path)}")
         ledger.delete_run(run_id)  # a load that was cut short: nothing of it was sent
     ledger.create_run(run_id, input=input_path, url=settings.url, method=settings.method,
                       options=settings.to_dict(), not_before=not_before)
@@ -103,34 +127,76 @@ def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unkno
 
 def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog,
                quiet: bool, pool=None) -> RunResult:
-    to_send = ledger.count_in(run_id, states)
-    interrupted = False
-    with StopRequest() as stop:
-        if to_send and not_before:
-            interrupted = not _wait_until(not_before, stop, quiet)
-        if to_send and not interrupted:
-            pass_no = ledger.start_pass(run_id)
-            events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
-            with Progress(to_send, f"pass {pass_no}", quiet) as progress:
-                sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop,
-                              total=to_send)
-                tally = sender.run(pool)
-                pool = None
-            interrupted = sender.interrupted
-            ledger.end_pass(run_id, pass_no, "interrupted" if interrupted else "finished")
-            events.emit("pass_end", run_id=run_id, pass_no=pass_no, attempts=tally.attempts,
-                        succeeded=tally.succeeded, not_succeeded=tally.not_succeeded, interrupted=interrupted)
-    if pool is not None:  # started for a pass that had nothing to send, or was stopped while waiting
-        pool.terminate()
+    """Take the run's lease, send one pass, give the lease back; the pool, if given, is ended here."""
+    holder = Holder.this_process()
+    try:
+        hold = ledger.acquire_lease(run_id, holder, settings.timeout)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    clean = False
+    try:
+        _settle_in_flight(ledger, run_id, settings, hold, events)
+        sender, interrupted = _run_pass(ledger, run_id, settings, states, not_before, events, quiet, pool, holder,
+                                        hold)
+        pool = None
+        clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
+    finally:
+        if pool is not None:  # started for a pass that had nothing to send, or was stopped while waiting
+            pool.terminate()
+        ledger.release_lease(run_id, holder, clean)
     summary = summarize(ledger, run_id)
     events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
-    return RunResult(run_id, ledger.path, summary, interrupted)
+    return RunResult(run_id, ledger.path, summary, interrupted, gave_up=sender.gave_up if sender else None)
 
 
-def _wait_until(when: float, stop: StopRequest, quiet: bool) -> bool:
+def _run_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog, quiet: bool,
+              pool, holder: Holder, hold: Hold | None) -> tuple[Pass | None, bool]:
+    to_send = ledger.count_in(run_id, states)
+    with StopRequest() as stop:
+        if to_send and not_before:
+            if not _wait_until(not_before, stop, quiet, lambda: ledger.renew_lease(run_id, holder)):
+                return None, True
+        if not to_send:
+            return None, False
+        pass_no = ledger.start_pass(run_id)
+        events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
+        with Progress(to_send, f"pass {pass_no}", quiet) as progress:
+            sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop,
+                          total=to_send, holder=holder, hold=hold)
+            try:
+                tally = sender.run(pool)
+            finally:
+                ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
+        events.emit("pass_end", run_id=run_id, pass_no=pass_no, attempts=tally.attempts, succeeded=tally.succeeded,
+                    not_succeeded=tally.not_succeeded, interrupted=sender.interrupted, gave_up=sender.gave_up)
+        return sender, sender.interrupted
+
+
+def _settle_in_flight(ledger: Ledger, run_id: str, settings: RunSettings, hold: Hold | None,
+                      events: EventLog) -> None:
+    """Rows of a run without keys that an earlier pass handed out and never saw answered.
+
+    After a clean end they were never sent (a drained worker's queue) and are pending again.
+    After a crash nobody knows: they, and rows whose retry was scheduled, become ``unknown``.
+    """
+    if settings.idempotency:
+        return
+    if hold is None:
+        ledger.mark_state(run_id, (IN_FLIGHT,), PENDING)
+        return
+    count = ledger.mark_unknown(run_id, (IN_FLIGHT, RETRYING),
+                                "outcome unknown: the pass sending it stopped before an answer was recorded")
+    if count:
+        events.emit("marked_unknown", run_id=run_id, rows=count)
+
+
+def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:
     """Count down to ``when``; False if the user stopped the wait (nothing was sent)."""
     with Progress(0, "waiting", quiet) as progress:
         last_shown = None
+        beat = time.monotonic()
         while (left := when - time.time()) > 0:
             if stop.count:
                 return False
@@ -139,5 +205,8 @@ def _wait_until(when: float, stop: StopRequest, quiet: bool) -> bool:
                 progress.note(f"nothing is sent before {time.strftime('%H:%M:%S', time.localtime(when))}: "
                               f"{shown} s left")
                 last_shown = shown
+            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
+                heartbeat()
+                beat = time.monotonic()
             time.sleep(min(0.2, left))
     return True

@@ -1,8 +1,10 @@
 """The worker process: one CurlMulti kept full from the chunks the coordinator hands it.
 
 Only plain data crosses the process boundary: a :class:`WorkerConfig` at start,
-lists of :class:`~engine.ledger.Dispatch` rows in, lists of
-:class:`~engine.ledger.Attempt` records out. Curl handles are built here, in the child.
+lists of :class:`~engine.wire.Dispatch` rows in, lists of
+:class:`~engine.wire.Attempt` records out. Curl handles are built here, in the child.
+SIGTERM (what ``systemctl stop`` sends the whole process group) drains the worker:
+it starts nothing new, finishes what is in flight, reports it, and leaves.
 
 The worker asks for more rows while its queue is short, so the window refills as
 each transfer ends and a slow request never idles the rest of its chunk. Retries
@@ -21,11 +23,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.breaker import CircuitBreaker, is_down
-from engine.ledger import Attempt, Dispatch
 from engine.policy import REJECTED, RETRYING, RetryPolicy
 from engine.ratelimit import Pacer
 from engine.template import CompiledRequest, RequestSpec
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
+from engine.wire import DRAIN, ROWS, STOP, Attempt, Dispatch
 
 #: Longest a batch of results waits before it is sent to the coordinator (s).
 FLUSH_INTERVAL = 0.02
@@ -42,9 +44,6 @@ RESERVE_MIN = 10
 #: How often the worker checks that the coordinator is still alive (s).
 PARENT_CHECK_INTERVAL = 0.5
 
-# Messages from the coordinator.
-ROWS, DRAIN, STOP = "rows", "drain", "stop"
-
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
@@ -58,11 +57,13 @@ class WorkerConfig:
     id_field: str = "id"
 
 
-def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer) -> None:
+def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer,
+               heartbeats) -> None:
     """Entry point of a worker process; returns when told to stop or when the coordinator dies."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the coordinator, which drains us
     raise_open_file_limit()
-    loop = WorkerLoop(config, inbox, outbox, breaker, pacer)
+    loop = WorkerLoop(config, inbox, outbox, breaker, pacer, heartbeats, worker_id)
+    signal.signal(signal.SIGTERM, lambda signum, frame: loop.drain())
     try:
         loop.run()
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
@@ -74,10 +75,13 @@ def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: Cir
 class WorkerLoop:
     """The state of one worker: queued rows, delayed retries, transfers in flight."""
 
-    def __init__(self, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer):
+    def __init__(self, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer, heartbeats,
+                 index: int):
         self.config = config
         self.breaker, self.pacer = breaker, pacer
+        self.heartbeats, self.index = heartbeats, index
         self.probe_rid: int | None = None
+        self.failed_down: set[int] = set()  # rows that got a "down" answer in this pass
         self.answers = self.throttled = 0
         self.cooling: list[float] = []  # release times of slots resting after a 429
         self.paced_until = 0.0
@@ -108,6 +112,7 @@ class WorkerLoop:
         last_flush = last_parent_check = time.monotonic()
         self._send(want=self._want())
         while not self._finished():
+            self.heartbeats[self.index] = time.monotonic()
             self._read_inbox(block=self._idle())
             self._release_due()
             self._start_transfers()
@@ -126,6 +131,10 @@ class WorkerLoop:
                 if os.getppid() != self.parent:
                     return
         self._send(0, bye=True)
+
+    def drain(self) -> None:
+        """Start nothing new; leave once what is in flight has finished and been reported."""
+        self.draining = True
 
     def _finished(self) -> bool:
         if self.stopping:
@@ -173,7 +182,8 @@ class WorkerLoop:
 
     def _read_inbox(self, block: bool) -> None:
         """Take every message waiting; when idle, wait for one (checking the coordinator lives)."""
-        while block and not self.inbox.poll(PARENT_CHECK_INTERVAL):
+        while block and not self.draining and not self.inbox.poll(PARENT_CHECK_INTERVAL):
+            self.heartbeats[self.index] = time.monotonic()
             if os.getppid() != self.parent:
                 raise EOFError
         while self.inbox.poll():
@@ -184,12 +194,21 @@ class WorkerLoop:
                 if not chunks:
                     self.reserve_refused = True
                 for chunk in chunks:
-                    self.ready.extend(map(Dispatch._make, chunk))
+                    for row in map(Dispatch._make, chunk):
+                        if row.not_before:
+                            self._hold(row)
+                        else:
+                            self.ready.append(row)
             elif kind == DRAIN:
                 self.draining = True
             elif kind == STOP:
                 self.stopping = True
                 return
+
+    def _hold(self, row: Dispatch) -> None:
+        """Keep a row whose earlier attempt may still be in progress until its ``not_before``."""
+        due = time.monotonic() + max(0.0, row.not_before - time.time())
+        heapq.heappush(self.delayed, (due, row.rid, row))
 
     def _release_due(self) -> None:
         now = time.monotonic()
@@ -208,7 +227,7 @@ class WorkerLoop:
             if not permit:
                 return
             if permit == "probe":
-                row = self.ready.popleft()
+                row = self._probe_row()
                 self.probe_rid = row.rid
                 self._start(row)
                 return
@@ -217,6 +236,14 @@ class WorkerLoop:
                 self.paced_until = time.monotonic() + wait
                 return
             self._start(self.ready.popleft())
+
+    def _probe_row(self) -> Dispatch:
+        """A row to probe the endpoint with: one that has not failed yet, if there is one here."""
+        for index, row in enumerate(self.ready):
+            if row.rid not in self.failed_down:
+                del self.ready[index]
+                return row
+        return self.ready.popleft()
 
     def _start(self, row: Dispatch) -> None:
         try:
@@ -235,7 +262,11 @@ class WorkerLoop:
         probe = row.rid == self.probe_rid
         if probe:
             self.probe_rid = None
-        self.breaker.record(is_down(outcome.http_status, outcome.curl_error, outcome.connected), probe)
+        down = is_down(outcome.http_status, outcome.curl_error, outcome.connected)
+        first_down = down and row.rid not in self.failed_down
+        if first_down:
+            self.failed_down.add(row.rid)
+        self.breaker.record(down, probe, counted=first_down)
         self.answers += 1
         if outcome.http_status == 429:
             self.throttled += 1
@@ -249,6 +280,7 @@ class WorkerLoop:
                 heapq.heappush(self.cooling, due)
         else:
             self.pass_attempts.pop(row.rid, None)
+            self.failed_down.discard(row.rid)
         self._record(row, decision.state, outcome.http_status, outcome.curl_error, done.error,
                      done.started_at, done.duration_ms, done.excerpt, attempt)
 
