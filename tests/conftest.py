@@ -1,10 +1,16 @@
-"""Shared fixtures: a real mock billing API on 127.0.0.1, input files, and a CLI runner."""
+"""Shared fixtures: a real mock billing API on 127.0.0.1, input files, a CLI runner, and engine processes."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -65,3 +71,83 @@ def report_json(run, db: str, run_id: str) -> dict:
     result = run("report", run_id, "--db", db, "--format", "json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
+
+
+ENGINE = [sys.executable, "-m", "engine"]
+
+
+@pytest.fixture
+def start_engine():
+    """Start ``python -m engine ...`` in the background; whatever is left is killed after the test."""
+    started = []
+
+    def start(*args, new_session: bool = False) -> subprocess.Popen:
+        process = subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, start_new_session=new_session)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            for pid in worker_pids(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.wait()
+
+
+def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if ledger_rows(db, "SELECT count(*) FROM attempts")[0][0] >= count:
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} attempts after {limit} s")
+
+
+def finish_with_reruns(db: str, run_id: str, passes: int = 2) -> None:
+    for _ in range(passes):
+        if status_counts(db, run_id).get("succeeded", 0) == sum(status_counts(db, run_id).values()):
+            return
+        run_engine("rerun", run_id, "--db", db, "--quiet")
+
+
+def assert_everyone_charged_once(api: MockProcess, db: str, run_id: str, rows: int) -> None:
+    assert status_counts(db, run_id) == {"succeeded": rows}
+    stats = api.stats()
+    assert stats["customers_charged"] == rows
+    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+
+
+def wait_gone(pids: list[int], limit: float = 10) -> None:
+    deadline = time.monotonic() + limit
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and b"spawn_main" in _cmdline(pid):
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {pid} outlived its coordinator")
+            time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -9,78 +9,11 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from engine.mockproc import MockProcess
-from conftest import ledger_rows, status_counts
-
-ENGINE = [sys.executable, "-m", "engine"]
-
-
-@pytest.fixture
-def start_engine():
-    """Start ``python -m engine ...`` in the background; whatever is left is killed after the test."""
-    started = []
-
-    def start(*args) -> subprocess.Popen:
-        process = subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            for pid in worker_pids(process.pid):
-                os.kill(pid, signal.SIGKILL)
-            process.kill()
-            process.wait()
-
-
-def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def worker_pids(pid: int) -> list[int]:
-    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if ledger_rows(db, "SELECT count(*) FROM attempts")[0][0] >= count:
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} attempts after {limit} s")
-
-
-def finish_with_reruns(db: str, run_id: str, passes: int = 2) -> None:
-    for _ in range(passes):
-        if status_counts(db, run_id).get("succeeded", 0) == sum(status_counts(db, run_id).values()):
-            return
-        run_engine("rerun", run_id, "--db", db, "--quiet")
-
-
-def assert_everyone_charged_once(api: MockProcess, db: str, run_id: str, rows: int) -> None:
-    assert status_counts(db, run_id) == {"succeeded": rows}
-    stats = api.stats()
-    assert stats["customers_charged"] == rows
-    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+from conftest import (assert_everyone_charged_once, finish_with_reruns, ledger_rows, run_engine, status_counts,
+                      wait_for_attempts, wait_gone, worker_pids)
 
 
 def test_every_fault_at_once(customers, db):
@@ -123,7 +56,7 @@ def test_kill_coordinator_then_rerun(customers, db, start_engine):
         workers = worker_pids(engine.pid)
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
-        _wait_gone(workers)
+        wait_gone(workers)
         assert 0 < status_counts(db, "k9").get("succeeded", 0) < rows
         result = run_engine("rerun", "k9", "--db", db, "--quiet")
         assert result.returncode == 0, result.stderr
@@ -217,19 +150,3 @@ def test_without_idempotency_unknown_outcomes_are_not_retried(customers, db, run
         stats = api.stats()
         assert stats["customers_charged"] == 1000  # the unknown ones were in fact charged, once
         assert stats["customers_charged_more_than_once"] == 0
-
-
-def _wait_gone(pids: list[int], limit: float = 10) -> None:
-    deadline = time.monotonic() + limit
-    for pid in pids:
-        while Path(f"/proc/{pid}").exists() and b"spawn_main" in _cmdline(pid):
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {pid} outlived its coordinator")
-            time.sleep(0.05)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
