@@ -6,6 +6,7 @@ whatever the API or the machine does.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -32,19 +33,22 @@ def test_every_fault_at_once(customers, db):
 
 
 def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_path):
-    rows = 6000
+    rows, outage_at, outage_for = 20_000, 3.0, 20.0
     log = tmp_path / "events.jsonl"
-    with MockProcess(latency=0.05, outage_at=2.0, outage_for=20.0) as api:
+    mock_started = time.time()
+    with MockProcess(latency=0.05, outage_at=outage_at, outage_for=outage_for) as api:
         result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "down",
-                            "--workers", 2, "--concurrency", 25, "--log-file", log, "--quiet")
+                            "--log-file", log, "--quiet")  # the default workers and concurrency
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "down", rows)
     attempts = ledger_rows(db, "SELECT count(*) FROM attempts")[0][0]
     during_outage = ledger_rows(db, "SELECT count(*) FROM attempts WHERE http_status = 503")[0][0]
     assert during_outage > 0
     assert during_outage / attempts < 0.02, (during_outage, attempts)
-    events = log.read_text()
-    assert '"event":"pause"' in events and '"event":"resume"' in events
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    flips = [event for event in events if event["event"] in ("pause", "resume")]
+    assert [event["event"] for event in flips] == ["pause", "resume"]  # no flapping on late answers
+    assert flips[1]["time"] - (mock_started + outage_at + outage_for) < 3.5  # resumed soon after recovery
 
 
 def test_kill_coordinator_then_rerun(customers, db, start_engine):
