@@ -343,6 +343,13 @@ def export(run_id, states, output, db):
 @click.option("--max-inflight", type=int, default=mock_default("max_inflight"), show_default=True, metavar="N",
               help="Answer 429 beyond N requests in flight (0: no limit).")
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible faults.")
+@click.option("--lock-keys/--no-lock-keys", default=mock_default("lock_keys"), show_default=True,
+              help="Answer 409 to a request whose Idempotency-Key is still being processed; "
+                   "--no-lock-keys charges it too, as many real APIs do.")
+@click.option("--body-bytes", type=int, default=mock_default("body_bytes"), show_default=True, metavar="N",
+              help="Pad every successful answer to at least N bytes.")
+@click.option("--echo-headers/--no-echo-headers", default=mock_default("echo_headers"), show_default=True,
+              help="Quote the request's headers in every answer's body.")
 def mock_api(host, port, **knobs):
     """Run the bundled fake billing API (asyncio, thousands of connections on one core).
 

@@ -4,7 +4,8 @@ An asyncio HTTP/1.1 server (keep-alive, Content-Length bodies) that holds thousa
 of connections on one core. ``POST`` to any path charges a customer, named by the
 path (``/customers/<id>/...``) or by the body's ``customer`` or ``id`` field. A
 request whose ``Idempotency-Key`` already succeeded is replayed, not charged again;
-one whose key is still being processed gets 409. ``GET /stats`` returns counters,
+one whose key is still being processed gets 409 (or, with ``lock_keys`` off, is
+charged again, as by many real APIs). ``GET /stats`` returns counters,
 including the customers charged more than once; ``POST /admin/config`` changes the
 fault knobs while it runs, ``POST /admin/reset`` clears the counters.
 """
@@ -207,13 +208,14 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     state.counters["requests"] += 1
     state.count_arrival(time.monotonic())
     key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None
-    if key is not None and key in state.keys:
-        if state.keys[key] is None:
-            state.counters["conflicts"] += 1
-            return 409, b'{"error":"a request with this Idempotency-Key is in progress"}', ""
+    remembered = state.keys.get(key) if key is not None else None
+    if remembered is not None:
         state.counters["replays"] += 1
-        status, body = state.keys[key]
+        status, body = remembered
         return status, body, "Idempotent-Replayed: true\r\n"
+    if key in state.keys and config.lock_keys:  # still being processed; without the lock it is charged again
+        state.counters["conflicts"] += 1
+        return 409, b'{"error":"a request with this Idempotency-Key is in progress"}', ""
     if config.max_inflight and state.inflight >= config.max_inflight:
         return 429, b'{"error":"too many requests in flight"}', f"Retry-After: {config.retry_after:g}\r\n"
     customer = _customer(request)
@@ -224,11 +226,23 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     state.inflight += 1
     state.max_seen_inflight = max(state.max_seen_inflight, state.inflight)
     try:
-        return await _charge_after_latency(state, customer, key)
+        status, body, extra = await _charge_after_latency(state, customer, key)
+        return status, _decorate(config, request, status, body), extra
     finally:
         state.inflight -= 1
         if key is not None and state.keys.get(key) is None:
             state.keys.pop(key, None)
+
+
+def _decorate(config: MockConfig, request: Request, status: int, body: bytes) -> bytes:
+    """Echo the request's headers, and pad a success to ``body_bytes``."""
+    if config.echo_headers:
+        answer = json.loads(body)
+        answer["headers"] = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()}
+        body = json.dumps(answer).encode()
+    if 200 <= status < 300 and len(body) < config.body_bytes:
+        body += b" " * (config.body_bytes - len(body))  # JSON allows trailing whitespace
+    return body
 
 
 async def _charge_after_latency(state: BillingState, customer: str, key: str | None) -> tuple[int, bytes, str]:

@@ -27,6 +27,12 @@ class MockConfig:
     outage_for: float = 0.0
     max_inflight: int = 0
     seed: int | None = None
+    #: False: a request whose key is still being processed is charged too (many real APIs), not 409.
+    lock_keys: bool = True
+    #: Pad each successful answer to at least this many bytes.
+    body_bytes: int = 0
+    #: Echo the request's headers in each answer's body (as APIs that quote the request in errors do).
+    echo_headers: bool = False
 
     def update(self, changes: dict) -> None:
         names = {f.name for f in dataclasses.fields(self)}

@@ -27,8 +27,11 @@ class MockProcess:
     def start(self) -> "MockProcess":
         args = [sys.executable, "-m", "engine", "mock-api", "--host", "127.0.0.1", "--port", "0"]
         for name, value in self.knobs.items():
-            if value is not None:
-                args += [f"--{name.replace('_', '-')}", str(value)]
+            option = name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(f"--{option}" if value else f"--no-{option}")
+            elif value is not None:
+                args += [f"--{option}", str(value)]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line.startswith(READY_PREFIX):
