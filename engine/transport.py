@@ -53,19 +53,28 @@ class Finished(NamedTuple):
 
 
 class _Capture:
-    """Per-handle state of one transfer: whose it is, when it started, the response body's chunks."""
+    """Per-handle state of one transfer: whose it is, when it started, the answer's first bytes."""
 
-    __slots__ = ("chunks", "token", "started_at")
+    __slots__ = ("chunks", "kept", "started_at", "token")
 
     def __init__(self):
         self.chunks: list[bytes] = []
+        self.kept = 0
         self.token = None
         self.started_at = 0.0
 
     def reset(self, token) -> None:
         self.chunks.clear()
+        self.kept = 0
         self.token = token
         self.started_at = time.time()
+
+    def write(self, data: bytes) -> None:
+        """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
+        if self.kept < EXCERPT_BYTES:
+            piece = data[:EXCERPT_BYTES - self.kept]
+            self.chunks.append(piece)
+            self.kept += len(piece)
 
 
 def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
@@ -89,9 +98,8 @@ def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
     if not options.reuse_connections:
         handle.setopt(pycurl.FRESH_CONNECT, 1)
         handle.setopt(pycurl.FORBID_REUSE, 1)
-    # list.append is a C method: no Python frame per chunk. Billing answers are small;
-    # only the first EXCERPT_BYTES are kept when the transfer is harvested.
-    handle.setopt(pycurl.WRITEFUNCTION, capture.chunks.append)
+    # returning None tells libcurl every byte was taken: a huge answer costs no memory
+    handle.setopt(pycurl.WRITEFUNCTION, capture.write)
     return handle
 
 
@@ -108,8 +116,7 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
     capture = handle.capture
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
     chunks = capture.chunks
-    excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks))[:EXCERPT_BYTES].decode("utf-8", "replace") \
-        if chunks else None
+    excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks)).decode("utf-8", "replace") if chunks else None
     if curl_error is not None:
         sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
         outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent)

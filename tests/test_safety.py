@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import zlib
+from pathlib import Path
 
 from conftest import (assert_everyone_charged_once, ledger_rows, run_engine, status_counts,
                       wait_for_attempts, worker_pids)
@@ -179,3 +180,29 @@ def test_a_stopped_worker_is_replaced_and_the_pass_ends(customers, db, tmp_path,
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(event["event"] == "worker_stalled" for event in events)
 
+
+
+def test_huge_answers_do_not_grow_a_worker(customers, db, start_engine):
+    peak_kb = 0
+    with MockProcess(body_bytes=20_000_000) as api:
+        engine = start_engine("bill", customers(60), "--url", api.charge_url(), "--db", db, "--workers", 1,
+                              "--concurrency", 20, "--quiet")
+        deadline = time.monotonic() + 120
+        while engine.poll() is None and time.monotonic() < deadline:
+            for pid in worker_pids(engine.pid):
+                peak_kb = max(peak_kb, peak_rss_kb(pid))
+            time.sleep(0.02)
+        _, err = engine.communicate(timeout=30)
+        assert engine.returncode == 0, err
+        assert api.stats()["charges"] == 60
+    assert 0 < peak_kb < 100_000, peak_kb  # 60 answers of 20 MB: buffered whole they took it past 400 MB
+    excerpt, = {row for row, in ledger_rows(db, "SELECT length(excerpt) FROM attempts")}
+    assert excerpt == 200
+
+
+def peak_rss_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
