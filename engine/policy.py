@@ -36,6 +36,12 @@ READ_PHASE_ERRORS = frozenset({
     pycurl.E_PARTIAL_FILE, getattr(pycurl, "E_HTTP2", 16), getattr(pycurl, "E_HTTP2_STREAM", 92),
 })
 
+#: curl errors of a request that cannot work as configured (URL, protocol, certificate): retrying cannot help.
+CONFIG_ERRORS = frozenset(getattr(pycurl, name) for name in (
+    "E_UNSUPPORTED_PROTOCOL", "E_URL_MALFORMAT", "E_PEER_FAILED_VERIFICATION", "E_SSL_CACERT", "E_SSL_CERTPROBLEM",
+    "E_SSL_CACERT_BADFILE", "E_SSL_ISSUER_ERROR", "E_SSL_PINNEDPUBKEYNOTMATCH", "E_SSL_INVALIDCERTSTATUS",
+) if hasattr(pycurl, name))
+
 
 class Outcome(NamedTuple):
     """What one attempt produced, as the transport saw it."""
@@ -78,12 +84,14 @@ class RetryPolicy:
             raise ValueError("back-off times must not be negative")
 
     def classify(self, outcome: Outcome) -> str:
-        """``succeeded``, ``rejected``, ``unknown`` or ``retrying`` (retryable), ignoring attempts."""
+        """``succeeded``, ``rejected``, ``unknown``, ``failed`` (cannot work) or ``retrying``, ignoring attempts."""
         status = outcome.http_status
         if outcome.curl_error is None and status is not None:
             if 200 <= status < 300:
                 return SUCCEEDED
             return RETRYING if status in self.RETRY_STATUSES else REJECTED
+        if outcome.curl_error in CONFIG_ERRORS:
+            return FAILED
         if outcome.curl_error in CONNECT_PHASE_ERRORS or not outcome.connected:
             return RETRYING
         if self.idempotent:
@@ -102,8 +110,8 @@ class RetryPolicy:
         delay = self.backoff(attempt, rng)
         if outcome.http_status in self.RETRY_AFTER_STATUSES and outcome.retry_after:
             asked = parse_retry_after(outcome.retry_after)
-            if asked is not None:  # the server's wait is a floor: never sooner, still jittered above it
-                delay = max(delay, min(asked, self.retry_after_cap))
+            if asked:  # the server said how long: wait exactly that (capped), not longer
+                delay = min(asked, self.retry_after_cap)
         return Decision(RETRYING, delay)
 
     def backoff(self, attempt: int, rng: random.Random = random) -> float:

@@ -218,10 +218,7 @@ class WorkerLoop:
     def _start_transfers(self) -> None:
         if self.draining or not self.ready:
             return
-        now = time.monotonic()
-        while self.cooling and self.cooling[0] <= now:
-            heapq.heappop(self.cooling)
-        window = self.pacer.window() - len(self.cooling)
+        window = self._window()
         while self.ready and self.transport.active < window:
             permit = self.breaker.allow()
             if not permit:
@@ -236,6 +233,13 @@ class WorkerLoop:
                 self.paced_until = time.monotonic() + wait
                 return
             self._start(self.ready.popleft())
+
+    def _window(self) -> int:
+        """Transfers this worker may have in flight now: its share of the pool's window, less resting slots."""
+        now = time.monotonic()
+        while self.cooling and self.cooling[0] <= now:
+            heapq.heappop(self.cooling)
+        return self.pacer.window() - len(self.cooling)
 
     def _probe_row(self) -> Dispatch:
         """A row to probe the endpoint with: one that has not failed yet, if there is one here."""
@@ -276,8 +280,8 @@ class WorkerLoop:
             self.pass_attempts[row.rid] = attempt
             due = time.monotonic() + decision.delay
             heapq.heappush(self.delayed, (due, row.rid, row))
-            if outcome.http_status == 429:  # the slot rests too, or it would spin on instant 429s
-                heapq.heappush(self.cooling, due)
+            if outcome.http_status == 429 and self.pacer.rest_on_429():
+                heapq.heappush(self.cooling, due)  # the slot rests too, or it would spin on instant 429s
         else:
             self.pass_attempts.pop(row.rid, None)
             self.failed_down.discard(row.rid)
@@ -291,9 +295,12 @@ class WorkerLoop:
                              started_at, duration_ms))
 
     def _poll_timeout(self) -> float:
-        if self.ready and self.transport.has_room() and not self.draining and not self.breaker.is_open():
-            return max(0.0, min(FLUSH_INTERVAL, self.paced_until - time.monotonic()))
         timeout = FLUSH_INTERVAL
+        if self.ready and self.transport.has_room() and not self.draining and not self.breaker.is_open():
+            if self.transport.active < self._window():
+                return max(0.0, min(timeout, self.paced_until - time.monotonic()))
+            if self.cooling:  # the window is full of resting slots: wake when the first is free
+                timeout = min(timeout, max(0.0, self.cooling[0] - time.monotonic()))
         if self.delayed:
             timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
         return timeout

@@ -90,3 +90,13 @@ def test_parse_retry_after_seconds_date_and_garbage():
 def test_policy_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         POLICY.max_attempts = 9
+
+
+def test_a_request_that_cannot_work_as_configured_fails_at_once():
+    for error in (60, 3, 1, 77):  # bad certificate, malformed URL, unsupported protocol, bad CA file
+        assert POLICY.decide(Outcome(curl_error=error, connected=False), 1).state == FAILED
+
+
+def test_retry_after_is_the_wait_not_a_floor_under_a_longer_back_off():
+    policy = RetryPolicy(backoff_base=30.0, backoff_cap=30.0)
+    assert {policy.decide(Outcome(http_status=429, retry_after="1"), 5 - 1).delay for _ in range(50)} == {1.0}

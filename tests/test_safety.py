@@ -206,3 +206,19 @@ def peak_rss_kb(pid: int) -> int:
     except OSError:
         return 0
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def test_a_429_storm_that_does_not_follow_the_load_does_not_sink_the_run(customers, db):
+    rows = 5000
+    with MockProcess(latency=0.05, p429=0.3, retry_after=1, seed=7) as api:
+        started = time.monotonic()
+        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "storm",
+                            "--quiet", timeout=120)
+        elapsed = time.monotonic() - started
+        assert result.returncode in (0, 1), result.stderr  # 0.3 ** 5 of the rows may use up their attempts
+        assert elapsed < 60, elapsed  # the window shrank to nothing and stayed there: 8 rows/s, 10+ minutes
+        assert status_counts(db, "storm").get("succeeded", 0) > rows * 0.99
+        assert api.stats()["customers_charged_more_than_once"] == 0
+    gaps = ledger_rows(db, "SELECT max(gap) FROM (SELECT started_at - lag(started_at) OVER "
+                           "(PARTITION BY rid ORDER BY attempt) AS gap FROM attempts)")
+    assert gaps[0][0] < 5, gaps  # no row rests much longer than the server's Retry-After
