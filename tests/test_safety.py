@@ -7,10 +7,14 @@ request whose Idempotency-Key is still being processed, it charges it too.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
+import ssl
+import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -89,6 +93,26 @@ def test_nothing_listening_fails_every_row_with_one_line(customers, db):
     assert "Traceback" not in result.stderr
     assert "Could not connect" in result.stdout or "Could not connect" in result.stderr
     assert status_counts(db, only_run_id(db)) == {"failed": 200}
+
+
+def test_a_bad_certificate_fails_every_row_at_once(customers, db, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/v1/customers/{{id}}/charges"
+        result = run_engine("bill", customers(50), "--url", url, "--db", db, "--quiet", timeout=120)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1, result.stderr
+    assert "certificate" in result.stdout and "Traceback" not in result.stderr
+    assert status_counts(db, only_run_id(db)) == {"failed": 50}
+    assert ledger_rows(db, "SELECT count(*) FROM attempts") == [(50,)]  # retrying cannot help: no retries
 
 
 def test_a_killed_worker_is_not_resent_while_its_requests_may_run(customers, db, tmp_path, start_engine):
