@@ -7,12 +7,15 @@ the ledger, and the next pass sends it again with the same Idempotency-Key.
 
 from __future__ import annotations
 
+import math
+import re
 import signal
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
+from urllib.parse import quote
 
 from engine.config import RunSettings
 from engine.errors import EngineError, InputError, TemplateError
@@ -29,6 +32,8 @@ from engine.wire import Attempt, Dispatch
 _RID = Attempt._fields.index("rid")
 _ATTEMPT = Attempt._fields.index("attempt")
 _OUTCOME = Attempt._fields.index("outcome")
+#: Characters refused in anything sent in a URL or header line: C0 controls (CR, LF, NUL…) and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Rows per insert transaction while loading.
 LOAD_BATCH = 2000
 #: How long the coordinator waits for worker messages before looking around again (s).
@@ -73,6 +78,12 @@ def load_rows(ledger: Ledger, run_id: str, rows: Iterable[Row], settings: RunSet
     if batch:
         total += _insert(ledger, run_id, batch, source, settings.id_field)
         on_progress(total)
+    if settings.idempotency_key_field:  # two rows with one key: the API would charge only the first
+        duplicate = ledger.duplicate_key(run_id)
+        if duplicate is not None:
+            key, first, second = duplicate
+            raise InputError(source, second, f"duplicate idempotency key {key!r} (first on line {first})",
+                             settings.idempotency_key_field)
     return total
 
 
@@ -91,17 +102,41 @@ class _RowValidator:
     def __init__(self, compiled: CompiledRequest, settings: RunSettings, source: str):
         self.compiled, self.settings, self.source = compiled, settings, source
         self.checks_rows = compiled.host_is_dynamic or bool(compiled.header_fields)
+        # values that reach a URL or a header line (the id is in the default idempotency key)
+        self.wire_fields = tuple(sorted(compiled.url.fields | compiled.header_fields
+                                        | {settings.id_field, settings.idempotency_key_field} - {None}))
+        self.url_fields = compiled.url.fields
+        self.header_bound = compiled.header_fields | {settings.idempotency_key_field} - {None}
 
     def check(self, row: Row) -> float:
         missing = self.compiled.missing_fields(row.fields)
         if missing:
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
+        for name in self.wire_fields:
+            self._check_wire_value(row, name)
         if self.checks_rows:
             try:
                 self.compiled.check(row.fields)
             except TemplateError as err:
                 raise InputError(self.source, row.line, str(err)) from None
         return self._priority(row)
+
+    def _check_wire_value(self, row: Row, name: str) -> None:
+        """A value bound for a URL or header: no control characters (header injection, NUL), no dot segment."""
+        value = row.fields.get(name)
+        if value is None:
+            return
+        text = value if isinstance(value, str) else str(value)
+        bad = _CONTROL.search(text)
+        if bad:
+            raise InputError(self.source, row.line, f"control character {bad.group()!r} is not allowed in a value "
+                                                    "sent in a URL or header", name)
+        if name in self.header_bound and not text.isascii():
+            raise InputError(self.source, row.line, "a header value must be ASCII (HTTP sends header bytes "
+                                                    "as they are); percent-encode it in the input", name)
+        if name in self.url_fields and text in (".", ".."):
+            raise InputError(self.source, row.line, f"{text!r} would be read as a path segment and move the URL",
+                             name)
 
     def _priority(self, row: Row) -> float:
         name = self.settings.priority_field
@@ -111,14 +146,18 @@ class _RowValidator:
         if value in (None, ""):
             return 0.0
         try:
-            return float(value)
+            priority = float(value)
         except (TypeError, ValueError):
-            raise InputError(self.source, row.line, f"priority must be a number, found {value!r}", name) from None
+            priority = math.nan
+        if not math.isfinite(priority):
+            raise InputError(self.source, row.line, f"priority must be a finite number, found {value!r}", name)
+        return priority
 
     def idempotency_key(self, row: Row, key_prefix: str) -> str:
         name = self.settings.idempotency_key_field
-        if not name:
-            return f"{key_prefix}:{row.row_id}"
+        if not name:  # percent-encoded if need be: a header carries it, and header values are ASCII
+            row_id = row.row_id if row.row_id.isascii() else quote(row.row_id, safe="")
+            return f"{key_prefix}:{row_id}"
         value = row.fields.get(name)
         if value in (None, ""):
             raise InputError(self.source, row.line, "idempotency key is missing or empty", name)

@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import json
+import math
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, NamedTuple
@@ -115,19 +116,66 @@ def _read_jsonl(handle, name: str, id_field: str) -> Iterator[Row]:
         if not text.strip():
             continue
         try:
-            fields = json.loads(text, parse_constant=_not_json)
+            fields = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
         except json.JSONDecodeError as err:
             raise InputError(name, line, f"malformed JSON: {err.msg} at column {err.colno}") from None
+        except _TooLarge as err:
+            raise InputError(name, line, str(err), _field_holding(text, err.text)) from None
         except ValueError as err:
             raise InputError(name, line, f"malformed JSON: {err}") from None
         if not isinstance(fields, dict):
             raise InputError(name, line, f"expected a JSON object, found {type(fields).__name__}")
+        if "\\u" in text:  # only an escape can make a lone surrogate
+            _check_values(fields, name, line)
         if id_field not in fields:
             raise InputError(name, line, "missing", id_field)
         row_id = fields[id_field]
         if isinstance(row_id, (dict, list, bool)) or row_id is None or str(row_id).strip() == "":
             raise InputError(name, line, "must be a non-empty string or number", id_field)
         yield Row(line, str(row_id), fields)
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a double; one too large for it (``1e400``) is refused, not sent as null."""
+    value = float(text)
+    if math.isinf(value):
+        raise _TooLarge(text)
+    return value
+
+
+class _TooLarge(ValueError):
+    def __init__(self, text: str):
+        super().__init__(f"number {text} is too large to send faithfully (beyond a double)")
+        self.text = text
+
+
+def _field_holding(line_text: str, number: str) -> str | None:
+    """The top-level field whose value holds ``number`` (read again, numbers kept as text)."""
+    fields = json.loads(line_text, parse_float=str)
+    return next((key for key, value in fields.items() if number in json.dumps(value)), None)
+
+
+def _check_values(fields: dict, name: str, line: int) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``): it is not text and cannot be sent as UTF-8."""
+    for key, value in fields.items():
+        for text in _strings(key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(name, line, "not valid Unicode (a lone surrogate such as \\ud800)",
+                                 key.encode("utf-8", "backslashreplace").decode()) from None
+
+
+def _strings(key: str, value) -> Iterator[str]:
+    yield key
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for inner_key, inner in value.items():
+            yield from _strings(inner_key, inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _strings("", inner)
 
 
 def _not_json(constant: str):

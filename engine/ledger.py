@@ -186,6 +186,13 @@ class Ledger:
         except sqlite3.IntegrityError:
             raise self._find_duplicate(run_id, rows) from None
 
+    def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
+        """Two rows of a run with one idempotency key: ``(key, first line, second line)``, or None."""
+        found = self.conn.execute(
+            "SELECT idempotency_key, min(line), max(line) FROM requests WHERE run_id = ?"
+            " GROUP BY idempotency_key HAVING count(*) > 1 ORDER BY max(line) LIMIT 1", (run_id,)).fetchone()
+        return None if found is None else tuple(found)
+
     def _find_duplicate(self, run_id: str, rows: list[tuple]) -> "DuplicateRow":
         seen: dict[str, int] = {}
         for line, row_id, *_ in rows:

@@ -233,7 +233,11 @@ class Transport:
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
         handle = self.free.pop() if self.free else _new_handle(self.options, self.method)
         handle.capture.reset(token)
-        configure(handle, url, headers, body)
+        try:
+            configure(handle, url, headers, body)
+        except BaseException:
+            self.free.append(handle)  # nothing was sent; the handle is set afresh by its next row
+            raise
         self.multi.add_handle(handle)
         self.active += 1
 

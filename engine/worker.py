@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.breaker import CircuitBreaker, is_down
-from engine.policy import REJECTED, RETRYING, RetryPolicy
+from engine.policy import FAILED, RETRYING, RetryPolicy
 from engine.ratelimit import Pacer
 from engine.template import CompiledRequest, RequestSpec
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
@@ -250,15 +250,17 @@ class WorkerLoop:
         return self.ready.popleft()
 
     def _start(self, row: Dispatch) -> None:
+        """Start the row's transfer; a row that cannot even be started is quarantined (``failed``), and
+        the worker goes on: re-queued, it would only take down worker after worker."""
         try:
             fields = json.loads(row.payload) if self.needs_fields else {self.config.id_field: row.row_id}
             url, headers, body = self.request.render(fields, row.payload)
+            if self.idempotency_header:
+                headers = headers + [f"{self.idempotency_header}: {row.idempotency_key}"]
+            self.transport.start(row, url, headers, body)
         except Exception as err:  # a row the coordinator validated should never get here
-            self._record(row, REJECTED, None, None, f"cannot render request: {err}", time.time(), 0.0, None)
-            return
-        if self.idempotency_header:
-            headers = headers + [f"{self.idempotency_header}: {row.idempotency_key}"]
-        self.transport.start(row, url, headers, body)
+            self._record(row, FAILED, None, None, f"cannot send this row: {type(err).__name__}: {err}",
+                         time.time(), 0.0, None)
 
     def _settle(self, done) -> None:
         row: Dispatch = done.token

@@ -112,3 +112,63 @@ def test_duplicate_names_the_id_field_in_use(tmp_path, api, db, run):
     result = run("bill", path, "--url", api.charge_url().replace("{id}", "{customer_no}"), "--id-field", "customer_no",
                  "--db", db)
     assert_refused(result, api, ":3:", "field 'customer_no'", "duplicate id 'A'")
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ('{"id": "a\\u0000b", "amount": 1}\n', [":1:", "field 'id'", "control character '\\x00'"]),
+    ('{"id": 1}\n{"id": "x\\r\\nX-Evil: 1", "amount": 2}\n', [":2:", "field 'id'", "control character '\\r'"]),
+    ('{"id": 1, "amount": 1e400}\n', [":1:", "field 'amount'", "1e400", "too large"]),
+    ('{"id": 1, "name": "\\ud800"}\n', [":1:", "field 'name'", "lone surrogate"]),
+    ('{"id": 1}\n{"id": ".."}\n', [":2:", "field 'id'", "path segment"]),
+    ('{"id": "."}\n', [":1:", "field 'id'", "path segment"]),
+])
+def test_hostile_jsonl(tmp_path, api, db, run, content, fragments):
+    path = tmp_path / "in.jsonl"
+    path.write_text(content)
+    assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db), api, *fragments)
+
+
+def test_a_control_character_in_a_header_field_is_refused(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text('id,region\n1,eu\n2,"eu\rX-Evil: 1"\n')
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--header", "X-Region: {region}")
+    assert_refused(result, api, ":3:", "field 'region'", "control character")
+
+
+def test_two_rows_with_one_idempotency_key_are_refused(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id,amount,key\nc1,1,k1\nc2,2,k2\nc3,3,k1\n")
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--idempotency-key-field", "key")
+    assert_refused(result, api, ":4:", "field 'key'", "duplicate idempotency key 'k1'", "first on line 2")
+    assert ledger_rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_a_key_with_a_line_break_is_refused(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text('id,key\nc1,"k1\nX-Evil: 1"\n')
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--idempotency-key-field", "key")
+    assert_refused(result, api, ":2:", "field 'key'", "control character '\\n'")
+
+
+@pytest.mark.parametrize("priority", ["nan", "inf", "-Infinity"])
+def test_a_priority_that_is_not_a_finite_number_is_refused(tmp_path, api, db, run, priority):
+    path = tmp_path / "in.csv"
+    path.write_text(f"id,rank\n1,5\n2,{priority}\n")
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--priority-field", "rank")
+    assert_refused(result, api, ":3:", "field 'rank'", "finite number")
+
+
+def test_a_header_value_that_is_not_ascii_is_refused(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id,region\nc1,eu\nc2,été\n")
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--header", "X-Region: {region}")
+    assert_refused(result, api, ":3:", "field 'region'", "ASCII")
+
+
+def test_an_id_that_is_not_ascii_is_billed_with_a_percent_encoded_key(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id,amount\nzoë,5\nzoe,6\n")
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "utf")
+    assert result.exit_code == 0, result.output
+    assert ledger_rows(db, "SELECT idempotency_key FROM requests ORDER BY line") == [("utf:zo%C3%AB",), ("utf:zoe",)]
+    assert api.stats()["customers_charged"] == 2
