@@ -30,7 +30,7 @@ def test_a_header_value_from_the_row_cannot_inject_a_header(tmp_path, api, db, r
     path = tmp_path / "in.csv"
     path.write_text('id,ref\n1,ok\n2,"bad\r\nX-Evil: 1"\n')
     result = run("bill", path, "--url", api.charge_url(), "--header", "X-Ref: {ref}", "--db", db)
-    assert result.exit_code == 2 and ":3:" in result.output and "line break" in result.output
+    assert result.exit_code == 2 and ":3:" in result.output and "control character" in result.output
     assert api.stats()["requests"] == 0
 
 
