@@ -23,6 +23,8 @@ from engine.worker import WorkerConfig
 
 #: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+#: The only literal words a secret header's value may hold beside its ``${VAR}``.
+SCHEME_WORDS = frozenset({"bearer", "basic", "token", "digest", "apikey"})
 _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
@@ -86,12 +88,18 @@ class RunSettings:
         self._check_secret_headers()
 
     def _check_secret_headers(self) -> None:
+        """A secret header's value is ``${VAR}``, after at most a scheme word: any other text would be
+        typed in argv and stored in the ledger. The value itself is never shown."""
         secret = SECRET_HEADERS | {name.lower() for name in self.secret_headers}
         for line in self.headers:
             name, _, value = line.partition(":")
-            if name.strip().lower() in secret and not _ENV_REF.search(value):
+            if name.strip().lower() not in secret:
+                continue
+            literal = _ENV_REF.sub(" ", value).split()
+            if not _ENV_REF.search(value) or any(word.lower() not in SCHEME_WORDS for word in literal):
                 raise UsageError(
-                    f"--header {name.strip()}: a secret must come from the environment, "
+                    f"--header {name.strip()}: a secret must come from the environment, and nothing but a scheme "
+                    f"word ({', '.join(sorted(w.title() for w in SCHEME_WORDS))}) may stand beside it, "
                     f"e.g. --header '{name.strip()}: Bearer ${{API_TOKEN}}'")
 
     def request_fingerprint(self) -> str:

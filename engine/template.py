@@ -98,6 +98,35 @@ def expand_env(text: str, what: str, environ=os.environ) -> str:
     return _ENV_VAR.sub(lookup, text)
 
 
+def _env_values(texts: Iterable[str], environ) -> tuple[str, ...]:
+    """The values ``${VAR}`` references in ``texts`` stand for (the set ones)."""
+    names = {name for text in texts for name in _ENV_VAR.findall(text)}
+    return tuple(sorted({environ[name] for name in names if environ.get(name)}, key=len, reverse=True))
+
+
+#: Shown in place of a secret.
+REDACTED = "[redacted]"
+#: Shortest tail of an excerpt that is redacted when a secret starts with it (a secret cut at the excerpt's end).
+_MIN_SECRET_PREFIX = 4
+
+
+def redact(text: str | None, secrets: Iterable[str]) -> str | None:
+    """``text`` with every secret, and a secret cut off at its end, replaced by :data:`REDACTED`."""
+    if not text:
+        return text
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+        tail_from = max(0, len(text) - len(secret) + 1)
+        start = text.find(secret[:_MIN_SECRET_PREFIX], tail_from)
+        while start >= 0:
+            if secret.startswith(text[start:]):
+                text = text[:start] + REDACTED
+                break
+            start = text.find(secret[:_MIN_SECRET_PREFIX], start + 1)
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class RequestSpec:
     """How every row becomes a request. Plain data: it is sent to each worker process.
@@ -113,6 +142,8 @@ class RequestSpec:
     body_template: Any = None
     allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
     idempotency_header: str | None = IDEMPOTENCY_HEADER
+    #: Every value read from the environment (``${VAR}`` in the URL or a header): redacted wherever shown.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def build(
@@ -129,6 +160,8 @@ class RequestSpec:
     ) -> "RequestSpec":
         """Validate the options a user gave and build the spec, or raise a one-line error."""
         method = method.upper()
+        secrets = _env_values([url, *header_lines], environ)
+        url = expand_env(url, "--url", environ)
         headers = tuple(_parse_header_line(line, environ) for line in header_lines)
         if body_template_text is not None:
             try:
@@ -143,10 +176,13 @@ class RequestSpec:
             if body_template is not None and not isinstance(body_template, dict):
                 raise UsageError("--form needs a body template that is a JSON object")
             body = "form"
-        allowed = _allowed_origins(url, allow_hosts)
+        try:
+            allowed = _allowed_origins(url, allow_hosts)
+        except UsageError as err:
+            raise UsageError(redact(str(err), secrets)) from None
         spec = cls(
             url=url, method=method, headers=headers, body=body, body_template=body_template,
-            allowed_origins=allowed, idempotency_header=idempotency_header,
+            allowed_origins=allowed, idempotency_header=idempotency_header, secrets=secrets,
         )
         CompiledRequest(spec)  # parse every template now, so errors surface before loading
         return spec
@@ -155,8 +191,9 @@ class RequestSpec:
 def _parse_header_line(line: str, environ) -> tuple[str, str]:
     name, sep, value = line.partition(":")
     name = name.strip()
-    if not sep or not _HEADER_NAME.match(name):
-        raise UsageError(f"--header {name or line!r}: expected 'Name: value'")
+    if not sep or not _HEADER_NAME.match(name):  # the line may be a bare token: never show it
+        raise UsageError("--header: expected 'Name: value' (a name, a colon, then the value; the text given "
+                         "is not shown, it may hold a secret)")
     return name, expand_env(value.strip(), f"--header {name}", environ)
 
 
@@ -216,12 +253,13 @@ class CompiledRequest:
                 raise TemplateError(f"header {name}: value contains a line break")
 
     def check_destination(self, url: str) -> None:
+        shown = redact(url, self.spec.secrets)
         try:
             origin = origin_of(url)
         except DestinationError:
-            raise DestinationError(f"URL {url!r} is not a valid URL") from None
+            raise DestinationError(f"URL {shown!r} is not a valid URL") from None
         if origin not in self.spec.allowed_origins:
-            raise DestinationError(f"URL {url!r} leaves the allowed hosts ({origin[0]}://{origin[1]}:{origin[2]})")
+            raise DestinationError(f"URL {shown!r} leaves the allowed hosts ({origin[0]}://{origin[1]}:{origin[2]})")
 
     def render_url(self, row: dict) -> str:
         return self.url.render(row, _url_quote)

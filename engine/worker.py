@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from engine.breaker import CircuitBreaker, is_down
 from engine.policy import FAILED, RETRYING, RetryPolicy
 from engine.ratelimit import Pacer
-from engine.template import CompiledRequest, RequestSpec
+from engine.template import CompiledRequest, RequestSpec, redact
 from engine.transport import Transport, TransportOptions, raise_open_file_limit
 from engine.wire import DRAIN, ROWS, STOP, Attempt, Dispatch
 
@@ -87,6 +87,7 @@ class WorkerLoop:
         self.paced_until = 0.0
         self.inbox, self.outbox = inbox, outbox
         self.request = CompiledRequest(config.spec)
+        self.secrets = config.spec.secrets
         # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
         self.needs_fields = bool(self.request.fields - {config.id_field}) or config.spec.body not in ("json", "none")
         self.idempotency_header = config.spec.idempotency_header
@@ -292,6 +293,8 @@ class WorkerLoop:
 
     def _record(self, row, state, http_status, curl_error, error, started_at, duration_ms, excerpt,
                 attempt: int = 1) -> None:
+        if self.secrets:  # an API that echoes the request must not put a token into the ledger or the log
+            error, excerpt = redact(error, self.secrets), redact(excerpt, self.secrets)
         # a plain tuple in Attempt's field order: it pickles ten times faster than the NamedTuple
         self.results.append((row.rid, row.attempts + attempt, state, http_status, curl_error, error, excerpt,
                              started_at, duration_ms))
