@@ -14,7 +14,7 @@ from engine import __version__
 from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError, UsageError
 from engine.inputs import FORMATS
-from engine.ledger import Ledger
+from engine.ledger import BUSY_TIMEOUT, Ledger
 from engine.mockconfig import MockConfig
 from engine.policy import STATES
 from engine.report import REPORT_FORMATS, render, runs_table, summarize
@@ -32,9 +32,11 @@ def mock_default(name: str):
 
 
 class EngineClickError(click.ClickException):
-    """An :class:`EngineError` shown as one line, with exit code 2."""
+    """An :class:`EngineError` shown as one line, with its exit code (2, or 3 when the ledger cannot record)."""
 
-    exit_code = 2
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file=None):
         click.echo(f"error: {self.format_message()}", err=True)
@@ -48,7 +50,7 @@ def engine_errors(command):
         try:
             return command(*args, **kwargs)
         except EngineError as err:
-            raise EngineClickError(str(err)) from None
+            raise EngineClickError(str(err), err.exit_code) from None
         except KeyboardInterrupt:  # before sending started (loading, starting up): nothing was sent
             click.echo("interrupted before anything was sent", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -89,6 +91,9 @@ def pool_options(command):
         click.option("--stall-timeout", type=float, default=None, metavar="S",
                      help="Replace a worker process that makes no progress for this long (stopped, or stuck in C "
                           f"code) [default: {run_default('stall_timeout'):g}]."),
+        click.option("--busy-timeout", type=click.FloatRange(min=0), default=BUSY_TIMEOUT, show_default=True,
+                     metavar="S", help="How long a ledger write waits for another program's lock before the "
+                                       "run stops with exit status 3."),
         click.option("--log-file", type=click.Path(dir_okay=False), default=None,
                      help="Append one JSON line per run event and per failed attempt here."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
@@ -158,11 +163,13 @@ def cli():
 def bill(input_path, url, method, headers, secret_headers, body_template, form, fmt, id_field, priority_field,
          run_id, not_before, delay, idempotency_header, idempotency_key_field, no_idempotency, backoff_base,
          backoff_cap, retry_after_cap, connect_timeout, allow_hosts, insecure, ca_bundle, db, workers,
-         concurrency, chunks, rate, max_attempts, timeout, pause_after, max_pause, stall_timeout, log_file, quiet):
+         concurrency, chunks, rate, max_attempts, timeout, pause_after, max_pause, stall_timeout, busy_timeout,
+         log_file, quiet):
     """Send one request per row of INPUT (CSV, JSON Lines, or - for stdin) and record each outcome.
 
     Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
-    printed), 2 on bad usage or bad input (nothing is sent), 130 when interrupted.
+    printed), 2 on bad usage or bad input (nothing is sent), 3 when the ledger cannot record
+    (disk full, locked: nothing more is sent), 130 when interrupted.
 
     Running the same command again charges nobody twice: the idempotency keys derive from
     the request templates and each row's id, and on the same ledger the earlier run is
@@ -185,7 +192,8 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
     ), workers=workers, concurrency=concurrency, chunks=chunks, rate=rate, max_attempts=max_attempts,
         timeout=timeout, pause_after=pause_after, max_pause=max_pause, stall_timeout=stall_timeout)
     result = bill_run(db=db, input_path=input_path, settings=settings, fmt=fmt, run_id=run_id,
-                      not_before=_start_time(not_before, delay), log_file=log_file, quiet=quiet)
+                      not_before=_start_time(not_before, delay), log_file=log_file, quiet=quiet,
+                      busy_timeout=busy_timeout)
     _finish(result)
 
 
@@ -198,7 +206,7 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
 @pool_options
 @engine_errors
 def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, chunks, rate, max_attempts, timeout,
-          pause_after, max_pause, stall_timeout, log_file, quiet):
+          pause_after, max_pause, stall_timeout, busy_timeout, log_file, quiet):
     """The later pass: send every row of RUN_ID that has not succeeded, with the same keys.
 
     Sends rows that are pending (never sent, or in flight when a run was stopped or
@@ -212,7 +220,7 @@ def rerun(run_id, include_rejected, include_unknown, db, workers, concurrency, c
     result = rerun_run(db=db, run_id=run_id, include_rejected=include_rejected, include_unknown=include_unknown,
                        log_file=log_file, quiet=quiet, workers=workers, concurrency=concurrency, chunks=chunks,
                        rate=rate, max_attempts=max_attempts, timeout=timeout, pause_after=pause_after,
-                       max_pause=max_pause, stall_timeout=stall_timeout)
+                       max_pause=max_pause, stall_timeout=stall_timeout, busy_timeout=busy_timeout)
     _finish(result)
 
 

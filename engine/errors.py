@@ -6,6 +6,7 @@
     ├── TemplateError           a URL/header/body template that cannot be rendered
     │   └── DestinationError    a rendered URL whose scheme/host/port is not allowed
     └── LedgerError             the ledger cannot be opened, written, or lacks a run
+        └── LedgerUnavailable   it cannot record now (disk full, locked, I/O error): exit 3
 
 Anything else reaching the CLI is a bug and is shown as such.
 """
@@ -41,3 +42,9 @@ class DestinationError(TemplateError):
 
 class LedgerError(EngineError):
     """The ledger file cannot be used, or does not hold what was asked for."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger (or the log beside it) cannot record now: nothing more is sent until it can."""
+
+    exit_code = 3

@@ -7,10 +7,11 @@ WAL mode lets ``status`` and ``report`` read it while a run is going.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-
+import shutil
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -19,7 +20,7 @@ from typing import Iterable, Iterator, NamedTuple
 import sqlite_utils
 
 from engine import lease as leases
-from engine.errors import LedgerError
+from engine.errors import LedgerError, LedgerUnavailable
 from engine.lease import Hold, Holder
 from engine.policy import FAILED, PENDING, RETRYING, STATES, UNKNOWN
 from engine.wire import Attempt, Dispatch
@@ -28,8 +29,11 @@ from engine.wire import Attempt, Dispatch
 #: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
 IN_FLIGHT = "in_flight"
 
-#: Busy timeout (ms) so a reader never makes the writer fail on a lock.
-BUSY_TIMEOUT_MS = 10_000
+#: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
+BUSY_TIMEOUT = 30.0
+#: Free disk space a pass needs before it sends anything: a reserve, plus this much per row to send.
+SPACE_RESERVE = 4_000_000
+SPACE_PER_ROW = 1_000
 #: Page cache of the writer (KiB): big enough that loading a million rows stays in memory.
 CACHE_KIB = 65_536
 
@@ -71,23 +75,67 @@ _UPDATE_REQUEST = (
     " latency_ms = ?9, updated_at = ?8 + ?9 / 1000.0 WHERE rid = ?1")
 
 
+def _cannot_record_now(err: sqlite3.Error) -> bool:
+    """A lock, a full disk or an I/O error: the ledger is fine, it just cannot be written now."""
+    text = str(err).lower()
+    return any(word in text for word in ("locked", "busy", "full", "disk i/o"))
+
+
 class Ledger:
     """Open (creating if needed) the ledger at ``path``; every query is a method here."""
 
-    def __init__(self, path: str, create: bool = True):
+    def __init__(self, path: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
         self.path = path
+        self.busy_timeout = busy_timeout
         if not create and not os.path.exists(path):
             raise LedgerError(f"no ledger at {path} (give its path with --db)")
         try:
-            self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.conn = sqlite3.connect(path, timeout=busy_timeout)
             self.db = sqlite_utils.Database(self.conn)
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._create_schema()
         except sqlite3.DatabaseError as err:
+            if _cannot_record_now(err):
+                raise self.failure(err) from None
             raise LedgerError(f"--db {path}: cannot use the ledger: {err}") from None
+
+    def failure(self, err: sqlite3.Error | OSError) -> LedgerUnavailable:
+        """The one line for a write the ledger (or the log beside it) could not make."""
+        text = str(err).lower()
+        if "locked" in text or "busy" in text:
+            why = (f"is locked by another program (waited {self.busy_timeout:g} s; see --busy-timeout); "
+                   "stop that program or wait for it")
+        elif "full" in text or getattr(err, "errno", None) == errno.ENOSPC:
+            why = "cannot be written: the disk is full; free some space"
+        else:
+            why = f"cannot be written: {err}"
+        return LedgerUnavailable(f"ledger {self.path} {why}. Nothing is sent that cannot be recorded")
+
+    @contextmanager
+    def recording(self):
+        """Turn a write the disk or a lock refused (here or in the log) into one :class:`LedgerUnavailable`."""
+        try:
+            yield self
+        except sqlite3.OperationalError as err:
+            raise self.failure(err) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise
+            raise LedgerUnavailable(f"{err.filename or 'the event log'} cannot be written: {err.strerror}. "
+                                    "Nothing is sent that cannot be recorded") from None
+
+    def check_space(self, rows: int) -> None:
+        """Refuse to start sending ``rows`` when the ledger's disk clearly cannot record their answers."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        free = shutil.disk_usage(folder).free
+        needed = SPACE_RESERVE + rows * SPACE_PER_ROW
+        if free < needed:
+            raise LedgerUnavailable(
+                f"ledger {self.path}: only {free / 1e6:.1f} MB free on its disk, and recording {rows} rows needs "
+                f"about {needed / 1e6:.1f} MB; free some space. Nothing was sent")
 
     def close(self) -> None:
         self.conn.close()

@@ -14,18 +14,21 @@ purpose takes a new ``--run-id``: keys are then ``<run-id>:<row id>``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
 from engine.config import RunSettings
 from engine.coordinator import Pass, StopRequest, load_rows, rerun_command, start_pool
-from engine.errors import UsageError
+from engine.errors import LedgerUnavailable, UsageError
 from engine.events import EventLog
 from engine.inputs import detect_format, read_rows
 from engine.lease import HEARTBEAT_INTERVAL, Hold, Holder
-from engine.ledger import IN_FLIGHT, RESEND_STATES, Ledger
+from engine.ledger import BUSY_TIMEOUT, IN_FLIGHT, RESEND_STATES, Ledger
 from engine.policy import PENDING, REJECTED, RETRYING, UNKNOWN
 from engine.progress import Progress
 from engine.report import summarize
@@ -69,28 +72,30 @@ def new_run_id() -> str:
 
 
 def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = None, run_id: str | None = None,
-         not_before: float | None = None, log_file: str | None = None, quiet: bool = False) -> RunResult:
+         not_before: float | None = None, log_file: str | None = None, quiet: bool = False,
+         busy_timeout: float = BUSY_TIMEOUT) -> RunResult:
     """Load ``input_path`` into a new run (write-ahead), then send every row once."""
     fmt = detect_format(input_path, fmt)
     settings.request_spec()  # surface template and environment errors before touching the ledger
     fingerprint = settings.request_fingerprint()
     key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
     run_id = run_id or new_run_id()
-    with Ledger(db) as ledger, EventLog(log_file) as events:
+    with Ledger(db, busy_timeout=busy_timeout) as ledger, ledger.recording(), EventLog(log_file) as events:
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         pool = start_pool(settings) if not_before is None else None
         digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
-            with Progress(0, "loading rows", quiet) as progress:
+            with Progress(0, "loading rows", quiet) as progress, _sigterm_interrupts():
                 total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, source,
                                   on_progress=progress.count, key_prefix=key_prefix, digest=digest)
             earlier = ledger.finish_load(run_id, total, digest.hexdigest())
         except BaseException:
             if pool is not None:
                 pool.terminate()
-            ledger.delete_run(run_id)
+            with contextlib.suppress(LedgerUnavailable), ledger.recording():
+                ledger.delete_run(run_id)  # on a full disk this may fail too: the next bill replaces it
             raise
         if earlier is not None:
             if pool is not None:
@@ -112,9 +117,11 @@ def _create_run(ledger: Ledger, run_id: str, input_path: str, settings: RunSetti
 
 
 def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unknown: bool = False,
-          log_file: str | None = None, quiet: bool = False, **overrides) -> RunResult:
+          log_file: str | None = None, quiet: bool = False, busy_timeout: float = BUSY_TIMEOUT,
+          **overrides) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
-    with Ledger(db, create=False) as ledger, EventLog(log_file) as events:
+    with Ledger(db, create=False, busy_timeout=busy_timeout) as ledger, ledger.recording(), \
+            EventLog(log_file) as events:
         run = ledger.get_run(run_id)
         if run["state"] == "loading":
             raise UsageError(f"run {run_id!r} never finished loading its input; "
@@ -160,6 +167,7 @@ def _run_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_be
                 return None, True
         if not to_send:
             return None, False
+        ledger.check_space(to_send)
         pass_no = ledger.start_pass(run_id)
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
         with Progress(to_send, f"pass {pass_no}", quiet) as progress:
@@ -190,6 +198,23 @@ def _settle_in_flight(ledger: Ledger, run_id: str, settings: RunSettings, hold: 
                                 "outcome unknown: the pass sending it stopped before an answer was recorded")
     if count:
         events.emit("marked_unknown", run_id=run_id, rows=count)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While loading (nothing sent yet), SIGTERM stops like Ctrl-C: the workers are ended, the run removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:

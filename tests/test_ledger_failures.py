@@ -1,0 +1,128 @@
+"""A ledger that cannot record: one clear line, exit status 3, and nothing sent that could not be recorded.
+
+Real filesystems that fill up (a small tmpfs; the tests run as root), a real lock held by
+another connection, real signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
+from engine.mockproc import MockProcess
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(megabytes)``: a fresh tmpfs of that size, unmounted after the test."""
+    mounted = []
+
+    def mount(megabytes: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem holding ``folder`` to the last byte."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def assert_one_line(result, *fragments) -> None:
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), result.stderr
+
+
+def test_a_disk_full_while_loading_sends_nothing(customers, small_disk):
+    disk = small_disk(2)
+    with MockProcess() as api:
+        result = run_engine("bill", customers(30_000), "--url", api.charge_url(), "--db", disk / "ledger.db",
+                            "--quiet", timeout=120)
+        assert_one_line(result, "disk is full")
+        assert api.stats()["requests"] == 0
+
+
+def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(customers, small_disk,
+                                                                                  start_engine):
+    disk = small_disk(16)
+    db = str(disk / "ledger.db")
+    rows = 3000
+    with MockProcess(latency=0.2) as api:
+        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "full",
+                              "--workers", 1, "--concurrency", 20, "--quiet")
+        wait_for_attempts(db, 100)
+        filler = fill(disk)
+        out, err = engine.communicate(timeout=120)
+        assert_one_line(subprocess.CompletedProcess([], engine.returncode, out, err), "disk is full")
+        sent = api.stats()["requests"]
+        assert sent < rows  # it stopped sending
+
+        again = run_engine("rerun", "full", "--db", db, "--quiet")
+        assert_one_line(again, "free")
+        assert api.stats()["requests"] == sent  # nothing sent that could not be recorded
+
+        filler.unlink()
+        done = run_engine("rerun", "full", "--db", db, "--quiet")
+        assert done.returncode == 0, done.stderr
+        assert_everyone_charged_once(api, db, "full", rows)
+
+
+def test_a_ledger_locked_by_another_program(customers, db):
+    with MockProcess() as api:
+        first = run_engine("bill", customers(5), "--url", api.charge_url(), "--db", db, "--quiet")
+        assert first.returncode == 0, first.stderr
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            result = run_engine("bill", customers(5, name="more.csv", start=100), "--url", api.charge_url(),
+                                "--db", db, "--busy-timeout", 1, "--quiet")
+            assert time.monotonic() - started < 30
+        finally:
+            holder.rollback()
+            holder.close()
+        assert_one_line(result, "locked by another program", "--busy-timeout")
+        assert api.stats()["requests"] == 5
+    assert ledger_rows(db, "SELECT count(*) FROM runs") == [(1,)]
+
+
+def test_sigterm_while_loading_stops_cleanly(customers, db, start_engine):
+    with MockProcess() as api:
+        engine = start_engine("bill", customers(400_000), "--url", api.charge_url(), "--db", db, "--quiet")
+        deadline = time.monotonic() + 30
+        while not Path(db).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert engine.poll() is None, "the load ended before the signal: make the input bigger"
+        engine.send_signal(signal.SIGTERM)
+        _, err = engine.communicate(timeout=60)
+        assert engine.returncode in (130, 143), err
+        assert "Traceback" not in err and "leaked" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        assert api.stats()["requests"] == 0
+    assert ledger_rows(db, "SELECT count(*) FROM runs") == [(0,)]  # no half-loaded run left behind
