@@ -25,6 +25,8 @@ from engine.worker import WorkerConfig
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 #: The only literal words a secret header's value may hold beside its ``${VAR}``.
 SCHEME_WORDS = frozenset({"bearer", "basic", "token", "digest", "apikey"})
+#: Open files a worker needs besides its sockets (libraries, pipes, the epoll descriptor…).
+FILES_BESIDES_SOCKETS = 64
 _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
@@ -134,6 +136,21 @@ class RunSettings:
         return RetryPolicy(max_attempts=self.max_attempts, backoff_base=self.backoff_base,
                            backoff_cap=self.backoff_cap, retry_after_cap=self.retry_after_cap,
                            idempotent=self.idempotency)
+
+    def fit_open_files(self, limit: int) -> tuple["RunSettings", str | None]:
+        """These settings with ``--concurrency`` lowered to what ``limit`` open files per process allow.
+
+        Every transfer in flight is a socket; past the limit libcurl reports a misleading
+        "could not connect". Returns the settings and a one-line note, or None if they fit.
+        """
+        room = limit - FILES_BESIDES_SOCKETS
+        if self.concurrency <= room:
+            return self, None
+        if room < 1:
+            raise UsageError(f"the open-file limit (ulimit -n) is {limit}: too low to send anything; raise it")
+        return dataclasses.replace(self, concurrency=room), (
+            f"note: the open-file limit (ulimit -n) is {limit}, so --concurrency is lowered from {self.concurrency}"
+            f" to {room} per worker; raise the hard limit to keep more in flight")
 
     def worker_config(self) -> WorkerConfig:
         transport = TransportOptions(connect_timeout=self.connect_timeout, timeout=self.timeout,

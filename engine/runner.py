@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import secrets
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from engine.ledger import BUSY_TIMEOUT, IN_FLIGHT, RESEND_STATES, Ledger
 from engine.policy import PENDING, REJECTED, RETRYING, UNKNOWN
 from engine.progress import Progress
 from engine.report import summarize
+from engine.transport import raise_open_file_limit
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
@@ -76,6 +78,7 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
          busy_timeout: float = BUSY_TIMEOUT) -> RunResult:
     """Load ``input_path`` into a new run (write-ahead), then send every row once."""
     fmt = detect_format(input_path, fmt)
+    settings = _fit_open_files(settings)
     settings.request_spec()  # surface template and environment errors before touching the ledger
     fingerprint = settings.request_fingerprint()
     key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
@@ -126,7 +129,7 @@ def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unkno
         if run["state"] == "loading":
             raise UsageError(f"run {run_id!r} never finished loading its input; "
                              f"load it again with: python -m engine bill {run['input']} --run-id {run_id} ...")
-        settings = RunSettings.from_dict(run["options"], **overrides)
+        settings = _fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
         events.emit("rerun_start", run_id=run_id, states=list(states))
         return _send_pass(ledger, run_id, settings, states, run["not_before"], events, quiet)
@@ -198,6 +201,15 @@ def _settle_in_flight(ledger: Ledger, run_id: str, settings: RunSettings, hold: 
                                 "outcome unknown: the pass sending it stopped before an answer was recorded")
     if count:
         events.emit("marked_unknown", run_id=run_id, rows=count)
+
+
+def _fit_open_files(settings: RunSettings) -> RunSettings:
+    """Raise this process's open-file limit (workers inherit it) and fit the concurrency under it."""
+    soft, _ = raise_open_file_limit()
+    settings, note = settings.fit_open_files(soft)
+    if note:
+        print(note, file=sys.stderr)
+    return settings
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ another connection, real signals.
 
 from __future__ import annotations
 
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
+from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
 from engine.mockproc import MockProcess
 
 
@@ -126,3 +127,17 @@ def test_sigterm_while_loading_stops_cleanly(customers, db, start_engine):
         assert len(err.strip().splitlines()) == 1, err
         assert api.stats()["requests"] == 0
     assert ledger_rows(db, "SELECT count(*) FROM runs") == [(0,)]  # no half-loaded run left behind
+
+
+def test_an_open_file_limit_below_the_window_lowers_the_concurrency(customers, db):
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    rows = 1000
+    with MockProcess(latency=0.3) as api:
+        result = subprocess.run([*ENGINE, "bill", customers(rows), "--url", api.charge_url(), "--db", db,
+                                 "--run-id", "fd", "--workers", "1", "--concurrency", "1000", "--quiet"],
+                                capture_output=True, text=True, timeout=120, preexec_fn=low_limit, check=False)
+        assert result.returncode == 0, result.stderr  # rows failed with "curl 7: could not connect" before
+        assert "open-file limit (ulimit -n) is 256" in result.stderr and "to 192" in result.stderr
+        assert_everyone_charged_once(api, db, "fd", rows)
