@@ -132,6 +132,9 @@ def cli():
               help="Input format [default: from the file's extension; needed for '-' (stdin)].")
 @click.option("--id-field", default=run_default("id_field"), show_default=True,
               help="Column or key holding each row's unique id.")
+@click.option("--field", "field_types", multiple=True, metavar="NAME:TYPE",
+              help="Send this field as int, float, bool or str (CSV values are text otherwise): "
+                   "--field amount:int --field vip:bool. Values that do not parse are refused with their line.")
 @click.option("--priority-field", default=None, metavar="FIELD",
               help="Numeric column: higher values are sent first; ties keep input order.")
 @click.option("--run-id", default=None, help="Name of this run [default: run-<date>-<time>-<random>].")
@@ -160,7 +163,8 @@ def cli():
 @db_option
 @pool_options
 @engine_errors
-def bill(input_path, url, method, headers, secret_headers, body_template, form, fmt, id_field, priority_field,
+def bill(input_path, url, method, headers, secret_headers, body_template, form, fmt, id_field, field_types,
+         priority_field,
          run_id, not_before, delay, idempotency_header, idempotency_key_field, no_idempotency, backoff_base,
          backoff_cap, retry_after_cap, connect_timeout, allow_hosts, insecure, ca_bundle, db, workers,
          concurrency, chunks, rate, max_attempts, timeout, pause_after, max_pause, stall_timeout, busy_timeout,
@@ -185,7 +189,8 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
     settings = RunSettings.from_dict(dict(
         url=url, method=method, headers=headers, secret_headers=secret_headers, form=form,
         body_template=body_template.read() if body_template else None, allow_hosts=allow_hosts,
-        id_field=id_field, priority_field=priority_field, idempotency_header=idempotency_header,
+        id_field=id_field, field_types=field_types, priority_field=priority_field,
+        idempotency_header=idempotency_header,
         idempotency_key_field=idempotency_key_field, idempotency=not no_idempotency, backoff_base=backoff_base,
         backoff_cap=backoff_cap, retry_after_cap=retry_after_cap, connect_timeout=connect_timeout,
         insecure=insecure, ca_bundle=ca_bundle,

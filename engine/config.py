@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from engine.breaker import BreakerSettings
 from engine.errors import UsageError
+from engine.fieldtypes import parse_field_types
 from engine.policy import RetryPolicy
 from engine.template import IDEMPOTENCY_HEADER, RequestSpec
 from engine.transport import TransportOptions
@@ -52,6 +53,8 @@ class RunSettings:
     allow_hosts: tuple[str, ...] = ()
     id_field: str = "id"
     priority_field: str | None = None
+    #: ``NAME:TYPE`` (int, float, bool, str): fields converted while loading.
+    field_types: tuple[str, ...] = ()
     idempotency_header: str = IDEMPOTENCY_HEADER
     idempotency_key_field: str | None = None
     idempotency: bool = True
@@ -88,6 +91,7 @@ class RunSettings:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
         self._check_secret_headers()
+        parse_field_types(self.field_types)
 
     def _check_secret_headers(self) -> None:
         """A secret header's value is ``${VAR}``, after at most a scheme word: any other text would be

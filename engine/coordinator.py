@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from engine.config import RunSettings
 from engine.errors import EngineError, InputError, TemplateError
+from engine.fieldtypes import parse_field_types
 from engine.inputs import Row
 from engine.jsontext import json_text
 from engine.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
@@ -106,9 +107,12 @@ class _RowValidator:
         self.wire_fields = tuple(sorted(compiled.url.fields | compiled.header_fields
                                         | {settings.id_field, settings.idempotency_key_field} - {None}))
         self.url_fields = compiled.url.fields
+        self.types = parse_field_types(settings.field_types)
         self.header_bound = compiled.header_fields | {settings.idempotency_key_field} - {None}
 
     def check(self, row: Row) -> float:
+        for name, convert in self.types.items():
+            self._convert(row, name, convert)
         missing = self.compiled.missing_fields(row.fields)
         if missing:
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
@@ -120,6 +124,15 @@ class _RowValidator:
             except TemplateError as err:
                 raise InputError(self.source, row.line, str(err)) from None
         return self._priority(row)
+
+    def _convert(self, row: Row, name: str, convert) -> None:
+        if name not in row.fields:
+            raise InputError(self.source, row.line, "typed with --field but missing from the row", name)
+        value = row.fields[name]
+        try:
+            row.fields[name] = convert(value)
+        except ValueError as err:
+            raise InputError(self.source, row.line, f"expected {err}, found {value!r}", name) from None
 
     def _check_wire_value(self, row: Row, name: str) -> None:
         """A value bound for a URL or header: no control characters (header injection, NUL), no dot segment."""

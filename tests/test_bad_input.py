@@ -1,5 +1,6 @@
 """Bad input is refused with one line naming file, line and field; exit 2; nothing sent."""
 
+import json
 import os
 
 import pytest
@@ -172,3 +173,35 @@ def test_an_id_that_is_not_ascii_is_billed_with_a_percent_encoded_key(tmp_path, 
     assert result.exit_code == 0, result.output
     assert ledger_rows(db, "SELECT idempotency_key FROM requests ORDER BY line") == [("utf:zo%C3%AB",), ("utf:zoe",)]
     assert api.stats()["customers_charged"] == 2
+
+
+def test_typed_fields_are_sent_as_json_types(tmp_path, api, db, run):
+    path = tmp_path / "in.csv"
+    path.write_text("id,amount,vip,rate\nc1,500,yes,1.5\nc2,7,0,2\n")
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int",
+                 "--field", "vip:bool", "--field", "rate:float")
+    assert result.exit_code == 0, result.output
+    payloads = [json.loads(text) for text, in ledger_rows(db, "SELECT payload FROM requests ORDER BY line")]
+    assert payloads == [{"id": "c1", "amount": 500, "vip": True, "rate": 1.5},
+                        {"id": "c2", "amount": 7, "vip": False, "rate": 2.0}]
+
+
+@pytest.mark.parametrize("content,option,fragments", [
+    ("id,amount\nc1,500\nc2,12.5\n", "amount:int", [":3:", "field 'amount'", "expected an integer", "'12.5'"]),
+    ("id,amount\nc1,\n", "amount:int", [":2:", "field 'amount'", "expected an integer"]),
+    ("id,vip\nc1,maybe\n", "vip:bool", [":2:", "field 'vip'", "true or false"]),
+    ("id,rate\nc1,nan\n", "rate:float", [":2:", "field 'rate'", "finite"]),
+    ("id\nc1\n", "amount:int", [":2:", "field 'amount'", "missing"]),
+])
+def test_a_typed_field_that_does_not_parse_is_refused(tmp_path, api, db, run, content, option, fragments):
+    path = tmp_path / "in.csv"
+    path.write_text(content)
+    assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db, "--field", option), api, *fragments)
+
+
+def test_jsonl_text_in_a_typed_field_is_converted_like_csv(tmp_path, api, db, run):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": 1, "amount": 5}\n{"id": 2, "amount": "5"}\n')
+    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int")
+    assert result.exit_code == 0, result.output
+    assert ledger_rows(db, "SELECT payload FROM requests WHERE line = 2") == [('{"id":2,"amount":5}',)]
