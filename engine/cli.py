@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import functools
 import sys
-import time
 
 import click
 
 from engine import __version__
 from engine.config import RunSettings, default_of, default_workers
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError
 from engine.inputs import FORMATS
 from engine.ledger import BUSY_TIMEOUT, Ledger
 from engine.mockconfig import MockConfig
 from engine.policy import STATES
 from engine.report import REPORT_FORMATS, render, runs_table, summarize
-from engine.runner import EXIT_INTERRUPTED, RunResult, bill as bill_run, rerun as rerun_run
+from engine.runner import EXIT_INTERRUPTED, RunResult
+from engine.runner import bill as bill_run
+from engine.runner import rerun as rerun_run
+from engine.starttime import start_time
 
 DEFAULT_DB = "engine.db"
 
@@ -197,7 +198,7 @@ def bill(input_path, url, method, headers, secret_headers, body_template, form, 
     ), workers=workers, concurrency=concurrency, chunks=chunks, rate=rate, max_attempts=max_attempts,
         timeout=timeout, pause_after=pause_after, max_pause=max_pause, stall_timeout=stall_timeout)
     result = bill_run(db=db, input_path=input_path, settings=settings, fmt=fmt, run_id=run_id,
-                      not_before=_start_time(not_before, delay), log_file=log_file, quiet=quiet,
+                      not_before=start_time(not_before, delay), log_file=log_file, quiet=quiet,
                       busy_timeout=busy_timeout)
     _finish(result)
 
@@ -251,24 +252,6 @@ def _finish(result: RunResult) -> None:
         missing = result.summary["total"] - result.summary["succeeded"]
         click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
     sys.exit(result.exit_code)
-
-
-def _start_time(not_before: str | None, delay: float | None) -> float | None:
-    if not_before and delay is not None:
-        raise UsageError("give --not-before or --delay, not both")
-    if delay is not None:
-        if delay < 0:
-            raise UsageError("--delay must not be negative")
-        return time.time() + delay
-    if not not_before:
-        return None
-    try:
-        if len(not_before) <= 8 and ":" in not_before:
-            clock = dt.time.fromisoformat(not_before)
-            return dt.datetime.combine(dt.date.today(), clock).timestamp()
-        return dt.datetime.fromisoformat(not_before).timestamp()
-    except ValueError:
-        raise UsageError(f"--not-before {not_before!r}: expected ISO 8601 like 2026-11-23T18:00 or HH:MM") from None
 
 
 @cli.command()

@@ -229,6 +229,12 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _clock(when: float) -> str:
+    """``HH:MM:SS``, with the date when it is not today."""
+    same_day = time.localtime(when)[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
 def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:
     """Count down to ``when``; False if the user stopped the wait (nothing was sent)."""
     with Progress(0, "waiting", quiet) as progress:
@@ -239,8 +245,7 @@ def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:
                 return False
             shown = int(left)
             if shown != last_shown and (progress.tty or shown % 10 == 0 or last_shown is None):
-                progress.note(f"nothing is sent before {time.strftime('%H:%M:%S', time.localtime(when))}: "
-                              f"{shown} s left")
+                progress.note(f"nothing is sent before {_clock(when)}: {shown} s left")
                 last_shown = shown
             if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
                 heartbeat()
