@@ -455,7 +455,8 @@ class Ledger:
         states = tuple(states)
         marks = _marks(states)
         cursor = self.conn.execute(
-            "SELECT row_id, line, status, attempts, http_status, curl_error, error, latency_ms, idempotency_key"
+            "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3) AS latency_ms,"
+            " idempotency_key"
             f" FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
         names = [c[0] for c in cursor.description]
         with closing(cursor):

@@ -3,6 +3,7 @@
 import csv
 import io
 import pathlib
+import sqlite3
 
 import pytest
 
@@ -86,3 +87,11 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(name, run):
         if param.param_type_name == "option" and param.name != "help":
             assert param.help, f"{name} {param.opts} has no help"
     assert f"engine {name}" in README.read_text(), f"README does not document '{name}'"
+
+
+def test_export_writes_readable_numbers(finished_run, db, run):
+    with sqlite3.connect(db) as conn:  # a latency whose double prints as 185.25900000000001
+        conn.execute("UPDATE requests SET latency_ms = 185.25900000000001 WHERE status = 'failed'")
+    result = run("export", finished_run, "--db", db)
+    assert result.exit_code == 0
+    assert "185.259," in result.output and "185.25900000000001" not in result.output
