@@ -14,12 +14,12 @@ from engine.errors import EngineError
 from engine.inputs import FORMATS
 from engine.ledger import BUSY_TIMEOUT, Ledger
 from engine.mockconfig import MockConfig
-from engine.policy import STATES
 from engine.report import REPORT_FORMATS, render, runs_table, summarize
 from engine.runner import EXIT_INTERRUPTED, RunResult
 from engine.runner import bill as bill_run
 from engine.runner import rerun as rerun_run
 from engine.starttime import start_time
+from engine.states import STATES
 
 DEFAULT_DB = "engine.db"
 

@@ -24,8 +24,8 @@ from engine.inputs import Row
 from engine.jsontext import json_text
 from engine.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
 from engine.ledger import DuplicateRow, Ledger, Page
-from engine.policy import RETRYING, SUCCEEDED, UNKNOWN
 from engine.pool import WorkerPool
+from engine.states import RETRYING, SUCCEEDED, UNKNOWN
 from engine.template import CompiledRequest
 from engine.wire import Attempt, Dispatch
 

@@ -10,7 +10,7 @@ import json
 import time
 
 from engine.errors import UsageError
-from engine.ledger import Attempt
+from engine.wire import Attempt
 
 
 class EventLog:

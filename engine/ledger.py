@@ -22,12 +22,16 @@ import sqlite_utils
 from engine import lease as leases
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.lease import Hold, Holder
-from engine.policy import FAILED, PENDING, RETRYING, STATES, UNKNOWN
-from engine.wire import Attempt, Dispatch
-
-#: A row handed to a worker of a run without idempotency keys, not yet answered: if the
-#: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
-IN_FLIGHT = "in_flight"
+from engine.states import (  # noqa: F401
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    RESEND_STATES,
+    RETRYING,
+    STATES,
+    UNKNOWN,
+)
+from engine.wire import Dispatch
 
 #: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
 BUSY_TIMEOUT = 30.0
@@ -484,7 +488,4 @@ def _marks(values: tuple) -> str:
     """``?,?,?``: the placeholders of an ``IN (...)`` list."""
     return ",".join("?" * len(values))
 
-
-#: States a later pass sends again by default.
-RESEND_STATES = (PENDING, RETRYING, FAILED)
 

@@ -20,10 +20,15 @@ from typing import NamedTuple
 
 import pycurl
 
-SUCCEEDED, RETRYING, FAILED, REJECTED, UNKNOWN = "succeeded", "retrying", "failed", "rejected", "unknown"
-PENDING = "pending"
-#: Every state a ledger row can be in; a row is done only when it ``succeeded``.
-STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN)
+from engine.states import (  # noqa: F401 (re-exported)
+    FAILED,
+    PENDING,
+    REJECTED,
+    RETRYING,
+    STATES,
+    SUCCEEDED,
+    UNKNOWN,
+)
 
 #: curl errors raised before any byte of the request could reach the server.
 CONNECT_PHASE_ERRORS = frozenset({

@@ -6,8 +6,16 @@ import csv
 import io
 import json
 
-from engine.ledger import IN_FLIGHT, Ledger
-from engine.policy import FAILED, PENDING, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
+from engine.ledger import Ledger
+from engine.states import (
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    REJECTED,
+    RETRYING,
+    SUCCEEDED,
+    UNKNOWN,
+)
 
 REPORT_FORMATS = ("text", "json", "csv")
 

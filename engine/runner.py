@@ -29,10 +29,10 @@ from engine.errors import LedgerUnavailable, UsageError
 from engine.events import EventLog
 from engine.inputs import detect_format, read_rows
 from engine.lease import HEARTBEAT_INTERVAL, Hold, Holder
-from engine.ledger import BUSY_TIMEOUT, IN_FLIGHT, RESEND_STATES, Ledger
-from engine.policy import PENDING, REJECTED, RETRYING, UNKNOWN
+from engine.ledger import BUSY_TIMEOUT, Ledger
 from engine.progress import Progress
 from engine.report import summarize
+from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, UNKNOWN
 from engine.transport import raise_open_file_limit
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).

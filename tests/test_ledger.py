@@ -2,7 +2,8 @@
 
 import pytest
 
-from engine.ledger import Attempt, DuplicateRow, Ledger
+from engine.ledger import DuplicateRow, Ledger
+from engine.wire import Attempt
 
 
 @pytest.fixture

@@ -1,0 +1,13 @@
+"""The states a ledger row can be in: plain names, importable without pycurl or SQL."""
+
+from __future__ import annotations
+
+PENDING, RETRYING, SUCCEEDED = "pending", "retrying", "succeeded"
+FAILED, REJECTED, UNKNOWN = "failed", "rejected", "unknown"
+#: A row handed to a worker of a run without idempotency keys, not yet answered: if the
+#: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
+IN_FLIGHT = "in_flight"
+#: The states a report counts; a row is done only when it ``succeeded``.
+STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN)
+#: States a later pass sends again by default.
+RESEND_STATES = (PENDING, RETRYING, FAILED)
