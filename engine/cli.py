@@ -302,12 +302,9 @@ def export(run_id, states, output, db):
     """
     with Ledger(db, create=False) as ledger:
         ledger.get_run(run_id)
-        writer = None
-        for row in ledger.iter_rows(run_id, states):
-            if writer is None:
-                writer = csv.DictWriter(output, fieldnames=list(row))
-                writer.writeheader()
-            writer.writerow(row)
+        writer = csv.DictWriter(output, fieldnames=Ledger.EXPORT_COLUMNS)
+        writer.writeheader()  # even when no row matches: a file a program can read
+        writer.writerows(ledger.iter_rows(run_id, states))
 
 
 @cli.command("mock-api")

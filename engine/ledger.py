@@ -455,14 +455,17 @@ class Ledger:
             " JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ? GROUP BY 1 ORDER BY 1", (run_id,)).fetchall()
         return dict(rows)
 
+    #: The columns ``iter_rows`` yields, in order (an export's header, even when no row matches).
+    EXPORT_COLUMNS = ("row_id", "line", "status", "attempts", "http_status", "curl_error", "error", "latency_ms",
+                      "idempotency_key")
+
     def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
         states = tuple(states)
         marks = _marks(states)
         cursor = self.conn.execute(
-            "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3) AS latency_ms,"
-            " idempotency_key"
-            f" FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
-        names = [c[0] for c in cursor.description]
+            "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3),"
+            f" idempotency_key FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
+        names = self.EXPORT_COLUMNS
         with closing(cursor):
             for row in cursor:
                 yield dict(zip(names, row))

@@ -95,3 +95,10 @@ def test_export_writes_readable_numbers(finished_run, db, run):
     result = run("export", finished_run, "--db", db)
     assert result.exit_code == 0
     assert "185.259," in result.output and "185.25900000000001" not in result.output
+
+
+def test_export_with_no_matching_row_still_writes_the_header(finished_run, db, run):
+    result = run("export", finished_run, "--db", db, "--status", "unknown")
+    assert result.exit_code == 0
+    assert result.output.splitlines() == ["row_id,line,status,attempts,http_status,curl_error,error,latency_ms,"
+                                          "idempotency_key"]
