@@ -22,6 +22,7 @@ import pycurl
 
 from engine.states import (  # noqa: F401 (re-exported)
     FAILED,
+    IN_FLIGHT,
     PENDING,
     REJECTED,
     RETRYING,
@@ -42,10 +43,12 @@ READ_PHASE_ERRORS = frozenset({
 })
 
 #: curl errors of a request that cannot work as configured (URL, protocol, certificate): retrying cannot help.
-CONFIG_ERRORS = frozenset(getattr(pycurl, name) for name in (
-    "E_UNSUPPORTED_PROTOCOL", "E_URL_MALFORMAT", "E_PEER_FAILED_VERIFICATION", "E_SSL_CACERT", "E_SSL_CERTPROBLEM",
-    "E_SSL_CACERT_BADFILE", "E_SSL_ISSUER_ERROR", "E_SSL_PINNEDPUBKEYNOTMATCH", "E_SSL_INVALIDCERTSTATUS",
-) if hasattr(pycurl, name))
+#: The numbers are libcurl's, for a pycurl built without some of the names.
+CONFIG_ERRORS = frozenset(getattr(pycurl, name, number) for name, number in (
+    ("E_UNSUPPORTED_PROTOCOL", 1), ("E_URL_MALFORMAT", 3), ("E_SSL_CERTPROBLEM", 58),
+    ("E_PEER_FAILED_VERIFICATION", 60), ("E_SSL_CACERT", 60), ("E_SSL_CACERT_BADFILE", 77),
+    ("E_SSL_ISSUER_ERROR", 83), ("E_SSL_PINNEDPUBKEYNOTMATCH", 90), ("E_SSL_INVALIDCERTSTATUS", 91),
+))
 
 
 class Outcome(NamedTuple):

@@ -41,6 +41,43 @@ def test_scattered_429s_change_nothing():
     assert pacer.in_flight_limit() == 100
 
 
+def end_epoch(pacer: Pacer, answers: int, throttled: int) -> None:
+    """One epoch of ``answers`` (``throttled`` of them 429) that took a second."""
+    pacer.shared[3] -= 1.0
+    pacer.report(answers, throttled)
+
+
+def test_random_429s_are_learnt_as_noise_and_do_not_shrink_the_window():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=50)
+    assert pacer.rest_on_429()  # until shown otherwise, a 429 is about load
+    end_epoch(pacer, 1000, 300)  # 30 % throttled: cut to 70
+    assert pacer.in_flight_limit() == 70 and pacer.rest_on_429()
+    end_epoch(pacer, 700, 210)  # 30 % fewer successes, and still 30 % throttled: the cut is undone
+    assert pacer.in_flight_limit() == 100 and not pacer.rest_on_429()
+    for _ in range(5):
+        end_epoch(pacer, 1000, 320)  # within 1.25 x the floor: nothing is cut
+        assert pacer.in_flight_limit() == 100 and not pacer.rest_on_429()
+
+
+def test_429s_that_fall_with_the_load_keep_the_window_cut():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=50)
+    end_epoch(pacer, 1000, 600)  # halve
+    end_epoch(pacer, 500, 100)  # the share fell with the window: it was load, cut again by 20 %
+    assert pacer.in_flight_limit() == 40 and pacer.rest_on_429()
+    end_epoch(pacer, 400, 0)  # a clean epoch grows it; no floor was learnt, so the next 429 is load again
+    assert pacer.in_flight_limit() == 45 and pacer.rest_on_429()
+
+
+def test_the_window_grows_back_at_the_noise_floor_and_load_above_it_is_still_cut():
+    pacer = Pacer.create(CONTEXT, None, workers=2, concurrency=50)
+    end_epoch(pacer, 1000, 300)
+    end_epoch(pacer, 700, 210)  # floor learnt: 30 %
+    end_epoch(pacer, 1000, 600)  # far above the floor: cut by 30 % (the share above the floor)
+    assert pacer.in_flight_limit() == 70 and pacer.rest_on_429()
+    end_epoch(pacer, 1000, 300)  # as many successes, back at the floor: not undone, grown by 5 %
+    assert pacer.in_flight_limit() == 75 and not pacer.rest_on_429()
+
+
 def test_breaker_opens_after_a_streak_and_one_probe_closes_it():
     breaker = CircuitBreaker.create(CONTEXT, BreakerSettings(threshold=3, first_interval=0.05))
     for _ in range(2):

@@ -2,14 +2,22 @@
 
 import dataclasses
 import random
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pycurl
 import pytest
 
-from engine.policy import (FAILED, REJECTED, RETRYING, SUCCEEDED, UNKNOWN, Outcome, RetryPolicy,
-                           parse_retry_after)
+from engine.policy import (
+    FAILED,
+    REJECTED,
+    RETRYING,
+    SUCCEEDED,
+    UNKNOWN,
+    Outcome,
+    RetryPolicy,
+    parse_retry_after,
+)
 
 POLICY = RetryPolicy()
 
@@ -76,7 +84,7 @@ def test_retry_after_zero_does_not_cause_an_immediate_retry_storm():
 
 
 def test_parse_retry_after_seconds_date_and_garbage():
-    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)  # noqa: UP017 (datetime.UTC is 3.11+)
     later = format_datetime(now + timedelta(seconds=90), usegmt=True)
     earlier = format_datetime(now - timedelta(seconds=90), usegmt=True)
     assert parse_retry_after("120") == 120
@@ -92,9 +100,18 @@ def test_policy_is_immutable():
         POLICY.max_attempts = 9
 
 
-def test_a_request_that_cannot_work_as_configured_fails_at_once():
-    for error in (60, 3, 1, 77):  # bad certificate, malformed URL, unsupported protocol, bad CA file
-        assert POLICY.decide(Outcome(curl_error=error, connected=False), 1).state == FAILED
+@pytest.mark.parametrize("error", [1, 3, 58, 60, 77, 83, 90, 91])  # protocol, URL, client cert, peer cert, CA file,
+def test_a_request_that_cannot_work_as_configured_fails_at_once(error):  # issuer, pinned key, cert status
+    for policy in (POLICY, RetryPolicy(idempotent=False)):
+        assert policy.decide(Outcome(curl_error=error, connected=False), 1) == (FAILED, 0.0)
+        assert policy.decide(Outcome(curl_error=error, connected=True), 1) == (FAILED, 0.0)
+
+
+def test_without_retry_after_a_429_backs_off():
+    policy = RetryPolicy(backoff_base=1.0, backoff_cap=1.0)
+    for retry_after in (None, "", "soon"):
+        delays = {policy.decide(Outcome(http_status=429, retry_after=retry_after), 3).delay for _ in range(50)}
+        assert len(delays) > 1 and max(delays) <= 1.0
 
 
 def test_retry_after_is_the_wait_not_a_floor_under_a_longer_back_off():
