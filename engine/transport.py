@@ -18,8 +18,12 @@ import pycurl
 
 from engine.policy import Outcome
 
-#: Longest response excerpt kept per attempt (bytes).
+#: Longest response excerpt kept per attempt (bytes); the rest of an answer is dropped as it arrives.
 EXCERPT_BYTES = 200
+#: Most response-header bytes taken per attempt; past them the transfer is aborted (curl error 23).
+#: Headers are never kept, but libcurl holds up to 300 KB of them per answer: on every handle of a
+#: large window a hostile server could make that hundreds of MB.
+HEADER_BYTES = 64 * 1024
 #: Above this many handles per process the epoll loop is used: ``perform`` + ``select``
 #: is cheaper per request for small windows, but libcurl's fdset skips descriptors
 #: at or above FD_SETSIZE (1024), which a large window reaches.
@@ -53,19 +57,25 @@ class Finished(NamedTuple):
 
 
 class _Capture:
-    """Per-handle state of one transfer: whose it is, when it started, the answer's first bytes."""
+    """Per-handle state of one transfer: whose it is, when it started, the answer's first bytes.
 
-    __slots__ = ("chunks", "kept", "started_at", "token")
+    Memory per transfer is bounded whatever the server sends: EXCERPT_BYTES of body, a
+    count of header bytes.
+    """
+
+    __slots__ = ("chunks", "header_bytes", "kept", "started_at", "token")
 
     def __init__(self):
         self.chunks: list[bytes] = []
         self.kept = 0
+        self.header_bytes = 0
         self.token = None
         self.started_at = 0.0
 
     def reset(self, token) -> None:
         self.chunks.clear()
         self.kept = 0
+        self.header_bytes = 0
         self.token = token
         self.started_at = time.time()
 
@@ -75,6 +85,11 @@ class _Capture:
             piece = data[:EXCERPT_BYTES - self.kept]
             self.chunks.append(piece)
             self.kept += len(piece)
+
+    def header(self, line: bytes) -> int | None:
+        """libcurl's header callback: count the bytes, keep none; returning 0 past HEADER_BYTES aborts."""
+        self.header_bytes += len(line)
+        return 0 if self.header_bytes > HEADER_BYTES else None
 
 
 def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
@@ -100,6 +115,7 @@ def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
         handle.setopt(pycurl.FORBID_REUSE, 1)
     # returning None tells libcurl every byte was taken: a huge answer costs no memory
     handle.setopt(pycurl.WRITEFUNCTION, capture.write)
+    handle.setopt(pycurl.HEADERFUNCTION, capture.header)
     return handle
 
 
@@ -120,6 +136,8 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
     if curl_error is not None:
         sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
         outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent)
+        if capture.header_bytes > HEADER_BYTES:
+            message = f"response headers over {HEADER_BYTES} bytes"
         return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt,
                         f"curl {curl_error}: {message}")
     status = handle.getinfo(pycurl.RESPONSE_CODE)

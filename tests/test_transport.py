@@ -1,0 +1,155 @@
+"""The transport against a real server on 127.0.0.1: what it keeps of an answer, and what that costs.
+
+Memory is measured in a child process that drives a :class:`~engine.transport.Transport`
+the way a worker does (start while there is room, ``poll``, repeat), so the peak RSS is
+the transport's alone. Run as a script, this module is that child.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from engine.transport import EXCERPT_BYTES, HEADER_BYTES, Transport, TransportOptions
+
+MB = 1024 * 1024
+#: 199 ASCII bytes then a two-byte character across the excerpt's end, sent in three pieces.
+SPLIT_BODY = b"a" * 150 + b"b" * 49 + "\u00e9".encode() + b"tail " * 100
+_ZEROS = memoryview(bytes(MB))
+
+
+class Handler(BaseHTTPRequestHandler):
+    """``/bytes/N``: N bytes of body; ``/split``: SPLIT_BODY in pieces; ``/short``; ``/empty``;
+    ``/endless-headers``: header lines until the client hangs up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if match := re.fullmatch(r"/bytes/(\d+)", self.path):
+            self._stream(int(match[1]))
+        elif self.path == "/split":
+            self._answer(SPLIT_BODY, pieces=(0, 150, 200))
+        elif self.path == "/short":
+            self._answer("paid \u2713".encode())
+        elif self.path == "/empty":
+            self._answer(b"")
+        elif self.path == "/endless-headers":
+            self._endless_headers()
+        else:
+            self.send_error(404)
+
+    def _answer(self, body: bytes, pieces=(0,)) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for start, end in zip(pieces, (*pieces[1:], len(body))):
+            self.wfile.write(body[start:end])
+            self.wfile.flush()
+            time.sleep(0.01)  # each piece reaches the client as a write of its own
+
+    def _stream(self, size: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        while size > 0:
+            self.wfile.write(_ZEROS[:min(size, MB)])
+            size -= MB
+
+    def _endless_headers(self) -> None:
+        self.close_connection = True
+        line = b"X-Padding: " + b"z" * 1000 + b"\r\n"
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                self.wfile.write(line * 16)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a whole window connects at once; the default backlog of 5 drops some
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def fetch_all(urls: list[str], window: int) -> list:
+    """Every URL through one Transport with at most ``window`` in flight, as a worker drives it."""
+    transport = Transport(window, TransportOptions(timeout=30), "GET")
+    pending, finished = list(enumerate(urls)), []
+    try:
+        while len(finished) < len(urls):
+            while pending and transport.has_room():
+                token, url = pending.pop()
+                transport.start(token, url, [], None)
+            finished += transport.poll(0.05)
+    finally:
+        transport.close()
+    return sorted(finished, key=lambda done: done.token)
+
+
+def measure_in_child(urls: list[str], window: int) -> dict:
+    """Run :func:`fetch_all` in a fresh interpreter; its RSS before and at its peak, and what came back."""
+    done = subprocess.run([sys.executable, __file__, str(window), *urls], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_huge_answers_cost_a_transfer_no_more_than_its_excerpt(server):
+    report = measure_in_child([f"{server}/bytes/{20 * MB}"] * 20, window=10)
+    assert report["statuses"] == [200] * 20
+    assert report["excerpt_lengths"] == [EXCERPT_BYTES] * 20
+    grown_mb = (report["peak_kb"] - report["baseline_kb"]) / 1024
+    assert grown_mb < 100, f"400 MB of answers, 10 in flight, grew the process by {grown_mb:.0f} MB"
+
+
+def test_the_excerpt_is_the_first_bytes_decoded_as_before(server):
+    split, short, empty = fetch_all([f"{server}/split", f"{server}/short", f"{server}/empty"], window=3)
+    # the character cut at the excerpt's end decodes to U+FFFD, as when whole bodies were kept and cut
+    assert split.excerpt == SPLIT_BODY[:EXCERPT_BYTES].decode("utf-8", "replace") == "a" * 150 + "b" * 49 + "\ufffd"
+    assert short.excerpt == "paid \u2713"
+    assert empty.excerpt is None
+    assert [done.outcome.http_status for done in (split, short, empty)] == [200, 200, 200]
+
+
+def test_endless_headers_end_the_transfer_at_the_header_cap(server):
+    report = measure_in_child([f"{server}/endless-headers"] * 100, window=100)
+    assert report["errors"] == [f"curl 23: response headers over {HEADER_BYTES} bytes"] * 100
+    grown_mb = (report["peak_kb"] - report["baseline_kb"]) / 1024
+    assert grown_mb < 20, f"100 answers of endless headers grew the process by {grown_mb:.0f} MB"
+
+
+def main(window: int, urls: list[str]) -> None:
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    finished = fetch_all(urls, window)
+    print(json.dumps({
+        "baseline_kb": baseline_kb,
+        "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "statuses": [done.outcome.http_status for done in finished],
+        "errors": [done.error for done in finished],
+        "excerpt_lengths": [len(done.excerpt or "") for done in finished],
+    }))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2:])
