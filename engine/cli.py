@@ -11,13 +11,13 @@ import click
 from engine import __version__
 from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError
-from engine.inputs import FORMATS
+from engine.request.inputs import FORMATS
 from engine.ledger import BUSY_TIMEOUT, Ledger
-from engine.mockconfig import MockConfig
-from engine.report import REPORT_FORMATS, render, runs_table, summarize
-from engine.runner import EXIT_INTERRUPTED, RunResult
-from engine.runner import bill as bill_run
-from engine.runner import rerun as rerun_run
+from engine.mock.config import MockConfig
+from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
+from engine.run.runner import EXIT_INTERRUPTED, RunResult
+from engine.run.runner import bill as bill_run
+from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
 from engine.states import STATES
 
@@ -354,13 +354,13 @@ def mock_api(host, port, **knobs):
     Example:
         python -m engine mock-api --port 8080 --latency 1.6 --error-rate 0.02
     """
-    from engine.mockproc import READY_PREFIX
+    from engine.mock.process import READY_PREFIX
 
     def ready(bound_port):
         click.echo(f"{READY_PREFIX}http://{host}:{bound_port}")
         sys.stdout.flush()
 
-    from engine.mockapi import run as run_mock_api
+    from engine.mock.api import run as run_mock_api
 
     run_mock_api(host, port, MockConfig(**knobs), on_ready=ready)
 
@@ -382,6 +382,6 @@ def demo(users, workers, concurrency, directory, quiet):
     Example:
         python -m engine demo --users 10000
     """
-    from engine.demo import run_demo
+    from engine.mock.demo import run_demo
 
     sys.exit(run_demo(users, workers or default_workers(), concurrency, directory, quiet))

@@ -14,13 +14,13 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from engine.breaker import BreakerSettings
+from engine.delivery.breaker import BreakerSettings
 from engine.errors import UsageError
-from engine.fieldtypes import parse_field_types
-from engine.policy import RetryPolicy
-from engine.template import IDEMPOTENCY_HEADER, RequestSpec
-from engine.transport import TransportOptions
-from engine.worker import WorkerConfig
+from engine.request.fieldtypes import parse_field_types
+from engine.delivery.policy import RetryPolicy
+from engine.request.template import IDEMPOTENCY_HEADER, RequestSpec
+from engine.delivery.transport import TransportOptions
+from engine.local.worker import WorkerConfig
 
 #: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})

@@ -1,4 +1,4 @@
-"""The fault knobs of the bundled mock billing API (see :mod:`engine.mockapi`).
+"""The fault knobs of the bundled mock billing API (see :mod:`engine.mock.api`).
 
 Kept apart from the server so the CLI can show their defaults without importing asyncio.
 """

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 
-from engine.shared import SharedState
+from engine.delivery.shared import SharedState
 
 (_TAT, _RATE_SHARE, _WINDOW, _EPOCH_START, _ANSWERS, _THROTTLED,
  _FLOOR, _CUTTING, _CUT_WINDOW, _CUT_RATE_SHARE, _CUT_GOODPUT, _CUT_SHARE, _CUT_FACTOR) = range(13)

@@ -10,9 +10,9 @@ import tempfile
 import click
 
 from engine.config import RunSettings
-from engine.mockproc import MockProcess
-from engine.report import render
-from engine.runner import RunResult, bill, rerun
+from engine.mock.process import MockProcess
+from engine.output.report import render
+from engine.run.runner import RunResult, bill, rerun
 
 #: Latency of the demo's mock API (s): the slow billing API of the README.
 DEMO_LATENCY = 1.6

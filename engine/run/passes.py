@@ -19,14 +19,14 @@ from urllib.parse import quote
 
 from engine.config import RunSettings
 from engine.errors import EngineError, InputError, TemplateError
-from engine.fieldtypes import parse_field_types
-from engine.inputs import Row
+from engine.request.fieldtypes import parse_field_types
+from engine.request.inputs import Row
 from engine.jsontext import json_text
-from engine.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
+from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
 from engine.ledger import DuplicateRow, Ledger, Page
-from engine.pool import WorkerPool
+from engine.local.pool import WorkerPool
 from engine.states import RETRYING, SUCCEEDED, UNKNOWN
-from engine.template import CompiledRequest
+from engine.request.template import CompiledRequest
 from engine.wire import Attempt, Dispatch
 
 # positions in the plain Attempt tuples workers send

@@ -22,7 +22,7 @@ import zlib
 from collections import Counter, deque
 from urllib.parse import parse_qsl
 
-from engine.mockconfig import MockConfig
+from engine.mock.config import MockConfig
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 409: "Conflict",

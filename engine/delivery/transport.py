@@ -1,7 +1,7 @@
 """The only module that talks to libcurl: a pool of reusable easy handles on one CurlMulti.
 
 ``configure`` turns a request into handle options, ``harvest`` turns a finished handle
-into an :class:`~engine.policy.Outcome`; :class:`Transport` keeps the handles busy.
+into an :class:`~engine.delivery.policy.Outcome`; :class:`Transport` keeps the handles busy.
 The loop is the one of pycurl's ``retriever-multi`` example: take a free handle,
 configure, add; ``perform``; read what finished; return the handle; ``select``.
 """
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import pycurl
 
-from engine.policy import Outcome
+from engine.delivery.policy import Outcome
 
 #: Longest response excerpt kept per attempt (bytes); the rest of an answer is dropped as it arrives.
 EXCERPT_BYTES = 200

@@ -24,16 +24,16 @@ import time
 from dataclasses import dataclass
 
 from engine.config import RunSettings
-from engine.coordinator import Pass, StopRequest, load_rows, rerun_command, start_pool
+from engine.run.passes import Pass, StopRequest, load_rows, rerun_command, start_pool
 from engine.errors import LedgerUnavailable, UsageError
-from engine.events import EventLog
-from engine.inputs import detect_format, read_rows
-from engine.lease import HEARTBEAT_INTERVAL, Hold, Holder
+from engine.output.events import EventLog
+from engine.request.inputs import detect_format, read_rows
+from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder
 from engine.ledger import BUSY_TIMEOUT, Ledger
-from engine.progress import Progress
-from engine.report import summarize
+from engine.output.progress import Progress
+from engine.output.report import summarize
 from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, UNKNOWN
-from engine.transport import raise_open_file_limit
+from engine.delivery.transport import raise_open_file_limit
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130

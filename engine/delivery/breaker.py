@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine.shared import SharedState
+from engine.delivery.shared import SharedState
 
 CLOSED, OPEN, PROBING = 0.0, 1.0, 2.0
 _STATE, _STREAK, _PROBE_AT, _INTERVAL, _OPENED_AT, _PROBE_STARTED, _LAST_UP = range(7)

@@ -19,9 +19,9 @@ from typing import Iterable, Iterator, NamedTuple
 
 import sqlite_utils
 
-from engine import lease as leases
+from engine.ledger import lease as leases
 from engine.errors import LedgerError, LedgerUnavailable
-from engine.lease import Hold, Holder
+from engine.ledger.lease import Hold, Holder
 from engine.states import (  # noqa: F401
     FAILED,
     IN_FLIGHT,

@@ -17,10 +17,10 @@ import time
 from multiprocessing.connection import wait
 from typing import NamedTuple
 
-from engine.breaker import BreakerSettings, CircuitBreaker
-from engine.ratelimit import Pacer
+from engine.delivery.breaker import BreakerSettings, CircuitBreaker
+from engine.delivery.ratelimit import Pacer
 from engine.wire import DRAIN, ROWS, STOP
-from engine.worker import WorkerConfig, run_worker
+from engine.local.worker import WorkerConfig, run_worker
 
 _CONTEXT = multiprocessing.get_context("spawn")
 #: Pipe buffer asked for (bytes); Linux caps it at /proc/sys/fs/pipe-max-size.

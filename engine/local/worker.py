@@ -22,11 +22,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from engine.breaker import CircuitBreaker, is_down
-from engine.policy import FAILED, RETRYING, RetryPolicy
-from engine.ratelimit import Pacer
-from engine.template import CompiledRequest, RequestSpec, redact
-from engine.transport import Transport, TransportOptions, raise_open_file_limit
+from engine.delivery.breaker import CircuitBreaker, is_down
+from engine.delivery.policy import FAILED, RETRYING, RetryPolicy
+from engine.delivery.ratelimit import Pacer
+from engine.request.template import CompiledRequest, RequestSpec, redact
+from engine.delivery.transport import Transport, TransportOptions, raise_open_file_limit
 from engine.wire import DRAIN, ROWS, STOP, Attempt, Dispatch
 
 #: Longest a batch of results waits before it is sent to the coordinator (s).

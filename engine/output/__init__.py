@@ -1,0 +1,1 @@
+"""What a person sees: progress bars, the summary and reports, the event log."""
