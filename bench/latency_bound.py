@@ -28,8 +28,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import engine, record, report, table  # noqa: E402
-from engine.demo import write_customers  # noqa: E402
-from engine.mockproc import MockProcess  # noqa: E402
+from engine.mock.demo import write_customers  # noqa: E402
+from engine.mock.process import MockProcess  # noqa: E402
 
 
 def run_one(rows: int, in_flight: int, workers: int, latency: float, directory: str, jitter: float = 0.0) -> dict:

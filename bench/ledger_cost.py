@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import record, table  # noqa: E402
 from engine.config import RunSettings  # noqa: E402
-from engine.coordinator import LEDGER_BATCH, load_rows  # noqa: E402
-from engine.inputs import read_rows  # noqa: E402
+from engine.run.passes import LEDGER_BATCH, load_rows  # noqa: E402
+from engine.request.inputs import read_rows  # noqa: E402
 from engine.ledger import Ledger  # noqa: E402
 from throughput import write_rows  # noqa: E402
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import random
 import signal
 import time
 
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 from conftest import (assert_everyone_charged_once, finish_with_reruns, ledger_rows, run_engine, status_counts,
                       wait_for_attempts, wait_gone, worker_pids)
 

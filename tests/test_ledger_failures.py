@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 
 
 def charge(api: MockProcess, customer: str, key: str | None = None) -> tuple[int, bytes]:

@@ -3,8 +3,8 @@
 import multiprocessing
 import time
 
-from engine.breaker import BreakerSettings, CircuitBreaker, is_down
-from engine.ratelimit import Pacer
+from engine.delivery.breaker import BreakerSettings, CircuitBreaker, is_down
+from engine.delivery.ratelimit import Pacer
 
 CONTEXT = multiprocessing.get_context("spawn")
 

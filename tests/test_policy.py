@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import pycurl
 import pytest
 
-from engine.policy import (
+from engine.delivery.policy import (
     FAILED,
     REJECTED,
     RETRYING,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from conftest import (assert_everyone_charged_once, ledger_rows, run_engine, status_counts,
                       wait_for_attempts, worker_pids)
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 
 
 def only_run_id(db: str) -> str:

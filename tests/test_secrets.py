@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import ledger_rows
-from engine.mockproc import MockProcess
+from engine.mock.process import MockProcess
 
 SECRET = "sk_live_51HxQ8vTOPSECRETvalue9"
 

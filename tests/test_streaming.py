@@ -7,8 +7,8 @@ import textwrap
 LOADER = textwrap.dedent("""
     import resource, sys
     from engine.config import RunSettings
-    from engine.coordinator import load_rows
-    from engine.inputs import read_rows
+    from engine.run.passes import load_rows
+    from engine.request.inputs import read_rows
     from engine.ledger import Ledger
 
     path, db = sys.argv[1], sys.argv[2]

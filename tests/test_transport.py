@@ -1,6 +1,6 @@
 """The transport against a real server on 127.0.0.1: what it keeps of an answer, and what that costs.
 
-Memory is measured in a child process that drives a :class:`~engine.transport.Transport`
+Memory is measured in a child process that drives a :class:`~engine.delivery.transport.Transport`
 the way a worker does (start while there is room, ``poll``, repeat), so the peak RSS is
 the transport's alone. Run as a script, this module is that child.
 """
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.transport import EXCERPT_BYTES, HEADER_BYTES, Transport, TransportOptions
+from engine.delivery.transport import EXCERPT_BYTES, HEADER_BYTES, Transport, TransportOptions
 
 MB = 1024 * 1024
 #: 199 ASCII bytes then a two-byte character across the excerpt's end, sent in three pieces.
