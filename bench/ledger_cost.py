@@ -20,12 +20,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import record, table  # noqa: E402
+from common import record, table, write_rows  # noqa: E402
 from engine.config import RunSettings  # noqa: E402
-from engine.run.passes import LEDGER_BATCH, load_rows  # noqa: E402
+from engine.ledger import open_store  # noqa: E402
 from engine.request.inputs import read_rows  # noqa: E402
-from engine.ledger import Ledger  # noqa: E402
-from throughput import write_rows  # noqa: E402
+from engine.request.template import CompiledRequest  # noqa: E402
+from engine.run.loading import load_rows  # noqa: E402
+from engine.run.passes import LEDGER_BATCH  # noqa: E402
+from engine.wire import attempt_record  # noqa: E402
 
 
 def main() -> None:
@@ -36,14 +38,16 @@ def main() -> None:
         path = os.path.join(directory, "rows.csv")
         write_rows(path, args.rows)
         settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
-        with Ledger(os.path.join(directory, "ledger.db")) as ledger:
+        with open_store(os.path.join(directory, "ledger.db")) as ledger:
             ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
             started = time.process_time()
-            load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, path)
+            load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, CompiledRequest(settings.request_spec()),
+                      path)
             load_us = (time.process_time() - started) / args.rows * 1e6
-            rids = [rid for page in ledger.iter_to_send("bench", ("pending",)) for rid, *_ in page]
+            rids = [row.rid for page in ledger.iter_pages("bench", ("pending",)) for row in page.rows]
             now = time.time()
-            results = [(rid, 1, "succeeded", 200, None, None, '{"ok":true}', now, 1.5) for rid in rids]
+            results = [attempt_record(rid=rid, attempt=1, outcome="succeeded", http_status=200, excerpt='{"ok":true}',
+                                      started_at=now, duration_ms=1.5) for rid in rids]
             started = time.process_time()
             for i in range(0, len(results), LEDGER_BATCH):
                 ledger.record(results[i:i + LEDGER_BATCH])

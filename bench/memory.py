@@ -22,8 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import TreeWatch, record, report, table  # noqa: E402
-from throughput import start_nginx, write_rows  # noqa: E402
+from common import TreeWatch, record, report, start_nginx, table, write_rows  # noqa: E402
 
 
 def run_one(rows: int, url: str, directory: str) -> dict:

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,62 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import TreeWatch, cpu_seconds, record, report, table  # noqa: E402
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ return 200 '{{"ok":true}}'; }}
-    }}
-}}
-"""
-
-
-def ensure_nginx() -> str:
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if path:
-        return path
-    print("nginx not found: installing it with apt-get", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_nginx(directory: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = os.path.join(directory, "nginx.conf")
-    with open(conf, "w") as handle:
-        handle.write(NGINX_CONF.format(dir=directory, port=port))
-    process = subprocess.Popen([ensure_nginx(), "-c", conf, "-e", os.path.join(directory, "error.log")])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return process, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("nginx did not start")
-
+from common import TreeWatch, cpu_seconds, record, report, start_nginx, table, write_rows  # noqa: E402
 
 class Measured:
     """Over a ``with`` block: wall seconds, CPU seconds of this process's children, and of the server."""
@@ -127,13 +70,6 @@ def run_engine(command: list[str], server_pid: int) -> tuple[float, float, float
     phases = {"start and load": times["pass_start"] - measured.started,
               "pass": times["pass_end"] - times["pass_start"], "summary and exit": measured.ended - times["pass_end"]}
     return measured.wall, measured.cpu, measured.server_cpu, {"cpu": watch.cpu(), "phases": phases}
-
-
-def write_rows(path: str, count: int) -> None:
-    with open(path, "w") as handle:
-        handle.write("id,amount_cents,currency\n")
-        for n in range(count):
-            handle.write(f"cus_{n:07d},{n % 5000},eur\n")
 
 
 def main() -> None:

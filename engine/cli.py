@@ -12,7 +12,7 @@ from engine import __version__
 from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError
 from engine.request.inputs import FORMATS
-from engine.ledger import BUSY_TIMEOUT, Ledger
+from engine.ledger import BUSY_TIMEOUT, EXPORT_COLUMNS, open_store
 from engine.mock.config import MockConfig
 from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
 from engine.run.runner import EXIT_INTERRUPTED, RunResult
@@ -264,7 +264,7 @@ def status(db):
     Example:
         python -m engine status --db engine.db
     """
-    with Ledger(db, create=False) as ledger:
+    with open_store(db, create=False) as ledger:
         click.echo(runs_table(ledger.list_runs()))
 
 
@@ -281,7 +281,7 @@ def report(run_id, fmt, db):
     Example:
         python -m engine report run-20261123-101500-ab12 --format json
     """
-    with Ledger(db, create=False) as ledger:
+    with open_store(db, create=False) as ledger:
         click.echo(render(summarize(ledger, run_id), fmt))
 
 
@@ -300,9 +300,9 @@ def export(run_id, states, output, db):
     Example:
         python -m engine export run-20261123-101500-ab12 --status failed -o failed.csv
     """
-    with Ledger(db, create=False) as ledger:
+    with open_store(db, create=False) as ledger:
         ledger.get_run(run_id)
-        writer = csv.DictWriter(output, fieldnames=Ledger.EXPORT_COLUMNS)
+        writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
         writer.writeheader()  # even when no row matches: a file a program can read
         writer.writerows(ledger.iter_rows(run_id, states))
 

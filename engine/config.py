@@ -11,16 +11,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 
 from engine.delivery.breaker import BreakerSettings
+from engine.delivery.policy import RetryPolicy
 from engine.errors import UsageError
 from engine.request.fieldtypes import parse_field_types
-from engine.delivery.policy import RetryPolicy
-from engine.request.template import IDEMPOTENCY_HEADER, RequestSpec
-from engine.delivery.transport import TransportOptions
-from engine.local.worker import WorkerConfig
+from engine.request.spec import ENV_REF, IDEMPOTENCY_HEADER, RequestSpec, split_header
 
 #: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
@@ -28,7 +25,6 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x
 SCHEME_WORDS = frozenset({"bearer", "basic", "token", "digest", "apikey"})
 #: Open files a worker needs besides its sockets (libraries, pipes, the epoll descriptor…).
 FILES_BESIDES_SOCKETS = 64
-_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def default_workers() -> int:
@@ -66,8 +62,9 @@ class RunSettings:
     backoff_base: float = RetryPolicy.backoff_base
     backoff_cap: float = RetryPolicy.backoff_cap
     retry_after_cap: float = RetryPolicy.retry_after_cap
-    connect_timeout: float = TransportOptions.connect_timeout
-    timeout: float = TransportOptions.timeout
+    #: Seconds to connect, and for a whole attempt (--connect-timeout, --timeout).
+    connect_timeout: float = 10.0
+    timeout: float = 30.0
     insecure: bool = False
     ca_bundle: str | None = None
     pause_after: int = BreakerSettings.threshold
@@ -98,15 +95,15 @@ class RunSettings:
         typed in argv and stored in the ledger. The value itself is never shown."""
         secret = SECRET_HEADERS | {name.lower() for name in self.secret_headers}
         for line in self.headers:
-            name, _, value = line.partition(":")
-            if name.strip().lower() not in secret:
+            name, value = split_header(line) or ("", "")  # a malformed line is refused with the request spec
+            if name.lower() not in secret:
                 continue
-            literal = _ENV_REF.sub(" ", value).split()
-            if not _ENV_REF.search(value) or any(word.lower() not in SCHEME_WORDS for word in literal):
+            literal = ENV_REF.sub(" ", value).split()
+            if not ENV_REF.search(value) or any(word.lower() not in SCHEME_WORDS for word in literal):
                 raise UsageError(
-                    f"--header {name.strip()}: a secret must come from the environment, and nothing but a scheme "
+                    f"--header {name}: a secret must come from the environment, and nothing but a scheme "
                     f"word ({', '.join(sorted(w.title() for w in SCHEME_WORDS))}) may stand beside it, "
-                    f"e.g. --header '{name.strip()}: Bearer ${{API_TOKEN}}'")
+                    f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'")
 
     def request_fingerprint(self) -> str:
         """A digest of what every request of this run looks like (templates, not secrets)."""
@@ -155,10 +152,3 @@ class RunSettings:
         return dataclasses.replace(self, concurrency=room), (
             f"note: the open-file limit (ulimit -n) is {limit}, so --concurrency is lowered from {self.concurrency}"
             f" to {room} per worker; raise the hard limit to keep more in flight")
-
-    def worker_config(self) -> WorkerConfig:
-        transport = TransportOptions(connect_timeout=self.connect_timeout, timeout=self.timeout,
-                                     verify_tls=not self.insecure, ca_bundle=self.ca_bundle,
-                                     reuse_connections=self.idempotency)
-        return WorkerConfig(spec=self.request_spec(), policy=self.policy(), transport=transport,
-                            concurrency=self.concurrency, chunk_size=self.chunks, id_field=self.id_field)

@@ -1,9 +1,13 @@
 """What crosses between the coordinator and its workers: plain, picklable records.
 
-Free of pycurl and SQL, so both sides import it cheaply. Rows travel to workers as
-plain :class:`Dispatch` tuples and results come back as plain :class:`Attempt`
-tuples (they pickle ten times faster than the NamedTuples); each side rebuilds the
-named form with ``_make`` where it reads fields by name.
+Free of pycurl and SQL, so both sides import it cheaply, and the one owner of the
+records' field order: a record is built here by keyword (:func:`attempt_record`,
+:func:`report_message`, :func:`rows_command`) and read back here
+(:meth:`Attempt._make`, :func:`decode_report`, :func:`decode_command`).
+
+Rows and attempts travel as plain tuples in the field order of :class:`Dispatch` and
+:class:`Attempt` (they pickle ten times faster than the NamedTuples), and the ledger
+stores an attempt tuple as it arrives.
 """
 
 from __future__ import annotations
@@ -38,5 +42,56 @@ class Attempt(NamedTuple):
     duration_ms: float
 
 
-# Messages from the coordinator to a worker: (kind, payload).
+def attempt_record(*, rid: int, attempt: int, outcome: str, http_status: int | None = None,
+                   curl_error: int | None = None, error: str | None = None, excerpt: str | None = None,
+                   started_at: float, duration_ms: float = 0.0) -> tuple:
+    """An :class:`Attempt` as the plain tuple that travels (``Attempt._make`` reads it back)."""
+    return (rid, attempt, outcome, http_status, curl_error, error, excerpt, started_at, duration_ms)
+
+
+#: Where each field sits in an attempt tuple, for the coordinator's hot path.
+RID, ATTEMPT, OUTCOME = (Attempt._fields.index(name) for name in ("rid", "attempt", "outcome"))
+
+
+class Report(NamedTuple):
+    """A worker's message: finished attempts (plain tuples), rows it wants (window plus reserve),
+    slots it could start now, whether it is leaving."""
+
+    worker: int
+    attempts: list
+    want: int
+    free: int
+    bye: bool
+
+
+def report_message(*, attempts: list, want: int, free: int, bye: bool = False) -> tuple:
+    """What a worker sends; the pool adds which worker it came from (:func:`decode_report`)."""
+    return (attempts, want, free, bye)
+
+
+def decode_report(worker: int, message: tuple) -> Report:
+    return Report(worker, *message)
+
+
+# What the coordinator tells a worker.
 ROWS, DRAIN, STOP = "rows", "drain", "stop"
+
+
+class Command(NamedTuple):
+    """``ROWS`` with chunks of plain :class:`Dispatch` tuples (none: the pass is ending, ask for
+    free slots only), or ``DRAIN`` (finish what is in flight, then leave) or ``STOP``."""
+
+    kind: str
+    chunks: list | None = None
+
+
+def rows_command(rows: list[Dispatch], chunk_size: int) -> tuple:
+    """``rows`` as whole chunks of ``chunk_size``, the last one cut to what was asked."""
+    return (ROWS, [[tuple(row) for row in rows[i:i + chunk_size]] for i in range(0, len(rows), chunk_size)])
+
+
+def decode_command(message: tuple) -> Command:
+    return Command(*message)
+
+
+DRAIN_COMMAND, STOP_COMMAND = (DRAIN, None), (STOP, None)

@@ -145,10 +145,10 @@ def test_rerun_script_finishes_a_run(api, customers, db, run):
 
 
 def test_a_load_cut_short_is_loaded_again_by_the_same_bill(api, customers, db, run):
-    from engine.ledger import Ledger
+    from engine.ledger import open_store
 
     path = customers(50)
-    with Ledger(db) as ledger:  # what a coordinator killed while loading leaves behind
+    with open_store(db) as ledger:  # what a coordinator killed while loading leaves behind
         ledger.create_run("cut", input=path, url=api.charge_url(), method="POST", options={}, not_before=None)
         ledger.insert_requests("cut", [(2, "cus_1", 0.0, '{"id":"cus_1"}', "cut:cus_1")])
     result = run("rerun", "cut", "--db", db)

@@ -1,39 +1,169 @@
-"""The ledger on a real SQLite file: percentiles, paging order, duplicate ids."""
+"""The ledger contract, written against the :class:`~engine.ledger.Store` interface.
+
+Every store runs these tests: the ``store`` fixture is parametrized by implementation
+(today the SQLite file; a PostgreSQL store adds its own parameter).
+"""
+
+import time
 
 import pytest
 
-from engine.ledger import DuplicateRow, Ledger
-from engine.wire import Attempt
+from engine.errors import LedgerError
+from engine.ledger import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, open_store
+from engine.ledger.lease import Holder
+from engine.states import FAILED, IN_FLIGHT, PENDING, RETRYING, STATES, SUCCEEDED, UNKNOWN
+from engine.wire import attempt_record
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    with Ledger(str(tmp_path / "l.db")) as opened:
-        opened.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={}, not_before=None)
+def open_sqlite(tmp_path):
+    return open_store(str(tmp_path / "l.db"))
+
+
+STORES = {"sqlite": open_sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request, tmp_path):
+    with STORES[request.param](tmp_path) as opened:
+        opened.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={"a": [1]},
+                          not_before=None)
         yield opened
 
 
-def test_percentiles_are_nearest_rank(ledger):
-    ledger.insert_requests("r", [(n + 1, str(n), 0.0, "{}", f"r:{n}") for n in range(1, 101)])
-    ledger.record([Attempt(rid, 1, "succeeded", 200, None, None, None, 0.0, float(rid)) for rid in range(1, 101)])
-    result = ledger.latency_percentiles("r", (0.5, 0.95, 0.99))
-    assert result == {0.5: 50.0, 0.95: 95.0, 0.99: 99.0}
+def rows(count: int, priority=lambda n: 0.0, start: int = 0) -> list[tuple]:
+    """``count`` input rows as ``insert_requests`` takes them: (line, row_id, priority, payload, key)."""
+    return [(n + 2, f"c{n}", priority(n), f'{{"id":"c{n}"}}', f"k:c{n}") for n in range(start, start + count)]
 
 
-def test_percentiles_of_an_empty_run(ledger):
-    assert ledger.latency_percentiles("r", (0.5,)) == {0.5: None}
+def answer(rid: int, outcome: str = SUCCEEDED, attempt: int = 1, status: int | None = 200, latency: float = 1.0,
+           error: str | None = None, curl_error: int | None = None) -> tuple:
+    return attempt_record(rid=rid, attempt=attempt, outcome=outcome, http_status=status, curl_error=curl_error,
+                          error=error, excerpt="ok", started_at=time.time(), duration_ms=latency)
 
 
-def test_pages_come_by_priority_then_input_order(ledger):
-    rows = [(n + 1, f"c{n}", float(n % 3), "{}", f"r:c{n}") for n in range(10)]
-    ledger.insert_requests("r", rows)
-    sent = [row.row_id for page in ledger.iter_to_send("r", ("pending",), page=2) for row in page]
+def rids(store, states=(PENDING,)) -> list[int]:
+    return [row.rid for page in store.iter_pages("r", states) for row in page.rows]
+
+
+def test_a_run_is_created_read_and_deleted(store):
+    run = store.get_run("r")
+    assert (run["state"], run["input"], run["options"], run["total"]) == ("loading", "in.csv", {"a": [1]}, 0)
+    assert store.has_run("r") and not store.has_run("other")
+    store.insert_requests("r", rows(3))
+    store.record([answer(rid) for rid in rids(store)])
+    store.delete_run("r")
+    assert not store.has_run("r")
+    with pytest.raises(LedgerError, match="no run 'nope'"):
+        store.get_run("nope")
+
+
+def test_finish_load_names_an_earlier_run_with_the_same_fingerprint(store):
+    assert store.finish_load("r", 0, "print-1") is None
+    assert store.get_run("r")["state"] == "ready"
+    store.create_run("r2", input="in.csv", url="u", method="POST", options={}, not_before=None)
+    assert store.finish_load("r2", 0, "print-1") == "r"
+    assert store.finish_load("r2", 0, "print-2") is None
+
+
+def test_pages_come_by_priority_then_input_order(store):
+    store.insert_requests("r", rows(10, priority=lambda n: float(n % 3)))
+    sent = [row.row_id for page in store.iter_pages("r", (PENDING,), page=2) for row in page.rows]
     assert sent == [f"c{n}" for p in (2, 1, 0) for n in range(10) if n % 3 == p]
+    first = next(store.iter_pages("r", (PENDING,)))
+    assert first.level == 2.0
+    assert first.rows[0]._asdict() == {"rid": first.rows[0].rid, "row_id": "c2", "payload": '{"id":"c2"}',
+                                       "idempotency_key": "k:c2", "attempts": 0, "not_before": 0.0}
 
 
-def test_duplicate_id_names_both_lines(ledger):
-    ledger.insert_requests("r", [(2, "a", 0.0, "{}", "r:a")])
+def test_duplicate_id_names_both_lines_and_leaves_nothing_of_its_batch(store):
+    store.insert_requests("r", [(2, "a", 0.0, "{}", "r:a")])
     with pytest.raises(DuplicateRow) as caught:
-        ledger.insert_requests("r", [(3, "b", 0.0, "{}", "r:b"), (4, "a", 0.0, "{}", "r:a")])
-    assert (caught.value.line, caught.value.first_line) == (4, 2)
-    assert ledger.counts("r")["pending"] == 1  # the failed batch left nothing behind
+        store.insert_requests("r", [(3, "b", 0.0, "{}", "r:b"), (4, "a", 0.0, "{}", "r:a")])
+    assert (caught.value.row_id, caught.value.line, caught.value.first_line) == ("a", 4, 2)
+    assert store.counts("r")["pending"] == 1
+
+
+def test_duplicate_key_names_the_first_and_the_second_line(store):
+    assert store.duplicate_key("r") is None
+    store.insert_requests("r", [(2, "a", 0.0, "{}", "same"), (3, "b", 0.0, "{}", "other"), (4, "c", 0.0, "{}", "same")])
+    assert store.duplicate_key("r") == ("same", 2, 4)
+
+
+def test_recording_moves_each_row_to_its_outcome_and_keeps_every_attempt(store):
+    store.insert_requests("r", rows(4))
+    first, second, third, fourth = rids(store)
+    store.record([answer(first), answer(second, RETRYING, status=503), answer(third, FAILED, status=None,
+                                                                             curl_error=7, error="curl 7: refused")])
+    store.record([answer(second, attempt=2, latency=5.0)])
+    assert store.counts("r") == {**dict.fromkeys(STATES, 0), SUCCEEDED: 2, FAILED: 1, PENDING: 1}
+    assert store.count_in("r", (PENDING, FAILED)) == 2
+    assert store.attempt_count("r") == 4
+    assert store.status_counts("r") == {"200": 2, "503": 1, "curl:7": 1}
+    assert store.top_error("r") == ("curl 7: refused", 1)
+    assert rids(store, (PENDING, FAILED)) == [third, fourth]
+
+
+def test_rows_are_exported_in_input_order_with_the_export_columns(store):
+    store.insert_requests("r", rows(3))
+    first, second, _ = rids(store)
+    store.record([answer(first, latency=1.23456), answer(second, FAILED, status=402, error=None)])
+    exported = list(store.iter_rows("r", (SUCCEEDED, FAILED)))
+    assert [tuple(row) for row in exported] == [EXPORT_COLUMNS] * 2
+    assert [(row["row_id"], row["line"], row["status"], row["http_status"], row["idempotency_key"])
+            for row in exported] == [("c0", 2, SUCCEEDED, 200, "k:c0"), ("c1", 3, FAILED, 402, "k:c1")]
+    assert exported[0]["latency_ms"] == 1.235
+    assert list(store.iter_rows("r", (UNKNOWN,))) == []
+
+
+def test_marks_move_rows_between_states(store):
+    store.insert_requests("r", rows(4))
+    every = rids(store)
+    store.mark_in_flight(every[:2])
+    assert store.counts("r")[IN_FLIGHT] == 2
+    assert store.mark_unknown("r", (IN_FLIGHT,), "outcome unknown: test") == 2
+    assert store.mark_state("r", (PENDING,), RETRYING) == 2
+    assert (store.counts("r")[UNKNOWN], store.counts("r")[RETRYING]) == (2, 2)
+    assert store.top_error("r") == ("outcome unknown: test", 2)
+
+
+def test_passes_are_numbered_and_timed(store):
+    assert store.start_pass("r") == 1
+    assert store.get_run("r")["state"] == "running"
+    store.end_pass("r", 1, "interrupted")
+    assert store.get_run("r")["state"] == "interrupted"
+    assert store.start_pass("r") == 2
+    assert store.elapsed("r") >= 0.0
+
+
+def test_percentiles_are_nearest_rank(store):
+    store.insert_requests("r", rows(100))
+    store.record([answer(rid, latency=float(n)) for n, rid in enumerate(rids(store), 1)])
+    assert store.latency_percentiles("r", (0.5, 0.95, 0.99)) == {0.5: 50.0, 0.95: 95.0, 0.99: 99.0}
+
+
+def test_percentiles_of_an_empty_run(store):
+    assert store.latency_percentiles("r", (0.5,)) == {0.5: None}
+
+
+def test_runs_are_listed_oldest_first_with_their_counts(store):
+    store.insert_requests("r", rows(2))
+    store.create_run("r2", input="b.csv", url="u", method="POST", options={}, not_before=None)
+    listed = store.list_runs()
+    assert [run["run_id"] for run in listed] == ["r", "r2"]
+    assert listed[0][PENDING] == 2 and listed[1][PENDING] == 0
+
+
+def test_one_lease_per_run_renewed_by_its_holder_and_kept_after_an_unclean_end(store):
+    first, second = Holder("host-a", 1, "a"), Holder("host-b", 2, "b")
+    assert store.acquire_lease("r", first, timeout=30) is None
+    store.renew_lease("r", first, frontier=(0.0, 10))
+    assert store.lease("r")["frontier_rid"] == 10
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease("r", second, timeout=30)
+    store.release_lease("r", first, clean=False)  # requests may be in flight: the lease stays, ownerless
+    hold = store.acquire_lease("r", second, timeout=30)
+    assert hold is not None and hold.frontier == (0.0, 10) and hold.until > time.time()
+    with pytest.raises(LeaseLost):
+        store.renew_lease("r", first)
+    store.release_lease("r", second, clean=True)
+    assert store.lease("r") is None

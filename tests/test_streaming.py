@@ -7,15 +7,17 @@ import textwrap
 LOADER = textwrap.dedent("""
     import resource, sys
     from engine.config import RunSettings
-    from engine.run.passes import load_rows
+    from engine.ledger import open_store
     from engine.request.inputs import read_rows
-    from engine.ledger import Ledger
+    from engine.request.template import CompiledRequest
+    from engine.run.loading import load_rows
 
     path, db = sys.argv[1], sys.argv[2]
     settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
-    with Ledger(db) as ledger:
+    with open_store(db) as ledger:
         ledger.create_run("big", input=path, url=settings.url, method="POST", options={}, not_before=None)
-        total = load_rows(ledger, "big", read_rows(path, "csv", "id"), settings, path)
+        request = CompiledRequest(settings.request_spec())
+        total = load_rows(ledger, "big", read_rows(path, "csv", "id"), settings, request, path)
     print(total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from email.utils import formatdate
+from urllib.parse import quote, unquote
 import resource
 import subprocess
 import sys
@@ -28,7 +30,7 @@ _ZEROS = memoryview(bytes(MB))
 
 class Handler(BaseHTTPRequestHandler):
     """``/bytes/N``: N bytes of body; ``/split``: SPLIT_BODY in pieces; ``/short``; ``/empty``;
-    ``/endless-headers``: header lines until the client hangs up."""
+    ``/endless-headers``: header lines until the client hangs up; ``/retry-after/V``: 429 with Retry-After V."""
 
     protocol_version = "HTTP/1.1"
 
@@ -43,6 +45,11 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(b"")
         elif self.path == "/endless-headers":
             self._endless_headers()
+        elif self.path.startswith("/retry-after/"):
+            self.send_response(429)
+            self.send_header("Retry-After", unquote(self.path.removeprefix("/retry-after/")))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self.send_error(404)
 
@@ -94,7 +101,7 @@ def server():
 
 def fetch_all(urls: list[str], window: int) -> list:
     """Every URL through one Transport with at most ``window`` in flight, as a worker drives it."""
-    transport = Transport(window, TransportOptions(timeout=30), "GET")
+    transport = Transport(window, TransportOptions(connect_timeout=10, timeout=30), "GET")
     pending, finished = list(enumerate(urls)), []
     try:
         while len(finished) < len(urls):
@@ -137,6 +144,17 @@ def test_endless_headers_end_the_transfer_at_the_header_cap(server):
     assert report["errors"] == [f"curl 23: response headers over {HEADER_BYTES} bytes"] * 100
     grown_mb = (report["peak_kb"] - report["baseline_kb"]) / 1024
     assert grown_mb < 20, f"100 answers of endless headers grew the process by {grown_mb:.0f} MB"
+
+
+def test_retry_after_is_read_as_seconds_from_delta_seconds_and_http_dates(server):
+    values = ["120", "0", formatdate(time.time() + 90, usegmt=True), formatdate(time.time() - 90, usegmt=True),
+              "soon", "-5"]
+    finished = fetch_all([f"{server}/retry-after/{quote(value)}" for value in values], window=len(values))
+    seconds, zero, later, earlier, *garbage = [done.outcome.retry_after for done in finished]
+    assert [done.outcome.http_status for done in finished] == [429] * len(values)
+    assert seconds == 120.0
+    assert 85 <= later <= 91
+    assert zero is None and earlier is None and garbage == [None, None]
 
 
 def main(window: int, urls: list[str]) -> None:

@@ -12,13 +12,10 @@ the outcome is ``unknown`` and left for a person to reconcile.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
-
-import pycurl
 
 from engine.states import (  # noqa: F401 (re-exported)
     FAILED,
@@ -31,24 +28,24 @@ from engine.states import (  # noqa: F401 (re-exported)
     UNKNOWN,
 )
 
-#: curl errors raised before any byte of the request could reach the server.
-CONNECT_PHASE_ERRORS = frozenset({
-    pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_CONNECT,
-    pycurl.E_SSL_CONNECT_ERROR,
-})
-#: curl errors after which the request may or may not have been applied.
-READ_PHASE_ERRORS = frozenset({
-    pycurl.E_OPERATION_TIMEDOUT, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR,
-    pycurl.E_PARTIAL_FILE, getattr(pycurl, "E_HTTP2", 16), getattr(pycurl, "E_HTTP2_STREAM", 92),
-})
+# libcurl's error numbers (CURLcode: a stable part of its ABI, the values of pycurl's E_* names),
+# so deciding about an outcome needs no libcurl loaded.
+E_UNSUPPORTED_PROTOCOL, E_URL_MALFORMAT, E_COULDNT_RESOLVE_PROXY, E_COULDNT_RESOLVE_HOST = 1, 3, 5, 6
+E_COULDNT_CONNECT, E_HTTP2, E_PARTIAL_FILE, E_OPERATION_TIMEDOUT, E_SSL_CONNECT_ERROR = 7, 16, 18, 28, 35
+E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_SSL_CERTPROBLEM = 52, 55, 56, 58
+E_PEER_FAILED_VERIFICATION, E_SSL_CACERT_BADFILE, E_SSL_ISSUER_ERROR = 60, 77, 83
+E_SSL_PINNEDPUBKEYNOTMATCH, E_SSL_INVALIDCERTSTATUS, E_HTTP2_STREAM = 90, 91, 92
 
+#: curl errors raised before any byte of the request could reach the server.
+CONNECT_PHASE_ERRORS = frozenset({E_COULDNT_RESOLVE_HOST, E_COULDNT_RESOLVE_PROXY, E_COULDNT_CONNECT,
+                                  E_SSL_CONNECT_ERROR})
+#: curl errors after which the request may or may not have been applied.
+READ_PHASE_ERRORS = frozenset({E_OPERATION_TIMEDOUT, E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_PARTIAL_FILE,
+                               E_HTTP2, E_HTTP2_STREAM})
 #: curl errors of a request that cannot work as configured (URL, protocol, certificate): retrying cannot help.
-#: The numbers are libcurl's, for a pycurl built without some of the names.
-CONFIG_ERRORS = frozenset(getattr(pycurl, name, number) for name, number in (
-    ("E_UNSUPPORTED_PROTOCOL", 1), ("E_URL_MALFORMAT", 3), ("E_SSL_CERTPROBLEM", 58),
-    ("E_PEER_FAILED_VERIFICATION", 60), ("E_SSL_CACERT", 60), ("E_SSL_CACERT_BADFILE", 77),
-    ("E_SSL_ISSUER_ERROR", 83), ("E_SSL_PINNEDPUBKEYNOTMATCH", 90), ("E_SSL_INVALIDCERTSTATUS", 91),
-))
+CONFIG_ERRORS = frozenset({E_UNSUPPORTED_PROTOCOL, E_URL_MALFORMAT, E_SSL_CERTPROBLEM, E_PEER_FAILED_VERIFICATION,
+                           E_SSL_CACERT_BADFILE, E_SSL_ISSUER_ERROR, E_SSL_PINNEDPUBKEYNOTMATCH,
+                           E_SSL_INVALIDCERTSTATUS})
 
 
 class Outcome(NamedTuple):
@@ -57,7 +54,8 @@ class Outcome(NamedTuple):
     http_status: int | None = None
     curl_error: int | None = None
     connected: bool = True
-    retry_after: str | None = None
+    #: Seconds a 429 or 503 asked to wait (libcurl parses delta-seconds and HTTP dates), or None.
+    retry_after: float | None = None
 
 
 class Decision(NamedTuple):
@@ -117,26 +115,11 @@ class RetryPolicy:
             return Decision(FAILED)
         delay = self.backoff(attempt, rng)
         if outcome.http_status in self.RETRY_AFTER_STATUSES and outcome.retry_after:
-            asked = parse_retry_after(outcome.retry_after)
-            if asked:  # the server said how long: wait exactly that (capped), not longer
-                delay = min(asked, self.retry_after_cap)
+            # the server said how long: wait exactly that (capped), not longer
+            delay = min(outcome.retry_after, self.retry_after_cap)
         return Decision(RETRYING, delay)
 
     def backoff(self, attempt: int, rng: random.Random = random) -> float:
         """Full-jitter exponential back-off: uniform in [0, min(cap, base * 2**(attempt-1))]."""
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt - 1, 62)))
         return rng.uniform(0, ceiling)
-
-
-def parse_retry_after(value: str, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))

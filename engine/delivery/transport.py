@@ -33,10 +33,10 @@ _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 @dataclass(frozen=True, kw_only=True)
 class TransportOptions:
-    """Per-attempt limits and TLS settings shared by every handle."""
+    """Per-attempt limits and TLS settings shared by every handle (built from a run's settings)."""
 
-    connect_timeout: float = 10.0
-    timeout: float = 30.0
+    connect_timeout: float
+    timeout: float
     verify_tls: bool = True
     ca_bundle: str | None = None
     user_agent: str = "batch-engine"
@@ -141,8 +141,9 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
         return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt,
                         f"curl {curl_error}: {message}")
     status = handle.getinfo(pycurl.RESPONSE_CODE)
+    # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-    outcome = Outcome(http_status=status, retry_after=str(retry_after) if retry_after > 0 else None)
+    outcome = Outcome(http_status=status, retry_after=float(retry_after) if retry_after > 0 else None)
     return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, None)
 
 
@@ -291,15 +292,3 @@ class Transport:
             handle.close()
         self.multi.close()
         self.loop.close()
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; thousands of sockets need it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft, hard

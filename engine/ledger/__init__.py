@@ -1,10 +1,14 @@
-"""The ledger: what happened to every request of every run."""
+"""The ledger: what happened to every request of every run, behind the :class:`Store` interface."""
 
-from engine.ledger.sqlite import (  # noqa: F401
-    BUSY_TIMEOUT,
-    DuplicateRow,
-    Ledger,
-    LeaseHeld,
-    LeaseLost,
-    Page,
-)
+from __future__ import annotations
+
+from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
+from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
+
+__all__ = ["BUSY_TIMEOUT", "EXPORT_COLUMNS", "DuplicateRow", "LeaseHeld", "LeaseLost", "Page", "SQLiteStore", "Store",
+           "open_store"]
+
+
+def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:
+    """The ledger ``--db`` names: today a SQLite file path (created if ``create``)."""
+    return SQLiteStore(db, create=create, busy_timeout=busy_timeout)

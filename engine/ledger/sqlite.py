@@ -1,8 +1,12 @@
-"""The SQLite ledger: the only module that holds SQL.
+"""The SQLite store: the embedded default ledger, one file.
 
 One file records every run, every request (one row per input row) and every
 attempt. It is written by one process, the coordinator, in batched transactions;
 WAL mode lets ``status`` and ``report`` read it while a run is going.
+
+sqlite-utils creates and migrates the schema (:mod:`engine.ledger.schema`); the
+per-row paths (loading, recording, paging) use the standard library's ``executemany``
+on prepared statements, which costs a fraction of building a dict per row.
 """
 
 from __future__ import annotations
@@ -15,23 +19,17 @@ import shutil
 import sqlite3
 import time
 from contextlib import closing, contextmanager
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 import sqlite_utils
 
-from engine.ledger import lease as leases
 from engine.errors import LedgerError, LedgerUnavailable
+from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
-from engine.states import (  # noqa: F401
-    FAILED,
-    IN_FLIGHT,
-    PENDING,
-    RESEND_STATES,
-    RETRYING,
-    STATES,
-    UNKNOWN,
-)
-from engine.wire import Dispatch
+from engine.ledger.schema import create_sqlite_schema
+from engine.ledger.store import DuplicateRow, LeaseHeld, LeaseLost, Page, Store, ledger_unavailable
+from engine.states import IN_FLIGHT, STATES, UNKNOWN
+from engine.wire import Attempt, Dispatch
 
 #: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
 BUSY_TIMEOUT = 30.0
@@ -41,42 +39,14 @@ SPACE_PER_ROW = 1_000
 #: Page cache of the writer (KiB): big enough that loading a million rows stays in memory.
 CACHE_KIB = 65_536
 
-_RUN_COLUMNS = {
-    "run_id": str, "created_at": float, "input": str, "url": str, "method": str,
-    "options": str, "state": str, "total": int, "not_before": float, "fingerprint": str,
-}
-_REQUEST_COLUMNS = {
-    "rid": int, "run_id": str, "line": int, "row_id": str, "priority": float, "payload": str,
-    "idempotency_key": str, "status": str, "attempts": int, "http_status": int,
-    "curl_error": int, "error": str, "latency_ms": float, "updated_at": float,
-}
-#: Column order of attempts = field order of :class:`Attempt`, so a batch is inserted as it arrives.
-_ATTEMPT_COLUMNS = {
-    "rid": int, "attempt": int, "outcome": str, "http_status": int, "curl_error": int, "error": str,
-    "excerpt": str, "started_at": float, "duration_ms": float,
-}
-_SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
-_PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
-#: One row per run being sent (or left behind by a pass that did not end cleanly).
-_LEASE_COLUMNS = {
-    "run_id": str, "holder": str, "host": str, "pid": int, "heartbeat_at": float,
-    "frontier_priority": float, "frontier_rid": int, "timeout": float,
-}
-
-
-class Page(NamedTuple):
-    """Rows to send, all of one priority ``level``, in rid order."""
-
-    level: float
-    rows: list[Dispatch]
-
-
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLUMNS)}) VALUES ({', '.join('?' * len(_ATTEMPT_COLUMNS))})")
-# numbered parameters (?1 = rid, ?2 = attempt, ...) reuse the Attempt tuple as it is (?7, the excerpt, unused)
+# numbered parameters (?1 = rid, ?2 = attempt, ...: the Attempt fields in order) reuse each
+# attempt tuple as it is; the excerpt only goes to the attempts table
+_P = {name: f"?{number}" for number, name in enumerate(Attempt._fields, 1)}
+_INSERT_ATTEMPT = f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES ({', '.join(_P.values())})"
 _UPDATE_REQUEST = (
-    "UPDATE requests SET attempts = ?2, status = ?3, http_status = ?4, curl_error = ?5, error = ?6,"
-    " latency_ms = ?9, updated_at = ?8 + ?9 / 1000.0 WHERE rid = ?1")
+    f"UPDATE requests SET attempts = {_P['attempt']}, status = {_P['outcome']}, http_status = {_P['http_status']},"
+    f" curl_error = {_P['curl_error']}, error = {_P['error']}, latency_ms = {_P['duration_ms']},"
+    f" updated_at = {_P['started_at']} + {_P['duration_ms']} / 1000.0 WHERE rid = {_P['rid']}")
 
 
 def _cannot_record_now(err: sqlite3.Error) -> bool:
@@ -85,11 +55,11 @@ def _cannot_record_now(err: sqlite3.Error) -> bool:
     return any(word in text for word in ("locked", "busy", "full", "disk i/o"))
 
 
-class Ledger:
-    """Open (creating if needed) the ledger at ``path``; every query is a method here."""
+class SQLiteStore(Store):
+    """Open (creating if needed) the ledger file at ``path``."""
 
     def __init__(self, path: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
-        self.path = path
+        self.path = self.location = path
         self.busy_timeout = busy_timeout
         if not create and not os.path.exists(path):
             raise LedgerError(f"no ledger at {path} (give its path with --db)")
@@ -100,7 +70,7 @@ class Ledger:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            self._create_schema()
+            create_sqlite_schema(self.db)
         except sqlite3.DatabaseError as err:
             if _cannot_record_now(err):
                 raise self.failure(err) from None
@@ -116,7 +86,7 @@ class Ledger:
             why = "cannot be written: the disk is full; free some space"
         else:
             why = f"cannot be written: {err}"
-        return LedgerUnavailable(f"ledger {self.path} {why}. Nothing is sent that cannot be recorded")
+        return ledger_unavailable(self.path, why)
 
     @contextmanager
     def recording(self):
@@ -149,22 +119,6 @@ class Ledger:
 
     def __exit__(self, *exc):
         self.close()
-
-    def _create_schema(self) -> None:
-        db = self.db
-        db["runs"].create(_RUN_COLUMNS, pk="run_id", if_not_exists=True)
-        db["requests"].create(_REQUEST_COLUMNS, pk="rid", if_not_exists=True, not_null=["run_id", "row_id"])
-        db["requests"].create_index(["run_id", "row_id"], unique=True, if_not_exists=True)
-        db["requests"].create_index(["run_id", "priority", "rid"], if_not_exists=True)
-        if "attempts" not in db.table_names():
-            columns = ", ".join(f"{name} {_SQL_TYPES[kind]}" for name, kind in _ATTEMPT_COLUMNS.items())
-            # one clustered B-tree, appended in (rid, attempt) order: the cheapest insert there is
-            self.conn.execute(f"CREATE TABLE attempts ({columns}, PRIMARY KEY (rid, attempt)) WITHOUT ROWID")
-        db["passes"].create(_PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
-        db["leases"].create(_LEASE_COLUMNS, pk="run_id", if_not_exists=True)
-        if "fingerprint" not in db["runs"].columns_dict:  # a ledger written by an older version
-            db["runs"].add_column("fingerprint", str)
-        db["runs"].create_index(["fingerprint"], if_not_exists=True)
 
     # -- runs ---------------------------------------------------------------
 
@@ -257,17 +211,8 @@ class Ledger:
 
     # -- dispatch -----------------------------------------------------------
 
-    def iter_to_send(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[list[Dispatch]]:
-        """Pages of rows in ``states``, highest priority first, then input order."""
-        for level_page in self.iter_pages(run_id, states, page):
-            yield level_page.rows
-
     def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
-        """Like :meth:`iter_to_send`, each page with its priority level.
-
-        Keyset pagination (priority level, then rid) keeps every page an index seek,
-        so the writer can record results between pages.
-        """
+        """Keyset pagination (priority level, then rid) keeps every page an index seek."""
         states = tuple(states)
         marks = _marks(states)
         level = self.conn.execute("SELECT max(priority) FROM requests WHERE run_id = ?", (run_id,)).fetchone()[0]
@@ -455,10 +400,6 @@ class Ledger:
             " JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ? GROUP BY 1 ORDER BY 1", (run_id,)).fetchall()
         return dict(rows)
 
-    #: The columns ``iter_rows`` yields, in order (an export's header, even when no row matches).
-    EXPORT_COLUMNS = ("row_id", "line", "status", "attempts", "http_status", "curl_error", "error", "latency_ms",
-                      "idempotency_key")
-
     def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
         states = tuple(states)
         marks = _marks(states)
@@ -469,22 +410,6 @@ class Ledger:
         with closing(cursor):
             for row in cursor:
                 yield dict(zip(names, row))
-
-
-class DuplicateRow(LedgerError):
-    """Two input rows share one id."""
-
-    def __init__(self, row_id: str, line: int, first_line: int):
-        self.row_id, self.line, self.first_line = row_id, line, first_line
-        super().__init__(f"duplicate id {row_id!r} (first seen on line {first_line})")
-
-
-class LeaseHeld(LedgerError):
-    """Another live process is sending this run."""
-
-
-class LeaseLost(LedgerError):
-    """This pass's lease was taken over (it looked dead to another process)."""
 
 
 def _marks(values: tuple) -> str:

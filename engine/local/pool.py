@@ -1,4 +1,4 @@
-"""The process pool: start, feed, watch, replace and stop the worker processes.
+"""The local backend: a pool of worker processes on this machine, started, fed, watched, replaced.
 
 Each worker has two pipes of its own: an inbox written only by the coordinator and a
 result pipe written only by that worker, so killing one worker can never corrupt a
@@ -15,12 +15,13 @@ import fcntl
 import multiprocessing
 import time
 from multiprocessing.connection import wait
-from typing import NamedTuple
-
+from engine.backend import Backend
+from engine.config import RunSettings
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
 from engine.delivery.ratelimit import Pacer
-from engine.wire import DRAIN, ROWS, STOP
 from engine.local.worker import WorkerConfig, run_worker
+from engine.request.template import RequestSpec
+from engine.wire import DRAIN_COMMAND, STOP_COMMAND, Dispatch, Report, decode_report, rows_command
 
 _CONTEXT = multiprocessing.get_context("spawn")
 #: Pipe buffer asked for (bytes); Linux caps it at /proc/sys/fs/pipe-max-size.
@@ -40,17 +41,6 @@ def _pipe():
     return reader, writer
 
 
-class Message(NamedTuple):
-    """What a worker reported: finished attempts, rows it wants (window plus reserve), slots it
-    could start now, whether it is leaving."""
-
-    worker: int
-    attempts: list
-    want: int
-    free: int
-    bye: bool
-
-
 class _Slot:
     def __init__(self, index: int, config: WorkerConfig, shared: tuple, heartbeats):
         self.index = index
@@ -66,7 +56,7 @@ class _Slot:
         self.eof = False  # its result pipe has ended (it exited or died)
 
 
-class WorkerPool:
+class LocalBackend(Backend):
     """``size`` worker processes; ``events`` reports their messages and deaths.
 
     The pool owns the state its workers share: the circuit breaker, the pacer, and one
@@ -76,22 +66,23 @@ class WorkerPool:
 
     def __init__(self, size: int, config: WorkerConfig, rate: float | None = None,
                  breaker: BreakerSettings = BreakerSettings()):
+        self.size = size
         self.config = config
         self.breaker = CircuitBreaker.create(_CONTEXT, breaker)
         self.pacer = Pacer.create(_CONTEXT, rate, size, config.concurrency)
         self.heartbeats = _CONTEXT.Array("d", size, lock=False)
         self.slots = [self._start(index) for index in range(size)]
 
+    @classmethod
+    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> "LocalBackend":
+        """The workers for a run; they start (imports, curl handles) while the caller goes on."""
+        return cls(settings.workers, WorkerConfig.for_run(settings, spec), rate=settings.rate,
+                   breaker=settings.breaker())
+
     def _start(self, index: int) -> _Slot:
         return _Slot(index, self.config, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.terminate()
-
-    def events(self, timeout: float) -> tuple[list[Message], list[int]]:
+    def events(self, timeout: float) -> tuple[list[Report], list[int]]:
         """Messages that arrived within ``timeout`` seconds, and the workers that died."""
         by_handle = {}
         for slot in self.slots:
@@ -113,13 +104,13 @@ class WorkerPool:
                     dead.append(slot.index)
         return messages, dead
 
-    def _receive(self, slot: _Slot) -> list[Message]:
+    def _receive(self, slot: _Slot) -> list[Report]:
         messages = []
         try:
             while slot.results.poll():
-                attempts, want, free, bye = slot.results.recv()
-                messages.append(Message(slot.index, attempts, want, free, bye))
-                if bye:
+                report = decode_report(slot.index, slot.results.recv())
+                messages.append(report)
+                if report.bye:
                     slot.closed = True
                     break
         except (EOFError, OSError):
@@ -143,18 +134,23 @@ class WorkerPool:
         if process.is_alive():
             process.kill()
 
-    def send_chunks(self, index: int, chunks: list[list]) -> None:
-        """Hand one worker the chunks it asked for, in one message."""
-        self._send(self.slots[index], (ROWS, chunks))
+    def send_rows(self, index: int, rows: list[Dispatch]) -> None:
+        """Hand one worker the rows it asked for, in one message of whole chunks."""
+        self._send(self.slots[index], rows_command(rows, self.config.chunk_size))
+
+    def outage_since(self) -> float | None:
+        return self.breaker.opened_at() if self.breaker.is_open() else None
 
     def drain(self) -> None:
         """Ask every worker to finish what is in flight, start nothing new, and leave."""
         for slot in self.slots:
-            self._send(slot, (DRAIN, None))
+            self._send(slot, DRAIN_COMMAND)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> None:
         for slot in self.slots:
-            self._send(slot, (STOP, None))
+            self._send(slot, STOP_COMMAND)
+        for slot in self.slots:
+            slot.process.join(timeout)
 
     @staticmethod
     def _send(slot: _Slot, message) -> None:
@@ -168,11 +164,7 @@ class WorkerPool:
     def live(self) -> list[int]:
         return [slot.index for slot in self.slots if not slot.closed]
 
-    def join(self, timeout: float) -> None:
-        for slot in self.slots:
-            slot.process.join(timeout)
-
-    def terminate(self) -> None:
+    def close(self) -> None:
         for slot in self.slots:
             self._close(slot)
 

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from engine.ledger import Ledger
+from engine.ledger import Store
 from engine.states import (
     FAILED,
     IN_FLIGHT,
@@ -20,7 +20,7 @@ from engine.states import (
 REPORT_FORMATS = ("text", "json", "csv")
 
 
-def summarize(ledger: Ledger, run_id: str) -> dict:
+def summarize(ledger: Store, run_id: str) -> dict:
     """The figures of one run: counts per state, attempts, speed, latency, HTTP statuses."""
     run = ledger.get_run(run_id)
     counts = ledger.counts(run_id)
@@ -46,7 +46,7 @@ def summarize(ledger: Ledger, run_id: str) -> dict:
     }
 
 
-def _top_error(ledger: Ledger, run_id: str) -> dict | None:
+def _top_error(ledger: Store, run_id: str) -> dict | None:
     found = ledger.top_error(run_id)
     return None if found is None else {"error": found[0], "rows": found[1]}
 

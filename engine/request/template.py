@@ -10,22 +10,15 @@ then every rendered URL is checked against the allowed destinations.
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
-from dataclasses import dataclass, field
-from typing import Any, Iterable
-from urllib.parse import quote, urlencode, urlsplit
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
 
-from engine.errors import DestinationError, TemplateError, UsageError
+from engine.errors import DestinationError, TemplateError
 from engine.jsontext import json_bytes
-
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
-#: The header that carries each row's idempotency key unless --idempotency-header names another.
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+from engine.request.spec import Body, RequestSpec, origin_of, redact
 
 
 @dataclass(frozen=True)
@@ -70,151 +63,8 @@ def _url_quote(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
-def origin_of(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of a URL, with the scheme's default port filled in."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or DEFAULT_PORTS.get(scheme, 0)
-    except ValueError:
-        raise DestinationError(f"invalid port in URL {url!r}") from None
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def parse_allowed_host(text: str, scheme: str) -> tuple[str, str, int]:
-    """An ``--allow-host`` value (``host``, ``host:port`` or a URL) as an origin."""
-    return origin_of(text if "://" in text else f"{scheme}://{text}")
-
-
-def expand_env(text: str, what: str, environ=os.environ) -> str:
-    """Replace ``${VAR}`` with the environment's value; a missing variable is an error."""
-
-    def lookup(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise UsageError(f"{what}: environment variable {name} is not set")
-        return environ[name]
-
-    return _ENV_VAR.sub(lookup, text)
-
-
-def _env_values(texts: Iterable[str], environ) -> tuple[str, ...]:
-    """The values ``${VAR}`` references in ``texts`` stand for (the set ones)."""
-    names = {name for text in texts for name in _ENV_VAR.findall(text)}
-    return tuple(sorted({environ[name] for name in names if environ.get(name)}, key=len, reverse=True))
-
-
-#: Shown in place of a secret.
-REDACTED = "[redacted]"
-#: Shortest tail of an excerpt that is redacted when a secret starts with it (a secret cut at the excerpt's end).
-_MIN_SECRET_PREFIX = 4
-
-
-def redact(text: str | None, secrets: Iterable[str]) -> str | None:
-    """``text`` with every secret, and a secret cut off at its end, replaced by :data:`REDACTED`."""
-    if not text:
-        return text
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-        tail_from = max(0, len(text) - len(secret) + 1)
-        start = text.find(secret[:_MIN_SECRET_PREFIX], tail_from)
-        while start >= 0:
-            if secret.startswith(text[start:]):
-                text = text[:start] + REDACTED
-                break
-            start = text.find(secret[:_MIN_SECRET_PREFIX], start + 1)
-    return text
-
-
-@dataclass(frozen=True, kw_only=True)
-class RequestSpec:
-    """How every row becomes a request. Plain data: it is sent to each worker process.
-
-    ``headers`` already has ``${VAR}`` expanded, so it may hold secrets: it is kept
-    out of ``repr`` and never written to the ledger or the logs.
-    """
-
-    url: str
-    method: str = "POST"
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    body: str = "json"  # json | template | form | none
-    body_template: Any = None
-    allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
-    idempotency_header: str | None = IDEMPOTENCY_HEADER
-    #: Every value read from the environment (``${VAR}`` in the URL or a header): redacted wherever shown.
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        url: str,
-        *,
-        method: str = "POST",
-        header_lines: Iterable[str] = (),
-        body_template_text: str | None = None,
-        form: bool = False,
-        allow_hosts: Iterable[str] = (),
-        idempotency_header: str | None = IDEMPOTENCY_HEADER,
-        environ=os.environ,
-    ) -> "RequestSpec":
-        """Validate the options a user gave and build the spec, or raise a one-line error."""
-        method = method.upper()
-        secrets = _env_values([url, *header_lines], environ)
-        url = expand_env(url, "--url", environ)
-        headers = tuple(_parse_header_line(line, environ) for line in header_lines)
-        if body_template_text is not None:
-            try:
-                body_template = json.loads(body_template_text)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"--body-template: not valid JSON: {err}") from None
-            body = "template"
-        else:
-            body_template = None
-            body = "none" if method in _BODYLESS_METHODS else "json"
-        if form:
-            if body_template is not None and not isinstance(body_template, dict):
-                raise UsageError("--form needs a body template that is a JSON object")
-            body = "form"
-        try:
-            allowed = _allowed_origins(url, allow_hosts)
-        except UsageError as err:
-            raise UsageError(redact(str(err), secrets)) from None
-        spec = cls(
-            url=url, method=method, headers=headers, body=body, body_template=body_template,
-            allowed_origins=allowed, idempotency_header=idempotency_header, secrets=secrets,
-        )
-        CompiledRequest(spec)  # parse every template now, so errors surface before loading
-        return spec
-
-
-def _parse_header_line(line: str, environ) -> tuple[str, str]:
-    name, sep, value = line.partition(":")
-    name = name.strip()
-    if not sep or not _HEADER_NAME.match(name):  # the line may be a bare token: never show it
-        raise UsageError("--header: expected 'Name: value' (a name, a colon, then the value; the text given "
-                         "is not shown, it may hold a secret)")
-    return name, expand_env(value.strip(), f"--header {name}", environ)
-
-
-def _allowed_origins(url: str, allow_hosts: Iterable[str]) -> frozenset:
-    scheme_end = url.find("://")
-    if scheme_end <= 0:
-        raise UsageError(f"--url {url!r}: expected an absolute http:// or https:// URL")
-    authority_end = url.find("/", scheme_end + 3)
-    origin_text = url if authority_end < 0 else url[:authority_end]
-    scheme = url[:scheme_end].lower()
-    if scheme not in DEFAULT_PORTS:
-        raise UsageError(f"--url {url!r}: only http and https are supported")
-    allowed = {parse_allowed_host(host, scheme) for host in allow_hosts}
-    if "{" not in origin_text:
-        origin = origin_of(origin_text)
-        if not origin[1]:
-            raise UsageError(f"--url {url!r}: no host")
-        allowed.add(origin)
-    elif not allowed:
-        raise UsageError(f"--url {url!r}: a placeholder in the host needs --allow-host for each host it may reach")
-    return frozenset(allowed)
+_CONTENT_TYPES = {Body.JSON: "application/json", Body.TEMPLATE: "application/json",
+                  Body.FORM: "application/x-www-form-urlencoded"}
 
 
 class CompiledRequest:
@@ -228,14 +78,13 @@ class CompiledRequest:
         self.body_parts = _compile_body(spec.body_template) if spec.body_template is not None else None
         self.fields = self.url.fields.union(*(t.fields for _, t in self.headers), _body_fields(self.body_parts))
         self.header_fields = frozenset().union(*(t.fields for _, t in self.headers))
-        self.content_type = {"json": "application/json", "template": "application/json",
-                             "form": "application/x-www-form-urlencoded"}.get(spec.body)
+        self.content_type = _CONTENT_TYPES.get(spec.body)
         names = {name.lower() for name, _ in spec.headers}
         self.fixed_headers = [f"{name}: {t.render({})}" for name, t in self.headers if not t.fields]
         self.row_headers = [(name, t) for name, t in self.headers if t.fields]
         if self.content_type and "content-type" not in names:
             self.fixed_headers.append(f"Content-Type: {self.content_type}")
-        if spec.body != "none":  # no "Expect: 100-continue" round trip before large bodies
+        if spec.body != Body.NONE:  # no "Expect: 100-continue" round trip before large bodies
             self.fixed_headers.append("Expect:")
 
     def missing_fields(self, row: dict) -> list[str]:
@@ -276,14 +125,33 @@ class CompiledRequest:
 
     def render_body(self, row: dict, payload: str | None = None) -> bytes | None:
         kind = self.spec.body
-        if kind == "none":
+        if kind == Body.NONE:
             return None
-        if kind == "json" and payload is not None:
+        if kind == Body.JSON and payload is not None:
             return payload.encode()
         source = row if self.body_parts is None else _render_body(self.body_parts, row)
-        if kind == "form":
+        if kind == Body.FORM:
             return urlencode({k: _text(v) for k, v in source.items()}).encode()
         return json_bytes(source)
+
+
+class RowRequests:
+    """A worker's renderer: a dispatched row (id, JSON payload, key) as (url, header lines, body)."""
+
+    def __init__(self, spec: RequestSpec, id_field: str):
+        self.compiled = CompiledRequest(spec)
+        self.id_field = id_field
+        self.secrets = spec.secrets
+        self.key_header = spec.idempotency_header
+        # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
+        self.needs_fields = bool(self.compiled.fields - {id_field}) or spec.body not in (Body.JSON, Body.NONE)
+
+    def render(self, row_id: str, payload: str, key: str) -> tuple[str, list[str], bytes | None]:
+        fields = json.loads(payload) if self.needs_fields else {self.id_field: row_id}
+        url, headers, body = self.compiled.render(fields, payload)
+        if self.key_header:
+            headers = headers + [f"{self.key_header}: {key}"]
+        return url, headers, body
 
 
 def _placeholder_in_origin(url: str) -> bool:

@@ -17,23 +17,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
+from engine.backend import Backend
 from engine.config import RunSettings
-from engine.run.passes import Pass, StopRequest, load_rows, rerun_command, start_pool
 from engine.errors import LedgerUnavailable, UsageError
-from engine.output.events import EventLog
-from engine.request.inputs import detect_format, read_rows
+from engine.ledger import BUSY_TIMEOUT, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder
-from engine.ledger import BUSY_TIMEOUT, Ledger
+from engine.local.limits import fit_open_files
+from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.output.report import summarize
+from engine.request.inputs import detect_format, read_rows
+from engine.request.spec import RequestSpec
+from engine.request.template import CompiledRequest
+from engine.run.loading import load_rows
+from engine.run.passes import Pass, rerun_command
+from engine.run.signals import StopRequest, sigterm_interrupts
 from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, UNKNOWN
-from engine.delivery.transport import raise_open_file_limit
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
@@ -78,42 +81,53 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
          busy_timeout: float = BUSY_TIMEOUT) -> RunResult:
     """Load ``input_path`` into a new run (write-ahead), then send every row once."""
     fmt = detect_format(input_path, fmt)
-    settings = _fit_open_files(settings)
-    settings.request_spec()  # surface template and environment errors before touching the ledger
+    settings = fit_open_files(settings)
+    spec = settings.request_spec()  # template and environment errors surface before the ledger is touched
+    request = CompiledRequest(spec)
     fingerprint = settings.request_fingerprint()
     key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
     run_id = run_id or new_run_id()
-    with Ledger(db, busy_timeout=busy_timeout) as ledger, ledger.recording(), EventLog(log_file) as events:
+    with open_store(db, busy_timeout=busy_timeout) as ledger, ledger.recording(), EventLog(log_file) as events, \
+            contextlib.ExitStack() as backend_scope:
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
-        pool = start_pool(settings) if not_before is None else None
+        backend = backend_scope.enter_context(start_backend(settings, spec)) if not_before is None else None
         digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
-            with Progress(0, "loading rows", quiet) as progress, _sigterm_interrupts():
-                total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, source,
-                                  on_progress=progress.count, key_prefix=key_prefix, digest=digest)
+            with Progress(0, "loading rows", quiet) as progress, sigterm_interrupts():
+                total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, request,
+                                  source, on_progress=progress.count, key_prefix=key_prefix, digest=digest)
             earlier = ledger.finish_load(run_id, total, digest.hexdigest())
         except BaseException:
-            if pool is not None:
-                pool.terminate()
+            backend_scope.close()
             with contextlib.suppress(LedgerUnavailable), ledger.recording():
                 ledger.delete_run(run_id)  # on a full disk this may fail too: the next bill replaces it
             raise
         if earlier is not None:
-            if pool is not None:
-                pool.terminate()
+            backend_scope.close()
             ledger.delete_run(run_id)
-            return RunResult(earlier, ledger.path, summarize(ledger, earlier), already_billed=True)
+            return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
-        return _send_pass(ledger, run_id, settings, (PENDING,), not_before, events, quiet, pool)
+        return _send_pass(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, backend)
 
 
-def _create_run(ledger: Ledger, run_id: str, input_path: str, settings: RunSettings, not_before) -> None:
+def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
+    """The workers that will send a run's rows (today: a local process pool).
+
+    Imported here, when a pass is about to send: ``status``, ``report`` and ``--help``
+    never load libcurl.
+    """
+    from engine.local.pool import LocalBackend
+
+    return LocalBackend.for_run(settings, spec)
+
+
+def _create_run(ledger: Store, run_id: str, input_path: str, settings: RunSettings, not_before) -> None:
     if ledger.has_run(run_id):
         if ledger.get_run(run_id)["state"] != "loading":
-            raise UsageError(f"run {run_id!r} already exists in {ledger.path}; "
-                             f"finish it with: {rerun_command(run_id, ledger.path)}")
+            raise UsageError(f"run {run_id!r} already exists in {ledger.location}; "
+                             f"finish it with: {rerun_command(run_id, ledger.location)}")
         ledger.delete_run(run_id)  # a load that was cut short: nothing of it was sent
     ledger.create_run(run_id, input=input_path, url=settings.url, method=settings.method,
                       options=settings.to_dict(), not_before=not_before)
@@ -123,46 +137,41 @@ def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unkno
           log_file: str | None = None, quiet: bool = False, busy_timeout: float = BUSY_TIMEOUT,
           **overrides) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
-    with Ledger(db, create=False, busy_timeout=busy_timeout) as ledger, ledger.recording(), \
+    with open_store(db, create=False, busy_timeout=busy_timeout) as ledger, ledger.recording(), \
             EventLog(log_file) as events:
         run = ledger.get_run(run_id)
         if run["state"] == "loading":
             raise UsageError(f"run {run_id!r} never finished loading its input; "
                              f"load it again with: python -m engine bill {run['input']} --run-id {run_id} ...")
-        settings = _fit_open_files(RunSettings.from_dict(run["options"], **overrides))
+        settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
         events.emit("rerun_start", run_id=run_id, states=list(states))
-        return _send_pass(ledger, run_id, settings, states, run["not_before"], events, quiet)
+        return _send_pass(ledger, run_id, settings, settings.request_spec(), states, run["not_before"], events,
+                          quiet)
 
 
-def _send_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog,
-               quiet: bool, pool=None) -> RunResult:
-    """Take the run's lease, send one pass, give the lease back; the pool, if given, is ended here."""
+def _send_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestSpec, states, not_before,
+               events: EventLog, quiet: bool, backend: Backend | None = None) -> RunResult:
+    """Take the run's lease, send one pass, give the lease back. ``backend``, if given, was started
+    while the input loaded; its owner ends it."""
     holder = Holder.this_process()
-    try:
-        hold = ledger.acquire_lease(run_id, holder, settings.timeout)
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
+    hold = ledger.acquire_lease(run_id, holder, settings.timeout)
     clean = False
     try:
         _settle_in_flight(ledger, run_id, settings, hold, events)
-        sender, interrupted = _run_pass(ledger, run_id, settings, states, not_before, events, quiet, pool, holder,
-                                        hold)
-        pool = None
+        sender, interrupted = _run_pass(ledger, run_id, settings, spec, states, not_before, events, quiet, backend,
+                                        holder, hold)
         clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
     finally:
-        if pool is not None:  # started for a pass that had nothing to send, or was stopped while waiting
-            pool.terminate()
         ledger.release_lease(run_id, holder, clean)
     summary = summarize(ledger, run_id)
     events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
-    return RunResult(run_id, ledger.path, summary, interrupted, gave_up=sender.gave_up if sender else None)
+    return RunResult(run_id, ledger.location, summary, interrupted, gave_up=sender.gave_up if sender else None)
 
 
-def _run_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_before, events: EventLog, quiet: bool,
-              pool, holder: Holder, hold: Hold | None) -> tuple[Pass | None, bool]:
+def _run_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestSpec, states, not_before,
+              events: EventLog, quiet: bool, backend: Backend | None, holder: Holder,
+              hold: Hold | None) -> tuple[Pass | None, bool]:
     to_send = ledger.count_in(run_id, states)
     with StopRequest() as stop:
         if to_send and not_before:
@@ -173,11 +182,13 @@ def _run_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_be
         ledger.check_space(to_send)
         pass_no = ledger.start_pass(run_id)
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
-        with Progress(to_send, f"pass {pass_no}", quiet) as progress:
-            sender = Pass(ledger, run_id, settings, states, progress=progress, events=events, stop=stop,
+        with Progress(to_send, f"pass {pass_no}", quiet) as progress, contextlib.ExitStack() as backend_scope:
+            if backend is None:
+                backend = backend_scope.enter_context(start_backend(settings, spec))
+            sender = Pass(ledger, run_id, settings, states, backend, progress=progress, events=events, stop=stop,
                           total=to_send, holder=holder, hold=hold)
             try:
-                tally = sender.run(pool)
+                tally = sender.run()
             finally:
                 ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
         events.emit("pass_end", run_id=run_id, pass_no=pass_no, attempts=tally.attempts, succeeded=tally.succeeded,
@@ -185,7 +196,7 @@ def _run_pass(ledger: Ledger, run_id: str, settings: RunSettings, states, not_be
         return sender, sender.interrupted
 
 
-def _settle_in_flight(ledger: Ledger, run_id: str, settings: RunSettings, hold: Hold | None,
+def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: Hold | None,
                       events: EventLog) -> None:
     """Rows of a run without keys that an earlier pass handed out and never saw answered.
 
@@ -201,32 +212,6 @@ def _settle_in_flight(ledger: Ledger, run_id: str, settings: RunSettings, hold: 
                                 "outcome unknown: the pass sending it stopped before an answer was recorded")
     if count:
         events.emit("marked_unknown", run_id=run_id, rows=count)
-
-
-def _fit_open_files(settings: RunSettings) -> RunSettings:
-    """Raise this process's open-file limit (workers inherit it) and fit the concurrency under it."""
-    soft, _ = raise_open_file_limit()
-    settings, note = settings.fit_open_files(soft)
-    if note:
-        print(note, file=sys.stderr)
-    return settings
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """While loading (nothing sent yet), SIGTERM stops like Ctrl-C: the workers are ended, the run removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _clock(when: float) -> str:

@@ -1,0 +1,208 @@
+"""The :class:`Store` interface: every read and write of the ledger, whatever database holds it.
+
+Everything above the ledger (runner, pass, reports, CLI) talks to this interface; the
+SQLite file (:class:`engine.ledger.sqlite.SQLiteStore`) is the first implementation. The
+tables, columns and states are the same in every store (:mod:`engine.ledger.schema`),
+and ``tests/test_ledger.py`` runs one contract against each.
+
+Rows travel in and out as :mod:`engine.wire` records: a page to send holds
+:class:`~engine.wire.Dispatch` rows, and :meth:`Store.record` takes attempt tuples as
+workers report them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Iterable, Iterator, NamedTuple
+
+from engine.errors import LedgerError, LedgerUnavailable
+from engine.ledger.lease import Hold, Holder
+from engine.wire import Dispatch
+
+#: The columns :meth:`Store.iter_rows` yields, in order (an export's header, even when no row matches).
+EXPORT_COLUMNS = ("row_id", "line", "status", "attempts", "http_status", "curl_error", "error", "latency_ms",
+                  "idempotency_key")
+
+
+class Page(NamedTuple):
+    """Rows to send, all of one priority ``level``, in rid order."""
+
+    level: float
+    rows: list[Dispatch]
+
+
+class DuplicateRow(LedgerError):
+    """Two input rows share one id."""
+
+    def __init__(self, row_id: str, line: int, first_line: int):
+        self.row_id, self.line, self.first_line = row_id, line, first_line
+        super().__init__(f"duplicate id {row_id!r} (first seen on line {first_line})")
+
+
+class LeaseHeld(LedgerError):
+    """Another live process is sending this run."""
+
+
+class LeaseLost(LedgerError):
+    """This pass's lease was taken over (it looked dead to another process)."""
+
+
+class Store(ABC):
+    """One ledger: runs, their requests (one per input row), every attempt, passes and leases."""
+
+    EXPORT_COLUMNS = EXPORT_COLUMNS
+
+    #: What the user gave as ``--db`` (a path or a URL): rerun hints and messages name it.
+    location: str
+
+    # -- life ----------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @abstractmethod
+    def recording(self) -> AbstractContextManager:
+        """Within it, a write the database refuses for now (lock, full disk) raises one :class:`LedgerUnavailable`."""
+
+    @abstractmethod
+    def check_space(self, rows: int) -> None:
+        """Raise :class:`LedgerUnavailable` when recording ``rows`` answers clearly cannot fit."""
+
+    # -- runs ----------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(self, run_id: str, *, input: str, url: str, method: str, options: dict,
+                   not_before: float | None) -> None:
+        """A new run in state ``loading``."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> dict:
+        """The run's row, ``options`` decoded; :class:`LedgerError` if there is none."""
+
+    @abstractmethod
+    def has_run(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """The run and everything recorded of it."""
+
+    @abstractmethod
+    def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
+        """Mark a loaded run ``ready``, unless another run has the same fingerprint: return that one's id.
+
+        Atomic: of two identical commands loading at once, exactly one wins.
+        """
+
+    @abstractmethod
+    def list_runs(self) -> list[dict]:
+        """Every run, oldest first, with its counts per state."""
+
+    # -- loading -------------------------------------------------------------
+
+    @abstractmethod
+    def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
+        """Insert ``(line, row_id, priority, payload, idempotency_key)`` rows as ``pending``, all or none.
+
+        A duplicate id raises :class:`DuplicateRow` naming the row and the line seen first.
+        """
+
+    @abstractmethod
+    def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
+        """Two rows of a run with one idempotency key: ``(key, first line, second line)``, or None."""
+
+    # -- sending -------------------------------------------------------------
+
+    @abstractmethod
+    def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
+        """Pages of rows in ``states``: highest priority first, then input order (keyset-paged, so
+        results can be recorded between pages)."""
+
+    @abstractmethod
+    def record(self, attempts: list[tuple]) -> None:
+        """Write a batch of attempt tuples and move their rows to each attempt's outcome, in one transaction."""
+
+    @abstractmethod
+    def mark_in_flight(self, rids: list[int]) -> None:
+        """Write ahead that these rows are being sent (runs without idempotency keys only)."""
+
+    @abstractmethod
+    def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
+        """Rows of ``run_id`` in ``states`` move to ``state``; how many."""
+
+    @abstractmethod
+    def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
+        """Rows of ``run_id`` in ``states`` become ``unknown`` (they may have been sent); how many."""
+
+    @abstractmethod
+    def start_pass(self, run_id: str) -> int:
+        """Record a new pass (the run is ``running``); its number, from 1."""
+
+    @abstractmethod
+    def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
+        """Record the pass's end; the run takes ``state`` (``finished`` or ``interrupted``)."""
+
+    # -- the lease: one pass per run at a time ----------------------------------
+
+    @abstractmethod
+    def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
+        """Take the run's lease; :class:`LeaseHeld` if a live process has it.
+
+        A lease left by a pass that did not end cleanly is taken over, keeping its frontier,
+        and what that pass may still have in flight is returned as a :class:`Hold`.
+        """
+
+    @abstractmethod
+    def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
+        """Heartbeat, and move the dispatch frontier forward; :class:`LeaseLost` if it was taken over."""
+
+    @abstractmethod
+    def release_lease(self, run_id: str, holder: Holder, clean: bool) -> None:
+        """Give the lease up; after an unclean end it stays, ownerless, so the next pass waits out
+        what may still be in progress."""
+
+    @abstractmethod
+    def lease(self, run_id: str) -> dict | None: ...
+
+    # -- reading ---------------------------------------------------------------
+
+    @abstractmethod
+    def counts(self, run_id: str) -> dict[str, int]:
+        """Rows per state (every state of :data:`engine.states.STATES`, zeros included)."""
+
+    @abstractmethod
+    def count_in(self, run_id: str, states: Iterable[str]) -> int: ...
+
+    @abstractmethod
+    def top_error(self, run_id: str) -> tuple[str, int] | None:
+        """The most common last error of the rows that did not succeed, and how many rows have it."""
+
+    @abstractmethod
+    def attempt_count(self, run_id: str) -> int: ...
+
+    @abstractmethod
+    def elapsed(self, run_id: str) -> float:
+        """Seconds spent sending, summed over the run's passes."""
+
+    @abstractmethod
+    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
+        """Nearest-rank percentiles of the latency of each row's last answered attempt, in constant memory."""
+
+    @abstractmethod
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
+
+    @abstractmethod
+    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
+        """The run's rows in ``states``, in input order, as dicts of :data:`EXPORT_COLUMNS`."""
+
+
+def ledger_unavailable(location: str, why: str) -> LedgerUnavailable:
+    """The one line for a write the ledger could not make."""
+    return LedgerUnavailable(f"ledger {location} {why}. Nothing is sent that cannot be recorded")

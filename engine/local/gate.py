@@ -1,0 +1,103 @@
+"""What a worker may start now: the outage pause, the pacer, and slots resting after a 429.
+
+The breaker and the pacer are shared by every worker of the pool; the gate is one
+worker's view of them plus what is its own: the probe it is sending, the rows that
+already answered "down" in this pass, and the slots resting until a throttled row's retry.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+
+from engine.delivery.breaker import CircuitBreaker, is_down
+from engine.delivery.policy import Outcome
+from engine.delivery.ratelimit import Pacer
+from engine.wire import Dispatch
+
+#: What :meth:`Gate.permit` answers.
+GO, PROBE, WAIT = "go", "probe", "wait"
+
+
+class Gate:
+    """Admission of one worker's transfers."""
+
+    def __init__(self, breaker: CircuitBreaker, pacer: Pacer):
+        self.breaker, self.pacer = breaker, pacer
+        self.probe_rid: int | None = None
+        self.failed_down: set[int] = set()  # rows that got a "down" answer in this pass
+        self.cooling: list[float] = []  # release times (monotonic) of slots resting after a 429
+        self.paced_until = 0.0
+        self.answers = self.throttled = 0  # since the last report to the pacer
+
+    def window(self) -> int:
+        """Transfers this worker may have in flight now: its share of the pool's window, less resting slots."""
+        now = time.monotonic()
+        while self.cooling and self.cooling[0] <= now:
+            heapq.heappop(self.cooling)
+        return self.pacer.window() - len(self.cooling)
+
+    def permit(self) -> str:
+        """:data:`GO` (counted by the pacer), :data:`PROBE` (send one row as the outage probe) or :data:`WAIT`."""
+        allowed = self.breaker.allow()
+        if not allowed:
+            return WAIT
+        if allowed == "probe":
+            return PROBE
+        wait = self.pacer.acquire()
+        if wait:
+            self.paced_until = time.monotonic() + wait
+            return WAIT
+        return GO
+
+    def take_probe(self, ready: deque[Dispatch]) -> Dispatch:
+        """The row to probe the endpoint with, taken from ``ready``: one that has not failed yet, if any."""
+        for index, row in enumerate(ready):
+            if row.rid not in self.failed_down:
+                del ready[index]
+                break
+        else:
+            row = ready.popleft()
+        self.probe_rid = row.rid
+        return row
+
+    def settle(self, rid: int, outcome: Outcome) -> None:
+        """Count an answer: for the breaker (a row's first "down" answer is evidence), and for the pacer."""
+        probe = rid == self.probe_rid
+        if probe:
+            self.probe_rid = None
+        down = is_down(outcome.http_status, outcome.curl_error, outcome.connected)
+        first_down = down and rid not in self.failed_down
+        if first_down:
+            self.failed_down.add(rid)
+        self.breaker.record(down, probe, counted=first_down)
+        self.answers += 1
+        if outcome.http_status == 429:
+            self.throttled += 1
+
+    def forget(self, rid: int) -> None:
+        """The row reached a final state."""
+        self.failed_down.discard(rid)
+
+    def rest(self, until: float) -> None:
+        """A slot that got a 429 rests until its row's retry (monotonic ``until``), unless 429s are noise."""
+        if self.pacer.rest_on_429():
+            heapq.heappush(self.cooling, until)
+
+    def report(self) -> None:
+        """Tell the pacer how many answers were throttled since the last report."""
+        if self.answers:
+            self.pacer.report(self.answers, self.throttled)
+            self.answers = self.throttled = 0
+
+    def paused(self) -> bool:
+        return self.breaker.is_open()
+
+    def pace_ends_in(self) -> float:
+        """Seconds until the pacer lets a transfer start."""
+        return max(0.0, self.paced_until - time.monotonic())
+
+    def rest_ends_in(self) -> float:
+        """Seconds until the first resting slot is free (infinite when none rests)."""
+        return max(0.0, self.cooling[0] - time.monotonic()) if self.cooling else float("inf")
