@@ -30,8 +30,15 @@ def machine() -> dict:
 
 def record(bench: str, figure: str, value, unit: str, **extra) -> dict:
     """Append one figure as a JSON line to bench/results.jsonl (git-ignored) and return it."""
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "bench": bench, "figure": figure, "value": value,
-            "unit": unit, **extra, "machine": machine()}
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "bench": bench,
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        **extra,
+        "machine": machine(),
+    }
     with open(RESULTS, "a") as handle:
         handle.write(json.dumps(line) + "\n")
     return line
@@ -46,8 +53,9 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def engine(*args, timeout: float = 3600) -> subprocess.CompletedProcess:
     """Run ``python -m engine ...`` and return the finished process."""
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 class TreeWatch:
@@ -141,8 +149,11 @@ def ensure_nginx() -> str:
         return path
     print("nginx not found: installing it with apt-get", file=sys.stderr)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nginx-light"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 

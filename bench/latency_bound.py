@@ -28,6 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import engine, record, report, table  # noqa: E402
+
 from engine.mock.demo import write_customers  # noqa: E402
 from engine.mock.process import MockProcess  # noqa: E402
 
@@ -39,17 +40,37 @@ def run_one(rows: int, in_flight: int, workers: int, latency: float, directory: 
     db = os.path.join(directory, f"latency-{in_flight}-{jitter}.db")
     with MockProcess(latency=latency, jitter=jitter) as api:
         started = time.perf_counter()
-        done = engine("bill", customers, "--url", api.charge_url(), "--db", db, "--run-id", "bench",
-                      "--workers", workers, "--concurrency", math.ceil(in_flight / workers), "--quiet")
+        done = engine(
+            "bill",
+            customers,
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "bench",
+            "--workers",
+            workers,
+            "--concurrency",
+            math.ceil(in_flight / workers),
+            "--quiet",
+        )
         wall = time.perf_counter() - started
         stats = api.stats()
     if done.returncode != 0:
         raise SystemExit(f"engine failed ({done.returncode}): {done.stderr[-2000:]}")
     summary = report(db, "bench")
     floor = math.ceil(rows / in_flight) * latency
-    return {"in_flight": in_flight, "wall_s": round(wall, 2), "floor_s": round(floor, 2),
-            "ratio": round(wall / floor, 3), "p99_ms": summary["latency_ms"]["p99"],
-            "succeeded": summary["succeeded"], "server_max_inflight": stats["max_inflight"], "db": db}
+    return {
+        "in_flight": in_flight,
+        "wall_s": round(wall, 2),
+        "floor_s": round(floor, 2),
+        "ratio": round(wall / floor, 3),
+        "p99_ms": summary["latency_ms"]["p99"],
+        "succeeded": summary["succeeded"],
+        "server_max_inflight": stats["max_inflight"],
+        "db": db,
+    }
 
 
 def window_use(db: str, window: int, step: float = 0.1) -> dict:
@@ -65,8 +86,11 @@ def window_use(db: str, window: int, step: float = 0.1) -> dict:
         samples.append(bisect.bisect(starts, t) - bisect.bisect(ends, t))
         t += step
     samples = samples or [window]
-    return {"samples": len(samples), "min_share": round(min(samples) / window, 3),
-            "mean_share": round(sum(samples) / len(samples) / window, 3)}
+    return {
+        "samples": len(samples),
+        "min_share": round(min(samples) / window, 3),
+        "mean_share": round(sum(samples) / len(samples) / window, 3),
+    }
 
 
 def main() -> None:
@@ -82,23 +106,52 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as directory:
         for in_flight in args.in_flight:
             result = run_one(args.rows, in_flight, args.workers, args.latency, directory)
-            record("latency_bound", f"wall/floor at {in_flight} in flight", result["ratio"], "x",
-                   rows=args.rows, **result)
+            record(
+                "latency_bound", f"wall/floor at {in_flight} in flight", result["ratio"], "x", rows=args.rows, **result
+            )
             results.append(result)
         tail = run_one(args.tail_rows, args.tail_in_flight, args.workers, 1.55, directory, jitter=1.45)
         use = window_use(tail["db"], args.tail_in_flight)
-        record("latency_bound", "lowest in-flight share before the last dispatch (0.1-3 s latency)",
-               use["min_share"], "share", rows=args.tail_rows, **use, **tail)
-    print(f"\n{args.rows} rows, {args.latency} s per request, {args.workers} workers (wall includes process start,"
-          f" loading the ledger and the summary)\n")
-    print(table(["in flight", "wall (s)", "floor (s)", "wall / floor", "p99 (ms)", "succeeded",
-                 "server max in flight"],
-                [[r["in_flight"], r["wall_s"], r["floor_s"], r["ratio"], r["p99_ms"], r["succeeded"],
-                  r["server_max_inflight"]] for r in results]))
-    print(f"\nchunk-tail check: {args.tail_rows} rows, latency uniform in 0.1-3.0 s, window {args.tail_in_flight};"
-          f" in flight sampled every 100 ms until the last row was dispatched\n")
-    print(table(["samples", "lowest in flight / window", "mean in flight / window", "wall (s)"],
-                [[use["samples"], use["min_share"], use["mean_share"], tail["wall_s"]]]))
+        record(
+            "latency_bound",
+            "lowest in-flight share before the last dispatch (0.1-3 s latency)",
+            use["min_share"],
+            "share",
+            rows=args.tail_rows,
+            **use,
+            **tail,
+        )
+    print(
+        f"\n{args.rows} rows, {args.latency} s per request, {args.workers} workers (wall includes process start,"
+        f" loading the ledger and the summary)\n"
+    )
+    print(
+        table(
+            ["in flight", "wall (s)", "floor (s)", "wall / floor", "p99 (ms)", "succeeded", "server max in flight"],
+            [
+                [
+                    r["in_flight"],
+                    r["wall_s"],
+                    r["floor_s"],
+                    r["ratio"],
+                    r["p99_ms"],
+                    r["succeeded"],
+                    r["server_max_inflight"],
+                ]
+                for r in results
+            ],
+        )
+    )
+    print(
+        f"\nchunk-tail check: {args.tail_rows} rows, latency uniform in 0.1-3.0 s, window {args.tail_in_flight};"
+        f" in flight sampled every 100 ms until the last row was dispatched\n"
+    )
+    print(
+        table(
+            ["samples", "lowest in flight / window", "mean in flight / window", "wall (s)"],
+            [[use["samples"], use["min_share"], use["mean_share"], tail["wall_s"]]],
+        )
+    )
 
 
 if __name__ == "__main__":

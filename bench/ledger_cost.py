@@ -21,6 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import record, table, write_rows  # noqa: E402
+
 from engine.config import RunSettings  # noqa: E402
 from engine.ledger import open_store  # noqa: E402
 from engine.request.inputs import read_rows  # noqa: E402
@@ -41,22 +42,40 @@ def main() -> None:
         with open_store(os.path.join(directory, "ledger.db")) as ledger:
             ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
             started = time.process_time()
-            load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, CompiledRequest(settings.request_spec()),
-                      path)
+            load_rows(
+                ledger, "bench", read_rows(path, "csv", "id"), settings, CompiledRequest(settings.request_spec()), path
+            )
             load_us = (time.process_time() - started) / args.rows * 1e6
             rids = [row.rid for page in ledger.iter_pages("bench", ("pending",)) for row in page.rows]
             now = time.time()
-            results = [attempt_record(rid=rid, attempt=1, outcome="succeeded", http_status=200, excerpt='{"ok":true}',
-                                      started_at=now, duration_ms=1.5) for rid in rids]
+            results = [
+                attempt_record(
+                    rid=rid,
+                    attempt=1,
+                    outcome="succeeded",
+                    http_status=200,
+                    excerpt='{"ok":true}',
+                    started_at=now,
+                    duration_ms=1.5,
+                )
+                for rid in rids
+            ]
             started = time.process_time()
             for i in range(0, len(results), LEDGER_BATCH):
-                ledger.record(results[i:i + LEDGER_BATCH])
+                ledger.record(results[i : i + LEDGER_BATCH])
             record_us = (time.process_time() - started) / args.rows * 1e6
     record("ledger_cost", "load µs/row", round(load_us, 2), "us", rows=args.rows)
     record("ledger_cost", "record µs/row", round(record_us, 2), "us", rows=args.rows, batch=LEDGER_BATCH)
     print(f"\n{args.rows} rows, coordinator CPU (process time)\n")
-    print(table(["step", "µs per row"], [["load: parse, validate, encode, insert (write-ahead)", f"{load_us:.1f}"],
-                                         [f"record a result (batches of {LEDGER_BATCH})", f"{record_us:.1f}"]]))
+    print(
+        table(
+            ["step", "µs per row"],
+            [
+                ["load: parse, validate, encode, insert (write-ahead)", f"{load_us:.1f}"],
+                [f"record a result (batches of {LEDGER_BATCH})", f"{record_us:.1f}"],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

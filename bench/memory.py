@@ -29,8 +29,11 @@ def run_one(rows: int, url: str, directory: str) -> dict:
     csv_path, db = os.path.join(directory, f"rows-{rows}.csv"), os.path.join(directory, f"ledger-{rows}.db")
     write_rows(csv_path, rows)
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db,
-                              "--run-id", "mem", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db, "--run-id", "mem", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     watch = TreeWatch(child.pid)
     returncode = watch.wait(child)
     wall = time.perf_counter() - started
@@ -38,8 +41,13 @@ def run_one(rows: int, url: str, directory: str) -> dict:
         raise SystemExit(f"engine failed: {child.stderr.read().decode()[-2000:]}")
     summary = report(db, "mem")
     size = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
-    return {"rows": rows, "peak_rss_mb": round(watch.peak_rss / 2**20, 1), "ledger_mb": round(size / 2**20, 1),
-            "wall_s": round(wall, 1), "succeeded": summary["succeeded"]}
+    return {
+        "rows": rows,
+        "peak_rss_mb": round(watch.peak_rss / 2**20, 1),
+        "ledger_mb": round(size / 2**20, 1),
+        "wall_s": round(wall, 1),
+        "succeeded": summary["succeeded"],
+    }
 
 
 def main() -> None:
@@ -58,8 +66,12 @@ def main() -> None:
             nginx.terminate()
             nginx.wait()
     print("\npeak RSS of coordinator + workers, sampled every 50 ms\n")
-    print(table(["rows", "peak RSS (MB)", "ledger (MB)", "wall (s)", "succeeded"],
-                [[r["rows"], r["peak_rss_mb"], r["ledger_mb"], r["wall_s"], r["succeeded"]] for r in results]))
+    print(
+        table(
+            ["rows", "peak RSS (MB)", "ledger (MB)", "wall (s)", "succeeded"],
+            [[r["rows"], r["peak_rss_mb"], r["ledger_mb"], r["wall_s"], r["succeeded"]] for r in results],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -89,11 +89,13 @@ async def _httpx(url: str, count: int, limit: int) -> int:
     queue = iter(range(count))
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     async with httpx.AsyncClient(limits=limits) as client:
+
         async def one_slot():
             nonlocal ok
             for _ in queue:
                 response = await client.post(url, content=BODY, headers=HEADERS)
                 ok += 200 <= response.status_code < 300
+
         await asyncio.gather(*(one_slot() for _ in range(limit)))
     return ok
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.delivery.breaker import BreakerSettings
 from engine.delivery.policy import RetryPolicy
@@ -72,8 +73,17 @@ class RunSettings:
     stall_timeout: float = 15.0
 
     #: The settings that decide what a request is: same values, same request (and same keys).
-    REQUEST_FIELDS = ("url", "method", "headers", "body_template", "form", "id_field", "idempotency_header",
-                      "idempotency_key_field", "idempotency")
+    REQUEST_FIELDS = (
+        "url",
+        "method",
+        "headers",
+        "body_template",
+        "form",
+        "id_field",
+        "idempotency_header",
+        "idempotency_key_field",
+        "idempotency",
+    )
 
     def __post_init__(self):
         for name in ("workers", "concurrency", "chunks", "max_attempts"):
@@ -103,7 +113,8 @@ class RunSettings:
                 raise UsageError(
                     f"--header {name}: a secret must come from the environment, and nothing but a scheme "
                     f"word ({', '.join(sorted(w.title() for w in SCHEME_WORDS))}) may stand beside it, "
-                    f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'")
+                    f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'"
+                )
 
     def request_fingerprint(self) -> str:
         """A digest of what every request of this run looks like (templates, not secrets)."""
@@ -119,26 +130,34 @@ class RunSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, **overrides) -> "RunSettings":
+    def from_dict(cls, data: dict, **overrides) -> RunSettings:
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def request_spec(self) -> RequestSpec:
         """The request template, with ``${VAR}`` expanded from this process's environment."""
         return RequestSpec.build(
-            self.url, method=self.method, header_lines=self.headers, body_template_text=self.body_template,
-            form=self.form, allow_hosts=self.allow_hosts,
+            self.url,
+            method=self.method,
+            header_lines=self.headers,
+            body_template_text=self.body_template,
+            form=self.form,
+            allow_hosts=self.allow_hosts,
             idempotency_header=self.idempotency_header if self.idempotency else None,
         )
 
     def policy(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=self.max_attempts, backoff_base=self.backoff_base,
-                           backoff_cap=self.backoff_cap, retry_after_cap=self.retry_after_cap,
-                           idempotent=self.idempotency)
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            retry_after_cap=self.retry_after_cap,
+            idempotent=self.idempotency,
+        )
 
-    def fit_open_files(self, limit: int) -> tuple["RunSettings", str | None]:
+    def fit_open_files(self, limit: int) -> tuple[RunSettings, str | None]:
         """These settings with ``--concurrency`` lowered to what ``limit`` open files per process allow.
 
         Every transfer in flight is a socket; past the limit libcurl reports a misleading
@@ -151,4 +170,5 @@ class RunSettings:
             raise UsageError(f"the open-file limit (ulimit -n) is {limit}: too low to send anything; raise it")
         return dataclasses.replace(self, concurrency=room), (
             f"note: the open-file limit (ulimit -n) is {limit}, so --concurrency is lowered from {self.concurrency}"
-            f" to {room} per worker; raise the hard limit to keep more in flight")
+            f" to {room} per worker; raise the hard limit to keep more in flight"
+        )

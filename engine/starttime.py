@@ -32,8 +32,10 @@ def start_time(not_before: str | None, delay: float | None, now: float | None = 
         raise UsageError(f"--not-before {not_before!r}: expected ISO 8601 like 2026-11-23T18:00 or HH:MM") from None
     if when < now:
         shown = time.strftime("%Y-%m-%d %H:%M", time.localtime(now))
-        raise UsageError(f"--not-before {not_before}: that time has passed (it is {shown} now); "
-                         "give a later time, or none to send at once")
+        raise UsageError(
+            f"--not-before {not_before}: that time has passed (it is {shown} now); "
+            "give a later time, or none to send at once"
+        )
     return when
 
 

@@ -42,9 +42,18 @@ class Attempt(NamedTuple):
     duration_ms: float
 
 
-def attempt_record(*, rid: int, attempt: int, outcome: str, http_status: int | None = None,
-                   curl_error: int | None = None, error: str | None = None, excerpt: str | None = None,
-                   started_at: float, duration_ms: float = 0.0) -> tuple:
+def attempt_record(
+    *,
+    rid: int,
+    attempt: int,
+    outcome: str,
+    http_status: int | None = None,
+    curl_error: int | None = None,
+    error: str | None = None,
+    excerpt: str | None = None,
+    started_at: float,
+    duration_ms: float = 0.0,
+) -> tuple:
     """An :class:`Attempt` as the plain tuple that travels (``Attempt._make`` reads it back)."""
     return (rid, attempt, outcome, http_status, curl_error, error, excerpt, started_at, duration_ms)
 
@@ -87,7 +96,7 @@ class Command(NamedTuple):
 
 def rows_command(rows: list[Dispatch], chunk_size: int) -> tuple:
     """``rows`` as whole chunks of ``chunk_size``, the last one cut to what was asked."""
-    return (ROWS, [[tuple(row) for row in rows[i:i + chunk_size]] for i in range(0, len(rows), chunk_size)])
+    return (ROWS, [[tuple(row) for row in rows[i : i + chunk_size]] for i in range(0, len(rows), chunk_size)])
 
 
 def decode_command(message: tuple) -> Command:

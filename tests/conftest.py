@@ -82,8 +82,13 @@ def start_engine():
     started = []
 
     def start(*args, new_session: bool = False) -> subprocess.Popen:
-        process = subprocess.Popen([*ENGINE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, start_new_session=new_session)
+        process = subprocess.Popen(
+            [*ENGINE, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=new_session,
+        )
         started.append(process)
         return process
 

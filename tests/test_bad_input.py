@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from conftest import ledger_rows
 
 
@@ -18,14 +17,17 @@ def assert_refused(result, api, *fragments):
     assert api.stats()["requests"] == 0
 
 
-@pytest.mark.parametrize("content,fragments", [
-    ('id,amount\n1,5\n2,"7\n', [":3:", "malformed CSV"]),
-    ("id,amount\n1,5\n2,7,9\n", [":3:", "expected 2 fields"]),
-    ("name,amount\nx,5\n", [":1:", "field 'id'", "missing column"]),
-    ("id,amount\n1,5\n2,6\n1,7\n", [":4:", "field 'id'", "duplicate id '1'", "first on line 2"]),
-    ("id,amount\n1,5\n,6\n", [":3:", "field 'id'", "empty id"]),
-    ("", [":1:", "empty file"]),
-])
+@pytest.mark.parametrize(
+    "content,fragments",
+    [
+        ('id,amount\n1,5\n2,"7\n', [":3:", "malformed CSV"]),
+        ("id,amount\n1,5\n2,7,9\n", [":3:", "expected 2 fields"]),
+        ("name,amount\nx,5\n", [":1:", "field 'id'", "missing column"]),
+        ("id,amount\n1,5\n2,6\n1,7\n", [":4:", "field 'id'", "duplicate id '1'", "first on line 2"]),
+        ("id,amount\n1,5\n,6\n", [":3:", "field 'id'", "empty id"]),
+        ("", [":1:", "empty file"]),
+    ],
+)
 def test_bad_csv(tmp_path, api, db, run, content, fragments):
     path = tmp_path / "in.csv"
     path.write_text(content)
@@ -39,12 +41,15 @@ def test_non_utf8_bytes(tmp_path, api, db, run):
     assert_refused(run("bill", path, "--url", api.charge_url(), "--db", db), api, ":3:", "UTF-8")
 
 
-@pytest.mark.parametrize("content,fragments", [
-    ('{"id": 1}\n{"id": 2\n', [":2:", "malformed JSON"]),
-    ('{"id": 1}\n[1, 2]\n', [":2:", "expected a JSON object"]),
-    ('{"id": 1}\n\n{"amount": 2}\n', [":3:", "field 'id'", "missing"]),
-    ('{"id": 1, "amount": 5}\n{"id": 2, "amount": NaN}\n', [":2:", "malformed JSON", "NaN is not a JSON number"]),
-])
+@pytest.mark.parametrize(
+    "content,fragments",
+    [
+        ('{"id": 1}\n{"id": 2\n', [":2:", "malformed JSON"]),
+        ('{"id": 1}\n[1, 2]\n', [":2:", "expected a JSON object"]),
+        ('{"id": 1}\n\n{"amount": 2}\n', [":3:", "field 'id'", "missing"]),
+        ('{"id": 1, "amount": 5}\n{"id": 2, "amount": NaN}\n', [":2:", "malformed JSON", "NaN is not a JSON number"]),
+    ],
+)
 def test_bad_jsonl(tmp_path, api, db, run, content, fragments):
     path = tmp_path / "in.jsonl"
     path.write_text(content)
@@ -65,18 +70,22 @@ def test_row_cannot_change_the_destination_host(tmp_path, api, db, run):
     assert_refused(result, api, ":3:", "leaves the allowed hosts")
 
 
-@pytest.mark.parametrize("url,fragment", [
-    ("ftp://127.0.0.1/x", "only http and https"),
-    ("127.0.0.1/x", "absolute"),
-    ("http://{host}/x", "--allow-host"),
-])
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("ftp://127.0.0.1/x", "only http and https"),
+        ("127.0.0.1/x", "absolute"),
+        ("http://{host}/x", "--allow-host"),
+    ],
+)
 def test_bad_url(customers, api, db, run, url, fragment):
     assert_refused(run("bill", customers(2), "--url", url, "--db", db), api, fragment)
 
 
 def test_unreadable_file(tmp_path, api, db, run):
-    assert_refused(run("bill", tmp_path / "missing.csv", "--url", api.charge_url(), "--db", db), api,
-                   "missing.csv", "cannot open")
+    assert_refused(
+        run("bill", tmp_path / "missing.csv", "--url", api.charge_url(), "--db", db), api, "missing.csv", "cannot open"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -94,8 +103,16 @@ def test_unwritable_db(customers, api, tmp_path, run):
 
 
 def test_missing_environment_variable(customers, api, db, run):
-    result = run("bill", customers(2), "--url", api.charge_url(), "--db", db,
-                 "--header", "Authorization: Bearer ${NOT_SET_ANYWHERE}")
+    result = run(
+        "bill",
+        customers(2),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--header",
+        "Authorization: Bearer ${NOT_SET_ANYWHERE}",
+    )
     assert_refused(result, api, "NOT_SET_ANYWHERE", "not set")
 
 
@@ -110,19 +127,30 @@ def test_a_refused_input_leaves_no_run_behind(tmp_path, api, db, run):
 def test_duplicate_names_the_id_field_in_use(tmp_path, api, db, run):
     path = tmp_path / "in.csv"
     path.write_text("customer_no,amount\nA,1\nA,2\n")
-    result = run("bill", path, "--url", api.charge_url().replace("{id}", "{customer_no}"), "--id-field", "customer_no",
-                 "--db", db)
+    result = run(
+        "bill",
+        path,
+        "--url",
+        api.charge_url().replace("{id}", "{customer_no}"),
+        "--id-field",
+        "customer_no",
+        "--db",
+        db,
+    )
     assert_refused(result, api, ":3:", "field 'customer_no'", "duplicate id 'A'")
 
 
-@pytest.mark.parametrize("content,fragments", [
-    ('{"id": "a\\u0000b", "amount": 1}\n', [":1:", "field 'id'", "control character '\\x00'"]),
-    ('{"id": 1}\n{"id": "x\\r\\nX-Evil: 1", "amount": 2}\n', [":2:", "field 'id'", "control character '\\r'"]),
-    ('{"id": 1, "amount": 1e400}\n', [":1:", "field 'amount'", "1e400", "too large"]),
-    ('{"id": 1, "name": "\\ud800"}\n', [":1:", "field 'name'", "lone surrogate"]),
-    ('{"id": 1}\n{"id": ".."}\n', [":2:", "field 'id'", "path segment"]),
-    ('{"id": "."}\n', [":1:", "field 'id'", "path segment"]),
-])
+@pytest.mark.parametrize(
+    "content,fragments",
+    [
+        ('{"id": "a\\u0000b", "amount": 1}\n', [":1:", "field 'id'", "control character '\\x00'"]),
+        ('{"id": 1}\n{"id": "x\\r\\nX-Evil: 1", "amount": 2}\n', [":2:", "field 'id'", "control character '\\r'"]),
+        ('{"id": 1, "amount": 1e400}\n', [":1:", "field 'amount'", "1e400", "too large"]),
+        ('{"id": 1, "name": "\\ud800"}\n', [":1:", "field 'name'", "lone surrogate"]),
+        ('{"id": 1}\n{"id": ".."}\n', [":2:", "field 'id'", "path segment"]),
+        ('{"id": "."}\n', [":1:", "field 'id'", "path segment"]),
+    ],
+)
 def test_hostile_jsonl(tmp_path, api, db, run, content, fragments):
     path = tmp_path / "in.jsonl"
     path.write_text(content)
@@ -178,21 +206,39 @@ def test_an_id_that_is_not_ascii_is_billed_with_a_percent_encoded_key(tmp_path, 
 def test_typed_fields_are_sent_as_json_types(tmp_path, api, db, run):
     path = tmp_path / "in.csv"
     path.write_text("id,amount,vip,rate\nc1,500,yes,1.5\nc2,7,0,2\n")
-    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int",
-                 "--field", "vip:bool", "--field", "rate:float")
+    result = run(
+        "bill",
+        path,
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--quiet",
+        "--field",
+        "amount:int",
+        "--field",
+        "vip:bool",
+        "--field",
+        "rate:float",
+    )
     assert result.exit_code == 0, result.output
-    payloads = [json.loads(text) for text, in ledger_rows(db, "SELECT payload FROM requests ORDER BY line")]
-    assert payloads == [{"id": "c1", "amount": 500, "vip": True, "rate": 1.5},
-                        {"id": "c2", "amount": 7, "vip": False, "rate": 2.0}]
+    payloads = [json.loads(text) for (text,) in ledger_rows(db, "SELECT payload FROM requests ORDER BY line")]
+    assert payloads == [
+        {"id": "c1", "amount": 500, "vip": True, "rate": 1.5},
+        {"id": "c2", "amount": 7, "vip": False, "rate": 2.0},
+    ]
 
 
-@pytest.mark.parametrize("content,option,fragments", [
-    ("id,amount\nc1,500\nc2,12.5\n", "amount:int", [":3:", "field 'amount'", "expected an integer", "'12.5'"]),
-    ("id,amount\nc1,\n", "amount:int", [":2:", "field 'amount'", "expected an integer"]),
-    ("id,vip\nc1,maybe\n", "vip:bool", [":2:", "field 'vip'", "true or false"]),
-    ("id,rate\nc1,nan\n", "rate:float", [":2:", "field 'rate'", "finite"]),
-    ("id\nc1\n", "amount:int", [":2:", "field 'amount'", "missing"]),
-])
+@pytest.mark.parametrize(
+    "content,option,fragments",
+    [
+        ("id,amount\nc1,500\nc2,12.5\n", "amount:int", [":3:", "field 'amount'", "expected an integer", "'12.5'"]),
+        ("id,amount\nc1,\n", "amount:int", [":2:", "field 'amount'", "expected an integer"]),
+        ("id,vip\nc1,maybe\n", "vip:bool", [":2:", "field 'vip'", "true or false"]),
+        ("id,rate\nc1,nan\n", "rate:float", [":2:", "field 'rate'", "finite"]),
+        ("id\nc1\n", "amount:int", [":2:", "field 'amount'", "missing"]),
+    ],
+)
 def test_a_typed_field_that_does_not_parse_is_refused(tmp_path, api, db, run, content, option, fragments):
     path = tmp_path / "in.csv"
     path.write_text(content)

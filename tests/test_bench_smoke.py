@@ -9,20 +9,34 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-needs_nginx = pytest.mark.skipif(not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
-                                 reason="nginx is not installed (.ci/run installs it with apt-get)")
+needs_nginx = pytest.mark.skipif(
+    not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
+    reason="nginx is not installed (.ci/run installs it with apt-get)",
+)
 
 
 def run_bench(script: str, *args) -> str:
-    done = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def test_latency_bound_smoke():
-    out = run_bench("latency_bound.py", "--rows", 200, "--in-flight", 100, "--latency", 0.2, "--tail-rows", 300,
-                    "--tail-in-flight", 100)
+    out = run_bench(
+        "latency_bound.py",
+        "--rows",
+        200,
+        "--in-flight",
+        100,
+        "--latency",
+        0.2,
+        "--tail-rows",
+        300,
+        "--tail-in-flight",
+        100,
+    )
     assert "| 100 |" in out and "chunk-tail check" in out
 
 

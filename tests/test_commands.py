@@ -6,9 +6,9 @@ import pathlib
 import sqlite3
 
 import pytest
+from conftest import report_json
 
 from engine.cli import cli
-from conftest import report_json
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -16,16 +16,28 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 @pytest.fixture
 def finished_run(api, customers, db, run):
     api.configure(fail_rate=0.1)
-    result = run("bill", customers(200), "--url", api.charge_url(), "--db", db, "--run-id", "rep",
-                 "--max-attempts", 1, "--quiet")
+    result = run(
+        "bill", customers(200), "--url", api.charge_url(), "--db", db, "--run-id", "rep", "--max-attempts", 1, "--quiet"
+    )
     assert result.exit_code == 1
     return "rep"
 
 
 def test_report_json_has_every_key(finished_run, db, run):
     summary = report_json(run, db, finished_run)
-    for key in ("run_id", "total", "succeeded", "failed", "rejected", "pending", "attempts", "elapsed_s",
-                "requests_per_s", "latency_ms", "http_status"):
+    for key in (
+        "run_id",
+        "total",
+        "succeeded",
+        "failed",
+        "rejected",
+        "pending",
+        "attempts",
+        "elapsed_s",
+        "requests_per_s",
+        "latency_ms",
+        "http_status",
+    ):
         assert key in summary
     assert summary["total"] == 200 and summary["succeeded"] + summary["failed"] == 200
     assert summary["failed"] > 5
@@ -100,5 +112,6 @@ def test_export_writes_readable_numbers(finished_run, db, run):
 def test_export_with_no_matching_row_still_writes_the_header(finished_run, db, run):
     result = run("export", finished_run, "--db", db, "--status", "unknown")
     assert result.exit_code == 0
-    assert result.output.splitlines() == ["row_id,line,status,attempts,http_status,curl_error,error,latency_ms,"
-                                          "idempotency_key"]
+    assert result.output.splitlines() == [
+        "row_id,line,status,attempts,http_status,curl_error,error,latency_ms,idempotency_key"
+    ]

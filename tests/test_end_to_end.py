@@ -7,8 +7,21 @@ ATTEMPTS_OF_RUN = "SELECT count(*) FROM attempts JOIN requests USING (rid) WHERE
 
 def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
     path = customers(5000)
-    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "r1", "--workers", 2,
-                 "--concurrency", 200, "--quiet")
+    result = run(
+        "bill",
+        path,
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "r1",
+        "--workers",
+        2,
+        "--concurrency",
+        200,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert status_counts(db, "r1") == {"succeeded": 5000}
     stats = api.stats()
@@ -23,8 +36,21 @@ def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
 def test_failed_rows_are_rerun_after_the_api_heals(api, customers, db, run):
     api.configure(fail_rate=0.05)
     path = customers(1000)
-    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "r2", "--max-attempts", 2,
-                 "--backoff-base", 0.01, "--quiet")
+    result = run(
+        "bill",
+        path,
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "r2",
+        "--max-attempts",
+        2,
+        "--backoff-base",
+        0.01,
+        "--quiet",
+    )
     assert result.exit_code == 1, result.output
     assert "python -m engine rerun r2" in result.output
     counts = status_counts(db, "r2")
@@ -39,8 +65,9 @@ def test_failed_rows_are_rerun_after_the_api_heals(api, customers, db, run):
     assert stats["customers_charged"] == 1000
     assert stats["customers_charged_more_than_once"] == 0
     # the rerun sent only the rows that had failed, each with the key it had before
-    second_pass = ledger_rows(db, "SELECT DISTINCT r.row_id FROM attempts a JOIN requests r USING (rid)"
-                                  " WHERE a.attempt > 2")
+    second_pass = ledger_rows(
+        db, "SELECT DISTINCT r.row_id FROM attempts a JOIN requests r USING (rid) WHERE a.attempt > 2"
+    )
     assert {row_id for (row_id,) in second_pass} <= failed_ids
     keys = ledger_rows(db, "SELECT DISTINCT idempotency_key FROM requests WHERE row_id = 'cus_1'")
     assert keys == [("r2:cus_1",)]
@@ -50,15 +77,26 @@ def test_rejected_rows_are_final_and_not_rerun_by_default(api, tmp_path, db, run
     path = tmp_path / "rows.jsonl"
     path.write_text('{"id": "a"}\n{"id": "b"}\n')
     # the body template names no customer, so the mock API answers 400: a final answer
-    result = run("bill", str(path), "--url", f"{api.base_url}/v1/charges", "--db", db, "--run-id", "r3",
-                 "--body-template", _template(tmp_path, '{"note": "{id}"}'), "--quiet")
+    result = run(
+        "bill",
+        str(path),
+        "--url",
+        f"{api.base_url}/v1/charges",
+        "--db",
+        db,
+        "--run-id",
+        "r3",
+        "--body-template",
+        _template(tmp_path, '{"note": "{id}"}'),
+        "--quiet",
+    )
     assert result.exit_code == 1
     assert status_counts(db, "r3") == {"rejected": 2}
-    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(2,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, "r3") == [(2,)]
     result = run("rerun", "r3", "--db", db, "--quiet")
-    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(2,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, "r3") == [(2,)]
     result = run("rerun", "r3", "--db", db, "--include-rejected", "--quiet")
-    assert ledger_rows(db, ATTEMPTS_OF_RUN, 'r3') == [(4,)]
+    assert ledger_rows(db, ATTEMPTS_OF_RUN, "r3") == [(4,)]
 
 
 def _template(tmp_path, text):
@@ -69,11 +107,26 @@ def _template(tmp_path, text):
 
 def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
     api.configure(p500=0.2, p503=0.1, retry_after=0)
-    result = run("bill", customers(500), "--url", api.charge_url(), "--db", db, "--run-id", "r4",
-                 "--max-attempts", 8, "--backoff-base", 0.01, "--backoff-cap", 0.05, "--quiet")
+    result = run(
+        "bill",
+        customers(500),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "r4",
+        "--max-attempts",
+        8,
+        "--backoff-base",
+        0.01,
+        "--backoff-cap",
+        0.05,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert status_counts(db, "r4") == {"succeeded": 500}
-    attempts = ledger_rows(db, ATTEMPTS_OF_RUN, 'r4')[0][0]
+    attempts = ledger_rows(db, ATTEMPTS_OF_RUN, "r4")[0][0]
     assert attempts > 550
     assert api.stats()["customers_charged_more_than_once"] == 0
 
@@ -81,20 +134,43 @@ def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
 def test_priority_field_sends_higher_priority_first(api, tmp_path, db, run):
     path = tmp_path / "prio.csv"
     path.write_text("id,prio\n" + "".join(f"c{n},{n % 3}\n" for n in range(30)))
-    result = run("bill", str(path), "--url", api.charge_url(), "--db", db, "--run-id", "p",
-                 "--priority-field", "prio", "--workers", 1, "--concurrency", 1, "--chunks", 1, "--quiet")
+    result = run(
+        "bill",
+        str(path),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "p",
+        "--priority-field",
+        "prio",
+        "--workers",
+        1,
+        "--concurrency",
+        1,
+        "--chunks",
+        1,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
-    order = [row_id for (row_id,) in ledger_rows(
-        db, "SELECT r.row_id FROM attempts a JOIN requests r USING (rid) ORDER BY a.started_at")]
+    order = [
+        row_id
+        for (row_id,) in ledger_rows(
+            db, "SELECT r.row_id FROM attempts a JOIN requests r USING (rid) ORDER BY a.started_at"
+        )
+    ]
     expected = [f"c{n}" for p in (2, 1, 0) for n in range(30) if n % 3 == p]
     assert order == expected
 
 
 def test_delay_sends_nothing_before_its_time(api, customers, db, run):
     import time
+
     before = time.time()
-    result = run("bill", customers(20), "--url", api.charge_url(), "--db", db, "--run-id", "d",
-                 "--delay", 1.5, "--quiet")
+    result = run(
+        "bill", customers(20), "--url", api.charge_url(), "--db", db, "--run-id", "d", "--delay", 1.5, "--quiet"
+    )
     assert result.exit_code == 0, result.output
     first = ledger_rows(db, "SELECT min(started_at) FROM attempts")[0][0]
     assert first >= before + 1.5
@@ -104,9 +180,26 @@ def test_secrets_never_reach_the_ledger_or_the_log(api, customers, db, run, tmp_
     secret = "sk_live_THIS_IS_SECRET_42"
     log = tmp_path / "events.jsonl"
     api.configure(p500=0.3)
-    result = run("bill", customers(50), "--url", api.charge_url(), "--db", db, "--run-id", "s",
-                 "--header", "Authorization: Bearer ${BILLING_TOKEN}", "--log-file", log,
-                 "--backoff-base", 0.01, "--max-attempts", 10, "--quiet", env={"BILLING_TOKEN": secret})
+    result = run(
+        "bill",
+        customers(50),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "s",
+        "--header",
+        "Authorization: Bearer ${BILLING_TOKEN}",
+        "--log-file",
+        log,
+        "--backoff-base",
+        0.01,
+        "--max-attempts",
+        10,
+        "--quiet",
+        env={"BILLING_TOKEN": secret},
+    )
     assert result.exit_code == 0, result.output
     assert secret not in result.output
     for path in (db, db + "-wal", str(log)):
@@ -119,8 +212,16 @@ def test_secrets_never_reach_the_ledger_or_the_log(api, customers, db, run, tmp_
 
 
 def test_a_typed_secret_is_refused(api, customers, db, run):
-    result = run("bill", customers(5), "--url", api.charge_url(), "--db", db,
-                 "--header", "Authorization: Bearer sk_live_typed_in_argv")
+    result = run(
+        "bill",
+        customers(5),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--header",
+        "Authorization: Bearer sk_live_typed_in_argv",
+    )
     assert result.exit_code == 2
     assert "environment" in result.output
     assert api.stats()["requests"] == 0
@@ -132,12 +233,27 @@ def test_rerun_script_finishes_a_run(api, customers, db, run):
     from pathlib import Path
 
     api.configure(fail_rate=0.2)
-    assert run("bill", customers(100), "--url", api.charge_url(), "--db", db, "--run-id", "sc",
-               "--max-attempts", 1, "--quiet").exit_code == 1
+    assert (
+        run(
+            "bill",
+            customers(100),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "sc",
+            "--max-attempts",
+            1,
+            "--quiet",
+        ).exit_code
+        == 1
+    )
     api.configure(fail_rate=0.0)
     script = Path(__file__).resolve().parent.parent / "scripts" / "rerun_failed.py"
-    done = subprocess.run([sys.executable, str(script), "sc", "--db", db, "--quiet"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), "sc", "--db", db, "--quiet"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "100 succeeded" in done.stdout
     assert status_counts(db, "sc") == {"succeeded": 100}

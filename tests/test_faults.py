@@ -12,19 +12,59 @@ import random
 import signal
 import time
 
+from conftest import (
+    assert_everyone_charged_once,
+    finish_with_reruns,
+    ledger_rows,
+    run_engine,
+    status_counts,
+    wait_for_attempts,
+    wait_gone,
+    worker_pids,
+)
+
 from engine.mock.process import MockProcess
-from conftest import (assert_everyone_charged_once, finish_with_reruns, ledger_rows, run_engine, status_counts,
-                      wait_for_attempts, wait_gone, worker_pids)
 
 
 def test_every_fault_at_once(customers, db):
     rows = 10_000
-    knobs = dict(latency=0.02, jitter=0.01, p500=0.05, p503=0.05, p429=0.03, retry_after=0.2, p_drop_before=0.02,
-                 p_drop_after=0.03, p_hang=0.005, max_inflight=150, seed=11)
+    knobs = dict(
+        latency=0.02,
+        jitter=0.01,
+        p500=0.05,
+        p503=0.05,
+        p429=0.03,
+        retry_after=0.2,
+        p_drop_before=0.02,
+        p_drop_after=0.03,
+        p_hang=0.005,
+        max_inflight=150,
+        seed=11,
+    )
     with MockProcess(**knobs) as api:
-        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "chaos",
-                            "--workers", 2, "--concurrency", 100, "--timeout", 2, "--backoff-base", 0.05,
-                            "--backoff-cap", 1, "--retry-after-cap", 1, "--quiet")
+        result = run_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "chaos",
+            "--workers",
+            2,
+            "--concurrency",
+            100,
+            "--timeout",
+            2,
+            "--backoff-base",
+            0.05,
+            "--backoff-cap",
+            1,
+            "--retry-after-cap",
+            1,
+            "--quiet",
+        )
         assert result.returncode in (0, 1), result.stderr
         finish_with_reruns(db, "chaos")
         assert_everyone_charged_once(api, db, "chaos", rows)
@@ -37,8 +77,19 @@ def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_p
     log = tmp_path / "events.jsonl"
     mock_started = time.time()
     with MockProcess(latency=0.05, outage_at=outage_at, outage_for=outage_for) as api:
-        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "down",
-                            "--log-file", log, "--quiet")  # the default workers and concurrency
+        result = run_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "down",
+            "--log-file",
+            log,
+            "--quiet",
+        )  # the default workers and concurrency
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "down", rows)
     attempts = ledger_rows(db, "SELECT count(*) FROM attempts")[0][0]
@@ -54,8 +105,21 @@ def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_p
 def test_kill_coordinator_then_rerun(customers, db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3, jitter=0.1) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "k9",
-                              "--workers", 2, "--concurrency", 50, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "k9",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--quiet",
+        )
         wait_for_attempts(db, random.randint(200, 1500))
         workers = worker_pids(engine.pid)
         engine.send_signal(signal.SIGKILL)
@@ -71,8 +135,23 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
     rows = 3000
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=0.3, jitter=0.1) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "kw",
-                              "--workers", 2, "--concurrency", 50, "--log-file", log, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "kw",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--log-file",
+            log,
+            "--quiet",
+        )
         wait_for_attempts(db, random.randint(200, 1500))
         os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
         _, err = engine.communicate(timeout=120)
@@ -84,8 +163,21 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
 def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "int",
-                              "--workers", 2, "--concurrency", 50, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "int",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--quiet",
+        )
         wait_for_attempts(db, 300)
         engine.send_signal(signal.SIGINT)
         out, err = engine.communicate(timeout=60)
@@ -102,8 +194,21 @@ def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
 def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=2.0) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "int2",
-                              "--workers", 2, "--concurrency", 100, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "int2",
+            "--workers",
+            2,
+            "--concurrency",
+            100,
+            "--quiet",
+        )
         wait_for_attempts(db, 100)
         engine.send_signal(signal.SIGINT)
         time.sleep(0.3)
@@ -119,8 +224,23 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
 
 def test_rate_limit_is_global(customers, db):
     with MockProcess() as api:
-        result = run_engine("bill", customers(1500), "--url", api.charge_url(), "--db", db, "--run-id", "rate",
-                            "--workers", 2, "--concurrency", 50, "--rate", 200, "--quiet")
+        result = run_engine(
+            "bill",
+            customers(1500),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "rate",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--rate",
+            200,
+            "--quiet",
+        )
         assert result.returncode == 0, result.stderr
         stats = api.stats()
     assert 150 <= stats["max_requests_in_one_second"] <= 210, stats
@@ -130,8 +250,23 @@ def test_rate_limit_is_global(customers, db):
 
 def test_429s_slow_the_run_down_and_it_recovers(customers, db):
     with MockProcess(latency=0.05, max_inflight=40, retry_after=1) as api:
-        result = run_engine("bill", customers(3000), "--url", api.charge_url(), "--db", db, "--run-id", "slow",
-                            "--workers", 2, "--concurrency", 100, "--max-attempts", 20, "--quiet")
+        result = run_engine(
+            "bill",
+            customers(3000),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "slow",
+            "--workers",
+            2,
+            "--concurrency",
+            100,
+            "--max-attempts",
+            20,
+            "--quiet",
+        )
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "slow", 3000)
     rejected_429 = ledger_rows(db, "SELECT count(*) FROM attempts WHERE http_status = 429")[0][0]
@@ -142,8 +277,18 @@ def test_429s_slow_the_run_down_and_it_recovers(customers, db):
 
 def test_without_idempotency_unknown_outcomes_are_not_retried(customers, db, run):
     with MockProcess(p_drop_after=0.05, seed=3) as api:
-        result = run("bill", customers(1000), "--url", api.charge_url(), "--db", db, "--run-id", "nokey",
-                     "--no-idempotency", "--quiet")
+        result = run(
+            "bill",
+            customers(1000),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "nokey",
+            "--no-idempotency",
+            "--quiet",
+        )
         assert result.exit_code == 1
         counts = status_counts(db, "nokey")
         assert counts["unknown"] > 10 and counts["succeeded"] + counts["unknown"] == 1000

@@ -25,8 +25,7 @@ STORES = {"sqlite": open_sqlite}
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path):
     with STORES[request.param](tmp_path) as opened:
-        opened.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={"a": [1]},
-                          not_before=None)
+        opened.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={"a": [1]}, not_before=None)
         yield opened
 
 
@@ -35,10 +34,26 @@ def rows(count: int, priority=lambda n: 0.0, start: int = 0) -> list[tuple]:
     return [(n + 2, f"c{n}", priority(n), f'{{"id":"c{n}"}}', f"k:c{n}") for n in range(start, start + count)]
 
 
-def answer(rid: int, outcome: str = SUCCEEDED, attempt: int = 1, status: int | None = 200, latency: float = 1.0,
-           error: str | None = None, curl_error: int | None = None) -> tuple:
-    return attempt_record(rid=rid, attempt=attempt, outcome=outcome, http_status=status, curl_error=curl_error,
-                          error=error, excerpt="ok", started_at=time.time(), duration_ms=latency)
+def answer(
+    rid: int,
+    outcome: str = SUCCEEDED,
+    attempt: int = 1,
+    status: int | None = 200,
+    latency: float = 1.0,
+    error: str | None = None,
+    curl_error: int | None = None,
+) -> tuple:
+    return attempt_record(
+        rid=rid,
+        attempt=attempt,
+        outcome=outcome,
+        http_status=status,
+        curl_error=curl_error,
+        error=error,
+        excerpt="ok",
+        started_at=time.time(),
+        duration_ms=latency,
+    )
 
 
 def rids(store, states=(PENDING,)) -> list[int]:
@@ -71,8 +86,14 @@ def test_pages_come_by_priority_then_input_order(store):
     assert sent == [f"c{n}" for p in (2, 1, 0) for n in range(10) if n % 3 == p]
     first = next(store.iter_pages("r", (PENDING,)))
     assert first.level == 2.0
-    assert first.rows[0]._asdict() == {"rid": first.rows[0].rid, "row_id": "c2", "payload": '{"id":"c2"}',
-                                       "idempotency_key": "k:c2", "attempts": 0, "not_before": 0.0}
+    assert first.rows[0]._asdict() == {
+        "rid": first.rows[0].rid,
+        "row_id": "c2",
+        "payload": '{"id":"c2"}',
+        "idempotency_key": "k:c2",
+        "attempts": 0,
+        "not_before": 0.0,
+    }
 
 
 def test_duplicate_id_names_both_lines_and_leaves_nothing_of_its_batch(store):
@@ -92,8 +113,13 @@ def test_duplicate_key_names_the_first_and_the_second_line(store):
 def test_recording_moves_each_row_to_its_outcome_and_keeps_every_attempt(store):
     store.insert_requests("r", rows(4))
     first, second, third, fourth = rids(store)
-    store.record([answer(first), answer(second, RETRYING, status=503), answer(third, FAILED, status=None,
-                                                                             curl_error=7, error="curl 7: refused")])
+    store.record(
+        [
+            answer(first),
+            answer(second, RETRYING, status=503),
+            answer(third, FAILED, status=None, curl_error=7, error="curl 7: refused"),
+        ]
+    )
     store.record([answer(second, attempt=2, latency=5.0)])
     assert store.counts("r") == {**dict.fromkeys(STATES, 0), SUCCEEDED: 2, FAILED: 1, PENDING: 1}
     assert store.count_in("r", (PENDING, FAILED)) == 2
@@ -109,8 +135,9 @@ def test_rows_are_exported_in_input_order_with_the_export_columns(store):
     store.record([answer(first, latency=1.23456), answer(second, FAILED, status=402, error=None)])
     exported = list(store.iter_rows("r", (SUCCEEDED, FAILED)))
     assert [tuple(row) for row in exported] == [EXPORT_COLUMNS] * 2
-    assert [(row["row_id"], row["line"], row["status"], row["http_status"], row["idempotency_key"])
-            for row in exported] == [("c0", 2, SUCCEEDED, 200, "k:c0"), ("c1", 3, FAILED, 402, "k:c1")]
+    assert [
+        (row["row_id"], row["line"], row["status"], row["http_status"], row["idempotency_key"]) for row in exported
+    ] == [("c0", 2, SUCCEEDED, 200, "k:c0"), ("c1", 3, FAILED, 402, "k:c1")]
     assert exported[0]["latency_ms"] == 1.235
     assert list(store.iter_rows("r", (UNKNOWN,))) == []
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
+
 from engine.mock.process import MockProcess
 
 
@@ -27,8 +27,12 @@ def small_disk(tmp_path):
     def mount(megabytes: int) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(where)
@@ -62,20 +66,33 @@ def assert_one_line(result, *fragments) -> None:
 def test_a_disk_full_while_loading_sends_nothing(customers, small_disk):
     disk = small_disk(2)
     with MockProcess() as api:
-        result = run_engine("bill", customers(30_000), "--url", api.charge_url(), "--db", disk / "ledger.db",
-                            "--quiet", timeout=120)
+        result = run_engine(
+            "bill", customers(30_000), "--url", api.charge_url(), "--db", disk / "ledger.db", "--quiet", timeout=120
+        )
         assert_one_line(result, "disk is full")
         assert api.stats()["requests"] == 0
 
 
-def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(customers, small_disk,
-                                                                                  start_engine):
+def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(customers, small_disk, start_engine):
     disk = small_disk(16)
     db = str(disk / "ledger.db")
     rows = 3000
     with MockProcess(latency=0.2) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "full",
-                              "--workers", 1, "--concurrency", 20, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "full",
+            "--workers",
+            1,
+            "--concurrency",
+            20,
+            "--quiet",
+        )
         wait_for_attempts(db, 100)
         filler = fill(disk)
         out, err = engine.communicate(timeout=120)
@@ -101,8 +118,17 @@ def test_a_ledger_locked_by_another_program(customers, db):
         holder.execute("BEGIN EXCLUSIVE")
         try:
             started = time.monotonic()
-            result = run_engine("bill", customers(5, name="more.csv", start=100), "--url", api.charge_url(),
-                                "--db", db, "--busy-timeout", 1, "--quiet")
+            result = run_engine(
+                "bill",
+                customers(5, name="more.csv", start=100),
+                "--url",
+                api.charge_url(),
+                "--db",
+                db,
+                "--busy-timeout",
+                1,
+                "--quiet",
+            )
             assert time.monotonic() - started < 30
         finally:
             holder.rollback()
@@ -135,9 +161,29 @@ def test_an_open_file_limit_below_the_window_lowers_the_concurrency(customers, d
 
     rows = 1000
     with MockProcess(latency=0.3) as api:
-        result = subprocess.run([*ENGINE, "bill", customers(rows), "--url", api.charge_url(), "--db", db,
-                                 "--run-id", "fd", "--workers", "1", "--concurrency", "1000", "--quiet"],
-                                capture_output=True, text=True, timeout=120, preexec_fn=low_limit, check=False)
+        result = subprocess.run(
+            [
+                *ENGINE,
+                "bill",
+                customers(rows),
+                "--url",
+                api.charge_url(),
+                "--db",
+                db,
+                "--run-id",
+                "fd",
+                "--workers",
+                "1",
+                "--concurrency",
+                "1000",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=low_limit,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr  # rows failed with "curl 7: could not connect" before
         assert "open-file limit (ulimit -n) is 256" in result.stderr and "to 192" in result.stderr
         assert_everyone_charged_once(api, db, "fd", rows)

@@ -16,8 +16,9 @@ def charge(api: MockProcess, customer: str, key: str | None = None) -> tuple[int
     headers = {"Content-Type": "application/json", "X-Probe": "seen"}
     if key:
         headers["Idempotency-Key"] = key
-    request = urllib.request.Request(f"{api.base_url}/v1/customers/{customer}/charges", data=b"{}", method="POST",
-                                     headers=headers)
+    request = urllib.request.Request(
+        f"{api.base_url}/v1/customers/{customer}/charges", data=b"{}", method="POST", headers=headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
@@ -60,7 +61,8 @@ def test_big_answers_and_echoed_headers():
 
 
 def test_help_lists_the_knobs():
-    out = subprocess.run([sys.executable, "-m", "engine", "mock-api", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "mock-api", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in ("--no-lock-keys", "--body-bytes", "--echo-headers", "--error-rate"):
         assert option in out

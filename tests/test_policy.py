@@ -2,6 +2,7 @@
 
 import dataclasses
 import random
+
 import pycurl
 import pytest
 
@@ -12,13 +13,31 @@ from engine.states import FAILED, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
 POLICY = RetryPolicy()
 
 
-@pytest.mark.parametrize("status,state", [
-    (200, SUCCEEDED), (201, SUCCEEDED), (204, SUCCEEDED),
-    (301, REJECTED), (302, REJECTED), (400, REJECTED), (401, REJECTED), (402, REJECTED), (403, REJECTED),
-    (404, REJECTED), (410, REJECTED), (422, REJECTED),
-    (408, RETRYING), (409, RETRYING), (425, RETRYING), (429, RETRYING),
-    (500, RETRYING), (502, RETRYING), (503, RETRYING), (504, RETRYING),
-])
+@pytest.mark.parametrize(
+    "status,state",
+    [
+        (200, SUCCEEDED),
+        (201, SUCCEEDED),
+        (204, SUCCEEDED),
+        (301, REJECTED),
+        (302, REJECTED),
+        (400, REJECTED),
+        (401, REJECTED),
+        (402, REJECTED),
+        (403, REJECTED),
+        (404, REJECTED),
+        (410, REJECTED),
+        (422, REJECTED),
+        (408, RETRYING),
+        (409, RETRYING),
+        (425, RETRYING),
+        (429, RETRYING),
+        (500, RETRYING),
+        (502, RETRYING),
+        (503, RETRYING),
+        (504, RETRYING),
+    ],
+)
 def test_http_status_classification(status, state):
     assert POLICY.classify(Outcome(http_status=status)) == state
 

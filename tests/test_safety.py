@@ -19,13 +19,20 @@ import time
 import zlib
 from pathlib import Path
 
-from conftest import (assert_everyone_charged_once, ledger_rows, run_engine, status_counts,
-                      wait_for_attempts, worker_pids)
+from conftest import (
+    assert_everyone_charged_once,
+    ledger_rows,
+    run_engine,
+    status_counts,
+    wait_for_attempts,
+    worker_pids,
+)
+
 from engine.mock.process import MockProcess
 
 
 def only_run_id(db: str) -> str:
-    (run_id,), = ledger_rows(db, "SELECT run_id FROM runs")
+    ((run_id,),) = ledger_rows(db, "SELECT run_id FROM runs")
     return run_id
 
 
@@ -76,7 +83,7 @@ def test_customers_that_always_fail_end_the_pass_quickly(customers, db):
         # 5 attempts with back-off from 0.5 s doubling: under 8 s of waiting; the old breaker paused for 835 s
         assert elapsed < 30, elapsed
         run_id = only_run_id(db)
-        failed = {row for row, in ledger_rows(db, "SELECT row_id FROM requests WHERE status = 'failed'")}
+        failed = {row for (row,) in ledger_rows(db, "SELECT row_id FROM requests WHERE status = 'failed'")}
         assert failed == always_failing(rows, rate)
         assert status_counts(db, run_id) == {"succeeded": rows - len(failed), "failed": len(failed)}
 
@@ -97,8 +104,26 @@ def test_nothing_listening_fails_every_row_with_one_line(customers, db):
 
 def test_a_bad_certificate_fails_every_row_at_once(customers, db, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -119,8 +144,25 @@ def test_a_killed_worker_is_not_resent_while_its_requests_may_run(customers, db,
     rows = 2000
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=1.0, jitter=0.5, lock_keys=False) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "kw",
-                              "--workers", 2, "--concurrency", 100, "--timeout", 3, "--log-file", log, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "kw",
+            "--workers",
+            2,
+            "--concurrency",
+            100,
+            "--timeout",
+            3,
+            "--log-file",
+            log,
+            "--quiet",
+        )
         wait_for_attempts(db, 300)
         os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
         _, err = engine.communicate(timeout=120)
@@ -132,8 +174,24 @@ def test_a_killed_worker_is_not_resent_while_its_requests_may_run(customers, db,
 def test_a_killed_pass_rerun_at_once_waits_for_what_may_still_run(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=1.0, jitter=0.5, lock_keys=False) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "k9",
-                              "--workers", 2, "--concurrency", 100, "--timeout", 3, "--quiet", new_session=True)
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "k9",
+            "--workers",
+            2,
+            "--concurrency",
+            100,
+            "--timeout",
+            3,
+            "--quiet",
+            new_session=True,
+        )
         wait_for_attempts(db, 300)
         os.killpg(engine.pid, signal.SIGKILL)  # coordinator and workers, as a crash or the OOM killer would
         engine.wait(10)
@@ -145,8 +203,21 @@ def test_a_killed_pass_rerun_at_once_waits_for_what_may_still_run(customers, db,
 def test_a_second_pass_of_a_running_run_is_refused(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=0.5, lock_keys=False) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "busy",
-                              "--workers", 2, "--concurrency", 50, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "busy",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--quiet",
+        )
         wait_for_attempts(db, 100)
         second = run_engine("rerun", "busy", "--db", db, "--quiet")
         assert second.returncode == 2, second.stderr
@@ -161,8 +232,23 @@ def test_a_second_pass_of_a_running_run_is_refused(customers, db, start_engine):
 def test_sigterm_to_the_process_group_without_keys_charges_nobody_twice(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=0.5) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "term",
-                              "--no-idempotency", "--workers", 2, "--concurrency", 50, "--quiet", new_session=True)
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "term",
+            "--no-idempotency",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--quiet",
+            new_session=True,
+        )
         wait_for_attempts(db, 200)
         os.killpg(engine.pid, signal.SIGTERM)  # what `systemctl stop` does
         _, err = engine.communicate(timeout=60)
@@ -175,9 +261,25 @@ def test_sigterm_to_the_process_group_without_keys_charges_nobody_twice(customer
 def test_a_crash_without_keys_leaves_in_flight_rows_unknown(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=0.5) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "crash",
-                              "--no-idempotency", "--workers", 2, "--concurrency", 50, "--timeout", 2, "--quiet",
-                              new_session=True)
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "crash",
+            "--no-idempotency",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--timeout",
+            2,
+            "--quiet",
+            new_session=True,
+        )
         wait_for_attempts(db, 200)
         os.killpg(engine.pid, signal.SIGKILL)
         engine.wait(10)
@@ -193,9 +295,27 @@ def test_a_stopped_worker_is_replaced_and_the_pass_ends(customers, db, tmp_path,
     rows = 2000
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=0.2, lock_keys=False) as api:
-        engine = start_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "stop",
-                              "--workers", 2, "--concurrency", 50, "--timeout", 3, "--stall-timeout", 3,
-                              "--log-file", log, "--quiet")
+        engine = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            db,
+            "--run-id",
+            "stop",
+            "--workers",
+            2,
+            "--concurrency",
+            50,
+            "--timeout",
+            3,
+            "--stall-timeout",
+            3,
+            "--log-file",
+            log,
+            "--quiet",
+        )
         wait_for_attempts(db, 200)
         os.kill(worker_pids(engine.pid)[0], signal.SIGSTOP)  # alive, silent: a deadlock in a C library
         _, err = engine.communicate(timeout=90)
@@ -205,12 +325,12 @@ def test_a_stopped_worker_is_replaced_and_the_pass_ends(customers, db, tmp_path,
     assert any(event["event"] == "worker_stalled" for event in events)
 
 
-
 def test_huge_answers_do_not_grow_a_worker(customers, db, start_engine):
     peak_kb = 0
     with MockProcess(body_bytes=20_000_000) as api:
-        engine = start_engine("bill", customers(60), "--url", api.charge_url(), "--db", db, "--workers", 1,
-                              "--concurrency", 20, "--quiet")
+        engine = start_engine(
+            "bill", customers(60), "--url", api.charge_url(), "--db", db, "--workers", 1, "--concurrency", 20, "--quiet"
+        )
         deadline = time.monotonic() + 120
         while engine.poll() is None and time.monotonic() < deadline:
             for pid in worker_pids(engine.pid):
@@ -220,7 +340,7 @@ def test_huge_answers_do_not_grow_a_worker(customers, db, start_engine):
         assert engine.returncode == 0, err
         assert api.stats()["charges"] == 60
     assert 0 < peak_kb < 100_000, peak_kb  # 60 answers of 20 MB: buffered whole they took it past 400 MB
-    excerpt, = {row for row, in ledger_rows(db, "SELECT length(excerpt) FROM attempts")}
+    (excerpt,) = {row for (row,) in ledger_rows(db, "SELECT length(excerpt) FROM attempts")}
     assert excerpt == 200
 
 
@@ -236,13 +356,17 @@ def test_a_429_storm_that_does_not_follow_the_load_does_not_sink_the_run(custome
     rows = 5000
     with MockProcess(latency=0.05, p429=0.3, retry_after=1, seed=7) as api:
         started = time.monotonic()
-        result = run_engine("bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "storm",
-                            "--quiet", timeout=120)
+        result = run_engine(
+            "bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "storm", "--quiet", timeout=120
+        )
         elapsed = time.monotonic() - started
         assert result.returncode in (0, 1), result.stderr  # 0.3 ** 5 of the rows may use up their attempts
         assert elapsed < 60, elapsed  # the window shrank to nothing and stayed there: 8 rows/s, 10+ minutes
         assert status_counts(db, "storm").get("succeeded", 0) > rows * 0.99
         assert api.stats()["customers_charged_more_than_once"] == 0
-    gaps = ledger_rows(db, "SELECT max(gap) FROM (SELECT started_at - lag(started_at) OVER "
-                           "(PARTITION BY rid ORDER BY attempt) AS gap FROM attempts)")
+    gaps = ledger_rows(
+        db,
+        "SELECT max(gap) FROM (SELECT started_at - lag(started_at) OVER "
+        "(PARTITION BY rid ORDER BY attempt) AS gap FROM attempts)",
+    )
     assert gaps[0][0] < 5, gaps  # no row rests much longer than the server's Retry-After

@@ -29,8 +29,9 @@ def test_million_row_csv_loads_in_bounded_memory(tmp_path):
         for n in range(1_000_000):
             handle.write(f"cus_{n},customer{n}@example.com,{n % 5000}\n")
     db = tmp_path / "million.db"
-    out = subprocess.run([sys.executable, "-c", LOADER, str(path), str(db)], capture_output=True, text=True,
-                         timeout=240, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", LOADER, str(path), str(db)], capture_output=True, text=True, timeout=240, check=True
+    ).stdout.split()
     total, peak_mb = int(out[0]), int(out[1])
     assert total == 1_000_000
     # the file is 40 MB and the rows as Python objects would be ~500 MB; streaming keeps the

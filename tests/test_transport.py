@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from email.utils import formatdate
-from urllib.parse import quote, unquote
 import resource
 import subprocess
 import sys
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -57,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        for start, end in zip(pieces, (*pieces[1:], len(body))):
+        for start, end in zip(pieces, (*pieces[1:], len(body)), strict=True):
             self.wfile.write(body[start:end])
             self.wfile.flush()
             time.sleep(0.01)  # each piece reaches the client as a write of its own
@@ -67,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(size))
         self.end_headers()
         while size > 0:
-            self.wfile.write(_ZEROS[:min(size, MB)])
+            self.wfile.write(_ZEROS[: min(size, MB)])
             size -= MB
 
     def _endless_headers(self) -> None:
@@ -116,8 +116,7 @@ def fetch_all(urls: list[str], window: int) -> list:
 
 def measure_in_child(urls: list[str], window: int) -> dict:
     """Run :func:`fetch_all` in a fresh interpreter; its RSS before and at its peak, and what came back."""
-    done = subprocess.run([sys.executable, __file__, str(window), *urls], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, __file__, str(window), *urls], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -147,8 +146,14 @@ def test_endless_headers_end_the_transfer_at_the_header_cap(server):
 
 
 def test_retry_after_is_read_as_seconds_from_delta_seconds_and_http_dates(server):
-    values = ["120", "0", formatdate(time.time() + 90, usegmt=True), formatdate(time.time() - 90, usegmt=True),
-              "soon", "-5"]
+    values = [
+        "120",
+        "0",
+        formatdate(time.time() + 90, usegmt=True),
+        formatdate(time.time() - 90, usegmt=True),
+        "soon",
+        "-5",
+    ]
     finished = fetch_all([f"{server}/retry-after/{quote(value)}" for value in values], window=len(values))
     seconds, zero, later, earlier, *garbage = [done.outcome.retry_after for done in finished]
     assert [done.outcome.http_status for done in finished] == [429] * len(values)
@@ -160,13 +165,17 @@ def test_retry_after_is_read_as_seconds_from_delta_seconds_and_http_dates(server
 def main(window: int, urls: list[str]) -> None:
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     finished = fetch_all(urls, window)
-    print(json.dumps({
-        "baseline_kb": baseline_kb,
-        "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "statuses": [done.outcome.http_status for done in finished],
-        "errors": [done.error for done in finished],
-        "excerpt_lengths": [len(done.excerpt or "") for done in finished],
-    }))
+    print(
+        json.dumps(
+            {
+                "baseline_kb": baseline_kb,
+                "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "statuses": [done.outcome.http_status for done in finished],
+                "errors": [done.error for done in finished],
+                "excerpt_lengths": [len(done.excerpt or "") for done in finished],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

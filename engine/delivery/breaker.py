@@ -52,7 +52,7 @@ class CircuitBreaker(SharedState):
         self.settings = settings
 
     @classmethod
-    def create(cls, context, settings: BreakerSettings = BreakerSettings()) -> "CircuitBreaker":
+    def create(cls, context, settings: BreakerSettings = BreakerSettings()) -> CircuitBreaker:
         return cls(context.Array("d", [CLOSED, 0, 0, settings.first_interval, 0, 0, 0]), settings)
 
     def allow(self) -> bool | str:

@@ -13,7 +13,6 @@ the outcome is ``unknown`` and left for a person to reconcile.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,15 +36,26 @@ E_PEER_FAILED_VERIFICATION, E_SSL_CACERT_BADFILE, E_SSL_ISSUER_ERROR = 60, 77, 8
 E_SSL_PINNEDPUBKEYNOTMATCH, E_SSL_INVALIDCERTSTATUS, E_HTTP2_STREAM = 90, 91, 92
 
 #: curl errors raised before any byte of the request could reach the server.
-CONNECT_PHASE_ERRORS = frozenset({E_COULDNT_RESOLVE_HOST, E_COULDNT_RESOLVE_PROXY, E_COULDNT_CONNECT,
-                                  E_SSL_CONNECT_ERROR})
+CONNECT_PHASE_ERRORS = frozenset(
+    {E_COULDNT_RESOLVE_HOST, E_COULDNT_RESOLVE_PROXY, E_COULDNT_CONNECT, E_SSL_CONNECT_ERROR}
+)
 #: curl errors after which the request may or may not have been applied.
-READ_PHASE_ERRORS = frozenset({E_OPERATION_TIMEDOUT, E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_PARTIAL_FILE,
-                               E_HTTP2, E_HTTP2_STREAM})
+READ_PHASE_ERRORS = frozenset(
+    {E_OPERATION_TIMEDOUT, E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_PARTIAL_FILE, E_HTTP2, E_HTTP2_STREAM}
+)
 #: curl errors of a request that cannot work as configured (URL, protocol, certificate): retrying cannot help.
-CONFIG_ERRORS = frozenset({E_UNSUPPORTED_PROTOCOL, E_URL_MALFORMAT, E_SSL_CERTPROBLEM, E_PEER_FAILED_VERIFICATION,
-                           E_SSL_CACERT_BADFILE, E_SSL_ISSUER_ERROR, E_SSL_PINNEDPUBKEYNOTMATCH,
-                           E_SSL_INVALIDCERTSTATUS})
+CONFIG_ERRORS = frozenset(
+    {
+        E_UNSUPPORTED_PROTOCOL,
+        E_URL_MALFORMAT,
+        E_SSL_CERTPROBLEM,
+        E_PEER_FAILED_VERIFICATION,
+        E_SSL_CACERT_BADFILE,
+        E_SSL_ISSUER_ERROR,
+        E_SSL_PINNEDPUBKEYNOTMATCH,
+        E_SSL_INVALIDCERTSTATUS,
+    }
+)
 
 
 class Outcome(NamedTuple):
@@ -66,6 +76,7 @@ class Decision(NamedTuple):
 
 
 _SUCCESS = Decision(SUCCEEDED)
+_RANDOM = random.Random()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +115,7 @@ class RetryPolicy:
             return RETRYING
         return UNKNOWN
 
-    def decide(self, outcome: Outcome, attempt: int, rng: random.Random = random) -> Decision:
+    def decide(self, outcome: Outcome, attempt: int, rng: random.Random | None = None) -> Decision:
         """The row's next state after its ``attempt``-th attempt in this pass (1-based)."""
         if outcome.curl_error is None and 200 <= (outcome.http_status or 0) < 300:
             return _SUCCESS
@@ -119,7 +130,7 @@ class RetryPolicy:
             delay = min(outcome.retry_after, self.retry_after_cap)
         return Decision(RETRYING, delay)
 
-    def backoff(self, attempt: int, rng: random.Random = random) -> float:
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full-jitter exponential back-off: uniform in [0, min(cap, base * 2**(attempt-1))]."""
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt - 1, 62)))
-        return rng.uniform(0, ceiling)
+        return (rng or _RANDOM).uniform(0, ceiling)

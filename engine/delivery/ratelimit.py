@@ -29,8 +29,21 @@ import time
 
 from engine.delivery.shared import SharedState
 
-(_TAT, _RATE_SHARE, _WINDOW, _EPOCH_START, _ANSWERS, _THROTTLED,
- _FLOOR, _CUTTING, _CUT_WINDOW, _CUT_RATE_SHARE, _CUT_GOODPUT, _CUT_SHARE, _CUT_FACTOR) = range(13)
+(
+    _TAT,
+    _RATE_SHARE,
+    _WINDOW,
+    _EPOCH_START,
+    _ANSWERS,
+    _THROTTLED,
+    _FLOOR,
+    _CUTTING,
+    _CUT_WINDOW,
+    _CUT_RATE_SHARE,
+    _CUT_GOODPUT,
+    _CUT_SHARE,
+    _CUT_FACTOR,
+) = range(13)
 #: Share of 429 answers in an epoch above which the pool slows down.
 THROTTLED_SHARE = 0.10
 #: 429 share tolerated above the learnt noise floor (a factor).
@@ -57,7 +70,7 @@ class Pacer(SharedState):
         self.total = workers * concurrency
 
     @classmethod
-    def create(cls, context, rate: float | None, workers: int, concurrency: int) -> "Pacer":
+    def create(cls, context, rate: float | None, workers: int, concurrency: int) -> Pacer:
         shared = context.Array("d", [0.0, 1.0, float(workers * concurrency), time.monotonic()] + [0.0] * 9)
         return cls(shared, rate, workers, concurrency)
 

@@ -8,7 +8,6 @@ configure, add; ``perform``; read what finished; return the handle; ``select``.
 
 from __future__ import annotations
 
-import resource
 import select
 import time
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ class _Capture:
     def write(self, data: bytes) -> None:
         """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
         if self.kept < EXCERPT_BYTES:
-            piece = data[:EXCERPT_BYTES - self.kept]
+            piece = data[: EXCERPT_BYTES - self.kept]
             self.chunks.append(piece)
             self.kept += len(piece)
 
@@ -138,8 +137,9 @@ def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) ->
         outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent)
         if capture.header_bytes > HEADER_BYTES:
             message = f"response headers over {HEADER_BYTES} bytes"
-        return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt,
-                        f"curl {curl_error}: {message}")
+        return Finished(
+            capture.token, outcome, capture.started_at, duration_ms, excerpt, f"curl {curl_error}: {message}"
+        )
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
@@ -216,9 +216,11 @@ class _EpollLoop:
         for fd, events in self.ready:
             if fd == self.wake_fd:
                 continue
-            flags = ((pycurl.CSELECT_IN if events & (select.EPOLLIN | select.EPOLLHUP) else 0)
-                     | (pycurl.CSELECT_OUT if events & select.EPOLLOUT else 0)
-                     | (pycurl.CSELECT_ERR if events & select.EPOLLERR else 0))
+            flags = (
+                (pycurl.CSELECT_IN if events & (select.EPOLLIN | select.EPOLLHUP) else 0)
+                | (pycurl.CSELECT_OUT if events & select.EPOLLOUT else 0)
+                | (pycurl.CSELECT_ERR if events & select.EPOLLERR else 0)
+            )
             act(fd, flags)
         self.ready = []
         if self.deadline is not None and time.monotonic() >= self.deadline:

@@ -5,8 +5,17 @@ from __future__ import annotations
 from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
 from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
 
-__all__ = ["BUSY_TIMEOUT", "EXPORT_COLUMNS", "DuplicateRow", "LeaseHeld", "LeaseLost", "Page", "SQLiteStore", "Store",
-           "open_store"]
+__all__ = [
+    "BUSY_TIMEOUT",
+    "EXPORT_COLUMNS",
+    "DuplicateRow",
+    "LeaseHeld",
+    "LeaseLost",
+    "Page",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:

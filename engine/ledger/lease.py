@@ -35,7 +35,7 @@ class Holder:
     token: str
 
     @classmethod
-    def this_process(cls) -> "Holder":
+    def this_process(cls) -> Holder:
         return cls(socket.gethostname(), os.getpid(), secrets.token_hex(4))
 
     @property
@@ -88,8 +88,9 @@ def hold_after(lease: dict) -> Hold | None:
     """What a pass taking over ``lease`` (left by a pass that did not end cleanly) must respect."""
     if lease["frontier_rid"] is None:
         return None
-    return Hold(lease["heartbeat_at"] + lease["timeout"] + HOLD_MARGIN,
-                (lease["frontier_priority"], lease["frontier_rid"]))
+    return Hold(
+        lease["heartbeat_at"] + lease["timeout"] + HOLD_MARGIN, (lease["frontier_priority"], lease["frontier_rid"])
+    )
 
 
 def _pid_exists(pid: int) -> bool:

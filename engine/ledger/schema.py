@@ -13,41 +13,73 @@ import sqlite_utils
 from engine.wire import Attempt
 
 RUN_COLUMNS = {
-    "run_id": str, "created_at": float, "input": str, "url": str, "method": str,
-    "options": str, "state": str, "total": int, "not_before": float, "fingerprint": str,
+    "run_id": str,
+    "created_at": float,
+    "input": str,
+    "url": str,
+    "method": str,
+    "options": str,
+    "state": str,
+    "total": int,
+    "not_before": float,
+    "fingerprint": str,
 }
 REQUEST_COLUMNS = {
-    "rid": int, "run_id": str, "line": int, "row_id": str, "priority": float, "payload": str,
-    "idempotency_key": str, "status": str, "attempts": int, "http_status": int,
-    "curl_error": int, "error": str, "latency_ms": float, "updated_at": float,
+    "rid": int,
+    "run_id": str,
+    "line": int,
+    "row_id": str,
+    "priority": float,
+    "payload": str,
+    "idempotency_key": str,
+    "status": str,
+    "attempts": int,
+    "http_status": int,
+    "curl_error": int,
+    "error": str,
+    "latency_ms": float,
+    "updated_at": float,
 }
 ATTEMPT_COLUMNS = {
-    "rid": int, "attempt": int, "outcome": str, "http_status": int, "curl_error": int, "error": str,
-    "excerpt": str, "started_at": float, "duration_ms": float,
+    "rid": int,
+    "attempt": int,
+    "outcome": str,
+    "http_status": int,
+    "curl_error": int,
+    "error": str,
+    "excerpt": str,
+    "started_at": float,
+    "duration_ms": float,
 }
 assert tuple(ATTEMPT_COLUMNS) == Attempt._fields
 PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
 #: One row per run being sent (or left behind by a pass that did not end cleanly).
 LEASE_COLUMNS = {
-    "run_id": str, "holder": str, "host": str, "pid": int, "heartbeat_at": float,
-    "frontier_priority": float, "frontier_rid": int, "timeout": float,
+    "run_id": str,
+    "holder": str,
+    "host": str,
+    "pid": int,
+    "heartbeat_at": float,
+    "frontier_priority": float,
+    "frontier_rid": int,
+    "timeout": float,
 }
 _SQLITE_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
 
 
 def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     """Create what is missing (an older ledger gains its new columns); idempotent."""
-    db["runs"].create(RUN_COLUMNS, pk="run_id", if_not_exists=True)
-    db["requests"].create(REQUEST_COLUMNS, pk="rid", if_not_exists=True, not_null=["run_id", "row_id"])
-    db["requests"].create_index(["run_id", "row_id"], unique=True, if_not_exists=True)
-    db["requests"].create_index(["run_id", "priority", "rid"], if_not_exists=True)
+    db.table("runs").create(RUN_COLUMNS, pk="run_id", if_not_exists=True)
+    db.table("requests").create(REQUEST_COLUMNS, pk="rid", if_not_exists=True, not_null=["run_id", "row_id"])
+    db.table("requests").create_index(["run_id", "row_id"], unique=True, if_not_exists=True)
+    db.table("requests").create_index(["run_id", "priority", "rid"], if_not_exists=True)
     if "attempts" not in db.table_names():
         columns = ", ".join(f"{name} {_SQLITE_TYPES[kind]}" for name, kind in ATTEMPT_COLUMNS.items())
         # one clustered B-tree, appended in (rid, attempt) order: the cheapest insert there is
         # (sqlite-utils cannot say WITHOUT ROWID)
         db.execute(f"CREATE TABLE attempts ({columns}, PRIMARY KEY (rid, attempt)) WITHOUT ROWID")
-    db["passes"].create(PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
-    db["leases"].create(LEASE_COLUMNS, pk="run_id", if_not_exists=True)
-    if "fingerprint" not in db["runs"].columns_dict:  # a ledger written by an older version
-        db["runs"].add_column("fingerprint", str)
-    db["runs"].create_index(["fingerprint"], if_not_exists=True)
+    db.table("passes").create(PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
+    db.table("leases").create(LEASE_COLUMNS, pk="run_id", if_not_exists=True)
+    if "fingerprint" not in db.table("runs").columns_dict:  # a ledger written by an older version
+        db.table("runs").add_column("fingerprint", str)
+    db.table("runs").create_index(["fingerprint"], if_not_exists=True)

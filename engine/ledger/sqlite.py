@@ -18,8 +18,8 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
-from typing import Iterable, Iterator
 
 import sqlite_utils
 
@@ -46,7 +46,8 @@ _INSERT_ATTEMPT = f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES (
 _UPDATE_REQUEST = (
     f"UPDATE requests SET attempts = {_P['attempt']}, status = {_P['outcome']}, http_status = {_P['http_status']},"
     f" curl_error = {_P['curl_error']}, error = {_P['error']}, latency_ms = {_P['duration_ms']},"
-    f" updated_at = {_P['started_at']} + {_P['duration_ms']} / 1000.0 WHERE rid = {_P['rid']}")
+    f" updated_at = {_P['started_at']} + {_P['duration_ms']} / 1000.0 WHERE rid = {_P['rid']}"
+)
 
 
 def _cannot_record_now(err: sqlite3.Error) -> bool:
@@ -80,8 +81,10 @@ class SQLiteStore(Store):
         """The one line for a write the ledger (or the log beside it) could not make."""
         text = str(err).lower()
         if "locked" in text or "busy" in text:
-            why = (f"is locked by another program (waited {self.busy_timeout:g} s; see --busy-timeout); "
-                   "stop that program or wait for it")
+            why = (
+                f"is locked by another program (waited {self.busy_timeout:g} s; see --busy-timeout); "
+                "stop that program or wait for it"
+            )
         elif "full" in text or getattr(err, "errno", None) == errno.ENOSPC:
             why = "cannot be written: the disk is full; free some space"
         else:
@@ -98,8 +101,10 @@ class SQLiteStore(Store):
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
                 raise
-            raise LedgerUnavailable(f"{err.filename or 'the event log'} cannot be written: {err.strerror}. "
-                                    "Nothing is sent that cannot be recorded") from None
+            raise LedgerUnavailable(
+                f"{err.filename or 'the event log'} cannot be written: {err.strerror}. "
+                "Nothing is sent that cannot be recorded"
+            ) from None
 
     def check_space(self, rows: int) -> None:
         """Refuse to start sending ``rows`` when the ledger's disk clearly cannot record their answers."""
@@ -109,7 +114,8 @@ class SQLiteStore(Store):
         if free < needed:
             raise LedgerUnavailable(
                 f"ledger {self.path}: only {free / 1e6:.1f} MB free on its disk, and recording {rows} rows needs "
-                f"about {needed / 1e6:.1f} MB; free some space. Nothing was sent")
+                f"about {needed / 1e6:.1f} MB; free some space. Nothing was sent"
+            )
 
     def close(self) -> None:
         self.conn.close()
@@ -122,8 +128,9 @@ class SQLiteStore(Store):
 
     # -- runs ---------------------------------------------------------------
 
-    def create_run(self, run_id: str, *, input: str, url: str, method: str, options: dict,
-                   not_before: float | None) -> None:
+    def create_run(
+        self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
+    ) -> None:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
@@ -135,7 +142,7 @@ class SQLiteStore(Store):
         row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise LedgerError(f"no run {run_id!r} in {self.path}")
-        run = dict(zip([c[0] for c in self.conn.execute("SELECT * FROM runs LIMIT 0").description], row))
+        run = dict(zip([c[0] for c in self.conn.execute("SELECT * FROM runs LIMIT 0").description], row, strict=True))
         run["options"] = json.loads(run["options"] or "{}")
         return run
 
@@ -144,8 +151,9 @@ class SQLiteStore(Store):
 
     def delete_run(self, run_id: str) -> None:
         with self.conn:
-            self.conn.execute("DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)",
-                              (run_id,))
+            self.conn.execute(
+                "DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)", (run_id,)
+            )
             for table in ("requests", "passes", "runs"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
@@ -155,12 +163,15 @@ class SQLiteStore(Store):
         One transaction, so of two identical commands loading at once exactly one wins.
         """
         with self._immediate():
-            other = self.conn.execute("SELECT run_id FROM runs WHERE fingerprint = ? AND run_id != ?",
-                                      (fingerprint, run_id)).fetchone()
+            other = self.conn.execute(
+                "SELECT run_id FROM runs WHERE fingerprint = ? AND run_id != ?", (fingerprint, run_id)
+            ).fetchone()
             if other is not None:
                 return other[0]
-            self.conn.execute("UPDATE runs SET state = 'ready', total = ?, fingerprint = ? WHERE run_id = ?",
-                              (total, fingerprint, run_id))
+            self.conn.execute(
+                "UPDATE runs SET state = 'ready', total = ?, fingerprint = ? WHERE run_id = ?",
+                (total, fingerprint, run_id),
+            )
         return None
 
     def set_run_state(self, run_id: str, state: str, total: int | None = None) -> None:
@@ -196,14 +207,17 @@ class SQLiteStore(Store):
         """Two rows of a run with one idempotency key: ``(key, first line, second line)``, or None."""
         found = self.conn.execute(
             "SELECT idempotency_key, min(line), max(line) FROM requests WHERE run_id = ?"
-            " GROUP BY idempotency_key HAVING count(*) > 1 ORDER BY max(line) LIMIT 1", (run_id,)).fetchone()
+            " GROUP BY idempotency_key HAVING count(*) > 1 ORDER BY max(line) LIMIT 1",
+            (run_id,),
+        ).fetchone()
         return None if found is None else tuple(found)
 
-    def _find_duplicate(self, run_id: str, rows: list[tuple]) -> "DuplicateRow":
+    def _find_duplicate(self, run_id: str, rows: list[tuple]) -> DuplicateRow:
         seen: dict[str, int] = {}
         for line, row_id, *_ in rows:
             first = self.conn.execute(
-                "SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)).fetchone()
+                "SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)
+            ).fetchone()
             if first is not None or row_id in seen:
                 return DuplicateRow(row_id, line, first[0] if first else seen[row_id])
             seen[row_id] = line
@@ -222,13 +236,16 @@ class SQLiteStore(Store):
                 rows = self.conn.execute(
                     "SELECT rid, row_id, payload, idempotency_key, attempts FROM requests"
                     f" WHERE run_id = ? AND priority = ? AND rid > ? AND status IN ({marks})"
-                    " ORDER BY rid LIMIT ?", (run_id, level, after, *states, page)).fetchall()
+                    " ORDER BY rid LIMIT ?",
+                    (run_id, level, after, *states, page),
+                ).fetchall()
                 if not rows:
                     break
                 after = rows[-1][0]
                 yield Page(level, [Dispatch(*row) for row in rows])
             level = self.conn.execute(
-                "SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level)).fetchone()[0]
+                "SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level)
+            ).fetchone()[0]
 
     # -- recording ----------------------------------------------------------
 
@@ -249,7 +266,8 @@ class SQLiteStore(Store):
         with self.conn:
             return self.conn.execute(
                 f"UPDATE requests SET status = ? WHERE run_id = ? AND status IN ({_marks(states)})",
-                (state, run_id, *states)).rowcount
+                (state, run_id, *states),
+            ).rowcount
 
     def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
         """Rows of ``run_id`` in ``states`` become ``unknown`` (they may have been sent); how many."""
@@ -258,21 +276,25 @@ class SQLiteStore(Store):
             return self.conn.execute(
                 f"UPDATE requests SET status = '{UNKNOWN}', error = ?, updated_at = ?"
                 f" WHERE run_id = ? AND status IN ({_marks(states)})",
-                (reason, time.time(), run_id, *states)).rowcount
+                (reason, time.time(), run_id, *states),
+            ).rowcount
 
     def start_pass(self, run_id: str) -> int:
         with self.conn:
             number = self.conn.execute(
-                "SELECT coalesce(max(pass_no), 0) + 1 FROM passes WHERE run_id = ?", (run_id,)).fetchone()[0]
-            self.conn.execute("INSERT INTO passes (run_id, pass_no, started_at) VALUES (?, ?, ?)",
-                              (run_id, number, time.time()))
+                "SELECT coalesce(max(pass_no), 0) + 1 FROM passes WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            self.conn.execute(
+                "INSERT INTO passes (run_id, pass_no, started_at) VALUES (?, ?, ?)", (run_id, number, time.time())
+            )
             self.conn.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", (run_id,))
         return number
 
     def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
         with self.conn:
-            self.conn.execute("UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?",
-                              (time.time(), run_id, pass_no))
+            self.conn.execute(
+                "UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?", (time.time(), run_id, pass_no)
+            )
             self.conn.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
 
     # -- the lease: one pass per run at a time ------------------------------
@@ -287,26 +309,40 @@ class SQLiteStore(Store):
         with self._immediate():
             old = self._lease(run_id)
             if old is not None and leases.holder_alive(old, now):
-                raise LeaseHeld(f"run {run_id!r} is being sent by {leases.describe(old, now)};"
-                                " wait for it to end, or stop that process first")
+                raise LeaseHeld(
+                    f"run {run_id!r} is being sent by {leases.describe(old, now)};"
+                    " wait for it to end, or stop that process first"
+                )
             hold = leases.hold_after(old) if old is not None else None
             self.conn.execute(
                 "INSERT OR REPLACE INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority,"
                 " frontier_rid, timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, holder.name, holder.host, holder.pid, now,
-                 *(hold.frontier if hold else (None, None)), max(timeout, old["timeout"] if old else 0.0)))
+                (
+                    run_id,
+                    holder.name,
+                    holder.host,
+                    holder.pid,
+                    now,
+                    *(hold.frontier if hold else (None, None)),
+                    max(timeout, old["timeout"] if old else 0.0),
+                ),
+            )
         return hold
 
     def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
         """Heartbeat, and move the dispatch frontier forward; :class:`LeaseLost` if it was taken over."""
         with self.conn:
             if frontier is None:
-                changed = self.conn.execute("UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND holder = ?",
-                                            (time.time(), run_id, holder.name)).rowcount
+                changed = self.conn.execute(
+                    "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                    (time.time(), run_id, holder.name),
+                ).rowcount
             else:
                 changed = self.conn.execute(
                     "UPDATE leases SET heartbeat_at = ?, frontier_priority = ?, frontier_rid = ?"
-                    " WHERE run_id = ? AND holder = ?", (time.time(), *frontier, run_id, holder.name)).rowcount
+                    " WHERE run_id = ? AND holder = ?",
+                    (time.time(), *frontier, run_id, holder.name),
+                ).rowcount
         if not changed:
             raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
 
@@ -317,8 +353,10 @@ class SQLiteStore(Store):
             if clean:
                 self.conn.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", (run_id, holder.name))
             else:
-                self.conn.execute("UPDATE leases SET pid = 0, heartbeat_at = ? WHERE run_id = ? AND holder = ?",
-                                  (time.time(), run_id, holder.name))
+                self.conn.execute(
+                    "UPDATE leases SET pid = 0, heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                    (time.time(), run_id, holder.name),
+                )
 
     def lease(self, run_id: str) -> dict | None:
         return self._lease(run_id)
@@ -326,7 +364,7 @@ class SQLiteStore(Store):
     def _lease(self, run_id: str) -> dict | None:
         cursor = self.conn.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,))
         row = cursor.fetchone()
-        return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+        return None if row is None else dict(zip([c[0] for c in cursor.description], row, strict=True))
 
     @contextmanager
     def _immediate(self):
@@ -343,32 +381,39 @@ class SQLiteStore(Store):
 
     def counts(self, run_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        counts.update(self.conn.execute(
-            "SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)).fetchall())
+        counts.update(
+            self.conn.execute(
+                "SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)
+            ).fetchall()
+        )
         return counts
 
     def count_in(self, run_id: str, states: Iterable[str]) -> int:
         states = tuple(states)
         return self.conn.execute(
-            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({_marks(states)})",
-            (run_id, *states)).fetchone()[0]
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({_marks(states)})", (run_id, *states)
+        ).fetchone()[0]
 
     def top_error(self, run_id: str) -> tuple[str, int] | None:
         """The most common last error of the rows that did not succeed, and how many rows have it."""
         return self.conn.execute(
             "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
             " AND status != 'succeeded' AND (error IS NOT NULL OR http_status IS NOT NULL)"
-            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1", (run_id,)).fetchone()
+            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
 
     def attempt_count(self, run_id: str) -> int:
         return self.conn.execute(
-            "SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)).fetchone()[0]
+            "SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
 
     def elapsed(self, run_id: str) -> float:
         """Seconds spent sending, summed over the run's passes."""
         return self.conn.execute(
-            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes"
-            " WHERE run_id = ?", (run_id,)).fetchone()[0]
+            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()[0]
 
     def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
         """Nearest-rank percentiles of the latency of each row's last attempt that got an answer.
@@ -381,7 +426,7 @@ class SQLiteStore(Store):
         wanted = {q: min(n - 1, max(0, math.ceil(q * n) - 1)) for q in quantiles}
         result: dict[float, float | None] = dict.fromkeys(quantiles)
         if n:
-            by_rank = {}
+            by_rank: dict[int, list[float]] = {}
             for q, rank in wanted.items():
                 by_rank.setdefault(rank, []).append(q)
             last = max(by_rank)
@@ -397,7 +442,9 @@ class SQLiteStore(Store):
         """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
         rows = self.conn.execute(
             "SELECT coalesce(CAST(a.http_status AS TEXT), 'curl:' || a.curl_error), count(*) FROM requests r"
-            " JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ? GROUP BY 1 ORDER BY 1", (run_id,)).fetchall()
+            " JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ? GROUP BY 1 ORDER BY 1",
+            (run_id,),
+        ).fetchall()
         return dict(rows)
 
     def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
@@ -405,15 +452,15 @@ class SQLiteStore(Store):
         marks = _marks(states)
         cursor = self.conn.execute(
             "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3),"
-            f" idempotency_key FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid", (run_id, *states))
+            f" idempotency_key FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid",
+            (run_id, *states),
+        )
         names = self.EXPORT_COLUMNS
         with closing(cursor):
             for row in cursor:
-                yield dict(zip(names, row))
+                yield dict(zip(names, row, strict=True))
 
 
 def _marks(values: tuple) -> str:
     """``?,?,?``: the placeholders of an ``IN (...)`` list."""
     return ",".join("?" * len(values))
-
-

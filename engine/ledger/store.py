@@ -13,16 +13,26 @@ workers report them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.lease import Hold, Holder
 from engine.wire import Dispatch
 
 #: The columns :meth:`Store.iter_rows` yields, in order (an export's header, even when no row matches).
-EXPORT_COLUMNS = ("row_id", "line", "status", "attempts", "http_status", "curl_error", "error", "latency_ms",
-                  "idempotency_key")
+EXPORT_COLUMNS = (
+    "row_id",
+    "line",
+    "status",
+    "attempts",
+    "http_status",
+    "curl_error",
+    "error",
+    "latency_ms",
+    "idempotency_key",
+)
 
 
 class Page(NamedTuple):
@@ -78,8 +88,9 @@ class Store(ABC):
     # -- runs ----------------------------------------------------------------
 
     @abstractmethod
-    def create_run(self, run_id: str, *, input: str, url: str, method: str, options: dict,
-                   not_before: float | None) -> None:
+    def create_run(
+        self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
+    ) -> None:
         """A new run in state ``loading``."""
 
     @abstractmethod

@@ -15,6 +15,7 @@ import fcntl
 import multiprocessing
 import time
 from multiprocessing.connection import wait
+
 from engine.backend import Backend
 from engine.config import RunSettings
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
@@ -47,8 +48,12 @@ class _Slot:
         inbox_reader, self.inbox = _pipe()
         self.results, results_writer = _pipe()
         heartbeats[index] = time.monotonic() + STARTUP_GRACE
-        self.process = _CONTEXT.Process(target=run_worker, args=(index, config, inbox_reader, results_writer, *shared),
-                                        name=f"engine-worker-{index}", daemon=True)
+        self.process = _CONTEXT.Process(
+            target=run_worker,
+            args=(index, config, inbox_reader, results_writer, *shared),
+            name=f"engine-worker-{index}",
+            daemon=True,
+        )
         self.process.start()
         inbox_reader.close()
         results_writer.close()
@@ -64,20 +69,22 @@ class LocalBackend(Backend):
     alive but makes no progress is found.
     """
 
-    def __init__(self, size: int, config: WorkerConfig, rate: float | None = None,
-                 breaker: BreakerSettings = BreakerSettings()):
+    def __init__(
+        self, size: int, config: WorkerConfig, rate: float | None = None, breaker: BreakerSettings | None = None
+    ):
         self.size = size
         self.config = config
-        self.breaker = CircuitBreaker.create(_CONTEXT, breaker)
+        self.breaker = CircuitBreaker.create(_CONTEXT, breaker or BreakerSettings())
         self.pacer = Pacer.create(_CONTEXT, rate, size, config.concurrency)
         self.heartbeats = _CONTEXT.Array("d", size, lock=False)
         self.slots = [self._start(index) for index in range(size)]
 
     @classmethod
-    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> "LocalBackend":
+    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> LocalBackend:
         """The workers for a run; they start (imports, curl handles) while the caller goes on."""
-        return cls(settings.workers, WorkerConfig.for_run(settings, spec), rate=settings.rate,
-                   breaker=settings.breaker())
+        return cls(
+            settings.workers, WorkerConfig.for_run(settings, spec), rate=settings.rate, breaker=settings.breaker()
+        )
 
     def _start(self, index: int) -> _Slot:
         return _Slot(index, self.config, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
@@ -125,8 +132,11 @@ class LocalBackend(Backend):
     def stalled(self, limit: float) -> list[int]:
         """Live workers whose heartbeat is older than ``limit`` seconds (stopped, or stuck in C code)."""
         now = time.monotonic()
-        return [slot.index for slot in self.slots
-                if not slot.closed and now - self.heartbeats[slot.index] > limit and slot.process.is_alive()]
+        return [
+            slot.index
+            for slot in self.slots
+            if not slot.closed and now - self.heartbeats[slot.index] > limit and slot.process.is_alive()
+        ]
 
     def kill(self, index: int) -> None:
         """SIGKILL one worker (it also ends a stopped one); :meth:`events` then reports it dead."""

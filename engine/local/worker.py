@@ -54,17 +54,28 @@ class WorkerConfig:
     id_field: str = "id"
 
     @classmethod
-    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> "WorkerConfig":
+    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> WorkerConfig:
         """The worker's part of a run's settings; ``spec`` is the request built once from them."""
-        transport = TransportOptions(connect_timeout=settings.connect_timeout, timeout=settings.timeout,
-                                     verify_tls=not settings.insecure, ca_bundle=settings.ca_bundle,
-                                     reuse_connections=settings.idempotency)
-        return cls(spec=spec, policy=settings.policy(), transport=transport, concurrency=settings.concurrency,
-                   chunk_size=settings.chunks, id_field=settings.id_field)
+        transport = TransportOptions(
+            connect_timeout=settings.connect_timeout,
+            timeout=settings.timeout,
+            verify_tls=not settings.insecure,
+            ca_bundle=settings.ca_bundle,
+            reuse_connections=settings.idempotency,
+        )
+        return cls(
+            spec=spec,
+            policy=settings.policy(),
+            transport=transport,
+            concurrency=settings.concurrency,
+            chunk_size=settings.chunks,
+            id_field=settings.id_field,
+        )
 
 
-def run_worker(worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer,
-               heartbeats) -> None:
+def run_worker(
+    worker_id: int, config: WorkerConfig, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer, heartbeats
+) -> None:
     """Entry point of a worker process; returns when told to stop or when the coordinator dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the coordinator, which drains us
     raise_open_file_limit()
@@ -150,7 +161,7 @@ class WorkerLoop:
         while self.inbox.poll():
             command = decode_command(self.inbox.recv())
             if command.kind == ROWS:
-                self._take_rows(command.chunks)
+                self._take_rows(command.chunks or [])
             elif command.kind == DRAIN:
                 self.draining = True
             elif command.kind == STOP:
@@ -196,8 +207,13 @@ class WorkerLoop:
         try:
             self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
         except Exception as err:  # a row the coordinator validated should never get here
-            self._record(row, 1, started_at=time.time(), outcome=FAILED,
-                         error=f"cannot send this row: {type(err).__name__}: {err}")
+            self._record(
+                row,
+                1,
+                started_at=time.time(),
+                outcome=FAILED,
+                error=f"cannot send this row: {type(err).__name__}: {err}",
+            )
 
     def _settle(self, done) -> None:
         row: Dispatch = done.token
@@ -214,18 +230,28 @@ class WorkerLoop:
         else:
             self.pass_attempts.pop(row.rid, None)
             self.gate.forget(row.rid)
-        self._record(row, attempt, outcome=decision.state, http_status=outcome.http_status,
-                     curl_error=outcome.curl_error, error=done.error, excerpt=done.excerpt,
-                     started_at=done.started_at, duration_ms=done.duration_ms)
+        self._record(
+            row,
+            attempt,
+            outcome=decision.state,
+            http_status=outcome.http_status,
+            curl_error=outcome.curl_error,
+            error=done.error,
+            excerpt=done.excerpt,
+            started_at=done.started_at,
+            duration_ms=done.duration_ms,
+        )
 
-    def _record(self, row: Dispatch, attempt: int, *, error: str | None = None, excerpt: str | None = None,
-                **fields) -> None:
+    def _record(
+        self, row: Dispatch, attempt: int, *, error: str | None = None, excerpt: str | None = None, **fields
+    ) -> None:
         """Queue the record of the row's ``attempt``-th attempt of this pass, secrets redacted."""
         secrets = self.requests.secrets
         if secrets:  # an API that echoes the request must not put a token into the ledger or the log
             error, excerpt = redact(error, secrets), redact(excerpt, secrets)
-        self.results.append(attempt_record(rid=row.rid, attempt=row.attempts + attempt, error=error,
-                                           excerpt=excerpt, **fields))
+        self.results.append(
+            attempt_record(rid=row.rid, attempt=row.attempts + attempt, error=error, excerpt=excerpt, **fields)
+        )
 
     def _poll_timeout(self) -> float:
         timeout = FLUSH_INTERVAL

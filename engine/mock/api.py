@@ -25,8 +25,16 @@ from urllib.parse import parse_qsl
 from engine.mock.config import MockConfig
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    400: "Bad Request",
+    404: "Not Found",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class BillingState:
@@ -141,8 +149,8 @@ class BillingProtocol(asyncio.Protocol):
         length = int(headers.get(b"content-length", b"0") or 0)
         if len(self.buffer) < end + 4 + length:
             return None
-        body = bytes(self.buffer[end + 4:end + 4 + length])
-        del self.buffer[:end + 4 + length]
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
         method, path, *_ = head[0].split(b" ") + [b"", b""]
         return Request(method, path, headers, body)
 
@@ -158,8 +166,10 @@ class BillingProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.state.statuses[status] += 1
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}\r\n")
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n"
+        )
         self.transport.write(head.encode() + body)
         self.busy = False
         self._next()
@@ -292,7 +302,7 @@ def run(host: str = "127.0.0.1", port: int = 0, config: MockConfig | None = None
     try:
         import uvloop
     except ImportError:
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]
     try:
         if uvloop is not None:
             uvloop.run(serve(host, port, config or MockConfig(), on_ready))

@@ -6,33 +6,48 @@ Kept apart from the server so the CLI can show their defaults without importing 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def knob(default, help: str, metavar: str | None = None, *aliases: str):
+    """A field of :class:`MockConfig` with what its ``mock-api`` option shows."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "aliases": aliases})
 
 
 @dataclass
 class MockConfig:
-    """The fault knobs; probabilities are per request, times in seconds."""
+    """The fault knobs; probabilities are per request, times in seconds. Each is a ``mock-api`` option."""
 
-    latency: float = 0.0
-    jitter: float = 0.0
-    p500: float = 0.0
-    p503: float = 0.0
-    p429: float = 0.0
-    retry_after: float = 1.0
-    p_drop_before: float = 0.0
-    p_drop_after: float = 0.0
-    p_hang: float = 0.0
-    fail_rate: float = 0.0
-    outage_at: float | None = None
-    outage_for: float = 0.0
-    max_inflight: int = 0
-    seed: int | None = None
-    #: False: a request whose key is still being processed is charged too (many real APIs), not 409.
-    lock_keys: bool = True
-    #: Pad each successful answer to at least this many bytes.
-    body_bytes: int = 0
-    #: Echo the request's headers in each answer's body (as APIs that quote the request in errors do).
-    echo_headers: bool = False
+    latency: float = knob(0.0, "Seconds before each answer.", "S")
+    jitter: float = knob(0.0, "Latency varies uniformly by up to this much either way.", "S")
+    p500: float = knob(0.0, "Share of requests answered 500.", "P", "--error-rate")
+    p503: float = knob(0.0, "Share answered 503 with Retry-After.", "P")
+    p429: float = knob(0.0, "Share answered 429 with Retry-After.", "P")
+    retry_after: float = knob(1.0, "Retry-After sent with 429 and 503.", "S")
+    p_drop_before: float = knob(0.0, "Share of connections closed without charging or answering.", "P")
+    p_drop_after: float = knob(
+        0.0, "Share charged, then closed without an answer (what double-charges naive clients).", "P"
+    )
+    p_hang: float = knob(0.0, "Share never answered.", "P")
+    fail_rate: float = knob(
+        0.0, "Share of customers (fixed by id) answered 503 until changed via POST /admin/config.", "P"
+    )
+    outage_at: float | None = knob(None, "Start an outage (all 503) S seconds in.", "S")
+    outage_for: float = knob(0.0, "Length of the outage.", "S")
+    max_inflight: int = knob(0, "Answer 429 beyond N requests in flight (0: no limit).", "N")
+    seed: int | None = knob(None, "Random seed for reproducible faults.", "N")
+    lock_keys: bool = knob(
+        True,
+        "Answer 409 to a request whose Idempotency-Key is still being processed; "
+        "--no-lock-keys charges it too, as many real APIs do.",
+    )
+    body_bytes: int = knob(0, "Pad every successful answer to at least N bytes.", "N")
+    echo_headers: bool = knob(
+        False, "Quote the request's headers in every answer's body (as APIs that quote the request in errors do)."
+    )
+
+    #: The type of each knob whose default is None.
+    OPTIONAL_TYPES = {"outage_at": float, "seed": int}
 
     def update(self, changes: dict) -> None:
         names = {f.name for f in dataclasses.fields(self)}

@@ -40,12 +40,17 @@ def run_demo(users: int, workers: int, concurrency: int, directory: str | None, 
     write_customers(customers, users)
     say = (lambda *a: None) if quiet else click.echo
     with MockProcess(latency=DEMO_LATENCY, jitter=0.1, p500=DEMO_ERROR_RATE, fail_rate=DEMO_FAIL_RATE) as api:
-        say(f"mock billing API on {api.base_url}: {DEMO_LATENCY} s per request, {DEMO_ERROR_RATE:.0%} random 500s, "
-            f"{DEMO_FAIL_RATE:.0%} of customers failing until it heals")
-        say(f"billing {users} customers from {customers}: serially this would take "
-            f"{users * DEMO_LATENCY / 3600:.1f} hours")
-        settings = RunSettings(url=api.charge_url(), workers=workers, concurrency=concurrency, max_attempts=3,
-                               backoff_cap=4.0)
+        say(
+            f"mock billing API on {api.base_url}: {DEMO_LATENCY} s per request, {DEMO_ERROR_RATE:.0%} random 500s, "
+            f"{DEMO_FAIL_RATE:.0%} of customers failing until it heals"
+        )
+        say(
+            f"billing {users} customers from {customers}: serially this would take "
+            f"{users * DEMO_LATENCY / 3600:.1f} hours"
+        )
+        settings = RunSettings(
+            url=api.charge_url(), workers=workers, concurrency=concurrency, max_attempts=3, backoff_cap=4.0
+        )
         first = bill(db=db, input_path=customers, settings=settings, quiet=quiet)
         say(render(first.summary))
         result: RunResult = first
@@ -55,8 +60,10 @@ def run_demo(users: int, workers: int, concurrency: int, directory: str | None, 
             result = rerun(db=db, run_id=first.run_id, quiet=quiet)
             say(render(result.summary))
         stats = api.stats()
-    say(f"\nmock API: {stats['customers_charged']} customers charged, "
-        f"{stats['customers_charged_more_than_once']} charged more than once, {stats['replays']} replays")
+    say(
+        f"\nmock API: {stats['customers_charged']} customers charged, "
+        f"{stats['customers_charged_more_than_once']} charged more than once, {stats['replays']} replays"
+    )
     say(f"ledger: {db}  (try: python -m engine report {result.run_id} --db {db})")
     ok = result.complete and stats["customers_charged"] == users and stats["customers_charged_more_than_once"] == 0
     return 0 if ok else 1

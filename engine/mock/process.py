@@ -24,7 +24,7 @@ class MockProcess:
         self.process: subprocess.Popen | None = None
         self.base_url = ""
 
-    def start(self) -> "MockProcess":
+    def start(self) -> MockProcess:
         args = [sys.executable, "-m", "engine", "mock-api", "--host", "127.0.0.1", "--port", "0"]
         for name, value in self.knobs.items():
             option = name.replace("_", "-")
@@ -33,11 +33,12 @@ class MockProcess:
             elif value is not None:
                 args += [f"--{option}", str(value)]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith(READY_PREFIX):
             self.stop()
             raise EngineError(f"the mock API did not start: {line.strip() or 'no output'}")
-        self.base_url = line[len(READY_PREFIX):].strip()
+        self.base_url = line[len(READY_PREFIX) :].strip()
         return self
 
     def stop(self) -> None:
@@ -69,7 +70,11 @@ class MockProcess:
         return self._post("/admin/reset", {})
 
     def _post(self, path: str, data: dict) -> dict:
-        request = urllib.request.Request(f"{self.base_url}{path}", data=json.dumps(data).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base_url}{path}",
+            data=json.dumps(data).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)

@@ -32,9 +32,17 @@ class EventLog:
         self.handle.flush()
 
     def failed_attempt(self, run_id: str, attempt: Attempt) -> None:
-        self.emit("attempt_failed", run_id=run_id, rid=attempt.rid, attempt=attempt.attempt,
-                  outcome=attempt.outcome, http_status=attempt.http_status, curl_error=attempt.curl_error,
-                  error=attempt.error, duration_ms=round(attempt.duration_ms, 1))
+        self.emit(
+            "attempt_failed",
+            run_id=run_id,
+            rid=attempt.rid,
+            attempt=attempt.attempt,
+            outcome=attempt.outcome,
+            http_status=attempt.http_status,
+            curl_error=attempt.curl_error,
+            error=attempt.error,
+            duration_ms=round(attempt.duration_ms, 1),
+        )
 
     def close(self) -> None:
         if self.handle is not None:

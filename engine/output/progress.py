@@ -23,21 +23,24 @@ class Progress:
         self.last_line = 0.0
         self.started = time.monotonic()
         if not quiet and self.tty:
-            self.bar = tqdm(total=total or None, desc=description, unit="req", file=self.stream,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total or None, desc=description, unit="req", file=self.stream, dynamic_ncols=True, smoothing=0.1
+            )
 
     def update(self, tally) -> None:
         finished = tally.succeeded + tally.not_succeeded
         if self.bar is not None:
             self.bar.update(finished - self.done)
-            self.bar.set_postfix(ok=tally.succeeded, failed=tally.not_succeeded, retries=tally.retries,
-                                 refresh=False)
+            self.bar.set_postfix(ok=tally.succeeded, failed=tally.not_succeeded, retries=tally.retries, refresh=False)
         elif not self.quiet and time.monotonic() - self.last_line >= PLAIN_INTERVAL:
             self.last_line = time.monotonic()
             rate = finished / max(1e-9, self.last_line - self.started)
-            print(f"{self.description}: {finished}/{self.total} done, ok={tally.succeeded} "
-                  f"failed={tally.not_succeeded} retries={tally.retries} ({rate:.0f} req/s)",
-                  file=self.stream, flush=True)
+            print(
+                f"{self.description}: {finished}/{self.total} done, ok={tally.succeeded} "
+                f"failed={tally.not_succeeded} retries={tally.retries} ({rate:.0f} req/s)",
+                file=self.stream,
+                flush=True,
+            )
         self.done = finished
 
     def count(self, done: int) -> None:

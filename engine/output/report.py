@@ -94,7 +94,18 @@ def runs_table(runs: list[dict]) -> str:
     if not runs:
         return "no runs in this ledger"
     header = ("run", "state", "total", "succeeded", "failed", "rejected", "unknown", "pending")
-    rows = [(r["run_id"], r["state"], r["total"], r[SUCCEEDED], r[FAILED], r[REJECTED], r[UNKNOWN],
-             r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0)) for r in runs]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in (header, *rows))
+    rows = [
+        (
+            r["run_id"],
+            r["state"],
+            r["total"],
+            r[SUCCEEDED],
+            r[FAILED],
+            r[REJECTED],
+            r[UNKNOWN],
+            r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0),
+        )
+        for r in runs
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows))

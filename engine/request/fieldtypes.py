@@ -9,7 +9,8 @@ the type named.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engine.errors import UsageError
 

@@ -13,8 +13,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from engine.errors import InputError, UsageError
 
@@ -98,7 +99,7 @@ def _read_csv(handle, name: str, id_field: str) -> Iterator[Row]:
         row_id = values[id_index].strip()
         if not row_id:
             raise InputError(name, line, "empty id", id_field)
-        yield Row(line, row_id, dict(zip(header, values)))
+        yield Row(line, row_id, dict(zip(header, values, strict=True)))
 
 
 def _check_header(name: str, header: list[str]) -> None:
@@ -162,8 +163,12 @@ def _check_values(fields: dict, name: str, line: int) -> None:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise InputError(name, line, "not valid Unicode (a lone surrogate such as \\ud800)",
-                                 key.encode("utf-8", "backslashreplace").decode()) from None
+                raise InputError(
+                    name,
+                    line,
+                    "not valid Unicode (a lone surrogate such as \\ud800)",
+                    key.encode("utf-8", "backslashreplace").decode(),
+                ) from None
 
 
 def _strings(key: str, value) -> Iterator[str]:

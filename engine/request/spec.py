@@ -11,8 +11,9 @@ import enum
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from engine.errors import DestinationError, UsageError
@@ -96,11 +97,11 @@ def redact(text: str | None, secrets: Iterable[str]) -> str | None:
 class RequestSpec:
     """How every row becomes a request. Plain data: it is sent to each worker process.
 
-    ``headers`` already has ``${VAR}`` expanded, so it may hold secrets: it is kept
-    out of ``repr`` and never written to the ledger or the logs.
+    ``url`` and ``headers`` already have ``${VAR}`` expanded, so they may hold secrets: they
+    are kept out of ``repr`` and never written to the ledger or the logs.
     """
 
-    url: str
+    url: str = field(repr=False)
     method: str = "POST"
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     body: Body = Body.JSON
@@ -122,7 +123,7 @@ class RequestSpec:
         allow_hosts: Iterable[str] = (),
         idempotency_header: str | None = IDEMPOTENCY_HEADER,
         environ=os.environ,
-    ) -> "RequestSpec":
+    ) -> RequestSpec:
         """Validate the options a user gave and build the spec, or raise a one-line error."""
         method = method.upper()
         secrets = _env_values([url, *header_lines], environ)
@@ -146,8 +147,14 @@ class RequestSpec:
         except UsageError as err:
             raise UsageError(redact(str(err), secrets)) from None
         return cls(
-            url=url, method=method, headers=headers, body=body, body_template=body_template,
-            allowed_origins=allowed, idempotency_header=idempotency_header, secrets=secrets,
+            url=url,
+            method=method,
+            headers=headers,
+            body=body,
+            body_template=body_template,
+            allowed_origins=allowed,
+            idempotency_header=idempotency_header,
+            secrets=secrets,
         )
 
 
@@ -161,8 +168,10 @@ def split_header(line: str) -> tuple[str, str] | None:
 def _parse_header_line(line: str, environ) -> tuple[str, str]:
     header = split_header(line)
     if header is None:  # the line may be a bare token: never show it
-        raise UsageError("--header: expected 'Name: value' (a name, a colon, then the value; the text given "
-                         "is not shown, it may hold a secret)")
+        raise UsageError(
+            "--header: expected 'Name: value' (a name, a colon, then the value; the text given "
+            "is not shown, it may hold a secret)"
+        )
     name, value = header
     return name, expand_env(value, f"--header {name}", environ)
 

@@ -28,7 +28,7 @@ class Template:
     parts: tuple[tuple[str, str | None], ...]
 
     @classmethod
-    def parse(cls, text: str, what: str) -> "Template":
+    def parse(cls, text: str, what: str) -> Template:
         parts = []
         try:
             parsed = list(string.Formatter().parse(text))
@@ -63,8 +63,11 @@ def _url_quote(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
-_CONTENT_TYPES = {Body.JSON: "application/json", Body.TEMPLATE: "application/json",
-                  Body.FORM: "application/x-www-form-urlencoded"}
+_CONTENT_TYPES = {
+    Body.JSON: "application/json",
+    Body.TEMPLATE: "application/json",
+    Body.FORM: "application/x-www-form-urlencoded",
+}
 
 
 class CompiledRequest:

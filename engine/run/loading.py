@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 from engine.config import RunSettings
@@ -28,9 +28,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 LOAD_BATCH = 2000
 
 
-def load_rows(ledger: Store, run_id: str, rows: Iterable[Row], settings: RunSettings, request: CompiledRequest,
-              source: str, on_progress: Callable[[int], None] = lambda n: None, key_prefix: str | None = None,
-              digest=None) -> int:
+def load_rows(
+    ledger: Store,
+    run_id: str,
+    rows: Iterable[Row],
+    settings: RunSettings,
+    request: CompiledRequest,
+    source: str,
+    on_progress: Callable[[int], None] = lambda n: None,
+    key_prefix: str | None = None,
+    digest=None,
+) -> int:
     """Validate every row and write it to the ledger as ``pending``; return how many.
 
     Each row's idempotency key is ``<key_prefix>:<row id>`` (``key_prefix`` defaults to the
@@ -60,8 +68,12 @@ def load_rows(ledger: Store, run_id: str, rows: Iterable[Row], settings: RunSett
         duplicate = ledger.duplicate_key(run_id)
         if duplicate is not None:
             key, first, second = duplicate
-            raise InputError(source, second, f"duplicate idempotency key {key!r} (first on line {first})",
-                             settings.idempotency_key_field)
+            raise InputError(
+                source,
+                second,
+                f"duplicate idempotency key {key!r} (first on line {first})",
+                settings.idempotency_key_field,
+            )
     return total
 
 
@@ -69,8 +81,9 @@ def _insert(ledger: Store, run_id: str, batch: list, source: str, id_field: str)
     try:
         ledger.insert_requests(run_id, batch)
     except DuplicateRow as dup:
-        raise InputError(source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})",
-                         id_field) from None
+        raise InputError(
+            source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
+        ) from None
     return len(batch)
 
 
@@ -81,11 +94,11 @@ class RowValidator:
         self.compiled, self.settings, self.source = compiled, settings, source
         self.checks_rows = compiled.host_is_dynamic or bool(compiled.header_fields)
         # values that reach a URL or a header line (the id is in the default idempotency key)
-        self.wire_fields = tuple(sorted(compiled.url.fields | compiled.header_fields
-                                        | {settings.id_field, settings.idempotency_key_field} - {None}))
+        key_field = {settings.idempotency_key_field} if settings.idempotency_key_field else set()
+        self.wire_fields = tuple(sorted(compiled.url.fields | compiled.header_fields | {settings.id_field} | key_field))
         self.url_fields = compiled.url.fields
         self.types = parse_field_types(settings.field_types)
-        self.header_bound = compiled.header_fields | {settings.idempotency_key_field} - {None}
+        self.header_bound = compiled.header_fields | key_field
 
     def check(self, row: Row) -> float:
         for name, convert in self.types.items():
@@ -119,14 +132,21 @@ class RowValidator:
         text = value if isinstance(value, str) else str(value)
         bad = _CONTROL.search(text)
         if bad:
-            raise InputError(self.source, row.line, f"control character {bad.group()!r} is not allowed in a value "
-                                                    "sent in a URL or header", name)
+            raise InputError(
+                self.source,
+                row.line,
+                f"control character {bad.group()!r} is not allowed in a value sent in a URL or header",
+                name,
+            )
         if name in self.header_bound and not text.isascii():
-            raise InputError(self.source, row.line, "a header value must be ASCII (HTTP sends header bytes "
-                                                    "as they are); percent-encode it in the input", name)
+            raise InputError(
+                self.source,
+                row.line,
+                "a header value must be ASCII (HTTP sends header bytes as they are); percent-encode it in the input",
+                name,
+            )
         if name in self.url_fields and text in (".", ".."):
-            raise InputError(self.source, row.line, f"{text!r} would be read as a path segment and move the URL",
-                             name)
+            raise InputError(self.source, row.line, f"{text!r} would be read as a path segment and move the URL", name)
 
     def _priority(self, row: Row) -> float:
         name = self.settings.priority_field

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from engine.backend import Backend
 from engine.config import RunSettings
@@ -68,14 +68,26 @@ class Pass:
     be in progress at the API, so the lease can be dropped.
     """
 
-    def __init__(self, ledger: Store, run_id: str, settings: RunSettings, states: Iterable[str], backend: Backend,
-                 *, progress: Progress | None = None, events: EventLog | None = None, stop: StopRequest | None = None,
-                 total: int | None = None, holder: Holder | None = None, hold: Hold | None = None):
+    def __init__(
+        self,
+        ledger: Store,
+        run_id: str,
+        settings: RunSettings,
+        states: Iterable[str],
+        backend: Backend,
+        *,
+        progress: Progress | None = None,
+        events: EventLog | None = None,
+        stop: StopRequest | None = None,
+        total: int | None = None,
+        holder: Holder | None = None,
+        hold: Hold | None = None,
+    ):
         self.ledger, self.run_id, self.settings = ledger, run_id, settings
         self.backend = backend
         self.pages: Iterator[Page] | None = ledger.iter_pages(run_id, tuple(states))
         self.backlog: deque[Dispatch] = deque()
-        self.outstanding: dict[int, dict[int, Dispatch]] = {}
+        self.outstanding: dict[int, dict[int, Dispatch]] = {worker: {} for worker in range(backend.size)}
         self.hungry: dict[int, tuple[int, int]] = {}  # worker -> (rows wanted, slots free now)
         # rows not yet handed out; once they fit in the pool's window, workers get no reserve, so
         # no row waits in one worker's queue while another worker has an empty slot
@@ -108,7 +120,6 @@ class Pass:
         return self.tally
 
     def _send_all(self) -> None:
-        self.outstanding = {index: {} for index in range(self.backend.size)}
         while not self._done():
             if self.stop.count or self.gave_up:
                 self.interrupted = not self.gave_up
@@ -187,25 +198,28 @@ class Pass:
         paused = down_since is not None
         now = time.monotonic()
         if paused != (self.paused_since is not None):
-            if paused:
+            if down_since is not None:
                 self.paused_since = now
                 since = time.strftime("%H:%M:%S", time.localtime(down_since))
-                self._say(f"paused: endpoint down since {since}", "pause", reason="endpoint down",
-                          since=down_since)
-            else:
+                self._say(f"paused: endpoint down since {since}", "pause", reason="endpoint down", since=down_since)
+            elif self.paused_since is not None:
                 self.paused_total += now - self.paused_since
                 self.paused_since = None
                 self._say("resumed", "resume")
         if self.paused_since is not None and self.paused_total + now - self.paused_since > self.settings.max_pause:
-            self.gave_up = (f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all"
-                            " (--max-pause)")
+            self.gave_up = (
+                f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all (--max-pause)"
+            )
             self._say("giving up: paused longer than --max-pause", "give_up", reason=self.gave_up)
 
     def _watch_workers(self) -> None:
         """A worker that is alive but silent (stopped, stuck in C code) is killed; its rows are salvaged."""
         for index in self.backend.stalled(self.settings.stall_timeout):
-            self._say(f"worker {index} made no progress for {self.settings.stall_timeout:g} s; replacing it",
-                      "worker_stalled", worker=index)
+            self._say(
+                f"worker {index} made no progress for {self.settings.stall_timeout:g} s; replacing it",
+                "worker_stalled",
+                worker=index,
+            )
             self.backend.kill(index)
 
     def _say(self, note: str, event: str, **fields) -> None:
@@ -226,12 +240,18 @@ class Pass:
             self.backlog.extendleft(reversed([row._replace(not_before=not_before) for row in lost]))
         else:
             self._record(index, [_unknown_attempt(row, "its worker process died") for row in lost])
-        self._say(f"worker {index} died; {len(lost)} rows recovered", "worker_died", worker=index,
-                  requeued=len(lost) if self.settings.idempotency else 0)
+        self._say(
+            f"worker {index} died; {len(lost)} rows recovered",
+            "worker_died",
+            worker=index,
+            requeued=len(lost) if self.settings.idempotency else 0,
+        )
         self.deaths += 1
         if self.deaths > MAX_DEATHS_PER_WORKER * self.settings.workers:
-            raise EngineError(f"worker processes died {self.deaths} times in this pass; stopping. Nothing is lost:"
-                              f" finish the run later with: {rerun_command(self.run_id, self.ledger.path)}")
+            raise EngineError(
+                f"worker processes died {self.deaths} times in this pass; stopping. Nothing is lost:"
+                f" finish the run later with: {rerun_command(self.run_id, self.ledger.location)}"
+            )
         if not self.stop.count:
             self.backend.replace(index)
 
@@ -289,8 +309,12 @@ class Pass:
         count = sum(1 for row in held if row.not_before)
         if count:
             until = time.strftime("%H:%M:%S", time.localtime(hold.until))
-            self._say(f"{count} rows wait until {until}: their last attempt may still be in progress",
-                      "hold", rows=count, until=hold.until)
+            self._say(
+                f"{count} rows wait until {until}: their last attempt may still be in progress",
+                "hold",
+                rows=count,
+                until=hold.until,
+            )
         return held
 
     def _drain(self) -> None:
@@ -304,8 +328,13 @@ class Pass:
 
 def _unknown_attempt(row: Dispatch, why: str) -> tuple:
     """The record of an attempt whose request may or may not have been sent (no key to resend with)."""
-    return attempt_record(rid=row.rid, attempt=row.attempts + 1, outcome=UNKNOWN, started_at=time.time(),
-                          error=f"outcome unknown: {why} while it may have been sent")
+    return attempt_record(
+        rid=row.rid,
+        attempt=row.attempts + 1,
+        outcome=UNKNOWN,
+        started_at=time.time(),
+        error=f"outcome unknown: {why} while it may have been sent",
+    )
 
 
 def rerun_command(run_id: str, db: str) -> str:

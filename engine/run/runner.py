@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 
@@ -76,9 +75,18 @@ def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = None, run_id: str | None = None,
-         not_before: float | None = None, log_file: str | None = None, quiet: bool = False,
-         busy_timeout: float = BUSY_TIMEOUT) -> RunResult:
+def bill(
+    *,
+    db: str,
+    input_path: str,
+    settings: RunSettings,
+    fmt: str | None = None,
+    run_id: str | None = None,
+    not_before: float | None = None,
+    log_file: str | None = None,
+    quiet: bool = False,
+    busy_timeout: float = BUSY_TIMEOUT,
+) -> RunResult:
     """Load ``input_path`` into a new run (write-ahead), then send every row once."""
     fmt = detect_format(input_path, fmt)
     settings = fit_open_files(settings)
@@ -87,8 +95,12 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
     fingerprint = settings.request_fingerprint()
     key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
     run_id = run_id or new_run_id()
-    with open_store(db, busy_timeout=busy_timeout) as ledger, ledger.recording(), EventLog(log_file) as events, \
-            contextlib.ExitStack() as backend_scope:
+    with (
+        open_store(db, busy_timeout=busy_timeout) as ledger,
+        ledger.recording(),
+        EventLog(log_file) as events,
+        contextlib.ExitStack() as backend_scope,
+    ):
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
@@ -96,8 +108,17 @@ def bill(*, db: str, input_path: str, settings: RunSettings, fmt: str | None = N
         digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
             with Progress(0, "loading rows", quiet) as progress, sigterm_interrupts():
-                total = load_rows(ledger, run_id, read_rows(input_path, fmt, settings.id_field), settings, request,
-                                  source, on_progress=progress.count, key_prefix=key_prefix, digest=digest)
+                total = load_rows(
+                    ledger,
+                    run_id,
+                    read_rows(input_path, fmt, settings.id_field),
+                    settings,
+                    request,
+                    source,
+                    on_progress=progress.count,
+                    key_prefix=key_prefix,
+                    digest=digest,
+                )
             earlier = ledger.finish_load(run_id, total, digest.hexdigest())
         except BaseException:
             backend_scope.close()
@@ -126,32 +147,61 @@ def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
 def _create_run(ledger: Store, run_id: str, input_path: str, settings: RunSettings, not_before) -> None:
     if ledger.has_run(run_id):
         if ledger.get_run(run_id)["state"] != "loading":
-            raise UsageError(f"run {run_id!r} already exists in {ledger.location}; "
-                             f"finish it with: {rerun_command(run_id, ledger.location)}")
+            raise UsageError(
+                f"run {run_id!r} already exists in {ledger.location}; "
+                f"finish it with: {rerun_command(run_id, ledger.location)}"
+            )
         ledger.delete_run(run_id)  # a load that was cut short: nothing of it was sent
-    ledger.create_run(run_id, input=input_path, url=settings.url, method=settings.method,
-                      options=settings.to_dict(), not_before=not_before)
+    ledger.create_run(
+        run_id,
+        input=input_path,
+        url=settings.url,
+        method=settings.method,
+        options=settings.to_dict(),
+        not_before=not_before,
+    )
 
 
-def rerun(*, db: str, run_id: str, include_rejected: bool = False, include_unknown: bool = False,
-          log_file: str | None = None, quiet: bool = False, busy_timeout: float = BUSY_TIMEOUT,
-          **overrides) -> RunResult:
+def rerun(
+    *,
+    db: str,
+    run_id: str,
+    include_rejected: bool = False,
+    include_unknown: bool = False,
+    log_file: str | None = None,
+    quiet: bool = False,
+    busy_timeout: float = BUSY_TIMEOUT,
+    **overrides,
+) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
-    with open_store(db, create=False, busy_timeout=busy_timeout) as ledger, ledger.recording(), \
-            EventLog(log_file) as events:
+    with (
+        open_store(db, create=False, busy_timeout=busy_timeout) as ledger,
+        ledger.recording(),
+        EventLog(log_file) as events,
+    ):
         run = ledger.get_run(run_id)
         if run["state"] == "loading":
-            raise UsageError(f"run {run_id!r} never finished loading its input; "
-                             f"load it again with: python -m engine bill {run['input']} --run-id {run_id} ...")
+            raise UsageError(
+                f"run {run_id!r} never finished loading its input; "
+                f"load it again with: python -m engine bill {run['input']} --run-id {run_id} ..."
+            )
         settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
         events.emit("rerun_start", run_id=run_id, states=list(states))
-        return _send_pass(ledger, run_id, settings, settings.request_spec(), states, run["not_before"], events,
-                          quiet)
+        return _send_pass(ledger, run_id, settings, settings.request_spec(), states, run["not_before"], events, quiet)
 
 
-def _send_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestSpec, states, not_before,
-               events: EventLog, quiet: bool, backend: Backend | None = None) -> RunResult:
+def _send_pass(
+    ledger: Store,
+    run_id: str,
+    settings: RunSettings,
+    spec: RequestSpec,
+    states,
+    not_before,
+    events: EventLog,
+    quiet: bool,
+    backend: Backend | None = None,
+) -> RunResult:
     """Take the run's lease, send one pass, give the lease back. ``backend``, if given, was started
     while the input loaded; its owner ends it."""
     holder = Holder.this_process()
@@ -159,8 +209,9 @@ def _send_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestS
     clean = False
     try:
         _settle_in_flight(ledger, run_id, settings, hold, events)
-        sender, interrupted = _run_pass(ledger, run_id, settings, spec, states, not_before, events, quiet, backend,
-                                        holder, hold)
+        sender, interrupted = _run_pass(
+            ledger, run_id, settings, spec, states, not_before, events, quiet, backend, holder, hold
+        )
         clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
     finally:
         ledger.release_lease(run_id, holder, clean)
@@ -169,9 +220,19 @@ def _send_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestS
     return RunResult(run_id, ledger.location, summary, interrupted, gave_up=sender.gave_up if sender else None)
 
 
-def _run_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestSpec, states, not_before,
-              events: EventLog, quiet: bool, backend: Backend | None, holder: Holder,
-              hold: Hold | None) -> tuple[Pass | None, bool]:
+def _run_pass(
+    ledger: Store,
+    run_id: str,
+    settings: RunSettings,
+    spec: RequestSpec,
+    states,
+    not_before,
+    events: EventLog,
+    quiet: bool,
+    backend: Backend | None,
+    holder: Holder,
+    hold: Hold | None,
+) -> tuple[Pass | None, bool]:
     to_send = ledger.count_in(run_id, states)
     with StopRequest() as stop:
         if to_send and not_before:
@@ -185,19 +246,37 @@ def _run_pass(ledger: Store, run_id: str, settings: RunSettings, spec: RequestSp
         with Progress(to_send, f"pass {pass_no}", quiet) as progress, contextlib.ExitStack() as backend_scope:
             if backend is None:
                 backend = backend_scope.enter_context(start_backend(settings, spec))
-            sender = Pass(ledger, run_id, settings, states, backend, progress=progress, events=events, stop=stop,
-                          total=to_send, holder=holder, hold=hold)
+            sender = Pass(
+                ledger,
+                run_id,
+                settings,
+                states,
+                backend,
+                progress=progress,
+                events=events,
+                stop=stop,
+                total=to_send,
+                holder=holder,
+                hold=hold,
+            )
             try:
                 tally = sender.run()
             finally:
                 ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
-        events.emit("pass_end", run_id=run_id, pass_no=pass_no, attempts=tally.attempts, succeeded=tally.succeeded,
-                    not_succeeded=tally.not_succeeded, interrupted=sender.interrupted, gave_up=sender.gave_up)
+        events.emit(
+            "pass_end",
+            run_id=run_id,
+            pass_no=pass_no,
+            attempts=tally.attempts,
+            succeeded=tally.succeeded,
+            not_succeeded=tally.not_succeeded,
+            interrupted=sender.interrupted,
+            gave_up=sender.gave_up,
+        )
         return sender, sender.interrupted
 
 
-def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: Hold | None,
-                      events: EventLog) -> None:
+def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: Hold | None, events: EventLog) -> None:
     """Rows of a run without keys that an earlier pass handed out and never saw answered.
 
     After a clean end they were never sent (a drained worker's queue) and are pending again.
@@ -208,8 +287,9 @@ def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: H
     if hold is None:
         ledger.mark_state(run_id, (IN_FLIGHT,), PENDING)
         return
-    count = ledger.mark_unknown(run_id, (IN_FLIGHT, RETRYING),
-                                "outcome unknown: the pass sending it stopped before an answer was recorded")
+    count = ledger.mark_unknown(
+        run_id, (IN_FLIGHT, RETRYING), "outcome unknown: the pass sending it stopped before an answer was recorded"
+    )
     if count:
         events.emit("marked_unknown", run_id=run_id, rows=count)
 
