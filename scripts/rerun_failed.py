@@ -9,7 +9,7 @@ Example:
 
 import sys
 
-from engine.cli import rerun
+from engine.cli.sending import rerun
 
 if __name__ == "__main__":
     sys.exit(rerun.main(sys.argv[1:], prog_name="rerun_failed.py"))

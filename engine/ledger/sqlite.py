@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 
 import sqlite_utils
 
@@ -27,8 +26,9 @@ from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
 from engine.ledger.schema import create_sqlite_schema
+from engine.ledger.sqlite_reads import SQLiteReads, in_list
 from engine.ledger.store import DuplicateRow, LeaseHeld, LeaseLost, Page, Store, ledger_unavailable
-from engine.states import IN_FLIGHT, STATES, UNKNOWN
+from engine.states import IN_FLIGHT, UNKNOWN
 from engine.wire import Attempt, Dispatch
 
 #: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
@@ -56,7 +56,7 @@ def _cannot_record_now(err: sqlite3.Error) -> bool:
     return any(word in text for word in ("locked", "busy", "full", "disk i/o"))
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteReads, Store):
     """Open (creating if needed) the ledger file at ``path``."""
 
     def __init__(self, path: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
@@ -120,12 +120,6 @@ class SQLiteStore(Store):
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # -- runs ---------------------------------------------------------------
 
     def create_run(
@@ -174,17 +168,6 @@ class SQLiteStore(Store):
             )
         return None
 
-    def set_run_state(self, run_id: str, state: str, total: int | None = None) -> None:
-        with self.conn:
-            if total is None:
-                self.conn.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
-            else:
-                self.conn.execute("UPDATE runs SET state = ?, total = ? WHERE run_id = ?", (state, total, run_id))
-
-    def list_runs(self) -> list[dict]:
-        runs = self.conn.execute("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
-        return [{"run_id": r, "created_at": c, "state": s, "total": t, **self.counts(r)} for r, c, s, t in runs]
-
     # -- loading ------------------------------------------------------------
 
     def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
@@ -228,7 +211,7 @@ class SQLiteStore(Store):
     def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
         """Keyset pagination (priority level, then rid) keeps every page an index seek."""
         states = tuple(states)
-        marks = _marks(states)
+        marks = in_list(states)
         level = self.conn.execute("SELECT max(priority) FROM requests WHERE run_id = ?", (run_id,)).fetchone()[0]
         while level is not None:
             after = 0
@@ -265,7 +248,7 @@ class SQLiteStore(Store):
         states = tuple(states)
         with self.conn:
             return self.conn.execute(
-                f"UPDATE requests SET status = ? WHERE run_id = ? AND status IN ({_marks(states)})",
+                f"UPDATE requests SET status = ? WHERE run_id = ? AND status IN ({in_list(states)})",
                 (state, run_id, *states),
             ).rowcount
 
@@ -275,7 +258,7 @@ class SQLiteStore(Store):
         with self.conn:
             return self.conn.execute(
                 f"UPDATE requests SET status = '{UNKNOWN}', error = ?, updated_at = ?"
-                f" WHERE run_id = ? AND status IN ({_marks(states)})",
+                f" WHERE run_id = ? AND status IN ({in_list(states)})",
                 (reason, time.time(), run_id, *states),
             ).rowcount
 
@@ -376,91 +359,3 @@ class SQLiteStore(Store):
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-
-    # -- reading ------------------------------------------------------------
-
-    def counts(self, run_id: str) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(
-            self.conn.execute(
-                "SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)
-            ).fetchall()
-        )
-        return counts
-
-    def count_in(self, run_id: str, states: Iterable[str]) -> int:
-        states = tuple(states)
-        return self.conn.execute(
-            f"SELECT count(*) FROM requests WHERE run_id = ? AND status IN ({_marks(states)})", (run_id, *states)
-        ).fetchone()[0]
-
-    def top_error(self, run_id: str) -> tuple[str, int] | None:
-        """The most common last error of the rows that did not succeed, and how many rows have it."""
-        return self.conn.execute(
-            "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
-            " AND status != 'succeeded' AND (error IS NOT NULL OR http_status IS NOT NULL)"
-            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
-            (run_id,),
-        ).fetchone()
-
-    def attempt_count(self, run_id: str) -> int:
-        return self.conn.execute(
-            "SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)
-        ).fetchone()[0]
-
-    def elapsed(self, run_id: str) -> float:
-        """Seconds spent sending, summed over the run's passes."""
-        return self.conn.execute(
-            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()[0]
-
-    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
-        """Nearest-rank percentiles of the latency of each row's last attempt that got an answer.
-
-        One sorted scan, picking the ranks as they pass: constant memory for any run size.
-        """
-        where = "FROM requests WHERE run_id = ? AND latency_ms IS NOT NULL AND http_status IS NOT NULL"
-        n = self.conn.execute(f"SELECT count(*) {where}", (run_id,)).fetchone()[0]
-        quantiles = list(quantiles)
-        wanted = {q: min(n - 1, max(0, math.ceil(q * n) - 1)) for q in quantiles}
-        result: dict[float, float | None] = dict.fromkeys(quantiles)
-        if n:
-            by_rank: dict[int, list[float]] = {}
-            for q, rank in wanted.items():
-                by_rank.setdefault(rank, []).append(q)
-            last = max(by_rank)
-            with closing(self.conn.execute(f"SELECT latency_ms {where} ORDER BY latency_ms", (run_id,))) as rows:
-                for rank, (value,) in enumerate(rows):
-                    for q in by_rank.get(rank, ()):
-                        result[q] = value
-                    if rank == last:
-                        break
-        return result
-
-    def status_counts(self, run_id: str) -> dict[str, int]:
-        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
-        rows = self.conn.execute(
-            "SELECT coalesce(CAST(a.http_status AS TEXT), 'curl:' || a.curl_error), count(*) FROM requests r"
-            " JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ? GROUP BY 1 ORDER BY 1",
-            (run_id,),
-        ).fetchall()
-        return dict(rows)
-
-    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
-        states = tuple(states)
-        marks = _marks(states)
-        cursor = self.conn.execute(
-            "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3),"
-            f" idempotency_key FROM requests WHERE run_id = ? AND status IN ({marks}) ORDER BY rid",
-            (run_id, *states),
-        )
-        names = self.EXPORT_COLUMNS
-        with closing(cursor):
-            for row in cursor:
-                yield dict(zip(names, row, strict=True))
-
-
-def _marks(values: tuple) -> str:
-    """``?,?,?``: the placeholders of an ``IN (...)`` list."""
-    return ",".join("?" * len(values))

@@ -12,6 +12,7 @@ workers report them.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -217,3 +218,21 @@ class Store(ABC):
 def ledger_unavailable(location: str, why: str) -> LedgerUnavailable:
     """The one line for a write the ledger could not make."""
     return LedgerUnavailable(f"ledger {location} {why}. Nothing is sent that cannot be recorded")
+
+
+def nearest_ranks(sorted_values: Iterator[float], count: int, quantiles: Iterable[float]) -> dict[float, float | None]:
+    """Nearest-rank percentiles picked from ``count`` ascending values as they pass: constant memory."""
+    quantiles = list(quantiles)
+    result: dict[float, float | None] = dict.fromkeys(quantiles)
+    if not count:
+        return result
+    by_rank: dict[int, list[float]] = {}
+    for q in quantiles:
+        by_rank.setdefault(min(count - 1, max(0, math.ceil(q * count) - 1)), []).append(q)
+    last = max(by_rank)
+    for rank, value in enumerate(sorted_values):
+        for q in by_rank.get(rank, ()):
+            result[q] = value
+        if rank == last:
+            break
+    return result

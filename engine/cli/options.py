@@ -1,0 +1,148 @@
+"""What every command shares: option groups, defaults, and one line (no traceback) per error."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from engine.config import RunSettings, default_of, default_workers
+from engine.errors import EngineError
+from engine.ledger import BUSY_TIMEOUT
+from engine.run.runner import EXIT_INTERRUPTED
+
+DEFAULT_DB = "engine.db"
+
+
+def run_default(name: str):
+    return default_of(RunSettings, name)
+
+
+class EngineClickError(click.ClickException):
+    """An :class:`EngineError` shown as one line, with its exit code (2, or 3 when the ledger cannot record)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def engine_errors(command):
+    """Turn the library's typed errors into one clear line and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EngineError as err:
+            raise EngineClickError(str(err), err.exit_code) from None
+        except KeyboardInterrupt:  # before sending started (loading, starting up): nothing was sent
+            click.echo("interrupted before anything was sent", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def db_option(command):
+    return click.option("--db", default=DEFAULT_DB, show_default=True, metavar="PATH", help="The SQLite ledger file.")(
+        command
+    )
+
+
+def pool_options(command):
+    """--workers, --concurrency, --chunks: how much is in flight at once."""
+    for option in reversed(
+        [
+            click.option(
+                "--workers",
+                type=int,
+                default=None,
+                metavar="N",
+                help=f"Worker processes, each with one CurlMulti [default: CPU count, {default_workers()}].",
+            ),
+            click.option(
+                "--concurrency",
+                type=int,
+                default=None,
+                metavar="N",
+                help=f"Transfers in flight per worker [default: {run_default('concurrency')}].",
+            ),
+            click.option(
+                "--chunks",
+                type=int,
+                default=None,
+                metavar="N",
+                help=f"Rows per chunk handed to a worker [default: {run_default('chunks')}].",
+            ),
+            click.option(
+                "--rate",
+                type=float,
+                default=None,
+                metavar="N",
+                help="Requests per second at most, for all workers together [default: no limit].",
+            ),
+            click.option(
+                "--max-attempts",
+                type=int,
+                default=None,
+                metavar="N",
+                help=f"Attempts per row in one pass, the first included [default: {run_default('max_attempts')}].",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                default=None,
+                metavar="S",
+                help=f"Longest time for one attempt, in seconds [default: {run_default('timeout'):g}]. "
+                "A row whose attempt may still be in progress (its sender died) is not sent again "
+                "before this long after it was sent.",
+            ),
+            click.option(
+                "--pause-after",
+                type=int,
+                default=None,
+                metavar="N",
+                help="Pause the whole run (outage) after N distinct rows in a row get a 'down' answer "
+                "(connection refused, connect timeout, 502/503/504) following a success; rows that "
+                "keep failing on their own never count; 0 never pauses "
+                f"[default: {run_default('pause_after')}].",
+            ),
+            click.option(
+                "--max-pause",
+                type=float,
+                default=None,
+                metavar="S",
+                help="Longest total pause of one pass; then the pass ends and the rows wait for rerun "
+                f"[default: {run_default('max_pause'):g}].",
+            ),
+            click.option(
+                "--stall-timeout",
+                type=float,
+                default=None,
+                metavar="S",
+                help="Replace a worker process that makes no progress for this long (stopped, or stuck in C "
+                f"code) [default: {run_default('stall_timeout'):g}].",
+            ),
+            click.option(
+                "--busy-timeout",
+                type=click.FloatRange(min=0),
+                default=BUSY_TIMEOUT,
+                show_default=True,
+                metavar="S",
+                help="How long a ledger write waits for another program's lock before the "
+                "run stops with exit status 3.",
+            ),
+            click.option(
+                "--log-file",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Append one JSON line per run event and per failed attempt here.",
+            ),
+            click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
+        ]
+    ):
+        command = option(command)
+    return command

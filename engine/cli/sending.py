@@ -1,0 +1,332 @@
+"""``bill`` and ``rerun``: the commands that send."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from engine.cli.options import db_option, engine_errors, pool_options, run_default
+from engine.config import RunSettings
+from engine.output.report import render
+from engine.request.inputs import FORMATS
+from engine.run.runner import RunResult
+from engine.run.runner import bill as bill_run
+from engine.run.runner import rerun as rerun_run
+from engine.starttime import start_time
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("--url", required=True, help="Request URL; {field} placeholders are filled from the row, URL-encoded.")
+@click.option("--method", default=run_default("method"), show_default=True, help="HTTP method.")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Request header (repeatable); {field} from the row, ${VAR} from the environment.",
+)
+@click.option(
+    "--secret-header",
+    "secret_headers",
+    multiple=True,
+    metavar="NAME",
+    help="Treat this header as a secret too (Authorization, Cookie and X-Api-Key always are): "
+    "its value must come from ${VAR}.",
+)
+@click.option(
+    "--body-template",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help="JSON file with {field} placeholders for the body [default: the row as a JSON object].",
+)
+@click.option("--form", is_flag=True, help="Send the body form-encoded instead of as JSON.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Input format [default: from the file's extension; needed for '-' (stdin)].",
+)
+@click.option(
+    "--id-field", default=run_default("id_field"), show_default=True, help="Column or key holding each row's unique id."
+)
+@click.option(
+    "--field",
+    "field_types",
+    multiple=True,
+    metavar="NAME:TYPE",
+    help="Send this field as int, float, bool or str (CSV values are text otherwise): "
+    "--field amount:int --field vip:bool. Values that do not parse are refused with their line.",
+)
+@click.option(
+    "--priority-field",
+    default=None,
+    metavar="FIELD",
+    help="Numeric column: higher values are sent first; ties keep input order.",
+)
+@click.option("--run-id", default=None, help="Name of this run [default: run-<date>-<time>-<random>].")
+@click.option(
+    "--not-before",
+    default=None,
+    metavar="TIME",
+    help="Send nothing before this time (ISO 8601, or HH:MM today); waits with a countdown.",
+)
+@click.option("--delay", type=float, default=None, metavar="S", help="Send nothing for this many seconds.")
+@click.option(
+    "--idempotency-header",
+    default=run_default("idempotency_header"),
+    show_default=True,
+    help="Header carrying each row's stable idempotency key.",
+)
+@click.option(
+    "--idempotency-key-field",
+    default=None,
+    metavar="FIELD",
+    help="Use this row field as the key [default: <run-id>:<row id>].",
+)
+@click.option(
+    "--no-idempotency",
+    is_flag=True,
+    help="Send no key; a request whose outcome is unknown is then not retried but marked 'unknown'.",
+)
+@click.option(
+    "--backoff-base",
+    type=float,
+    default=run_default("backoff_base"),
+    show_default=True,
+    metavar="S",
+    help="First retry waits up to this long; doubling each time (full jitter).",
+)
+@click.option(
+    "--backoff-cap",
+    type=float,
+    default=run_default("backoff_cap"),
+    show_default=True,
+    metavar="S",
+    help="Longest back-off between attempts.",
+)
+@click.option(
+    "--retry-after-cap",
+    type=float,
+    default=run_default("retry_after_cap"),
+    show_default=True,
+    metavar="S",
+    help="Longest wait honoured from a Retry-After header.",
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=run_default("connect_timeout"),
+    show_default=True,
+    metavar="S",
+    help="Longest time to open a connection.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Another destination host requests may go to (the --url host always may).",
+)
+@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (printed in the summary).")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CA certificates to verify TLS with [default: libcurl's].",
+)
+@db_option
+@pool_options
+@engine_errors
+def bill(
+    input_path,
+    url,
+    method,
+    headers,
+    secret_headers,
+    body_template,
+    form,
+    fmt,
+    id_field,
+    field_types,
+    priority_field,
+    run_id,
+    not_before,
+    delay,
+    idempotency_header,
+    idempotency_key_field,
+    no_idempotency,
+    backoff_base,
+    backoff_cap,
+    retry_after_cap,
+    connect_timeout,
+    allow_hosts,
+    insecure,
+    ca_bundle,
+    db,
+    workers,
+    concurrency,
+    chunks,
+    rate,
+    max_attempts,
+    timeout,
+    pause_after,
+    max_pause,
+    stall_timeout,
+    busy_timeout,
+    log_file,
+    quiet,
+):
+    """Send one request per row of INPUT (CSV, JSON Lines, or - for stdin) and record each outcome.
+
+    Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
+    printed), 2 on bad usage or bad input (nothing is sent), 3 when the ledger cannot record
+    (disk full, locked: nothing more is sent), 130 when interrupted.
+
+    Running the same command again charges nobody twice: the idempotency keys derive from
+    the request templates and each row's id, and on the same ledger the earlier run is
+    named instead. To bill the same customers again on purpose (next month), give a new
+    --run-id: the keys then derive from it.
+
+    \b
+    Example:
+        python -m engine bill customers.csv --chunks 100 --run-id 2026-12 \\
+            --url 'https://api.example.com/v1/customers/{id}/charges' \\
+            --header 'Authorization: Bearer ${API_TOKEN}'
+    """
+    settings = RunSettings.from_dict(
+        dict(
+            url=url,
+            method=method,
+            headers=headers,
+            secret_headers=secret_headers,
+            form=form,
+            body_template=body_template.read() if body_template else None,
+            allow_hosts=allow_hosts,
+            id_field=id_field,
+            field_types=field_types,
+            priority_field=priority_field,
+            idempotency_header=idempotency_header,
+            idempotency_key_field=idempotency_key_field,
+            idempotency=not no_idempotency,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            connect_timeout=connect_timeout,
+            insecure=insecure,
+            ca_bundle=ca_bundle,
+        ),
+        workers=workers,
+        concurrency=concurrency,
+        chunks=chunks,
+        rate=rate,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        pause_after=pause_after,
+        max_pause=max_pause,
+        stall_timeout=stall_timeout,
+    )
+    result = bill_run(
+        db=db,
+        input_path=input_path,
+        settings=settings,
+        fmt=fmt,
+        run_id=run_id,
+        not_before=start_time(not_before, delay),
+        log_file=log_file,
+        quiet=quiet,
+        busy_timeout=busy_timeout,
+    )
+    _finish(result)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--include-rejected", is_flag=True, help="Also resend rows the API rejected with a final 4xx.")
+@click.option(
+    "--include-unknown",
+    is_flag=True,
+    help="Also resend rows whose outcome is unknown (only after checking they were not applied).",
+)
+@db_option
+@pool_options
+@engine_errors
+def rerun(
+    run_id,
+    include_rejected,
+    include_unknown,
+    db,
+    workers,
+    concurrency,
+    chunks,
+    rate,
+    max_attempts,
+    timeout,
+    pause_after,
+    max_pause,
+    stall_timeout,
+    busy_timeout,
+    log_file,
+    quiet,
+):
+    """The later pass: send every row of RUN_ID that has not succeeded, with the same keys.
+
+    Sends rows that are pending (never sent, or in flight when a run was stopped or
+    killed), retrying, or failed. The request settings are the ones stored with the run;
+    secrets are read again from the environment.
+
+    \b
+    Example:
+        python -m engine rerun run-20261123-101500-ab12 --db engine.db
+    """
+    result = rerun_run(
+        db=db,
+        run_id=run_id,
+        include_rejected=include_rejected,
+        include_unknown=include_unknown,
+        log_file=log_file,
+        quiet=quiet,
+        workers=workers,
+        concurrency=concurrency,
+        chunks=chunks,
+        rate=rate,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        pause_after=pause_after,
+        max_pause=max_pause,
+        stall_timeout=stall_timeout,
+        busy_timeout=busy_timeout,
+    )
+    _finish(result)
+
+
+def _finish(result: RunResult) -> None:
+    click.echo(render(result.summary))
+    if result.already_billed:
+        left = result.summary["total"] - result.summary["succeeded"]
+        state = result.summary["state"]
+        if left:
+            click.echo(
+                f"this input was already billed with the same request as run {result.run_id} ({state}, "
+                f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
+                "(or give a new --run-id to bill everyone again on purpose)",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"this input was already billed with the same request as run {result.run_id} ({state}); "
+                "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
+                "purpose)",
+                err=True,
+            )
+        sys.exit(result.exit_code)
+    if result.gave_up:
+        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
+    elif result.interrupted:
+        click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
+    elif not result.complete:
+        missing = result.summary["total"] - result.summary["succeeded"]
+        click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
+    sys.exit(result.exit_code)
