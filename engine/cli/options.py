@@ -19,6 +19,13 @@ def run_default(name: str):
     return default_of(RunSettings, name)
 
 
+def seconds_option(flag: str, help: str):
+    """A ``--flag S`` option for the :class:`RunSettings` field of the same name, with its default."""
+    return click.option(
+        flag, type=float, default=run_default(flag[2:].replace("-", "_")), show_default=True, metavar="S", help=help
+    )
+
+
 class EngineClickError(click.ClickException):
     """An :class:`EngineError` shown as one line, with its exit code (2, or 3 when the ledger cannot record)."""
 

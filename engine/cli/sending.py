@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from engine.cli.options import db_option, engine_errors, pool_options, run_default
+from engine.cli.options import db_option, engine_errors, pool_options, run_default, seconds_option
 from engine.config import RunSettings
 from engine.output.report import render
 from engine.request.inputs import FORMATS
@@ -91,38 +91,10 @@ from engine.starttime import start_time
     is_flag=True,
     help="Send no key; a request whose outcome is unknown is then not retried but marked 'unknown'.",
 )
-@click.option(
-    "--backoff-base",
-    type=float,
-    default=run_default("backoff_base"),
-    show_default=True,
-    metavar="S",
-    help="First retry waits up to this long; doubling each time (full jitter).",
-)
-@click.option(
-    "--backoff-cap",
-    type=float,
-    default=run_default("backoff_cap"),
-    show_default=True,
-    metavar="S",
-    help="Longest back-off between attempts.",
-)
-@click.option(
-    "--retry-after-cap",
-    type=float,
-    default=run_default("retry_after_cap"),
-    show_default=True,
-    metavar="S",
-    help="Longest wait honoured from a Retry-After header.",
-)
-@click.option(
-    "--connect-timeout",
-    type=float,
-    default=run_default("connect_timeout"),
-    show_default=True,
-    metavar="S",
-    help="Longest time to open a connection.",
-)
+@seconds_option("--backoff-base", "First retry waits up to this long; doubling each time (full jitter).")
+@seconds_option("--backoff-cap", "Longest back-off between attempts.")
+@seconds_option("--retry-after-cap", "Longest wait honoured from a Retry-After header.")
+@seconds_option("--connect-timeout", "Longest time to open a connection.")
 @click.option(
     "--allow-host",
     "allow_hosts",

@@ -130,7 +130,8 @@ def bill(
             ledger.delete_run(run_id)
             return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
-        return _send_pass(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, backend)
+        plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet)
+        return _send_pass(plan, backend)
 
 
 def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
@@ -188,69 +189,62 @@ def rerun(
         settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
         events.emit("rerun_start", run_id=run_id, states=list(states))
-        return _send_pass(ledger, run_id, settings, settings.request_spec(), states, run["not_before"], events, quiet)
+        spec = settings.request_spec()
+        return _send_pass(PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet))
 
 
-def _send_pass(
-    ledger: Store,
-    run_id: str,
-    settings: RunSettings,
-    spec: RequestSpec,
-    states,
-    not_before,
-    events: EventLog,
-    quiet: bool,
-    backend: Backend | None = None,
-) -> RunResult:
+@dataclass(frozen=True)
+class PassPlan:
+    """What one pass of a run needs, from the ledger it records in to whether it may print."""
+
+    ledger: Store
+    run_id: str
+    settings: RunSettings
+    spec: RequestSpec
+    states: tuple[str, ...]
+    not_before: float | None
+    events: EventLog
+    quiet: bool
+
+
+def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
     """Take the run's lease, send one pass, give the lease back. ``backend``, if given, was started
     while the input loaded; its owner ends it."""
+    ledger, run_id = plan.ledger, plan.run_id
     holder = Holder.this_process()
-    hold = ledger.acquire_lease(run_id, holder, settings.timeout)
+    hold = ledger.acquire_lease(run_id, holder, plan.settings.timeout)
     clean = False
     try:
-        _settle_in_flight(ledger, run_id, settings, hold, events)
-        sender, interrupted = _run_pass(
-            ledger, run_id, settings, spec, states, not_before, events, quiet, backend, holder, hold
-        )
+        _settle_in_flight(ledger, run_id, plan.settings, hold, plan.events)
+        sender, interrupted = _run_pass(plan, backend, holder, hold)
         clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
     finally:
         ledger.release_lease(run_id, holder, clean)
     summary = summarize(ledger, run_id)
-    events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
+    plan.events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
     return RunResult(run_id, ledger.location, summary, interrupted, gave_up=sender.gave_up if sender else None)
 
 
-def _run_pass(
-    ledger: Store,
-    run_id: str,
-    settings: RunSettings,
-    spec: RequestSpec,
-    states,
-    not_before,
-    events: EventLog,
-    quiet: bool,
-    backend: Backend | None,
-    holder: Holder,
-    hold: Hold | None,
-) -> tuple[Pass | None, bool]:
-    to_send = ledger.count_in(run_id, states)
+def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hold | None) -> tuple[Pass | None, bool]:
+    ledger, run_id, events = plan.ledger, plan.run_id, plan.events
+    to_send = ledger.count_in(run_id, plan.states)
     with StopRequest() as stop:
-        if to_send and not_before:
-            if not _wait_until(not_before, stop, quiet, lambda: ledger.renew_lease(run_id, holder)):
+        if to_send and plan.not_before:
+            if not _wait_until(plan.not_before, stop, plan.quiet, lambda: ledger.renew_lease(run_id, holder)):
                 return None, True
         if not to_send:
             return None, False
         ledger.check_space(to_send)
         pass_no = ledger.start_pass(run_id)
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
-        with Progress(to_send, f"pass {pass_no}", quiet) as progress, contextlib.ExitStack() as backend_scope:
+        with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
             if backend is None:
-                backend = backend_scope.enter_context(start_backend(settings, spec))
+                backend = backend_scope.enter_context(start_backend(plan.settings, plan.spec))
             sender = Pass(
                 ledger,
                 run_id,
-                settings,
-                states,
+                plan.settings,
+                plan.states,
                 backend,
                 progress=progress,
                 events=events,
