@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -29,6 +30,37 @@ def api():
 @pytest.fixture
 def db(tmp_path):
     return str(tmp_path / "ledger.db")
+
+
+#: The local PostgreSQL server the tests create their own database on (trust auth, as on CI).
+POSTGRES_ADMIN = os.environ.get("ENGINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_db():
+    """A database of this test session's own on the local server, dropped at the end."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN} (.ci/run starts one): {err}")
+    name = f"engine_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_db):
+    """A ledger URL whose connections see an empty schema of this test's own."""
+    import psycopg
+
+    schema = "t_" + secrets.token_hex(4)
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{postgres_db}?options=-csearch_path%3D{schema}"
 
 
 def write_csv(path, count: int, start: int = 1, extra: dict | None = None):

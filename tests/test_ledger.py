@@ -1,7 +1,7 @@
 """The ledger contract, written against the :class:`~engine.ledger.Store` interface.
 
 Every store runs these tests: the ``store`` fixture is parametrized by implementation
-(today the SQLite file; a PostgreSQL store adds its own parameter).
+(the SQLite file, and a PostgreSQL schema of the test's own on the local server).
 """
 
 import time
@@ -15,16 +15,10 @@ from engine.states import FAILED, IN_FLIGHT, PENDING, RETRYING, STATES, SUCCEEDE
 from engine.wire import attempt_record
 
 
-def open_sqlite(tmp_path):
-    return open_store(str(tmp_path / "l.db"))
-
-
-STORES = {"sqlite": open_sqlite}
-
-
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
-    with STORES[request.param](tmp_path) as opened:
+    db = str(tmp_path / "l.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    with open_store(db) as opened:
         opened.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={"a": [1]}, not_before=None)
         yield opened
 
@@ -140,6 +134,15 @@ def test_rows_are_exported_in_input_order_with_the_export_columns(store):
     ] == [("c0", 2, SUCCEEDED, 200, "k:c0"), ("c1", 3, FAILED, 402, "k:c1")]
     assert exported[0]["latency_ms"] == 1.235
     assert list(store.iter_rows("r", (UNKNOWN,))) == []
+
+
+def test_a_late_result_never_undoes_a_success(store):
+    store.insert_requests("r", rows(1))
+    (rid,) = rids(store)
+    store.record([answer(rid)])
+    store.record([answer(rid, RETRYING, attempt=2, status=503)])  # a chunk delivered twice, answered late
+    assert store.counts("r")[SUCCEEDED] == 1
+    assert store.status_counts("r") == {"200": 1, "503": 1}  # the attempt itself is kept
 
 
 def test_marks_move_rows_between_states(store):

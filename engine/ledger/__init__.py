@@ -19,5 +19,9 @@ __all__ = [
 
 
 def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:
-    """The ledger ``--db`` names: today a SQLite file path (created if ``create``)."""
+    """The ledger ``--db`` names: a ``postgresql://`` URL, or else a SQLite file path (created if ``create``)."""
+    if db.startswith(("postgresql://", "postgres://")):
+        from engine.ledger.postgres import PostgresStore  # psycopg is loaded only for a PostgreSQL ledger
+
+        return PostgresStore(db, create=create, busy_timeout=busy_timeout)
     return SQLiteStore(db, create=create, busy_timeout=busy_timeout)

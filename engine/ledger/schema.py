@@ -83,3 +83,34 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     if "fingerprint" not in db.table("runs").columns_dict:  # a ledger written by an older version
         db.table("runs").add_column("fingerprint", str)
     db.table("runs").create_index(["fingerprint"], if_not_exists=True)
+
+
+_POSTGRES_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
+
+
+def _postgres_columns(columns: dict, overrides: dict | None = None) -> str:
+    overrides = overrides or {}
+    return ", ".join(f"{name} {overrides.get(name, _POSTGRES_TYPES[kind])}" for name, kind in columns.items())
+
+
+#: Column types of the PostgreSQL ledger that differ from the plain mapping.
+_POSTGRES_REQUEST_TYPES = {
+    "rid": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    "run_id": "TEXT NOT NULL",
+    "row_id": "TEXT NOT NULL",
+}
+
+
+def postgres_schema() -> list[str]:
+    """The same tables, columns and indexes as the SQLite ledger, as PostgreSQL DDL (idempotent)."""
+    requests = _postgres_columns(REQUEST_COLUMNS, _POSTGRES_REQUEST_TYPES)
+    return [
+        f"CREATE TABLE IF NOT EXISTS runs ({_postgres_columns(RUN_COLUMNS)}, PRIMARY KEY (run_id))",
+        f"CREATE TABLE IF NOT EXISTS requests ({requests})",
+        "CREATE UNIQUE INDEX IF NOT EXISTS requests_run_row ON requests (run_id, row_id)",
+        "CREATE INDEX IF NOT EXISTS requests_run_priority_rid ON requests (run_id, priority, rid)",
+        f"CREATE TABLE IF NOT EXISTS attempts ({_postgres_columns(ATTEMPT_COLUMNS)}, PRIMARY KEY (rid, attempt))",
+        f"CREATE TABLE IF NOT EXISTS passes ({_postgres_columns(PASS_COLUMNS)}, PRIMARY KEY (run_id, pass_no))",
+        f"CREATE TABLE IF NOT EXISTS leases ({_postgres_columns(LEASE_COLUMNS)}, PRIMARY KEY (run_id))",
+        "CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint)",
+    ]

@@ -47,6 +47,7 @@ _UPDATE_REQUEST = (
     f"UPDATE requests SET attempts = {_P['attempt']}, status = {_P['outcome']}, http_status = {_P['http_status']},"
     f" curl_error = {_P['curl_error']}, error = {_P['error']}, latency_ms = {_P['duration_ms']},"
     f" updated_at = {_P['started_at']} + {_P['duration_ms']} / 1000.0 WHERE rid = {_P['rid']}"
+    " AND status != 'succeeded'"  # a late or repeated result never undoes a success
 )
 
 
