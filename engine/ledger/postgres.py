@@ -10,7 +10,6 @@ the URL typed on a command line.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,20 +19,11 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from engine.errors import LedgerError, UsageError
-from engine.ledger import lease as leases
-from engine.ledger.lease import Hold, Holder
-from engine.ledger.postgres_reads import PostgresReads, as_dict
 from engine.ledger.schema import postgres_schema
-from engine.ledger.store import (
-    DuplicateRow,
-    LeaseHeld,
-    LeaseLost,
-    Page,
-    Store,
-    ledger_unavailable,
-)
-from engine.states import IN_FLIGHT, UNKNOWN
-from engine.wire import Attempt, Dispatch
+from engine.ledger.sql import SQLStore
+from engine.ledger.store import EXPORT_COLUMNS, ledger_unavailable
+from engine.states import IN_FLIGHT
+from engine.wire import Attempt
 
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES ({', '.join('%s' for _ in Attempt._fields)})"
@@ -59,7 +49,7 @@ def _check_no_password(url: str) -> None:
         )
 
 
-class PostgresStore(PostgresReads, Store):
+class PostgresStore(SQLStore):
     """A ledger in a PostgreSQL database (its tables are created if missing)."""
 
     def __init__(self, url: str, create: bool = True, busy_timeout: float = 30.0):
@@ -89,52 +79,24 @@ class PostgresStore(PostgresReads, Store):
     def check_space(self, rows: int) -> None:
         """The server's disk is not visible from here; a full one is reported when a write fails."""
 
-    # -- runs ----------------------------------------------------------------
+    # -- how PostgreSQL differs --------------------------------------------------
 
-    def create_run(
-        self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
-            " VALUES (%s, %s, %s, %s, %s, %s, 'loading', 0, %s)",
-            (run_id, time.time(), input, url, method, json.dumps(options, sort_keys=True), not_before),
-        )
+    PARAM = "%s"
 
-    def get_run(self, run_id: str) -> dict:
-        cursor = self.conn.execute("SELECT * FROM runs WHERE run_id = %s", (run_id,))
-        row = cursor.fetchone()
-        if row is None:
-            raise LedgerError(f"no run {run_id!r} in {self.location}")
-        run = as_dict(cursor, row)
-        run["options"] = json.loads(run["options"] or "{}")
-        return run
+    def _transaction(self):
+        return self.conn.transaction()
 
-    def has_run(self, run_id: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is not None
-
-    def delete_run(self, run_id: str) -> None:
+    @contextmanager
+    def _exclusive(self, name: str):
+        """A transaction holding an advisory lock on ``name``: writers of the same name queue."""
         with self.conn.transaction():
-            self.conn.execute(
-                "DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = %s)", (run_id,)
-            )
-            for table in ("requests", "passes", "leases", "runs"):
-                self.conn.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+            yield
 
-    def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (fingerprint,))
-            other = self.conn.execute(
-                "SELECT run_id FROM runs WHERE fingerprint = %s AND run_id <> %s", (fingerprint, run_id)
-            ).fetchone()
-            if other is not None:
-                return other[0]
-            self.conn.execute(
-                "UPDATE runs SET state = 'ready', total = %s, fingerprint = %s WHERE run_id = %s",
-                (total, fingerprint, run_id),
-            )
-        return None
+    def _in(self, values: Iterable[str]) -> tuple[str, tuple]:
+        return "= ANY(?)", (list(values),)
 
-    # -- loading -------------------------------------------------------------
+    # -- the per-row paths, and what reads are PostgreSQL's own ---------------------
 
     def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
         now = time.time()
@@ -145,46 +107,6 @@ class PostgresStore(PostgresReads, Store):
                         copy.write_row((run_id, line, row_id, priority, payload, key, "pending", 0, now))
         except pg_errors.UniqueViolation:
             raise self._find_duplicate(run_id, rows) from None
-
-    def _find_duplicate(self, run_id: str, rows: list[tuple]) -> DuplicateRow:
-        seen: dict[str, int] = {}
-        for line, row_id, *_ in rows:
-            first = self.conn.execute(
-                "SELECT line FROM requests WHERE run_id = %s AND row_id = %s", (run_id, row_id)
-            ).fetchone()
-            if first is not None or row_id in seen:
-                return DuplicateRow(row_id, line, first[0] if first else seen[row_id])
-            seen[row_id] = line
-        return DuplicateRow("?", rows[0][0], rows[0][0])
-
-    def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
-        found = self.conn.execute(
-            "SELECT idempotency_key, min(line), max(line) FROM requests WHERE run_id = %s"
-            " GROUP BY idempotency_key HAVING count(*) > 1 ORDER BY max(line) LIMIT 1",
-            (run_id,),
-        ).fetchone()
-        return None if found is None else tuple(found)
-
-    # -- sending -------------------------------------------------------------
-
-    def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
-        states = list(states)
-        level = self._value("SELECT max(priority) FROM requests WHERE run_id = %s", (run_id,))
-        while level is not None:
-            after = 0
-            while True:
-                rows = self.conn.execute(
-                    "SELECT rid, row_id, payload, idempotency_key, attempts FROM requests"
-                    " WHERE run_id = %s AND priority = %s AND rid > %s AND status = ANY(%s) ORDER BY rid LIMIT %s",
-                    (run_id, level, after, states, page),
-                ).fetchall()
-                if not rows:
-                    break
-                after = rows[-1][0]
-                yield Page(level, [Dispatch(*row) for row in rows])
-            level = self._value(
-                "SELECT max(priority) FROM requests WHERE run_id = %s AND priority < %s", (run_id, level)
-            )
 
     def record(self, attempts: list[tuple]) -> None:
         updates = [
@@ -207,94 +129,26 @@ class PostgresStore(PostgresReads, Store):
     def mark_in_flight(self, rids: list[int]) -> None:
         self.conn.execute("UPDATE requests SET status = %s WHERE rid = ANY(%s)", (IN_FLIGHT, list(rids)))
 
-    def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
-        return self.conn.execute(
-            "UPDATE requests SET status = %s WHERE run_id = %s AND status = ANY(%s)", (state, run_id, list(states))
-        ).rowcount
+    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
+        """``percentile_disc`` is the nearest rank: the first value whose cumulative share reaches q."""
+        quantiles = list(quantiles)
+        values = self._value(
+            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY latency_ms) FROM requests"
+            " WHERE run_id = %s AND latency_ms IS NOT NULL AND http_status IS NOT NULL",
+            (quantiles, run_id),
+        )
+        return dict(zip(quantiles, values or [None] * len(quantiles), strict=True))
 
-    def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
-        return self.conn.execute(
-            "UPDATE requests SET status = %s, error = %s, updated_at = %s WHERE run_id = %s AND status = ANY(%s)",
-            (UNKNOWN, reason, time.time(), run_id, list(states)),
-        ).rowcount
-
-    def start_pass(self, run_id: str) -> int:
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pass:{run_id}",))
-            number = self._value("SELECT coalesce(max(pass_no), 0) + 1 FROM passes WHERE run_id = %s", (run_id,))
-            self.conn.execute(
-                "INSERT INTO passes (run_id, pass_no, started_at) VALUES (%s, %s, %s)", (run_id, number, time.time())
+    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
+        with self.conn.transaction(), self.conn.cursor(name="export") as cursor:  # server-side: streamed
+            cursor.execute(
+                "SELECT row_id, line, status, attempts, http_status, curl_error, error,"
+                " round(latency_ms::numeric, 3)::float8, idempotency_key FROM requests"
+                " WHERE run_id = %s AND status = ANY(%s) ORDER BY rid",
+                (run_id, list(states)),
             )
-            self.conn.execute("UPDATE runs SET state = 'running' WHERE run_id = %s", (run_id,))
-        return number
-
-    def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
-        with self.conn.transaction():
-            self.conn.execute(
-                "UPDATE passes SET finished_at = %s WHERE run_id = %s AND pass_no = %s", (time.time(), run_id, pass_no)
-            )
-            self.conn.execute("UPDATE runs SET state = %s WHERE run_id = %s", (state, run_id))
-
-    # -- the lease -------------------------------------------------------------
-
-    def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
-        now = time.time()
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"lease:{run_id}",))
-            old = self.lease(run_id)
-            if old is not None and leases.holder_alive(old, now):
-                raise LeaseHeld(
-                    f"run {run_id!r} is being sent by {leases.describe(old, now)};"
-                    " wait for it to end, or stop that process first"
-                )
-            hold = leases.hold_after(old) if old is not None else None
-            frontier = hold.frontier if hold else (None, None)
-            self.conn.execute(
-                "INSERT INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority, frontier_rid, timeout)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET holder = EXCLUDED.holder,"
-                " host = EXCLUDED.host, pid = EXCLUDED.pid, heartbeat_at = EXCLUDED.heartbeat_at,"
-                " frontier_priority = EXCLUDED.frontier_priority, frontier_rid = EXCLUDED.frontier_rid,"
-                " timeout = EXCLUDED.timeout",
-                (
-                    run_id,
-                    holder.name,
-                    holder.host,
-                    holder.pid,
-                    now,
-                    *frontier,
-                    max(timeout, old["timeout"] if old else 0.0),
-                ),
-            )
-        return hold
-
-    def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
-        if frontier is None:
-            changed = self.conn.execute(
-                "UPDATE leases SET heartbeat_at = %s WHERE run_id = %s AND holder = %s",
-                (time.time(), run_id, holder.name),
-            ).rowcount
-        else:
-            changed = self.conn.execute(
-                "UPDATE leases SET heartbeat_at = %s, frontier_priority = %s, frontier_rid = %s"
-                " WHERE run_id = %s AND holder = %s",
-                (time.time(), *frontier, run_id, holder.name),
-            ).rowcount
-        if not changed:
-            raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
-
-    def release_lease(self, run_id: str, holder: Holder, clean: bool) -> None:
-        if clean:
-            self.conn.execute("DELETE FROM leases WHERE run_id = %s AND holder = %s", (run_id, holder.name))
-        else:
-            self.conn.execute(
-                "UPDATE leases SET pid = 0, heartbeat_at = %s WHERE run_id = %s AND holder = %s",
-                (time.time(), run_id, holder.name),
-            )
-
-    def lease(self, run_id: str) -> dict | None:
-        cursor = self.conn.execute("SELECT * FROM leases WHERE run_id = %s", (run_id,))
-        row = cursor.fetchone()
-        return None if row is None else as_dict(cursor, row)
+            for row in cursor:
+                yield dict(zip(EXPORT_COLUMNS, row, strict=True))
 
 
 def _first_line(err: Exception) -> str:

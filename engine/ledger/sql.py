@@ -1,0 +1,279 @@
+"""The queries every SQL store shares, written once: :class:`SQLStore`.
+
+SQLite and PostgreSQL run the same statements on the same tables; a store says only how
+its database differs (:attr:`SQLStore.PARAM`, how a transaction and an exclusive section
+are opened, how an ``IN`` list is bound) and does the per-row paths its own fastest way.
+Statements are written with ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from engine.errors import LedgerError
+from engine.ledger import lease as leases
+from engine.ledger.lease import Hold, Holder
+from engine.ledger.store import DuplicateRow, LeaseHeld, LeaseLost, Page, Store
+from engine.states import STATES, SUCCEEDED, UNKNOWN
+from engine.wire import Dispatch
+
+
+class SQLStore(Store):
+    """A :class:`Store` over a DB-API connection ``conn``."""
+
+    #: The database's placeholder for ``?`` in the statements below.
+    PARAM = "?"
+    conn: Any
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager:
+        """Statements within it commit together, or not at all."""
+
+    @abstractmethod
+    def _exclusive(self, name: str) -> AbstractContextManager:
+        """A transaction no other writer of ``name`` runs beside (read, then write without a race)."""
+
+    @abstractmethod
+    def _in(self, values: Iterable[str]) -> tuple[str, tuple]:
+        """``status`` membership in ``values``: the SQL after the column, and its parameters."""
+
+    def _run(self, sql: str, params: tuple = ()) -> Any:
+        return self.conn.execute(sql if self.PARAM == "?" else sql.replace("?", self.PARAM), params)
+
+    def _value(self, sql: str, params: tuple) -> Any:
+        """The one value an aggregate query returns."""
+        row = self._run(sql, params).fetchone()
+        assert row is not None, sql
+        return row[0]
+
+    def _row(self, sql: str, params: tuple) -> dict | None:
+        cursor = self._run(sql, params)
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([column[0] for column in cursor.description], row, strict=True))
+
+    # -- runs ----------------------------------------------------------------
+
+    def create_run(
+        self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
+    ) -> None:
+        with self._transaction():
+            self._run(
+                "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'loading', 0, ?)",
+                (run_id, time.time(), input, url, method, json.dumps(options, sort_keys=True), not_before),
+            )
+
+    def get_run(self, run_id: str) -> dict:
+        run = self._row("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if run is None:
+            raise LedgerError(f"no run {run_id!r} in {self.location}")
+        run["options"] = json.loads(run["options"] or "{}")
+        return run
+
+    def has_run(self, run_id: str) -> bool:
+        return self._run("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+    def delete_run(self, run_id: str) -> None:
+        with self._transaction():
+            self._run("DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)", (run_id,))
+            for table in ("requests", "passes", "leases", "runs"):
+                self._run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+    def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
+        with self._exclusive(f"fingerprint:{fingerprint}"):
+            other = self._run(
+                "SELECT run_id FROM runs WHERE fingerprint = ? AND run_id <> ?", (fingerprint, run_id)
+            ).fetchone()
+            if other is not None:
+                return other[0]
+            self._run(
+                "UPDATE runs SET state = 'ready', total = ?, fingerprint = ? WHERE run_id = ?",
+                (total, fingerprint, run_id),
+            )
+        return None
+
+    def list_runs(self) -> list[dict]:
+        runs = self._run("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
+        return [{"run_id": r, "created_at": c, "state": s, "total": t, **self.counts(r)} for r, c, s, t in runs]
+
+    # -- loading -------------------------------------------------------------
+
+    def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
+        found = self._run(
+            "SELECT idempotency_key, min(line), max(line) FROM requests WHERE run_id = ?"
+            " GROUP BY idempotency_key HAVING count(*) > 1 ORDER BY max(line) LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return None if found is None else tuple(found)
+
+    def _find_duplicate(self, run_id: str, rows: list[tuple]) -> DuplicateRow:
+        """The row of a refused batch whose id was seen before (in the ledger or earlier in the batch)."""
+        seen: dict[str, int] = {}
+        for line, row_id, *_ in rows:
+            first = self._run("SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)).fetchone()
+            if first is not None or row_id in seen:
+                return DuplicateRow(row_id, line, first[0] if first else seen[row_id])
+            seen[row_id] = line
+        return DuplicateRow("?", rows[0][0], rows[0][0])
+
+    # -- sending -------------------------------------------------------------
+
+    def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
+        """Keyset pagination (priority level, then rid) keeps every page an index seek."""
+        membership, state_params = self._in(states)
+        level = self._value("SELECT max(priority) FROM requests WHERE run_id = ?", (run_id,))
+        while level is not None:
+            after = 0
+            while True:
+                rows = self._run(
+                    "SELECT rid, row_id, payload, idempotency_key, attempts FROM requests"
+                    f" WHERE run_id = ? AND priority = ? AND rid > ? AND status {membership}"
+                    " ORDER BY rid LIMIT ?",
+                    (run_id, level, after, *state_params, page),
+                ).fetchall()
+                if not rows:
+                    break
+                after = rows[-1][0]
+                yield Page(level, [Dispatch(*row) for row in rows])
+            level = self._value("SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level))
+
+    def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
+        membership, state_params = self._in(states)
+        with self._transaction():
+            return self._run(
+                f"UPDATE requests SET status = ? WHERE run_id = ? AND status {membership}",
+                (state, run_id, *state_params),
+            ).rowcount
+
+    def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
+        membership, state_params = self._in(states)
+        with self._transaction():
+            return self._run(
+                f"UPDATE requests SET status = '{UNKNOWN}', error = ?, updated_at = ?"
+                f" WHERE run_id = ? AND status {membership}",
+                (reason, time.time(), run_id, *state_params),
+            ).rowcount
+
+    def start_pass(self, run_id: str) -> int:
+        with self._exclusive(f"pass:{run_id}"):
+            number = self._value("SELECT coalesce(max(pass_no), 0) + 1 FROM passes WHERE run_id = ?", (run_id,))
+            self._run(
+                "INSERT INTO passes (run_id, pass_no, started_at) VALUES (?, ?, ?)", (run_id, number, time.time())
+            )
+            self._run("UPDATE runs SET state = 'running' WHERE run_id = ?", (run_id,))
+        return number
+
+    def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
+        with self._transaction():
+            self._run(
+                "UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?", (time.time(), run_id, pass_no)
+            )
+            self._run("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
+
+    # -- the lease: one pass per run at a time ---------------------------------
+
+    def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
+        now = time.time()
+        with self._exclusive(f"lease:{run_id}"):
+            old = self.lease(run_id)
+            if old is not None and leases.holder_alive(old, now):
+                raise LeaseHeld(
+                    f"run {run_id!r} is being sent by {leases.describe(old, now)};"
+                    " wait for it to end, or stop that process first"
+                )
+            hold = leases.hold_after(old) if old is not None else None
+            frontier = hold.frontier if hold else (None, None)
+            self._run(
+                "INSERT INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority, frontier_rid,"
+                " timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+                " holder = excluded.holder, host = excluded.host, pid = excluded.pid,"
+                " heartbeat_at = excluded.heartbeat_at, frontier_priority = excluded.frontier_priority,"
+                " frontier_rid = excluded.frontier_rid, timeout = excluded.timeout",
+                (
+                    run_id,
+                    holder.name,
+                    holder.host,
+                    holder.pid,
+                    now,
+                    *frontier,
+                    max(timeout, old["timeout"] if old else 0.0),
+                ),
+            )
+        return hold
+
+    def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
+        with self._transaction():
+            if frontier is None:
+                changed = self._run(
+                    "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                    (time.time(), run_id, holder.name),
+                ).rowcount
+            else:
+                changed = self._run(
+                    "UPDATE leases SET heartbeat_at = ?, frontier_priority = ?, frontier_rid = ?"
+                    " WHERE run_id = ? AND holder = ?",
+                    (time.time(), *frontier, run_id, holder.name),
+                ).rowcount
+        if not changed:
+            raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
+
+    def release_lease(self, run_id: str, holder: Holder, clean: bool) -> None:
+        with self._transaction():
+            if clean:
+                self._run("DELETE FROM leases WHERE run_id = ? AND holder = ?", (run_id, holder.name))
+            else:
+                self._run(
+                    "UPDATE leases SET pid = 0, heartbeat_at = ? WHERE run_id = ? AND holder = ?",
+                    (time.time(), run_id, holder.name),
+                )
+
+    def lease(self, run_id: str) -> dict | None:
+        return self._row("SELECT * FROM leases WHERE run_id = ?", (run_id,))
+
+    # -- reading ---------------------------------------------------------------
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(
+            self._run("SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)).fetchall()
+        )
+        return counts
+
+    def count_in(self, run_id: str, states: Iterable[str]) -> int:
+        membership, state_params = self._in(states)
+        return self._value(
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status {membership}", (run_id, *state_params)
+        )
+
+    def top_error(self, run_id: str) -> tuple[str, int] | None:
+        found = self._run(
+            "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
+            f" AND status <> '{SUCCEEDED}' AND (error IS NOT NULL OR http_status IS NOT NULL)"
+            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return None if found is None else tuple(found)
+
+    def attempt_count(self, run_id: str) -> int:
+        return int(self._value("SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)))
+
+    def elapsed(self, run_id: str) -> float:
+        return self._value(
+            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes WHERE run_id = ?",
+            (run_id,),
+        )
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        return dict(
+            self._run(
+                "SELECT coalesce(CAST(a.http_status AS TEXT), 'curl:' || a.curl_error), count(*)"
+                " FROM requests r JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ?"
+                " GROUP BY 1 ORDER BY 1",
+                (run_id,),
+            ).fetchall()
+        )
