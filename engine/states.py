@@ -11,3 +11,7 @@ IN_FLIGHT = "in_flight"
 STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN)
 #: States a later pass sends again by default.
 RESEND_STATES = (PENDING, RETRYING, FAILED)
+
+#: A chunk's states (runs sent through a broker): waiting for a node, being sent, recorded,
+#: or given up after too many deliveries (its rows stay as they are, for a rerun).
+CHUNK_QUEUED, CHUNK_RUNNING, CHUNK_DONE, CHUNK_DEAD = "queued", "running", "done", "dead"

@@ -197,3 +197,28 @@ def test_one_lease_per_run_renewed_by_its_holder_and_kept_after_an_unclean_end(s
         store.renew_lease("r", first)
     store.release_lease("r", second, clean=True)
     assert store.lease("r") is None
+
+
+def test_chunks_are_planned_in_dispatch_order_and_claimed_by_one_node(store):
+    store.insert_requests("r", rows(5, priority=lambda n: float(n == 4)))
+    first, second, third = store.plan_chunks("r", 1, (PENDING,), size=2)
+    assert [row.row_id for row in store.claim_chunk(first, "node-a", max_deliveries=3)] == ["c4", "c0"]
+    assert store.chunk_counts("r", 1) == {"queued": 2, "running": 1, "done": 0, "dead": 0}
+    third_rows = store.claim_chunk(third, "node-b", max_deliveries=3)
+    assert [row.row_id for row in third_rows] == ["c3"]
+    store.finish_chunk(third, [answer(third_rows[0].rid)])
+    assert store.claim_chunk(third, "node-c", max_deliveries=3) is None  # done: a redelivery sends nothing
+    assert store.counts("r")[SUCCEEDED] == 1 and store.chunk_counts("r", 1)["done"] == 1
+
+
+def test_a_silent_chunk_is_queued_again_and_dead_lettered_after_too_many_deliveries(store):
+    store.insert_requests("r", rows(2))
+    (chunk,) = store.plan_chunks("r", 1, (PENDING,), size=10)
+    assert len(store.claim_chunk(chunk, "node-a", max_deliveries=2)) == 2
+    assert store.silent_chunks("r", 1, silent_for=60) == []
+    time.sleep(0.05)
+    assert store.silent_chunks("r", 1, silent_for=0.01) == [chunk]
+    assert len(store.claim_chunk(chunk, "node-b", max_deliveries=2)) == 2  # nothing was recorded: all again
+    assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None
+    assert store.chunk_counts("r", 1)["dead"] == 1
+    assert store.counts("r")[PENDING] == 2  # a dead chunk's rows wait for a rerun

@@ -108,7 +108,7 @@ class PostgresStore(SQLStore):
         except pg_errors.UniqueViolation:
             raise self._find_duplicate(run_id, rows) from None
 
-    def record(self, attempts: list[tuple]) -> None:
+    def _write_attempts(self, attempts: list[tuple]) -> None:
         updates = [
             (
                 a.attempt,
@@ -122,7 +122,7 @@ class PostgresStore(SQLStore):
             )
             for a in map(Attempt._make, attempts)
         ]
-        with self.conn.transaction(), self.conn.cursor() as cursor:
+        with self.conn.cursor() as cursor:
             cursor.executemany(_INSERT_ATTEMPT, attempts)
             cursor.executemany(_UPDATE_REQUEST, updates)
 

@@ -53,6 +53,20 @@ ATTEMPT_COLUMNS = {
 }
 assert tuple(ATTEMPT_COLUMNS) == Attempt._fields
 PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
+#: One row per chunk handed to a worker node (runs sent through a broker); its rows carry its id.
+CHUNK_COLUMNS = {
+    "chunk_id": int,
+    "run_id": str,
+    "pass_no": int,
+    "rows": int,
+    "states": str,
+    "state": str,
+    "deliveries": int,
+    "node": str,
+    "heartbeat_at": float,
+    "queued_at": float,
+    "finished_at": float,
+}
 #: One row per run being sent (or left behind by a pass that did not end cleanly).
 LEASE_COLUMNS = {
     "run_id": str,
@@ -83,6 +97,11 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     if "fingerprint" not in db.table("runs").columns_dict:  # a ledger written by an older version
         db.table("runs").add_column("fingerprint", str)
     db.table("runs").create_index(["fingerprint"], if_not_exists=True)
+    db.table("chunks").create(CHUNK_COLUMNS, pk="chunk_id", if_not_exists=True)
+    db.table("chunks").create_index(["run_id", "state"], if_not_exists=True)
+    if "chunk_id" not in db.table("requests").columns_dict:
+        db.table("requests").add_column("chunk_id", int)
+    db.table("requests").create_index(["chunk_id"], if_not_exists=True)
 
 
 _POSTGRES_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
@@ -104,6 +123,7 @@ _POSTGRES_REQUEST_TYPES = {
 def postgres_schema() -> list[str]:
     """The same tables, columns and indexes as the SQLite ledger, as PostgreSQL DDL (idempotent)."""
     requests = _postgres_columns(REQUEST_COLUMNS, _POSTGRES_REQUEST_TYPES)
+    chunks = _postgres_columns(CHUNK_COLUMNS, {"chunk_id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"})
     return [
         f"CREATE TABLE IF NOT EXISTS runs ({_postgres_columns(RUN_COLUMNS)}, PRIMARY KEY (run_id))",
         f"CREATE TABLE IF NOT EXISTS requests ({requests})",
@@ -113,4 +133,8 @@ def postgres_schema() -> list[str]:
         f"CREATE TABLE IF NOT EXISTS passes ({_postgres_columns(PASS_COLUMNS)}, PRIMARY KEY (run_id, pass_no))",
         f"CREATE TABLE IF NOT EXISTS leases ({_postgres_columns(LEASE_COLUMNS)}, PRIMARY KEY (run_id))",
         "CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint)",
+        f"CREATE TABLE IF NOT EXISTS chunks ({chunks})",
+        "CREATE INDEX IF NOT EXISTS chunks_run_state ON chunks (run_id, state)",
+        "ALTER TABLE requests ADD COLUMN IF NOT EXISTS chunk_id BIGINT",
+        "CREATE INDEX IF NOT EXISTS requests_chunk ON requests (chunk_id)",
     ]

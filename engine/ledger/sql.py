@@ -12,14 +12,22 @@ import json
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from typing import Any
 
 from engine.errors import LedgerError
 from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
 from engine.ledger.store import DuplicateRow, LeaseHeld, LeaseLost, Page, Store
-from engine.states import STATES, SUCCEEDED, UNKNOWN
+from engine.states import (
+    CHUNK_DEAD,
+    CHUNK_DONE,
+    CHUNK_QUEUED,
+    CHUNK_RUNNING,
+    STATES,
+    SUCCEEDED,
+    UNKNOWN,
+)
 from engine.wire import Dispatch
 
 
@@ -41,6 +49,11 @@ class SQLStore(Store):
     @abstractmethod
     def _in(self, values: Iterable[str]) -> tuple[str, tuple]:
         """``status`` membership in ``values``: the SQL after the column, and its parameters."""
+
+    @abstractmethod
+    def _write_attempts(self, attempts: list[tuple]) -> None:
+        """Insert attempt tuples and move their rows to each attempt's outcome (never out of ``succeeded``),
+        inside the caller's transaction."""
 
     def _run(self, sql: str, params: tuple = ()) -> Any:
         return self.conn.execute(sql if self.PARAM == "?" else sql.replace("?", self.PARAM), params)
@@ -142,6 +155,10 @@ class SQLStore(Store):
                 yield Page(level, [Dispatch(*row) for row in rows])
             level = self._value("SELECT max(priority) FROM requests WHERE run_id = ? AND priority < ?", (run_id, level))
 
+    def record(self, attempts: list[tuple]) -> None:
+        with self._transaction():
+            self._write_attempts(attempts)
+
     def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
         membership, state_params = self._in(states)
         with self._transaction():
@@ -234,6 +251,98 @@ class SQLStore(Store):
 
     def lease(self, run_id: str) -> dict | None:
         return self._row("SELECT * FROM leases WHERE run_id = ?", (run_id,))
+
+    # -- chunks: runs sent through a broker to worker nodes ----------------------
+
+    def plan_chunks(self, run_id: str, pass_no: int, states: Iterable[str], size: int) -> list[int]:
+        states = tuple(states)
+        chunk_ids: list[int] = []
+        batch: list[int] = []
+        for page in self.iter_pages(run_id, states):
+            for row in page.rows:
+                batch.append(row.rid)
+                if len(batch) == size:
+                    chunk_ids.append(self._new_chunk(run_id, pass_no, states, batch))
+                    batch = []
+        if batch:
+            chunk_ids.append(self._new_chunk(run_id, pass_no, states, batch))
+        return chunk_ids
+
+    def _new_chunk(self, run_id: str, pass_no: int, states: tuple, rids: list[int]) -> int:
+        with self._transaction():
+            chunk_id = self._value(
+                "INSERT INTO chunks (run_id, pass_no, rows, states, state, deliveries, queued_at)"
+                f" VALUES (?, ?, ?, ?, '{CHUNK_QUEUED}', 0, ?) RETURNING chunk_id",
+                (run_id, pass_no, len(rids), ",".join(states), time.time()),
+            )
+            self._run_many("UPDATE requests SET chunk_id = ? WHERE rid = ?", [(chunk_id, rid) for rid in rids])
+        return chunk_id
+
+    def _run_many(self, sql: str, rows: list[tuple]) -> None:
+        with closing(self.conn.cursor()) as cursor:
+            cursor.executemany(sql if self.PARAM == "?" else sql.replace("?", self.PARAM), rows)
+
+    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int) -> list[Dispatch] | None:
+        with self._exclusive(f"chunk:{chunk_id}"):
+            found = self._run("SELECT state, deliveries, states FROM chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
+            if found is None or found[0] in (CHUNK_DONE, CHUNK_DEAD):
+                return None
+            state, deliveries, states = found
+            if deliveries >= max_deliveries:
+                self._run(
+                    f"UPDATE chunks SET state = '{CHUNK_DEAD}', finished_at = ? WHERE chunk_id = ?",
+                    (time.time(), chunk_id),
+                )
+                return None
+            self._run(
+                f"UPDATE chunks SET state = '{CHUNK_RUNNING}', deliveries = deliveries + 1, node = ?,"
+                " heartbeat_at = ? WHERE chunk_id = ?",
+                (node, time.time(), chunk_id),
+            )
+        membership, state_params = self._in(states.split(","))
+        rows = self._run(
+            "SELECT rid, row_id, payload, idempotency_key, attempts FROM requests"
+            f" WHERE chunk_id = ? AND status {membership} ORDER BY priority DESC, rid",
+            (chunk_id, *state_params),
+        ).fetchall()
+        return [Dispatch(*row) for row in rows]
+
+    def renew_chunk(self, chunk_id: int, node: str) -> None:
+        with self._transaction():
+            self._run(
+                "UPDATE chunks SET heartbeat_at = ? WHERE chunk_id = ? AND node = ?", (time.time(), chunk_id, node)
+            )
+
+    def finish_chunk(self, chunk_id: int, attempts: list[tuple]) -> None:
+        with self._transaction():
+            if attempts:
+                self._write_attempts(attempts)
+            self._run(
+                f"UPDATE chunks SET state = '{CHUNK_DONE}', finished_at = ? WHERE chunk_id = ?", (time.time(), chunk_id)
+            )
+
+    def chunk_counts(self, run_id: str, pass_no: int) -> dict[str, int]:
+        counts = dict.fromkeys((CHUNK_QUEUED, CHUNK_RUNNING, CHUNK_DONE, CHUNK_DEAD), 0)
+        counts.update(
+            self._run(
+                "SELECT state, count(*) FROM chunks WHERE run_id = ? AND pass_no = ? GROUP BY state", (run_id, pass_no)
+            ).fetchall()
+        )
+        return counts
+
+    def silent_chunks(self, run_id: str, pass_no: int, silent_for: float) -> list[int]:
+        with self._transaction():
+            silent = [
+                chunk_id
+                for (chunk_id,) in self._run(
+                    f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{CHUNK_RUNNING}'"
+                    " AND heartbeat_at < ? ORDER BY chunk_id",
+                    (run_id, pass_no, time.time() - silent_for),
+                ).fetchall()
+            ]
+            for chunk_id in silent:
+                self._run(f"UPDATE chunks SET state = '{CHUNK_QUEUED}' WHERE chunk_id = ?", (chunk_id,))
+        return silent
 
     # -- reading ---------------------------------------------------------------
 

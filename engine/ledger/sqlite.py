@@ -156,11 +156,9 @@ class SQLiteStore(SQLStore):
         except sqlite3.IntegrityError:
             raise self._find_duplicate(run_id, rows) from None
 
-    def record(self, attempts: list[tuple]) -> None:
-        """Write a batch of attempts (:class:`Attempt` tuples) and move their rows to their new state."""
-        with self.conn:
-            self.conn.executemany(_INSERT_ATTEMPT, attempts)
-            self.conn.executemany(_UPDATE_REQUEST, attempts)
+    def _write_attempts(self, attempts: list[tuple]) -> None:
+        self.conn.executemany(_INSERT_ATTEMPT, attempts)
+        self.conn.executemany(_UPDATE_REQUEST, attempts)
 
     def mark_in_flight(self, rids: list[int]) -> None:
         """Write ahead that these rows are being sent (runs without idempotency keys only)."""

@@ -182,6 +182,35 @@ class Store(ABC):
     @abstractmethod
     def lease(self, run_id: str) -> dict | None: ...
 
+    # -- chunks: runs sent through a broker to worker nodes ----------------------
+
+    @abstractmethod
+    def plan_chunks(self, run_id: str, pass_no: int, states: Iterable[str], size: int) -> list[int]:
+        """Split the rows of ``run_id`` in ``states`` into chunks of ``size`` rows, in dispatch order
+        (priority first, then input order); their ids, in that order."""
+
+    @abstractmethod
+    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int) -> list[Dispatch] | None:
+        """A node takes a chunk: its rows to send, or None when it is done or dead. A chunk already
+        delivered ``max_deliveries`` times becomes ``dead`` instead (its rows wait for a rerun)."""
+
+    @abstractmethod
+    def renew_chunk(self, chunk_id: int, node: str) -> None:
+        """The node sending the chunk is alive."""
+
+    @abstractmethod
+    def finish_chunk(self, chunk_id: int, attempts: list[tuple]) -> None:
+        """Record the chunk's attempts and mark it done, in one transaction (before the broker's ack)."""
+
+    @abstractmethod
+    def chunk_counts(self, run_id: str, pass_no: int) -> dict[str, int]:
+        """The pass's chunks per state."""
+
+    @abstractmethod
+    def silent_chunks(self, run_id: str, pass_no: int, silent_for: float) -> list[int]:
+        """Chunks being sent whose node has not renewed them for ``silent_for`` seconds; they are
+        queued again (to be delivered again) and their ids returned."""
+
     # -- reading ---------------------------------------------------------------
 
     @abstractmethod
