@@ -1,0 +1,93 @@
+"""Sending one chunk's rows to a final state with one CurlMulti: what a worker node does per chunk.
+
+Rows start as slots free up; a retryable failure waits its back-off (or the server's
+``Retry-After``) in a heap while the other transfers go on; nothing sleeps while
+transfers are in flight. The result is the attempt records of every row, for the ledger
+to commit together with the chunk's done-mark.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from engine.delivery.policy import RetryPolicy
+from engine.delivery.transport import Transport, TransportOptions
+from engine.request.spec import RequestSpec, redact
+from engine.request.template import RowRequests
+from engine.states import FAILED, RETRYING
+from engine.wire import Dispatch, attempt_record
+
+#: Longest wait for transfers in one poll (s): the heartbeat and due retries are looked at this often.
+POLL = 0.05
+
+
+class ChunkSender:
+    """One CurlMulti with ``window`` transfers at most, reused chunk after chunk."""
+
+    def __init__(self, spec: RequestSpec, id_field: str, policy: RetryPolicy, options: TransportOptions, window: int):
+        self.requests = RowRequests(spec, id_field)
+        self.policy = policy
+        self.transport = Transport(window, options, spec.method)
+        self.rng = random.Random()
+
+    def send(self, rows: list[Dispatch], heartbeat: Callable[[], None] = lambda: None) -> list[tuple]:
+        """Every row to a final state (or its last attempt); the attempt records, in the order they ended."""
+        ready = deque(rows)
+        delayed: list[tuple[float, int, Dispatch]] = []
+        tries: dict[int, int] = {}
+        records: list[tuple] = []
+        beat = time.monotonic()
+        while ready or delayed or self.transport.active:
+            now = time.monotonic()
+            while delayed and delayed[0][0] <= now:
+                ready.append(heapq.heappop(delayed)[2])
+            while ready and self.transport.has_room():
+                self._start(ready.popleft(), records)
+            wait = POLL if not delayed else min(POLL, max(0.0, delayed[0][0] - now))
+            for done in self.transport.poll(wait):
+                row: Dispatch = done.token
+                attempt = tries.get(row.rid, 0) + 1
+                decision = self.policy.decide(done.outcome, attempt, self.rng)
+                if decision.state == RETRYING:
+                    tries[row.rid] = attempt
+                    heapq.heappush(delayed, (time.monotonic() + decision.delay, row.rid, row))
+                records.append(self._record(row, attempt, decision.state, done))
+            if now - beat >= 1.0:
+                heartbeat()
+                beat = now
+        return records
+
+    def _start(self, row: Dispatch, records: list[tuple]) -> None:
+        try:
+            self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
+        except Exception as err:  # a row the coordinator validated should never get here
+            records.append(
+                attempt_record(
+                    rid=row.rid,
+                    attempt=row.attempts + 1,
+                    outcome=FAILED,
+                    error=f"cannot send this row: {type(err).__name__}: {err}",
+                    started_at=time.time(),
+                )
+            )
+
+    def _record(self, row: Dispatch, attempt: int, state: str, done) -> tuple:
+        secrets = self.requests.secrets
+        return attempt_record(
+            rid=row.rid,
+            attempt=row.attempts + attempt,
+            outcome=state,
+            http_status=done.outcome.http_status,
+            curl_error=done.outcome.curl_error,
+            error=redact(done.error, secrets),
+            excerpt=redact(done.excerpt, secrets),
+            started_at=done.started_at,
+            duration_ms=done.duration_ms,
+        )
+
+    def close(self) -> None:
+        self.transport.close()

@@ -1,0 +1,54 @@
+"""A worker node's chunk loop against the mock API on 127.0.0.1: retries, final states, records."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from engine.delivery.chunk import ChunkSender
+from engine.delivery.policy import RetryPolicy
+from engine.delivery.transport import TransportOptions
+from engine.mock.process import MockProcess
+from engine.request.spec import RequestSpec
+from engine.states import FAILED, RETRYING, SUCCEEDED
+from engine.wire import Attempt, Dispatch
+
+
+def sender(url: str, max_attempts: int = 5) -> ChunkSender:
+    policy = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_cap=0.05)
+    return ChunkSender(RequestSpec.build(url), "id", policy, TransportOptions(connect_timeout=5, timeout=10), 20)
+
+
+def chunk(count: int, attempts: int = 0) -> list[Dispatch]:
+    return [Dispatch(n, f"cus_{n}", f'{{"id":"cus_{n}"}}', f"k:cus_{n}", attempts) for n in range(1, count + 1)]
+
+
+def test_every_row_of_a_chunk_ends_and_each_attempt_is_recorded_once():
+    with MockProcess(p503=0.3, retry_after=0, seed=3) as api:
+        sending = sender(api.charge_url())
+        records = [Attempt._make(record) for record in sending.send(chunk(100, attempts=2))]
+        sending.close()
+        final = {record.rid: record.outcome for record in records if record.outcome != RETRYING}
+        assert final == dict.fromkeys(range(1, 101), SUCCEEDED)
+        assert len(records) == api.stats()["requests"]
+        assert Counter(record.outcome for record in records)[RETRYING] == api.stats()["http_status"]["503"]
+        for rid in range(1, 101):  # numbered after the row's earlier attempts, 3, 4, …
+            numbers = [record.attempt for record in records if record.rid == rid]
+            assert numbers == list(range(3, 3 + len(numbers)))
+        assert api.stats()["customers_charged_more_than_once"] == 0
+
+
+def test_a_row_that_keeps_failing_ends_failed_after_max_attempts():
+    with MockProcess(fail_rate=1.0) as api:
+        sending = sender(api.charge_url(), max_attempts=3)
+        records = [Attempt._make(record) for record in sending.send(chunk(5))]
+        sending.close()
+    assert Counter(record.outcome for record in records) == {RETRYING: 10, FAILED: 5}
+
+
+def test_the_heartbeat_is_called_while_a_slow_chunk_is_sent():
+    beats = []
+    with MockProcess(latency=1.3) as api:
+        sending = sender(api.charge_url())
+        sending.send(chunk(10), heartbeat=lambda: beats.append(1))
+        sending.close()
+    assert beats
