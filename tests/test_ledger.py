@@ -219,6 +219,10 @@ def test_a_silent_chunk_is_queued_again_and_dead_lettered_after_too_many_deliver
     time.sleep(0.05)
     assert store.silent_chunks("r", 1, silent_for=0.01) == [chunk]
     assert len(store.claim_chunk(chunk, "node-b", max_deliveries=2)) == 2  # nothing was recorded: all again
-    assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None
+    assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None  # node-b is on it: no second copy
+    assert store.chunk_counts("r", 1)["dead"] == 0
+    time.sleep(0.05)
+    assert store.silent_chunks("r", 1, silent_for=0.01) == [chunk]
+    assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None  # a third delivery: dead-lettered
     assert store.chunk_counts("r", 1)["dead"] == 1
     assert store.counts("r")[PENDING] == 2  # a dead chunk's rows wait for a rerun

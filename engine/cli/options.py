@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from urllib.parse import urlsplit
 
 import click
 
@@ -54,9 +55,33 @@ def engine_errors(command):
 
 
 def db_option(command):
-    return click.option("--db", default=DEFAULT_DB, show_default=True, metavar="PATH", help="The SQLite ledger file.")(
-        command
-    )
+    return click.option(
+        "--db",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="PATH|URL",
+        help="The ledger: a SQLite file, or postgresql://user@host/dbname (password from PGPASSWORD).",
+    )(command)
+
+
+def _broker_without_password(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    source = ctx.get_parameter_source(param.name or "broker")
+    if value and source == click.core.ParameterSource.COMMANDLINE and urlsplit(value).password:
+        raise click.BadParameter("a password typed here would be in the process list; set ENGINE_BROKER instead")
+    return value
+
+
+def broker_option(command):
+    """--broker: the Celery broker worker nodes take chunks from (a password only from the environment)."""
+    return click.option(
+        "--broker",
+        envvar="ENGINE_BROKER",
+        default=None,
+        metavar="URL",
+        callback=_broker_without_password,
+        help="Send through worker nodes (python -m engine worker) over this Redis broker, e.g. "
+        "redis://queue.internal:6379/0 [env: ENGINE_BROKER; default: the local process pool].",
+    )(command)
 
 
 def pool_options(command):

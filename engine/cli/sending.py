@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from engine.cli.options import db_option, engine_errors, pool_options, run_default, seconds_option
+from engine.cli.options import broker_option, db_option, engine_errors, pool_options, run_default, seconds_option
 from engine.config import RunSettings
 from engine.output.report import render
 from engine.request.inputs import FORMATS
@@ -110,6 +110,7 @@ from engine.starttime import start_time
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
 @db_option
+@broker_option
 @pool_options
 @engine_errors
 def bill(
@@ -138,6 +139,7 @@ def bill(
     insecure,
     ca_bundle,
     db,
+    broker,
     workers,
     concurrency,
     chunks,
@@ -210,6 +212,7 @@ def bill(
         log_file=log_file,
         quiet=quiet,
         busy_timeout=busy_timeout,
+        broker=broker,
     )
     _finish(result)
 
@@ -223,6 +226,7 @@ def bill(
     help="Also resend rows whose outcome is unknown (only after checking they were not applied).",
 )
 @db_option
+@broker_option
 @pool_options
 @engine_errors
 def rerun(
@@ -230,6 +234,7 @@ def rerun(
     include_rejected,
     include_unknown,
     db,
+    broker,
     workers,
     concurrency,
     chunks,
@@ -270,6 +275,7 @@ def rerun(
         max_pause=max_pause,
         stall_timeout=stall_timeout,
         busy_timeout=busy_timeout,
+        broker=broker,
     )
     _finish(result)
 

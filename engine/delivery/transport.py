@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import pycurl
 
+from engine.config import RunSettings
 from engine.delivery.policy import Outcome
 
 #: Longest response excerpt kept per attempt (bytes); the rest of an answer is dropped as it arrives.
@@ -42,6 +43,16 @@ class TransportOptions:
     #: libcurl silently resends a request once when a reused connection turns out dead;
     #: without an Idempotency-Key that could charge twice, so such runs use fresh connections.
     reuse_connections: bool = True
+
+    @classmethod
+    def for_run(cls, settings: RunSettings) -> TransportOptions:
+        return cls(
+            connect_timeout=settings.connect_timeout,
+            timeout=settings.timeout,
+            verify_tls=not settings.insecure,
+            ca_bundle=settings.ca_bundle,
+            reuse_connections=settings.idempotency,
+        )
 
 
 class Finished(NamedTuple):

@@ -282,12 +282,18 @@ class SQLStore(Store):
         with closing(self.conn.cursor()) as cursor:
             cursor.executemany(sql if self.PARAM == "?" else sql.replace("?", self.PARAM), rows)
 
-    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int) -> list[Dispatch] | None:
+    def claim_chunk(
+        self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0
+    ) -> list[Dispatch] | None:
         with self._exclusive(f"chunk:{chunk_id}"):
-            found = self._run("SELECT state, deliveries, states FROM chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
+            found = self._run(
+                "SELECT state, deliveries, states, heartbeat_at FROM chunks WHERE chunk_id = ?", (chunk_id,)
+            ).fetchone()
             if found is None or found[0] in (CHUNK_DONE, CHUNK_DEAD):
                 return None
-            state, deliveries, states = found
+            state, deliveries, states, heartbeat_at = found
+            if state == CHUNK_RUNNING and heartbeat_at > time.time() - busy_for:
+                return None  # another node is sending it: a second copy must not go out
             if deliveries >= max_deliveries:
                 self._run(
                     f"UPDATE chunks SET state = '{CHUNK_DEAD}', finished_at = ? WHERE chunk_id = ?",

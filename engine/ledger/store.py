@@ -190,9 +190,12 @@ class Store(ABC):
         (priority first, then input order); their ids, in that order."""
 
     @abstractmethod
-    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int) -> list[Dispatch] | None:
-        """A node takes a chunk: its rows to send, or None when it is done or dead. A chunk already
-        delivered ``max_deliveries`` times becomes ``dead`` instead (its rows wait for a rerun)."""
+    def claim_chunk(
+        self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0
+    ) -> list[Dispatch] | None:
+        """A node takes a chunk: its rows to send, or None when it is done, dead, or being sent by a node
+        heard from within ``busy_for`` seconds. A chunk already delivered ``max_deliveries`` times
+        becomes ``dead`` instead (its rows wait for a rerun)."""
 
     @abstractmethod
     def renew_chunk(self, chunk_id: int, node: str) -> None:

@@ -56,17 +56,10 @@ class WorkerConfig:
     @classmethod
     def for_run(cls, settings: RunSettings, spec: RequestSpec) -> WorkerConfig:
         """The worker's part of a run's settings; ``spec`` is the request built once from them."""
-        transport = TransportOptions(
-            connect_timeout=settings.connect_timeout,
-            timeout=settings.timeout,
-            verify_tls=not settings.insecure,
-            ca_bundle=settings.ca_bundle,
-            reuse_connections=settings.idempotency,
-        )
         return cls(
             spec=spec,
             policy=settings.policy(),
-            transport=transport,
+            transport=TransportOptions.for_run(settings),
             concurrency=settings.concurrency,
             chunk_size=settings.chunks,
             id_field=settings.id_field,

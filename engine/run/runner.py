@@ -33,7 +33,7 @@ from engine.request.inputs import detect_format, read_rows
 from engine.request.spec import RequestSpec
 from engine.request.template import CompiledRequest
 from engine.run.loading import load_rows
-from engine.run.passes import Pass, rerun_command
+from engine.run.passes import Pass, PassTally, rerun_command
 from engine.run.signals import StopRequest, sigterm_interrupts
 from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, UNKNOWN
 
@@ -86,8 +86,11 @@ def bill(
     log_file: str | None = None,
     quiet: bool = False,
     busy_timeout: float = BUSY_TIMEOUT,
+    broker: str | None = None,
 ) -> RunResult:
-    """Load ``input_path`` into a new run (write-ahead), then send every row once."""
+    """Load ``input_path`` into a new run (write-ahead), then send every row once (through worker
+    nodes when ``broker`` names one)."""
+    _check_broker(broker, db, settings)
     fmt = detect_format(input_path, fmt)
     settings = fit_open_files(settings)
     spec = settings.request_spec()  # template and environment errors surface before the ledger is touched
@@ -104,7 +107,8 @@ def bill(
         _create_run(ledger, run_id, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
-        backend = backend_scope.enter_context(start_backend(settings, spec)) if not_before is None else None
+        early = not_before is None and broker is None
+        backend = backend_scope.enter_context(start_backend(settings, spec)) if early else None
         digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
             with Progress(0, "loading rows", quiet) as progress, sigterm_interrupts():
@@ -130,8 +134,18 @@ def bill(
             ledger.delete_run(run_id)
             return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
-        plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet)
+        plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, broker)
         return _send_pass(plan, backend)
+
+
+def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
+    """Worker nodes on other machines write to the ledger too: it must be a database server."""
+    if broker is None:
+        return
+    if not db.startswith(("postgresql://", "postgres://")):
+        raise UsageError("--broker needs a ledger every node can reach: --db postgresql://user@host/dbname")
+    if not settings.idempotency:
+        raise UsageError("--broker needs idempotency keys: a chunk whose node dies is delivered again")
 
 
 def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
@@ -172,6 +186,7 @@ def rerun(
     log_file: str | None = None,
     quiet: bool = False,
     busy_timeout: float = BUSY_TIMEOUT,
+    broker: str | None = None,
     **overrides,
 ) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
@@ -187,10 +202,11 @@ def rerun(
                 f"load it again with: python -m engine bill {run['input']} --run-id {run_id} ..."
             )
         settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
+        _check_broker(broker, db, settings)
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
         events.emit("rerun_start", run_id=run_id, states=list(states))
         spec = settings.request_spec()
-        return _send_pass(PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet))
+        return _send_pass(PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker))
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,8 @@ class PassPlan:
     not_before: float | None
     events: EventLog
     quiet: bool
+    #: The Celery broker worker nodes take chunks from; None: the local process pool sends.
+    broker: str | None = None
 
 
 def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
@@ -238,6 +256,12 @@ def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hol
         pass_no = ledger.start_pass(run_id)
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
         with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
+            if plan.broker is not None:
+                sender = _broker_pass(plan, pass_no, progress, stop, holder, hold, to_send)
+                try:
+                    return sender, _finish_pass(plan, pass_no, sender, sender.run())
+                finally:
+                    ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
             if backend is None:
                 backend = backend_scope.enter_context(start_backend(plan.settings, plan.spec))
             sender = Pass(
@@ -257,17 +281,45 @@ def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hol
                 tally = sender.run()
             finally:
                 ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
-        events.emit(
-            "pass_end",
-            run_id=run_id,
-            pass_no=pass_no,
-            attempts=tally.attempts,
-            succeeded=tally.succeeded,
-            not_succeeded=tally.not_succeeded,
-            interrupted=sender.interrupted,
-            gave_up=sender.gave_up,
-        )
-        return sender, sender.interrupted
+        return sender, _finish_pass(plan, pass_no, sender, tally)
+
+
+def _finish_pass(plan: PassPlan, pass_no: int, sender, tally: PassTally) -> bool:
+    plan.events.emit(
+        "pass_end",
+        run_id=plan.run_id,
+        pass_no=pass_no,
+        attempts=tally.attempts,
+        succeeded=tally.succeeded,
+        not_succeeded=tally.not_succeeded,
+        interrupted=sender.interrupted,
+        gave_up=sender.gave_up,
+    )
+    return sender.interrupted
+
+
+def _broker_pass(
+    plan: PassPlan, pass_no: int, progress: Progress, stop: StopRequest, holder: Holder, hold: Hold | None, total: int
+):
+    """The pass for worker nodes; celery is imported only for it."""
+    from engine.cluster.app import make_app
+    from engine.run.broker_pass import BrokerPass
+
+    assert plan.broker is not None
+    return BrokerPass(
+        plan.ledger,
+        plan.run_id,
+        pass_no,
+        plan.settings,
+        plan.states,
+        make_app(plan.broker),
+        progress=progress,
+        events=plan.events,
+        stop=stop,
+        holder=holder,
+        total=total,
+        hold=hold,
+    )
 
 
 def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: Hold | None, events: EventLog) -> None:

@@ -1,0 +1,118 @@
+"""A pass sent through a broker: chunk ids go to Celery, worker nodes send and record, the coordinator watches.
+
+The coordinator plans the pass's chunks in the ledger, enqueues their ids (never payloads
+or secrets), and then only reads the ledger: progress, chunks done, chunks dead-lettered.
+A chunk whose node went silent is queued again, but no sooner than an attempt its node
+sent just before going silent would have timed out (its heartbeat + the node's stall
+limit + ``--timeout`` + 1 s), so a request is never resent while it may be in progress.
+"""
+
+from __future__ import annotations
+
+import time
+
+from celery import Celery
+
+from engine.cluster.app import SEND_CHUNK
+from engine.config import RunSettings
+from engine.ledger import Store
+from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
+from engine.output.events import EventLog
+from engine.output.progress import Progress
+from engine.run.passes import PassTally
+from engine.run.signals import StopRequest
+from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
+
+#: How often the coordinator reads the ledger (s).
+WATCH_INTERVAL = 0.5
+
+
+class BrokerPass:
+    """One pass of a run over worker nodes; same ending fields as a local :class:`~engine.run.passes.Pass`."""
+
+    def __init__(
+        self,
+        ledger: Store,
+        run_id: str,
+        pass_no: int,
+        settings: RunSettings,
+        states: tuple[str, ...],
+        app: Celery,
+        *,
+        progress: Progress,
+        events: EventLog,
+        stop: StopRequest,
+        holder: Holder,
+        total: int,
+        hold: Hold | None = None,
+    ):
+        self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
+        self.states, self.app = states, app
+        self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
+        self.total = total
+        self.hold = hold
+        self.interrupted = False
+        self.gave_up: str | None = None
+        self.clean = False
+        self.dead_chunks = 0
+
+    def run(self) -> PassTally:
+        before = self.ledger.counts(self.run_id)
+        if not self._wait_out_hold():
+            self.interrupted = True
+            return self._tally(before)
+        chunk_ids = self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks)
+        for chunk_id in chunk_ids:
+            self._enqueue(chunk_id)
+        silent_for = self.settings.stall_timeout + self.settings.timeout + HOLD_MARGIN
+        beat = 0.0
+        while True:
+            counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
+            self._show_progress(before)
+            if counts[CHUNK_QUEUED] + counts[CHUNK_RUNNING] == 0:
+                break
+            if self.stop.count:  # nodes finish the chunks they hold; the rest stay queued for a rerun
+                self.interrupted = True
+                return self._tally(before)
+            for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, silent_for):
+                self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
+                self._enqueue(chunk_id)
+            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
+                self.ledger.renew_lease(self.run_id, self.holder)
+                beat = time.monotonic()
+            time.sleep(WATCH_INTERVAL)
+        self.dead_chunks = counts[CHUNK_DEAD]
+        if self.dead_chunks:
+            self.gave_up = (
+                f"{self.dead_chunks} chunks were delivered too many times and set aside (dead-lettered);"
+                " their rows wait for a rerun"
+            )
+            self.events.emit("chunks_dead", run_id=self.run_id, chunks=self.dead_chunks)
+        self.clean = True
+        return self._tally(before)
+
+    def _wait_out_hold(self) -> bool:
+        """An earlier pass died with requests that may be in progress: send nothing before they time out."""
+        while self.hold is not None and time.time() < self.hold.until:
+            if self.stop.count:
+                return False
+            self.progress.note("waiting for the requests of a pass that died to time out")
+            self.ledger.renew_lease(self.run_id, self.holder)
+            time.sleep(min(HEARTBEAT_INTERVAL, max(0.0, self.hold.until - time.time())))
+        return True
+
+    def _enqueue(self, chunk_id: int) -> None:
+        self.app.send_task(SEND_CHUNK, args=[self.run_id, chunk_id])
+
+    def _show_progress(self, before: dict[str, int]) -> None:
+        self.progress.update(self._tally(before))
+
+    def _tally(self, before: dict[str, int]) -> PassTally:
+        now = self.ledger.counts(self.run_id)
+        succeeded = now[SUCCEEDED] - before[SUCCEEDED]
+        finished = sum(now[state] - before[state] for state in now if state not in self.states)
+        return PassTally(
+            attempts=self.ledger.attempt_count(self.run_id),
+            succeeded=succeeded,
+            not_succeeded=max(0, finished - succeeded),
+        )

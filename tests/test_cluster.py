@@ -1,0 +1,142 @@
+"""Worker nodes over a real Redis broker and a real PostgreSQL ledger, as separate processes.
+
+Each node is ``python -m engine worker``; the coordinator is ``python -m engine bill --broker``.
+The mock API counts what reaches it, so a charge sent twice would show.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import redis
+from conftest import ENGINE, run_engine
+
+from engine.ledger import open_store
+from engine.mock.process import MockProcess
+
+
+@pytest.fixture
+def broker():
+    """A Redis database of this test's own (flushed before and after)."""
+    url = f"redis://127.0.0.1:6379/{10 + os.getpid() % 6}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as err:
+        pytest.skip(f"no Redis at {url} (.ci/run starts one): {err}")
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def nodes(broker, postgres_url):
+    """``nodes(n)`` starts n worker nodes; every one left is killed after the test."""
+    started: list[subprocess.Popen] = []
+    open_store(postgres_url).close()  # the tables exist before any node looks
+
+    def start(count: int, *extra) -> list[subprocess.Popen]:
+        for _ in range(count):
+            started.append(
+                subprocess.Popen(
+                    [
+                        *ENGINE,
+                        "worker",
+                        "--broker",
+                        broker,
+                        "--db",
+                        postgres_url,
+                        "--chunks-in-flight",
+                        "4",
+                        *map(str, extra),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        time.sleep(2.5)  # a node connects to Redis and starts consuming
+        return started[-count:]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(10)
+
+
+def charged_once(api: MockProcess, rows: int) -> bool:
+    stats = api.stats()
+    return stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
+
+
+def test_two_nodes_send_every_chunk_once(customers, postgres_url, broker, nodes):
+    rows = 3000
+    nodes(2)
+    with MockProcess(latency=0.02, p503=0.1, retry_after=0) as api:
+        result = run_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "two",
+            "--quiet",
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "3000 succeeded" in result.stdout
+        assert charged_once(api, rows)
+    with open_store(postgres_url) as ledger:
+        assert ledger.chunk_counts("two", 1) == {"queued": 0, "running": 0, "done": 30, "dead": 0}
+        nodes_used = {row[0] for row in ledger.conn.execute("SELECT DISTINCT split_part(node, ':', 2) FROM chunks")}
+    assert len(nodes_used) == 2  # both nodes took chunks
+
+
+def test_a_node_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
+    customers, postgres_url, broker, nodes, start_engine
+):
+    rows = 2000
+    first, _ = nodes(2, "--visibility-timeout", 20)
+    with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
+        coordinator = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "k9",
+            "--timeout",
+            3,
+            "--stall-timeout",
+            2,
+            "--quiet",
+        )
+        deadline = time.monotonic() + 60
+        while api.stats()["charges"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # the whole node: its chunks in flight are neither recorded nor acked
+        out, err = coordinator.communicate(timeout=150)
+        assert coordinator.returncode == 0, err
+        assert charged_once(api, rows)
+    with open_store(postgres_url) as ledger:
+        assert ledger.counts("k9")["succeeded"] == rows
+
+
+def test_a_broker_run_needs_a_shared_ledger_and_keys(customers, broker, db):
+    result = run_engine("bill", customers(3), "--url", "http://127.0.0.1:9/{id}", "--db", db, "--broker", broker)
+    assert result.returncode == 2 and "--broker needs a ledger every node can reach" in result.stderr
+    typed = run_engine(
+        "bill", customers(3), "--url", "http://127.0.0.1:9/{id}", "--broker", "redis://:hunter2@127.0.0.1:6379/0"
+    )
+    assert typed.returncode == 2 and "ENGINE_BROKER" in typed.stderr and "hunter2" not in typed.stderr
