@@ -54,8 +54,7 @@ def nodes(broker, postgres_url):
                         *map(str, extra),
                     ],
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
+                    stderr=subprocess.DEVNULL,
                 )
             )
         time.sleep(2.5)  # a node connects to Redis and starts consuming
