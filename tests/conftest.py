@@ -160,6 +160,15 @@ def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:
     raise AssertionError(f"fewer than {count} attempts after {limit} s")
 
 
+def wait_for_charges(api: MockProcess, count: int, limit: float = 60) -> None:
+    """Until the mock API has charged ``count`` customers (a ledger-independent progress signal)."""
+    deadline = time.monotonic() + limit
+    while api.stats()["charges"] < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} charges after {limit} s")
+        time.sleep(0.05)
+
+
 def finish_with_reruns(db: str, run_id: str, passes: int = 2) -> None:
     for _ in range(passes):
         if status_counts(db, run_id).get("succeeded", 0) == sum(status_counts(db, run_id).values()):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import redis
-from conftest import ENGINE, run_engine
+from conftest import ENGINE, run_engine, wait_for_charges
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -121,9 +121,7 @@ def test_a_node_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
             2,
             "--quiet",
         )
-        deadline = time.monotonic() + 60
-        while api.stats()["charges"] < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_charges(api, 200)
         first.send_signal(signal.SIGKILL)  # the whole node: its chunks in flight are neither recorded nor acked
         out, err = coordinator.communicate(timeout=150)
         assert coordinator.returncode == 0, err

@@ -11,9 +11,8 @@ import io
 import json
 import os
 import signal
-import time
 
-from conftest import run_engine
+from conftest import run_engine, wait_for_charges
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -86,9 +85,7 @@ def test_kill_9_of_every_process_then_rerun_charges_everyone_once(customers, pos
             "--quiet",
             new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while api.stats()["charges"] < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_charges(api, 300)
         os.killpg(engine.pid, signal.SIGKILL)  # coordinator and workers, as a crash or the OOM killer would
         engine.wait(10)
         result = run_engine("rerun", "k9", "--db", postgres_url, "--quiet")
