@@ -137,3 +137,33 @@ def test_a_broker_run_needs_a_shared_ledger_and_keys(customers, broker, db):
         "bill", customers(3), "--url", "http://127.0.0.1:9/{id}", "--broker", "redis://:hunter2@127.0.0.1:6379/0"
     )
     assert typed.returncode == 2 and "ENGINE_BROKER" in typed.stderr and "hunter2" not in typed.stderr
+
+
+def test_rate_holds_for_all_nodes_together(customers, postgres_url, broker, nodes):
+    rows, rate = 240, 40
+    nodes(2)
+    with MockProcess() as api:
+        started = time.monotonic()
+        result = run_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "paced",
+            "--rate",
+            rate,
+            "--quiet",
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        stats = api.stats()
+    assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
+    # two nodes, 8 chunks in flight, one schedule: never more than the rate in any second at the server
+    assert stats["max_requests_in_one_second"] <= rate * 1.1, stats["max_requests_in_one_second"]
+    assert took >= rows / rate - 1.5

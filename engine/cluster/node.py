@@ -14,6 +14,7 @@ import socket
 import threading
 
 from engine.cluster.app import SEND_CHUNK, make_app
+from engine.cluster.pacing import SharedPacer
 from engine.config import RunSettings
 from engine.delivery.chunk import ChunkSender
 from engine.delivery.transport import TransportOptions
@@ -26,8 +27,8 @@ MAX_DELIVERIES = 5
 class Node:
     """What one node process knows: its ledger, and per thread a connection and senders."""
 
-    def __init__(self, db: str):
-        self.db = db
+    def __init__(self, db: str, broker: str):
+        self.db, self.broker = db, broker
         self.local = threading.local()
 
     def store(self) -> Store:
@@ -40,12 +41,14 @@ class Node:
         store = self.store()
         if run_id not in self.local.senders:
             settings = RunSettings.from_dict(store.get_run(run_id)["options"])
+            pace = SharedPacer(self.broker, run_id, settings.rate).acquire if settings.rate else None
             self.local.senders[run_id] = ChunkSender(
                 settings.request_spec(),
                 settings.id_field,
                 settings.policy(),
                 TransportOptions.for_run(settings),
                 settings.concurrency,
+                pace,
             )
         return self.local.senders[run_id]
 
@@ -63,7 +66,7 @@ class Node:
 def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: float) -> None:
     """Start a Celery worker for ``broker`` sending into the ledger ``db``; returns when it stops."""
     app = make_app(broker, visibility_timeout)
-    node = Node(db)
+    node = Node(db, broker)
     node.store()  # a wrong --db is said now, not at the first chunk
     app.task(name=SEND_CHUNK, ignore_result=True)(node.send_chunk)
     app.worker_main(

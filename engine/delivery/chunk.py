@@ -28,11 +28,21 @@ POLL = 0.05
 class ChunkSender:
     """One CurlMulti with ``window`` transfers at most, reused chunk after chunk."""
 
-    def __init__(self, spec: RequestSpec, id_field: str, policy: RetryPolicy, options: TransportOptions, window: int):
+    def __init__(
+        self,
+        spec: RequestSpec,
+        id_field: str,
+        policy: RetryPolicy,
+        options: TransportOptions,
+        window: int,
+        pace: Callable[[], float] | None = None,
+    ):
         self.requests = RowRequests(spec, id_field)
         self.policy = policy
         self.transport = Transport(window, options, spec.method)
         self.rng = random.Random()
+        #: Seconds to wait before the next start (0: start now, its slot is taken); None: no rate.
+        self.pace = pace
 
     def send(self, rows: list[Dispatch], heartbeat: Callable[[], None] = lambda: None) -> list[tuple]:
         """Every row to a final state (or its last attempt); the attempt records, in the order they ended."""
@@ -45,9 +55,9 @@ class ChunkSender:
             now = time.monotonic()
             while delayed and delayed[0][0] <= now:
                 ready.append(heapq.heappop(delayed)[2])
-            while ready and self.transport.has_room():
-                self._start(ready.popleft(), records)
+            paced = self._start_ready(ready, records)
             wait = POLL if not delayed else min(POLL, max(0.0, delayed[0][0] - now))
+            wait = min(wait, paced)
             for done in self.transport.poll(wait):
                 row: Dispatch = done.token
                 attempt = tries.get(row.rid, 0) + 1
@@ -60,6 +70,15 @@ class ChunkSender:
                 heartbeat()
                 beat = now
         return records
+
+    def _start_ready(self, ready: deque[Dispatch], records: list[tuple]) -> float:
+        """Start rows while there is room and the rate allows; how long until the rate allows the next."""
+        while ready and self.transport.has_room():
+            wait = self.pace() if self.pace else 0.0
+            if wait:
+                return wait
+            self._start(ready.popleft(), records)
+        return POLL
 
     def _start(self, row: Dispatch, records: list[tuple]) -> None:
         try:
