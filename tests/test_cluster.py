@@ -18,18 +18,27 @@ from conftest import ENGINE, run_engine, wait_for_charges
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
+REDIS = "redis://127.0.0.1:6379"
+
 
 @pytest.fixture
 def broker():
-    """A Redis database of this test's own (flushed before and after)."""
-    url = f"redis://127.0.0.1:6379/{10 + os.getpid() % 6}"
-    client = redis.Redis.from_url(url)
+    """A Redis database of this test's own: claimed in db 0 (so concurrent test sessions never share
+    one), flushed before and after."""
+    claims = redis.Redis.from_url(f"{REDIS}/0")
     try:
-        client.flushdb()
+        claims.ping()
     except redis.ConnectionError as err:
-        pytest.skip(f"no Redis at {url} (.ci/run starts one): {err}")
-    yield url
+        pytest.skip(f"no Redis at {REDIS} (.ci/run starts one): {err}")
+    token = f"{os.getpid()}:{time.time()}"
+    number = next((n for n in range(1, 16) if claims.set(f"batch-engine-test:db:{n}", token, nx=True, ex=900)), None)
+    if number is None:
+        pytest.fail("all 15 Redis test databases are claimed by other test sessions")
+    client = redis.Redis.from_url(f"{REDIS}/{number}")
     client.flushdb()
+    yield f"{REDIS}/{number}"
+    client.flushdb()
+    claims.delete(f"batch-engine-test:db:{number}")
 
 
 @pytest.fixture
@@ -167,3 +176,29 @@ def test_rate_holds_for_all_nodes_together(customers, postgres_url, broker, node
     # two nodes, 8 chunks in flight, one schedule: never more than the rate in any second at the server
     assert stats["max_requests_in_one_second"] <= rate * 1.1, stats["max_requests_in_one_second"]
     assert took >= rows / rate - 1.5
+
+
+def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postgres_url, broker, nodes):
+    rows = 6000
+    nodes(2)
+    with MockProcess(latency=0.2, outage_at=1.0, outage_for=5, retry_after=0) as api:
+        result = run_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "outage",
+            "--quiet",
+            timeout=120,
+        )
+        stats = api.stats()
+    assert result.returncode == 0, result.stderr
+    assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
+    # what was in flight when the outage began answers 503 once, then a probe now and then; without
+    # the shared pause, every row in flight would retry through the outage (thousands of 503s)
+    assert 0 < stats["http_status"].get("503", 0) < 1200, stats["http_status"]

@@ -14,6 +14,7 @@ import socket
 import threading
 
 from engine.cluster.app import SEND_CHUNK, make_app
+from engine.cluster.outage import SharedBreaker
 from engine.cluster.pacing import SharedPacer
 from engine.config import RunSettings
 from engine.delivery.chunk import ChunkSender
@@ -42,6 +43,7 @@ class Node:
         if run_id not in self.local.senders:
             settings = RunSettings.from_dict(store.get_run(run_id)["options"])
             pace = SharedPacer(self.broker, run_id, settings.rate).acquire if settings.rate else None
+            breaker = SharedBreaker(self.broker, run_id, settings.breaker())
             self.local.senders[run_id] = ChunkSender(
                 settings.request_spec(),
                 settings.id_field,
@@ -49,6 +51,7 @@ class Node:
                 TransportOptions.for_run(settings),
                 settings.concurrency,
                 pace,
+                breaker,
             )
         return self.local.senders[run_id]
 

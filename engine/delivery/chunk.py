@@ -13,7 +13,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
+from engine.delivery.breaker import is_down
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.transport import Transport, TransportOptions
 from engine.request.spec import RequestSpec, redact
@@ -36,6 +38,7 @@ class ChunkSender:
         options: TransportOptions,
         window: int,
         pace: Callable[[], float] | None = None,
+        breaker: Any = None,
     ):
         self.requests = RowRequests(spec, id_field)
         self.policy = policy
@@ -43,6 +46,10 @@ class ChunkSender:
         self.rng = random.Random()
         #: Seconds to wait before the next start (0: start now, its slot is taken); None: no rate.
         self.pace = pace
+        #: The outage pause shared with other senders (``allow``/``record`` as CircuitBreaker's), or None.
+        self.breaker = breaker
+        self.probe_rid: int | None = None
+        self.failed_down: set[int] = set()  # rows that answered "down" once: later ones are no evidence
 
     def send(self, rows: list[Dispatch], heartbeat: Callable[[], None] = lambda: None) -> list[tuple]:
         """Every row to a final state (or its last attempt); the attempt records, in the order they ended."""
@@ -61,6 +68,7 @@ class ChunkSender:
             for done in self.transport.poll(wait):
                 row: Dispatch = done.token
                 attempt = tries.get(row.rid, 0) + 1
+                self._count_for_outage(row.rid, done.outcome)
                 decision = self.policy.decide(done.outcome, attempt, self.rng)
                 if decision.state == RETRYING:
                     tries[row.rid] = attempt
@@ -74,11 +82,32 @@ class ChunkSender:
     def _start_ready(self, ready: deque[Dispatch], records: list[tuple]) -> float:
         """Start rows while there is room and the rate allows; how long until the rate allows the next."""
         while ready and self.transport.has_room():
+            permit = self.breaker.allow() if self.breaker else True
+            if not permit:
+                return POLL
+            if permit == "probe":  # one row asks whether the endpoint is back; nothing else starts
+                row = next((row for row in ready if row.rid not in self.failed_down), ready[0])
+                ready.remove(row)
+                self.probe_rid = row.rid
+                self._start(row, records)
+                return POLL
             wait = self.pace() if self.pace else 0.0
             if wait:
                 return wait
             self._start(ready.popleft(), records)
         return POLL
+
+    def _count_for_outage(self, rid: int, outcome) -> None:
+        if self.breaker is None:
+            return
+        probe = rid == self.probe_rid
+        if probe:
+            self.probe_rid = None
+        down = is_down(outcome.http_status, outcome.curl_error, outcome.connected)
+        first_down = down and rid not in self.failed_down
+        if first_down:
+            self.failed_down.add(rid)
+        self.breaker.record(down, probe, counted=first_down)
 
     def _start(self, row: Dispatch, records: list[tuple]) -> None:
         try:

@@ -1,0 +1,129 @@
+"""The outage pause for all worker nodes together: the circuit breaker's state in Redis.
+
+The same rules as the local breaker (:mod:`engine.delivery.breaker`): only a row's first
+"down" answer counts, a streak of ``threshold`` such answers after the endpoint was seen up
+opens it, one probe at growing intervals, and only the probe's answer closes it. Each step
+is one Lua script, so the nodes' answers update the state atomically, on Redis's clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from engine.delivery.breaker import BreakerSettings
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+#: KEYS[1]: the run's breaker; ARGV[1]: probe timeout. 1: send, 2: send this one as the probe, 0: wait.
+_ALLOW = (
+    _NOW
+    + """
+local state = tonumber(redis.call('HGET', KEYS[1], 'state') or '0')
+if state == 0 then return 1 end
+local probe_at = tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0')
+local started = tonumber(redis.call('HGET', KEYS[1], 'probe_started') or '0')
+if (state == 1 and now >= probe_at) or (state == 2 and now - started > tonumber(ARGV[1])) then
+    redis.call('HSET', KEYS[1], 'state', 2, 'probe_started', now)
+    return 2
+end
+return 0
+"""
+)
+#: ARGV: down, probe, counted (0/1), threshold, first interval, max interval. Returns the state after.
+_RECORD = (
+    _NOW
+    + """
+local down, probe, counted = ARGV[1] == '1', ARGV[2] == '1', ARGV[3] == '1'
+local threshold, first, max_interval = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local state = tonumber(redis.call('HGET', KEYS[1], 'state') or '0')
+local streak = tonumber(redis.call('HGET', KEYS[1], 'streak') or '0')
+local interval = tonumber(redis.call('HGET', KEYS[1], 'interval') or tostring(first))
+redis.call('EXPIRE', KEYS[1], 86400)
+if not down then redis.call('HSET', KEYS[1], 'last_up', now) end
+if probe then
+    if down then
+        interval = math.min(max_interval, interval * 2)
+        redis.call('HSET', KEYS[1], 'state', 1, 'interval', interval, 'probe_at', now + interval)
+        return 1
+    end
+    redis.call('HSET', KEYS[1], 'state', 0, 'streak', 0, 'interval', first)
+    return 0
+end
+if not down then
+    if state == 0 and streak > 0 then redis.call('HSET', KEYS[1], 'streak', 0) end
+    return state
+end
+if not counted or state ~= 0 then return state end
+streak = streak + 1
+redis.call('HSET', KEYS[1], 'streak', streak)
+local last_up = tonumber(redis.call('HGET', KEYS[1], 'last_up') or '0')
+if threshold > 0 and streak >= threshold and last_up > 0 then
+    redis.call('HSET', KEYS[1], 'state', 1, 'opened_at', tonumber(t[1]), 'probe_at', now + interval)
+    return 1
+end
+return 0
+"""
+)
+#: How long a node trusts that the breaker is closed before asking Redis again (s).
+CLOSED_CACHE = 0.1
+
+
+class SharedBreaker:
+    """The run's breaker in Redis, with the interface of :class:`~engine.delivery.breaker.CircuitBreaker`."""
+
+    def __init__(self, broker: str, run_id: str, settings: BreakerSettings):
+        self.client = redis.Redis.from_url(broker)
+        self.key = f"batch-engine:breaker:{run_id}"
+        self.settings = settings
+        self._allow = self.client.register_script(_ALLOW)
+        self._record = self.client.register_script(_RECORD)
+        self.closed_until = 0.0  # monotonic: the breaker was closed when last asked, trusted until then
+        self.reset_due = 0.0
+
+    def allow(self) -> bool | str:
+        """True to send, ``"probe"`` to send this one transfer as the probe, False to wait."""
+        now = time.monotonic()
+        if now < self.closed_until:
+            return True
+        answer = int(self._allow(keys=[self.key], args=[self.settings.probe_timeout]))
+        if answer == 1:
+            self.closed_until = now + CLOSED_CACHE
+        if answer == 2:
+            return "probe"
+        return answer == 1
+
+    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None:
+        """Count one answer; a success only every :data:`CLOSED_CACHE` seconds (it just breaks a streak)."""
+        now = time.monotonic()
+        if not down and not probe:
+            if now < self.reset_due:
+                return
+            self.reset_due = now + CLOSED_CACHE
+        elif not (probe or counted):
+            return
+        settings = self.settings
+        state = int(
+            self._record(
+                keys=[self.key],
+                args=[
+                    int(down),
+                    int(probe),
+                    int(counted),
+                    settings.threshold,
+                    settings.first_interval,
+                    settings.max_interval,
+                ],
+            )
+        )
+        if state:
+            self.closed_until = 0.0
+
+    def is_open(self) -> bool:
+        return int(self.client.hget(self.key, "state") or 0) != 0
+
+    def opened_at(self) -> float:
+        return float(self.client.hget(self.key, "opened_at") or 0)
