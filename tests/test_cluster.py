@@ -202,3 +202,33 @@ def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postg
     # what was in flight when the outage began answers 503 once, then a probe now and then; without
     # the shared pause, every row in flight would retry through the outage (thousands of 503s)
     assert 0 < stats["http_status"].get("503", 0) < 1200, stats["http_status"]
+
+
+def test_sigterm_on_a_node_finishes_and_records_its_chunks_then_another_node_goes_on(
+    customers, postgres_url, broker, nodes, start_engine
+):
+    rows = 1500
+    (first,) = nodes(1)
+    with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
+        coordinator = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "term",
+            "--quiet",
+        )
+        wait_for_charges(api, 200)
+        first.send_signal(signal.SIGTERM)  # what systemctl stop sends: Celery's warm shutdown
+        assert first.wait(60) == 0
+        with open_store(postgres_url) as ledger:
+            assert ledger.chunk_counts("term", 1)["running"] == 0  # what it held was finished and recorded
+        nodes(1)
+        out, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 0, err
+        assert charged_once(api, rows)
