@@ -232,3 +232,65 @@ def test_sigterm_on_a_node_finishes_and_records_its_chunks_then_another_node_goe
         out, err = coordinator.communicate(timeout=120)
         assert coordinator.returncode == 0, err
         assert charged_once(api, rows)
+
+
+def test_ctrl_c_stops_every_node_records_what_was_in_flight_and_rerun_finishes(
+    customers, postgres_url, broker, nodes, start_engine
+):
+    rows = 3000
+    nodes(1)
+    with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
+        coordinator = start_engine(
+            "bill",
+            customers(rows),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "int",
+            "--concurrency",
+            20,
+            "--quiet",
+        )
+        wait_for_charges(api, 300)
+        coordinator.send_signal(signal.SIGINT)
+        _, err = coordinator.communicate(timeout=60)
+        assert coordinator.returncode == 130, err
+        with open_store(postgres_url) as ledger:
+            assert ledger.chunk_counts("int", 1)["running"] == 0  # the node stopped and recorded, nothing half-done
+            left = ledger.counts("int")["pending"]
+        assert 0 < left < rows - 300
+        charged_at_stop = api.stats()["charges"]
+        time.sleep(1.5)
+        assert api.stats()["charges"] == charged_at_stop  # nothing is sent after the stop
+        result = run_engine("rerun", "int", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert charged_once(api, rows)
+
+
+def test_an_outage_longer_than_max_pause_ends_a_pass_on_nodes(customers, postgres_url, broker, nodes):
+    nodes(1)
+    with MockProcess(latency=0.2, outage_at=1.0, outage_for=120) as api:
+        started = time.monotonic()
+        result = run_engine(
+            "bill",
+            customers(4000),
+            "--url",
+            api.charge_url(),
+            "--db",
+            postgres_url,
+            "--broker",
+            broker,
+            "--run-id",
+            "down",
+            "--max-pause",
+            2,
+            "--quiet",
+            timeout=90,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "stayed down" in result.stderr and "rerun down" in result.stderr
+    assert time.monotonic() - started < 45

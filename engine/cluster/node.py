@@ -14,7 +14,7 @@ import socket
 import threading
 
 from engine.cluster.app import SEND_CHUNK, make_app
-from engine.cluster.outage import SharedBreaker
+from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.cluster.pacing import SharedPacer
 from engine.config import RunSettings
 from engine.delivery.chunk import ChunkSender
@@ -55,14 +55,17 @@ class Node:
             )
         return self.local.senders[run_id]
 
-    def send_chunk(self, run_id: str, chunk_id: int) -> None:
+    def send_chunk(self, run_id: str, chunk_id: int, pass_no: int) -> None:
         """Claim the chunk, send its rows, commit their results with its done-mark; the ack follows."""
         name = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         store = self.store()
         rows = store.claim_chunk(chunk_id, name, MAX_DELIVERIES)
         if rows is None:
             return
-        records = self.sender(run_id).send(rows, heartbeat=lambda: store.renew_chunk(chunk_id, name))
+        signals = PassSignals(self.broker, run_id, pass_no)
+        records = self.sender(run_id).send(
+            rows, heartbeat=lambda: store.renew_chunk(chunk_id, name), stopped=signals.stop_requested
+        )
         store.finish_chunk(chunk_id, records)
 
 

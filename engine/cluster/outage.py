@@ -127,3 +127,30 @@ class SharedBreaker:
 
     def opened_at(self) -> float:
         return float(self.client.hget(self.key, "opened_at") or 0)
+
+
+class PassSignals:
+    """What a coordinator tells every node about one pass, in Redis: stop starting requests.
+
+    Set on Ctrl-C or when the outage pause has lasted ``--max-pause``: nodes finish what is in
+    flight, record it, and mark their chunks done; rows never started wait for a rerun.
+    """
+
+    #: How long a node trusts its last look at the flag (s).
+    LOOK_EVERY = 0.5
+
+    def __init__(self, broker: str, run_id: str, pass_no: int):
+        self.client = redis.Redis.from_url(broker)
+        self.key = f"batch-engine:stop:{run_id}:{pass_no}"
+        self.looked_at = float("-inf")
+        self.stopping = False
+
+    def request_stop(self) -> None:
+        self.client.set(self.key, 1, ex=86400)
+
+    def stop_requested(self) -> bool:
+        now = time.monotonic()
+        if not self.stopping and now - self.looked_at >= self.LOOK_EVERY:
+            self.looked_at = now
+            self.stopping = bool(self.client.exists(self.key))
+        return self.stopping

@@ -51,8 +51,17 @@ class ChunkSender:
         self.probe_rid: int | None = None
         self.failed_down: set[int] = set()  # rows that answered "down" once: later ones are no evidence
 
-    def send(self, rows: list[Dispatch], heartbeat: Callable[[], None] = lambda: None) -> list[tuple]:
-        """Every row to a final state (or its last attempt); the attempt records, in the order they ended."""
+    def send(
+        self,
+        rows: list[Dispatch],
+        heartbeat: Callable[[], None] = lambda: None,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> list[tuple]:
+        """Every row to a final state (or its last attempt); the attempt records, in the order they ended.
+
+        Once ``stopped()`` says so, nothing new starts: what is in flight finishes and is recorded,
+        and the rows not started are left as they are (for a rerun).
+        """
         ready = deque(rows)
         delayed: list[tuple[float, int, Dispatch]] = []
         tries: dict[int, int] = {}
@@ -77,6 +86,9 @@ class ChunkSender:
             if now - beat >= 1.0:
                 heartbeat()
                 beat = now
+            if (ready or delayed) and stopped():
+                ready.clear()
+                delayed.clear()
         return records
 
     def _start_ready(self, ready: deque[Dispatch], records: list[tuple]) -> float:

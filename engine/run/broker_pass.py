@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import time
 
-from celery import Celery
-
-from engine.cluster.app import SEND_CHUNK
+from engine.cluster.app import SEND_CHUNK, make_app
+from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.config import RunSettings
 from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
 from engine.output.events import EventLog
 from engine.output.progress import Progress
-from engine.run.passes import PassTally
+from engine.run.passes import DRAIN_GRACE, PassTally
 from engine.run.signals import StopRequest
 from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
@@ -37,7 +36,7 @@ class BrokerPass:
         pass_no: int,
         settings: RunSettings,
         states: tuple[str, ...],
-        app: Celery,
+        broker: str,
         *,
         progress: Progress,
         events: EventLog,
@@ -47,7 +46,13 @@ class BrokerPass:
         hold: Hold | None = None,
     ):
         self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
-        self.states, self.app = states, app
+        self.states = states
+        self.app = make_app(broker)
+        self.signals = PassSignals(broker, run_id, pass_no)
+        self.breaker = SharedBreaker(broker, run_id, settings.breaker())
+        self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
+        self.paused_since: float | None = None
+        self.paused_total = 0.0
         self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
         self.total = total
         self.hold = hold
@@ -61,35 +66,69 @@ class BrokerPass:
         if not self._wait_out_hold():
             self.interrupted = True
             return self._tally(before)
-        chunk_ids = self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks)
-        for chunk_id in chunk_ids:
+        for chunk_id in self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks):
             self._enqueue(chunk_id)
         silent_for = self.settings.stall_timeout + self.settings.timeout + HOLD_MARGIN
         beat = 0.0
         while True:
             counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
-            self._show_progress(before)
+            self.progress.update(self._tally(before))
             if counts[CHUNK_QUEUED] + counts[CHUNK_RUNNING] == 0:
+                self.clean = True  # nothing of this pass is in flight anywhere
                 break
-            if self.stop.count:  # nodes finish the chunks they hold; the rest stay queued for a rerun
-                self.interrupted = True
-                return self._tally(before)
-            for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, silent_for):
-                self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
-                self._enqueue(chunk_id)
+            if self._stopping_done():
+                break
+            self._watch_outage()
+            if self.stop_at is None:
+                for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, silent_for):
+                    self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
+                    self._enqueue(chunk_id)
             if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
                 self.ledger.renew_lease(self.run_id, self.holder)
                 beat = time.monotonic()
             time.sleep(WATCH_INTERVAL)
         self.dead_chunks = counts[CHUNK_DEAD]
-        if self.dead_chunks:
+        if self.dead_chunks and not self.gave_up:
             self.gave_up = (
                 f"{self.dead_chunks} chunks were delivered too many times and set aside (dead-lettered);"
                 " their rows wait for a rerun"
             )
             self.events.emit("chunks_dead", run_id=self.run_id, chunks=self.dead_chunks)
-        self.clean = True
         return self._tally(before)
+
+    def _stopping_done(self) -> bool:
+        """Ctrl-C: every node stops starting requests and records what is in flight; a second one leaves now."""
+        if self.stop.count and self.stop_at is None:
+            self.interrupted = True
+            self._stop_nodes()
+        if self.stop.count >= 2:
+            return True
+        return self.stop_at is not None and time.monotonic() > self.stop_at
+
+    def _stop_nodes(self) -> None:
+        self.signals.request_stop()
+        self.stop_at = time.monotonic() + self.settings.timeout + DRAIN_GRACE
+
+    def _watch_outage(self) -> None:
+        """Say when the nodes pause because the endpoint is down, and when they resume; bound the pause."""
+        now = time.monotonic()
+        if self.breaker.is_open() != (self.paused_since is not None):
+            if self.paused_since is None:
+                self.paused_since = now
+                self.progress.note("paused: endpoint down")
+                self.events.emit("pause", run_id=self.run_id, reason="endpoint down", since=self.breaker.opened_at())
+            else:
+                self.paused_total += now - self.paused_since
+                self.paused_since = None
+                self.progress.note("resumed")
+                self.events.emit("resume", run_id=self.run_id)
+        paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
+        if paused > self.settings.max_pause and self.stop_at is None:
+            self.gave_up = (
+                f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all (--max-pause)"
+            )
+            self.events.emit("give_up", run_id=self.run_id, reason=self.gave_up)
+            self._stop_nodes()
 
     def _wait_out_hold(self) -> bool:
         """An earlier pass died with requests that may be in progress: send nothing before they time out."""
@@ -102,10 +141,7 @@ class BrokerPass:
         return True
 
     def _enqueue(self, chunk_id: int) -> None:
-        self.app.send_task(SEND_CHUNK, args=[self.run_id, chunk_id])
-
-    def _show_progress(self, before: dict[str, int]) -> None:
-        self.progress.update(self._tally(before))
+        self.app.send_task(SEND_CHUNK, args=[self.run_id, chunk_id, self.pass_no])
 
     def _tally(self, before: dict[str, int]) -> PassTally:
         now = self.ledger.counts(self.run_id)

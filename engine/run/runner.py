@@ -302,7 +302,6 @@ def _broker_pass(
     plan: PassPlan, pass_no: int, progress: Progress, stop: StopRequest, holder: Holder, hold: Hold | None, total: int
 ):
     """The pass for worker nodes; celery is imported only for it."""
-    from engine.cluster.app import make_app
     from engine.run.broker_pass import BrokerPass
 
     assert plan.broker is not None
@@ -312,7 +311,7 @@ def _broker_pass(
         pass_no,
         plan.settings,
         plan.states,
-        make_app(plan.broker),
+        plan.broker,
         progress=progress,
         events=plan.events,
         stop=stop,
