@@ -95,6 +95,8 @@ def test_two_nodes_send_every_chunk_once(customers, postgres_url, broker, nodes)
             broker,
             "--run-id",
             "two",
+            "--max-attempts",  # 0.1 ** 10: no row runs out of attempts against 10 % of 503s
+            10,
             "--quiet",
             timeout=120,
         )
