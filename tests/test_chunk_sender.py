@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 
+from engine.delivery.breaker import BreakerSettings, CircuitBreaker
 from engine.delivery.chunk import ChunkSender
+from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
+from engine.delivery.ratelimit import Pacer
 from engine.delivery.transport import TransportOptions
 from engine.mock.process import MockProcess
 from engine.request.spec import RequestSpec
 from engine.states import FAILED, RETRYING, SUCCEEDED
 from engine.wire import Attempt, Dispatch
 
+CONTEXT = multiprocessing.get_context("spawn")
+
 
 def sender(url: str, max_attempts: int = 5) -> ChunkSender:
     policy = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_cap=0.05)
-    return ChunkSender(RequestSpec.build(url), "id", policy, TransportOptions(connect_timeout=5, timeout=10), 20)
+    gate = Gate(CircuitBreaker.create(CONTEXT, BreakerSettings()), Pacer.create(CONTEXT, None, 1, 20))
+    options = TransportOptions(connect_timeout=5, timeout=10)
+    return ChunkSender(RequestSpec.build(url), "id", policy, options, 20, gate)
 
 
 def chunk(count: int, attempts: int = 0) -> list[Dispatch]:

@@ -9,10 +9,10 @@ from collections import deque
 import pytest
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
+from engine.delivery.gate import GO, PROBE, WAIT, Gate
 from engine.delivery.policy import Outcome
 from engine.delivery.ratelimit import Pacer
 from engine.local.demand import RESERVE_CHUNKS, RESERVE_MIN, Demand
-from engine.local.gate import GO, PROBE, WAIT, Gate
 from engine.wire import Dispatch
 
 CONTEXT = multiprocessing.get_context("spawn")

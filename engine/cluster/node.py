@@ -13,11 +13,14 @@ import os
 import socket
 import threading
 
+import redis
+
 from engine.cluster.app import SEND_CHUNK, make_app
 from engine.cluster.outage import PassSignals, SharedBreaker
-from engine.cluster.pacing import SharedPacer
+from engine.cluster.pacing import NodePacer
 from engine.config import RunSettings
 from engine.delivery.chunk import ChunkSender
+from engine.delivery.gate import Gate
 from engine.delivery.transport import TransportOptions
 from engine.ledger import Store, open_store
 
@@ -26,10 +29,11 @@ MAX_DELIVERIES = 5
 
 
 class Node:
-    """What one node process knows: its ledger, and per thread a connection and senders."""
+    """What one node process knows: its ledger, its Redis, and per thread a connection and senders."""
 
     def __init__(self, db: str, broker: str):
-        self.db, self.broker = db, broker
+        self.db = db
+        self.redis = redis.Redis.from_url(broker)  # thread-safe: one connection pool for the node
         self.local = threading.local()
 
     def store(self) -> Store:
@@ -38,22 +42,27 @@ class Node:
             self.local.senders = {}
         return self.local.store
 
-    def sender(self, run_id: str) -> ChunkSender:
-        store = self.store()
-        if run_id not in self.local.senders:
-            settings = RunSettings.from_dict(store.get_run(run_id)["options"])
-            pace = SharedPacer(self.broker, run_id, settings.rate).acquire if settings.rate else None
-            breaker = SharedBreaker(self.broker, run_id, settings.breaker())
-            self.local.senders[run_id] = ChunkSender(
-                settings.request_spec(),
-                settings.id_field,
-                settings.policy(),
-                TransportOptions.for_run(settings),
-                settings.concurrency,
-                pace,
-                breaker,
+    def sender(self, run_id: str, pass_no: int) -> ChunkSender:
+        """This thread's sender for a pass: its own CurlMulti, the pass's shared outage pause and rate."""
+        if (run_id, pass_no) not in self.local.senders:
+            settings = RunSettings.from_dict(self.store().get_run(run_id)["options"])
+            gate = Gate(
+                SharedBreaker(self.redis, run_id, pass_no, settings.breaker()),
+                NodePacer(self.redis, run_id, settings.rate, settings.concurrency),
             )
-        return self.local.senders[run_id]
+            for old in self.local.senders.values():  # one pass at a time per thread: free the last one's sockets
+                old.close()
+            self.local.senders = {
+                (run_id, pass_no): ChunkSender(
+                    settings.request_spec(),
+                    settings.id_field,
+                    settings.policy(),
+                    TransportOptions.for_run(settings),
+                    settings.concurrency,
+                    gate,
+                )
+            }
+        return self.local.senders[run_id, pass_no]
 
     def send_chunk(self, run_id: str, chunk_id: int, pass_no: int) -> None:
         """Claim the chunk, send its rows, commit their results with its done-mark; the ack follows."""
@@ -62,8 +71,8 @@ class Node:
         rows = store.claim_chunk(chunk_id, name, MAX_DELIVERIES)
         if rows is None:
             return
-        signals = PassSignals(self.broker, run_id, pass_no)
-        records = self.sender(run_id).send(
+        signals = PassSignals(self.redis, run_id, pass_no)
+        records = self.sender(run_id, pass_no).send(
             rows, heartbeat=lambda: store.renew_chunk(chunk_id, name), stopped=signals.stop_requested
         )
         store.finish_chunk(chunk_id, records)

@@ -75,9 +75,9 @@ CLOSED_CACHE = 0.1
 class SharedBreaker:
     """The run's breaker in Redis, with the interface of :class:`~engine.delivery.breaker.CircuitBreaker`."""
 
-    def __init__(self, broker: str, run_id: str, settings: BreakerSettings):
-        self.client = redis.Redis.from_url(broker)
-        self.key = f"batch-engine:breaker:{run_id}"
+    def __init__(self, client: redis.Redis, run_id: str, pass_no: int, settings: BreakerSettings):
+        self.client = client
+        self.key = f"batch-engine:breaker:{run_id}:{pass_no}"  # each pass starts closed, as locally
         self.settings = settings
         self._allow = self.client.register_script(_ALLOW)
         self._record = self.client.register_script(_RECORD)
@@ -139,8 +139,8 @@ class PassSignals:
     #: How long a node trusts its last look at the flag (s).
     LOOK_EVERY = 0.5
 
-    def __init__(self, broker: str, run_id: str, pass_no: int):
-        self.client = redis.Redis.from_url(broker)
+    def __init__(self, client: redis.Redis, run_id: str, pass_no: int):
+        self.client = client
         self.key = f"batch-engine:stop:{run_id}:{pass_no}"
         self.looked_at = float("-inf")
         self.stopping = False

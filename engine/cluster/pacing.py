@@ -27,15 +27,27 @@ return 0
 """
 
 
-class SharedPacer:
-    """``rate`` requests per second across every node sending ``run_id``."""
+class NodePacer:
+    """What a node's :class:`~engine.delivery.gate.Gate` asks of a pacer: a fixed window per chunk
+    sender, and ``rate`` requests per second (None: no limit) across every node sending ``run_id``."""
 
-    def __init__(self, broker: str, run_id: str, rate: float):
-        self.client = redis.Redis.from_url(broker)
+    def __init__(self, client: redis.Redis, run_id: str, rate: float | None, window: int):
         self.key = f"batch-engine:rate:{run_id}"
-        self.interval = 1.0 / rate
-        self.take_slot = self.client.register_script(_TAKE_SLOT)
+        self.interval = 1.0 / rate if rate else 0.0
+        self._window = window
+        self.take_slot = client.register_script(_TAKE_SLOT)
 
     def acquire(self) -> float:
         """0 if a request may start now (its slot is taken), else the seconds to wait."""
+        if not self.interval:
+            return 0.0
         return int(self.take_slot(keys=[self.key], args=[self.interval, BURST_SECONDS])) / 1_000_000
+
+    def window(self) -> int:
+        return self._window
+
+    def report(self, answers: int, throttled: int) -> None:
+        """The window of a node's sender does not adapt to 429s (the retries wait their Retry-After)."""
+
+    def rest_on_429(self) -> bool:
+        return True

@@ -8,14 +8,12 @@ worker: it starts nothing new, finishes what is in flight, reports it, and leave
 The worker asks for more rows while its queue is short (:class:`~engine.local.demand.Demand`),
 so the window refills as each transfer ends and a slow request never idles the rest of
 its chunk. Retries wait in a heap until due; nothing ever sleeps while transfers are in
-flight. What may start is decided by the :class:`~engine.local.gate.Gate`.
+flight. What may start is decided by the :class:`~engine.delivery.gate.Gate`.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
-import random
 import signal
 import time
 from collections import deque
@@ -23,16 +21,17 @@ from dataclasses import dataclass
 
 from engine.config import RunSettings
 from engine.delivery.breaker import CircuitBreaker
+from engine.delivery.gate import GO, PROBE, WAIT, Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.ratelimit import Pacer
+from engine.delivery.records import unsendable_record
+from engine.delivery.retries import Retries
 from engine.delivery.transport import Transport, TransportOptions
 from engine.local.demand import Demand
-from engine.local.gate import GO, PROBE, WAIT, Gate
 from engine.local.limits import raise_open_file_limit
-from engine.request.spec import RequestSpec, redact
+from engine.request.spec import RequestSpec
 from engine.request.template import RowRequests
-from engine.states import FAILED, RETRYING
-from engine.wire import DRAIN, ROWS, STOP, Dispatch, attempt_record, decode_command, report_message
+from engine.wire import DRAIN, ROWS, STOP, Dispatch, decode_command, report_message
 
 #: Longest a batch of results waits before it is sent to the coordinator (s).
 FLUSH_INTERVAL = 0.02
@@ -86,7 +85,7 @@ class WorkerLoop:
     """The state of one worker: queued rows, delayed retries, transfers in flight."""
 
     def __init__(self, config: WorkerConfig, inbox, outbox, gate: Gate, heartbeats, index: int):
-        self.config, self.policy = config, config.policy
+        self.config = config
         self.inbox, self.outbox = inbox, outbox
         self.gate = gate
         self.heartbeats, self.index = heartbeats, index
@@ -94,12 +93,10 @@ class WorkerLoop:
         self.transport = Transport(config.concurrency, config.transport, config.spec.method, inbox.fileno())
         self.demand = Demand(config.concurrency, config.chunk_size)
         self.ready: deque[Dispatch] = deque()
-        self.delayed: list[tuple[float, int, Dispatch]] = []  # (due, rid, row): retries and held rows
-        self.pass_attempts: dict[int, int] = {}  # rid -> attempts in this pass, for rows being retried
+        self.retries = Retries(config.policy, gate, config.spec.secrets)  # retries and held rows wait here
         self.results: list[tuple] = []  # attempt records not yet sent
         self.draining = False
         self.stopping = False
-        self.rng = random.Random()
         self.parent = os.getppid()
 
     def run(self) -> None:
@@ -108,11 +105,10 @@ class WorkerLoop:
         while not self._finished():
             self.heartbeats[self.index] = time.monotonic()
             self._read_inbox(block=self._idle())
-            self._release_due()
+            self.retries.release_due(self.ready)
             self._start_transfers()
             finished = self.transport.poll(self._poll_timeout())
-            for done in finished:
-                self._settle(done)
+            self.results.extend(map(self.retries.settle, finished))
             now = time.monotonic()
             self.demand.count_finished(len(finished), now)
             want = self._want()
@@ -133,7 +129,7 @@ class WorkerLoop:
         return self.stopping or (self.draining and not self.transport.active)
 
     def _idle(self) -> bool:
-        return not (self.ready or self.delayed or self.transport.active or self.results)
+        return not (self.ready or self.retries.waiting or self.transport.active or self.results)
 
     def _want(self) -> int:
         return self.demand.want(len(self.ready), self.transport.active, self.draining)
@@ -172,13 +168,7 @@ class WorkerLoop:
 
     def _hold(self, row: Dispatch) -> None:
         """Keep a row whose earlier attempt may still be in progress until its ``not_before``."""
-        due = time.monotonic() + max(0.0, row.not_before - time.time())
-        heapq.heappush(self.delayed, (due, row.rid, row))
-
-    def _release_due(self) -> None:
-        now = time.monotonic()
-        while self.delayed and self.delayed[0][0] <= now:
-            self.ready.append(heapq.heappop(self.delayed)[2])
+        self.retries.hold(row, time.monotonic() + max(0.0, row.not_before - time.time()))
 
     def _start_transfers(self) -> None:
         if self.draining or not self.ready:
@@ -195,56 +185,12 @@ class WorkerLoop:
             self._start(self.ready.popleft())
 
     def _start(self, row: Dispatch) -> None:
-        """Start the row's transfer; a row that cannot even be started is quarantined (``failed``), and
-        the worker goes on: re-queued, it would only take down worker after worker."""
+        """Start the row's transfer; a row that cannot even be started is quarantined, and the worker
+        goes on: re-queued, it would only take down worker after worker."""
         try:
             self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
         except Exception as err:  # a row the coordinator validated should never get here
-            self._record(
-                row,
-                1,
-                started_at=time.time(),
-                outcome=FAILED,
-                error=f"cannot send this row: {type(err).__name__}: {err}",
-            )
-
-    def _settle(self, done) -> None:
-        row: Dispatch = done.token
-        outcome = done.outcome
-        self.gate.settle(row.rid, outcome)
-        attempt = self.pass_attempts.get(row.rid, 0) + 1 if self.pass_attempts else 1
-        decision = self.policy.decide(outcome, attempt, self.rng)
-        if decision.state == RETRYING:
-            self.pass_attempts[row.rid] = attempt
-            due = time.monotonic() + decision.delay
-            heapq.heappush(self.delayed, (due, row.rid, row))
-            if outcome.http_status == 429:
-                self.gate.rest(due)  # the slot rests too, or it would spin on instant 429s
-        else:
-            self.pass_attempts.pop(row.rid, None)
-            self.gate.forget(row.rid)
-        self._record(
-            row,
-            attempt,
-            outcome=decision.state,
-            http_status=outcome.http_status,
-            curl_error=outcome.curl_error,
-            error=done.error,
-            excerpt=done.excerpt,
-            started_at=done.started_at,
-            duration_ms=done.duration_ms,
-        )
-
-    def _record(
-        self, row: Dispatch, attempt: int, *, error: str | None = None, excerpt: str | None = None, **fields
-    ) -> None:
-        """Queue the record of the row's ``attempt``-th attempt of this pass, secrets redacted."""
-        secrets = self.requests.secrets
-        if secrets:  # an API that echoes the request must not put a token into the ledger or the log
-            error, excerpt = redact(error, secrets), redact(excerpt, secrets)
-        self.results.append(
-            attempt_record(rid=row.rid, attempt=row.attempts + attempt, error=error, excerpt=excerpt, **fields)
-        )
+            self.results.append(unsendable_record(row, err))
 
     def _poll_timeout(self) -> float:
         timeout = FLUSH_INTERVAL
@@ -252,6 +198,4 @@ class WorkerLoop:
             if self.transport.active < self.gate.window():
                 return min(timeout, self.gate.pace_ends_in())
             timeout = min(timeout, self.gate.rest_ends_in())
-        if self.delayed:
-            timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
-        return timeout
+        return self.retries.due_in(timeout)

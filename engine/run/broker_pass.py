@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import redis
+
 from engine.cluster.app import SEND_CHUNK, make_app
 from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.config import RunSettings
@@ -48,8 +50,9 @@ class BrokerPass:
         self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
         self.states = states
         self.app = make_app(broker)
-        self.signals = PassSignals(broker, run_id, pass_no)
-        self.breaker = SharedBreaker(broker, run_id, settings.breaker())
+        client = redis.Redis.from_url(broker)
+        self.signals = PassSignals(client, run_id, pass_no)
+        self.breaker = SharedBreaker(client, run_id, pass_no, settings.breaker())
         self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
         self.paused_since: float | None = None
         self.paused_total = 0.0

@@ -10,20 +10,44 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from typing import Protocol
 
-from engine.delivery.breaker import CircuitBreaker, is_down
+from engine.delivery.breaker import is_down
 from engine.delivery.policy import Outcome
-from engine.delivery.ratelimit import Pacer
 from engine.wire import Dispatch
 
 #: What :meth:`Gate.permit` answers.
 GO, PROBE, WAIT = "go", "probe", "wait"
 
 
+class Breaker(Protocol):
+    """The outage pause a gate asks: the pool's :class:`~engine.delivery.breaker.CircuitBreaker`, or the
+    nodes' :class:`~engine.cluster.outage.SharedBreaker`."""
+
+    def allow(self) -> bool | str: ...
+
+    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None: ...
+
+    def is_open(self) -> bool: ...
+
+
+class Pacing(Protocol):
+    """The window and rate a gate asks: the pool's :class:`~engine.delivery.ratelimit.Pacer`, or a node's
+    :class:`~engine.cluster.pacing.NodePacer`."""
+
+    def acquire(self) -> float: ...
+
+    def window(self) -> int: ...
+
+    def report(self, answers: int, throttled: int) -> None: ...
+
+    def rest_on_429(self) -> bool: ...
+
+
 class Gate:
     """Admission of one worker's transfers."""
 
-    def __init__(self, breaker: CircuitBreaker, pacer: Pacer):
+    def __init__(self, breaker: Breaker, pacer: Pacing):
         self.breaker, self.pacer = breaker, pacer
         self.probe_rid: int | None = None
         self.failed_down: set[int] = set()  # rows that got a "down" answer in this pass

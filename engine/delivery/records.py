@@ -1,0 +1,44 @@
+"""The attempt records a sender reports: one per finished transfer, secrets redacted, numbered per row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from engine.delivery.transport import Finished
+from engine.request.spec import redact
+from engine.states import FAILED
+from engine.wire import Dispatch, attempt_record
+
+
+def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, secrets: Iterable[str]) -> tuple:
+    """The record of the row's ``attempt``-th attempt of this pass (numbered after its earlier ones).
+
+    An API that echoes the request must not put a token into the ledger or the log: the
+    error and the excerpt are redacted.
+    """
+    error, excerpt = done.error, done.excerpt
+    if secrets:
+        error, excerpt = redact(error, secrets), redact(excerpt, secrets)
+    return attempt_record(
+        rid=row.rid,
+        attempt=row.attempts + attempt,
+        outcome=state,
+        http_status=done.outcome.http_status,
+        curl_error=done.outcome.curl_error,
+        error=error,
+        excerpt=excerpt,
+        started_at=done.started_at,
+        duration_ms=done.duration_ms,
+    )
+
+
+def unsendable_record(row: Dispatch, err: Exception) -> tuple:
+    """A row that could not even be started is quarantined (``failed``): re-queued it would only fail again."""
+    return attempt_record(
+        rid=row.rid,
+        attempt=row.attempts + 1,
+        outcome=FAILED,
+        started_at=time.time(),
+        error=f"cannot send this row: {type(err).__name__}: {err}",
+    )
