@@ -75,6 +75,11 @@ def nodes(broker, postgres_url):
         process.wait(10)
 
 
+def bill_args(csv_path: str, api: MockProcess, db: str, broker: str, run_id: str) -> tuple:
+    """``bill`` of ``csv_path`` to the mock API through the broker's nodes, into ``db``."""
+    return ("bill", csv_path, "--url", api.charge_url(), "--db", db, "--broker", broker, "--run-id", run_id)
+
+
 def charged_once(api: MockProcess, rows: int) -> bool:
     stats = api.stats()
     return stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
@@ -85,16 +90,7 @@ def test_two_nodes_send_every_chunk_once(customers, postgres_url, broker, nodes)
     nodes(2)
     with MockProcess(latency=0.02, p503=0.1, retry_after=0) as api:
         result = run_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "two",
+            *bill_args(customers(rows), api, postgres_url, broker, "two"),
             "--max-attempts",  # 0.1 ** 10: no row runs out of attempts against 10 % of 503s
             10,
             "--quiet",
@@ -116,16 +112,7 @@ def test_a_node_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
     first, _ = nodes(2, "--visibility-timeout", 20)
     with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
         coordinator = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "k9",
+            *bill_args(customers(rows), api, postgres_url, broker, "k9"),
             "--timeout",
             3,
             "--stall-timeout",
@@ -156,16 +143,7 @@ def test_rate_holds_for_all_nodes_together(customers, postgres_url, broker, node
     with MockProcess() as api:
         started = time.monotonic()
         result = run_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "paced",
+            *bill_args(customers(rows), api, postgres_url, broker, "paced"),
             "--rate",
             rate,
             "--quiet",
@@ -180,26 +158,18 @@ def test_rate_holds_for_all_nodes_together(customers, postgres_url, broker, node
     assert took >= rows / rate - 1.5
 
 
-def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postgres_url, broker, nodes):
+def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postgres_url, broker, nodes, start_engine):
     rows = 6000
     nodes(2)
-    with MockProcess(latency=0.2, outage_at=1.0, outage_for=5, retry_after=0) as api:
-        result = run_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "outage",
-            "--quiet",
-            timeout=120,
-        )
+    with MockProcess(latency=0.2, retry_after=0) as api:
+        coordinator = start_engine(*bill_args(customers(rows), api, postgres_url, broker, "outage"), "--quiet")
+        wait_for_charges(api, 300)  # the endpoint was seen up: an outage now is one, not a wrong address
+        api.configure(p503=1.0)
+        time.sleep(5)
+        api.configure(p503=0.0)
+        _, err = coordinator.communicate(timeout=120)
         stats = api.stats()
-    assert result.returncode == 0, result.stderr
+    assert coordinator.returncode == 0, err
     assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
     # what was in flight when the outage began answers 503 once, then a probe now and then; without
     # the shared pause, every row in flight would retry through the outage (thousands of 503s)
@@ -213,16 +183,7 @@ def test_sigterm_on_a_node_finishes_and_records_its_chunks_then_another_node_goe
     (first,) = nodes(1)
     with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
         coordinator = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "term",
+            *bill_args(customers(rows), api, postgres_url, broker, "term"),
             "--quiet",
         )
         wait_for_charges(api, 200)
@@ -243,16 +204,7 @@ def test_ctrl_c_stops_every_node_records_what_was_in_flight_and_rerun_finishes(
     nodes(1)
     with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
         coordinator = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "int",
+            *bill_args(customers(rows), api, postgres_url, broker, "int"),
             "--concurrency",
             20,
             "--quiet",
@@ -273,26 +225,16 @@ def test_ctrl_c_stops_every_node_records_what_was_in_flight_and_rerun_finishes(
         assert charged_once(api, rows)
 
 
-def test_an_outage_longer_than_max_pause_ends_a_pass_on_nodes(customers, postgres_url, broker, nodes):
+def test_an_outage_longer_than_max_pause_ends_a_pass_on_nodes(customers, postgres_url, broker, nodes, start_engine):
     nodes(1)
-    with MockProcess(latency=0.2, outage_at=1.0, outage_for=120) as api:
-        started = time.monotonic()
-        result = run_engine(
-            "bill",
-            customers(4000),
-            "--url",
-            api.charge_url(),
-            "--db",
-            postgres_url,
-            "--broker",
-            broker,
-            "--run-id",
-            "down",
-            "--max-pause",
-            2,
-            "--quiet",
-            timeout=90,
+    with MockProcess(latency=0.2) as api:
+        coordinator = start_engine(
+            *bill_args(customers(4000), api, postgres_url, broker, "down"), "--max-pause", 2, "--quiet"
         )
-    assert result.returncode == 1, result.stderr
-    assert "stayed down" in result.stderr and "rerun down" in result.stderr
+        wait_for_charges(api, 200)
+        api.configure(p503=1.0)  # down, and it stays down
+        started = time.monotonic()
+        _, err = coordinator.communicate(timeout=90)
+    assert coordinator.returncode == 1, err
+    assert "stayed down" in err and "rerun down" in err
     assert time.monotonic() - started < 45
