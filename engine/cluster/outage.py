@@ -125,8 +125,10 @@ class SharedBreaker:
     def is_open(self) -> bool:
         return int(self.client.hget(self.key, "state") or 0) != 0
 
-    def opened_at(self) -> float:
-        return float(self.client.hget(self.key, "opened_at") or 0)
+    def outage_since(self) -> float | None:
+        """When the breaker opened (wall time), or None while it is closed."""
+        state, opened_at = self.client.hmget(self.key, "state", "opened_at")
+        return float(opened_at or 0) if int(state or 0) else None
 
 
 class PassSignals:

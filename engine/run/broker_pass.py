@@ -21,6 +21,7 @@ from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.run.passes import DRAIN_GRACE, PassTally
+from engine.run.pause import PauseClock
 from engine.run.signals import StopRequest
 from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
@@ -44,7 +45,6 @@ class BrokerPass:
         events: EventLog,
         stop: StopRequest,
         holder: Holder,
-        total: int,
         hold: Hold | None = None,
     ):
         self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
@@ -54,10 +54,9 @@ class BrokerPass:
         self.signals = PassSignals(client, run_id, pass_no)
         self.breaker = SharedBreaker(client, run_id, pass_no, settings.breaker())
         self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
-        self.paused_since: float | None = None
-        self.paused_total = 0.0
+        self.pause = PauseClock(settings.max_pause)
         self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
-        self.total = total
+        self.attempts_before = 0
         self.hold = hold
         self.interrupted = False
         self.gave_up: str | None = None
@@ -66,6 +65,7 @@ class BrokerPass:
 
     def run(self) -> PassTally:
         before = self.ledger.counts(self.run_id)
+        self.attempts_before = self.ledger.attempt_count(self.run_id)
         if not self._wait_out_hold():
             self.interrupted = True
             return self._tally(before)
@@ -114,24 +114,14 @@ class BrokerPass:
 
     def _watch_outage(self) -> None:
         """Say when the nodes pause because the endpoint is down, and when they resume; bound the pause."""
-        now = time.monotonic()
-        if self.breaker.is_open() != (self.paused_since is not None):
-            if self.paused_since is None:
-                self.paused_since = now
-                self.progress.note("paused: endpoint down")
-                self.events.emit("pause", run_id=self.run_id, reason="endpoint down", since=self.breaker.opened_at())
-            else:
-                self.paused_total += now - self.paused_since
-                self.paused_since = None
-                self.progress.note("resumed")
-                self.events.emit("resume", run_id=self.run_id)
-        paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
-        if paused > self.settings.max_pause and self.stop_at is None:
-            self.gave_up = (
-                f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all (--max-pause)"
-            )
-            self.events.emit("give_up", run_id=self.run_id, reason=self.gave_up)
+        reason = self.pause.observe(self.breaker.outage_since(), self._say)
+        if reason and self.stop_at is None:
+            self.gave_up = reason
             self._stop_nodes()
+
+    def _say(self, note: str, event: str, **fields) -> None:
+        self.progress.note(note)
+        self.events.emit(event, run_id=self.run_id, **fields)
 
     def _wait_out_hold(self) -> bool:
         """An earlier pass died with requests that may be in progress: send nothing before they time out."""
@@ -147,11 +137,12 @@ class BrokerPass:
         self.app.send_task(SEND_CHUNK, args=[self.run_id, chunk_id, self.pass_no])
 
     def _tally(self, before: dict[str, int]) -> PassTally:
+        """This pass's figures, from the ledger: what the nodes recorded since it began."""
         now = self.ledger.counts(self.run_id)
         succeeded = now[SUCCEEDED] - before[SUCCEEDED]
         finished = sum(now[state] - before[state] for state in now if state not in self.states)
         return PassTally(
-            attempts=self.ledger.attempt_count(self.run_id),
+            attempts=self.ledger.attempt_count(self.run_id) - self.attempts_before,
             succeeded=succeeded,
             not_succeeded=max(0, finished - succeeded),
         )

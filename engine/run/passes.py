@@ -21,6 +21,7 @@ from engine.ledger import Page, Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
 from engine.output.events import EventLog
 from engine.output.progress import Progress
+from engine.run.pause import PauseClock
 from engine.run.signals import StopRequest
 from engine.states import RETRYING, SUCCEEDED, UNKNOWN
 from engine.wire import ATTEMPT, OUTCOME, RID, Attempt, Dispatch, attempt_record
@@ -103,8 +104,7 @@ class Pass:
         self.interrupted = False
         self.gave_up: str | None = None  # why the pass ended before every row was final
         self.clean = False
-        self.paused_since: float | None = None
-        self.paused_total = 0.0
+        self.pause = PauseClock(settings.max_pause)
         self.deaths = 0
         self.lost_at = -float("inf")  # when a worker last died with rows that may be in flight
         self.unwritten: list[tuple] = []
@@ -194,23 +194,9 @@ class Pass:
 
     def _watch_outage(self) -> None:
         """Say when the workers pause because the endpoint is down, and when they resume; bound the pause."""
-        down_since = self.backend.outage_since()
-        paused = down_since is not None
-        now = time.monotonic()
-        if paused != (self.paused_since is not None):
-            if down_since is not None:
-                self.paused_since = now
-                since = time.strftime("%H:%M:%S", time.localtime(down_since))
-                self._say(f"paused: endpoint down since {since}", "pause", reason="endpoint down", since=down_since)
-            elif self.paused_since is not None:
-                self.paused_total += now - self.paused_since
-                self.paused_since = None
-                self._say("resumed", "resume")
-        if self.paused_since is not None and self.paused_total + now - self.paused_since > self.settings.max_pause:
-            self.gave_up = (
-                f"the endpoint stayed down: the pass paused {self.settings.max_pause:g} s in all (--max-pause)"
-            )
-            self._say("giving up: paused longer than --max-pause", "give_up", reason=self.gave_up)
+        reason = self.pause.observe(self.backend.outage_since(), self._say)
+        if reason:
+            self.gave_up = reason
 
     def _watch_workers(self) -> None:
         """A worker that is alive but silent (stopped, stuck in C code) is killed; its rows are salvaged."""

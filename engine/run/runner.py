@@ -257,7 +257,7 @@ def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hol
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
         with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
             if plan.broker is not None:
-                sender = _broker_pass(plan, pass_no, progress, stop, holder, hold, to_send)
+                sender = _broker_pass(plan, pass_no, progress, stop, holder, hold)
                 try:
                     return sender, _finish_pass(plan, pass_no, sender, sender.run())
                 finally:
@@ -299,7 +299,7 @@ def _finish_pass(plan: PassPlan, pass_no: int, sender, tally: PassTally) -> bool
 
 
 def _broker_pass(
-    plan: PassPlan, pass_no: int, progress: Progress, stop: StopRequest, holder: Holder, hold: Hold | None, total: int
+    plan: PassPlan, pass_no: int, progress: Progress, stop: StopRequest, holder: Holder, hold: Hold | None
 ):
     """The pass for worker nodes; celery is imported only for it."""
     from engine.run.broker_pass import BrokerPass
@@ -316,7 +316,6 @@ def _broker_pass(
         events=plan.events,
         stop=stop,
         holder=holder,
-        total=total,
         hold=hold,
     )
 
