@@ -15,3 +15,5 @@ RESEND_STATES = (PENDING, RETRYING, FAILED)
 #: A chunk's states (runs sent through a broker): waiting for a node, being sent, recorded,
 #: or given up after too many deliveries (its rows stay as they are, for a rerun).
 CHUNK_QUEUED, CHUNK_RUNNING, CHUNK_DONE, CHUNK_DEAD = "queued", "running", "done", "dead"
+#: A chunk of an earlier pass that no node had taken when a later pass began: never sent.
+CHUNK_RETIRED = "retired"

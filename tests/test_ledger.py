@@ -226,3 +226,33 @@ def test_a_silent_chunk_is_queued_again_and_dead_lettered_after_too_many_deliver
     assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None  # a third delivery: dead-lettered
     assert store.chunk_counts("r", 1)["dead"] == 1
     assert store.counts("r")[PENDING] == 2  # a dead chunk's rows wait for a rerun
+    assert store.chunk_summary("r") == {"chunks": 1, "dead": 1, "resent": 1, "refused": 1}
+
+
+def test_a_run_that_never_used_nodes_has_no_chunk_summary(store):
+    store.insert_requests("r", rows(2))
+    assert store.chunk_summary("r") is None
+
+
+def test_a_new_pass_retires_untaken_chunks_and_waits_for_those_a_live_node_sends(store):
+    store.insert_requests("r", rows(6))
+    taken, silent, untaken = store.plan_chunks("r", 1, (PENDING,), size=2)
+    store.claim_chunk(taken, "node-a", max_deliveries=3)
+    store.claim_chunk(silent, "node-b", max_deliveries=3)
+    time.sleep(0.2)
+    store.renew_chunk(taken, "node-a")
+    assert store.retire_chunks("r", silent_for=0.1) == 1  # node-a is still sending: wait for it
+    assert store.claim_chunk(untaken, "node-c", max_deliveries=3) is None  # retired: its message is refused
+    assert store.claim_chunk(silent, "node-c", max_deliveries=3) is None  # silent: retired too
+    store.finish_chunk(taken, [])
+    assert store.retire_chunks("r", silent_for=0.1) == 0
+    assert store.chunk_summary("r")["refused"] == 2
+
+
+def test_chunks_waiting_for_a_node_are_found_once_then_again_after_the_wait(store):
+    store.insert_requests("r", rows(4))
+    first, second = store.plan_chunks("r", 1, (PENDING,), size=2)
+    store.claim_chunk(first, "node-a", max_deliveries=3)
+    assert store.waiting_chunks("r", 1, queued_before=time.time() - 60) == []
+    assert store.waiting_chunks("r", 1, queued_before=time.time() + 1) == [second]  # its queue time is now
+    assert store.waiting_chunks("r", 1, queued_before=time.time() - 5) == []

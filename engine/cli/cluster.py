@@ -13,10 +13,10 @@ from engine.cli.options import broker_option, db_option, engine_errors
 @click.option(
     "--chunks-in-flight",
     type=int,
-    default=8,
+    default=4,
     show_default=True,
     metavar="N",
-    help="Chunks this node sends at once, each with its own CurlMulti (Celery threads).",
+    help="Chunks this node sends at once, each in its own pool process with its own CurlMulti.",
 )
 @click.option(
     "--visibility-timeout",
@@ -35,7 +35,7 @@ def worker(broker, db, chunks_in_flight, visibility_timeout):
     Example:
         export API_TOKEN=sk_live_…   # the variables the run's --header lines name
         python -m engine worker --broker redis://queue.internal:6379/0 \\
-            --db postgresql://billing@db.internal/billing --chunks-in-flight 8
+            --db postgresql://billing@db.internal/billing --chunks-in-flight 4
     """
     from engine.cluster.app import VISIBILITY_TIMEOUT
     from engine.cluster.node import run_node

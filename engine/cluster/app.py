@@ -11,6 +11,7 @@ payload, a header or a secret.
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 
 #: The task a node runs per chunk.
@@ -41,3 +42,9 @@ def make_app(broker: str, visibility_timeout: float = VISIBILITY_TIMEOUT) -> Cel
         },
     )
     return app
+
+
+def redis_client(broker: str) -> redis.Redis:
+    """A client of the broker's Redis for the run's shared state; a Redis that stops answering
+    raises within seconds instead of hanging a node or the coordinator."""
+    return redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)

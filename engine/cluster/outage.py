@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-import redis
-
+from engine.cluster.link import RedisLink
 from engine.delivery.breaker import BreakerSettings
 
 _NOW = """
@@ -75,21 +74,22 @@ CLOSED_CACHE = 0.1
 class SharedBreaker:
     """The run's breaker in Redis, with the interface of :class:`~engine.delivery.breaker.CircuitBreaker`."""
 
-    def __init__(self, client: redis.Redis, run_id: str, pass_no: int, settings: BreakerSettings):
-        self.client = client
+    def __init__(self, link: RedisLink, run_id: str, pass_no: int, settings: BreakerSettings):
+        self.link = link
         self.key = f"batch-engine:breaker:{run_id}:{pass_no}"  # each pass starts closed, as locally
         self.settings = settings
-        self._allow = self.client.register_script(_ALLOW)
-        self._record = self.client.register_script(_RECORD)
+        self._allow = link.client.register_script(_ALLOW)
+        self._record = link.client.register_script(_RECORD)
         self.closed_until = 0.0  # monotonic: the breaker was closed when last asked, trusted until then
         self.reset_due = 0.0
 
     def allow(self) -> bool | str:
-        """True to send, ``"probe"`` to send this one transfer as the probe, False to wait."""
+        """True to send, ``"probe"`` to send this one transfer as the probe, False to wait (also while
+        Redis is unreachable)."""
         now = time.monotonic()
         if now < self.closed_until:
             return True
-        answer = int(self._allow(keys=[self.key], args=[self.settings.probe_timeout]))
+        answer = int(self.link.call(lambda: self._allow(keys=[self.key], args=[self.settings.probe_timeout]), 0))
         if answer == 1:
             self.closed_until = now + CLOSED_CACHE
         if answer == 2:
@@ -97,7 +97,8 @@ class SharedBreaker:
         return answer == 1
 
     def record(self, down: bool, probe: bool = False, counted: bool = True) -> None:
-        """Count one answer; a success only every :data:`CLOSED_CACHE` seconds (it just breaks a streak)."""
+        """Count one answer; a success only every :data:`CLOSED_CACHE` seconds (it just breaks a streak).
+        An answer that cannot reach Redis is not counted."""
         now = time.monotonic()
         if not down and not probe:
             if now < self.reset_due:
@@ -106,28 +107,18 @@ class SharedBreaker:
         elif not (probe or counted):
             return
         settings = self.settings
-        state = int(
-            self._record(
-                keys=[self.key],
-                args=[
-                    int(down),
-                    int(probe),
-                    int(counted),
-                    settings.threshold,
-                    settings.first_interval,
-                    settings.max_interval,
-                ],
-            )
-        )
+        args = [int(down), int(probe), int(counted), settings.threshold, settings.first_interval, settings.max_interval]
+        state = int(self.link.call(lambda: self._record(keys=[self.key], args=args), 1))
         if state:
             self.closed_until = 0.0
 
     def is_open(self) -> bool:
-        return int(self.client.hget(self.key, "state") or 0) != 0
+        return int(self.link.call(lambda: self.link.client.hget(self.key, "state"), None) or 0) != 0
 
     def outage_since(self) -> float | None:
-        """When the breaker opened (wall time), or None while it is closed."""
-        state, opened_at = self.client.hmget(self.key, "state", "opened_at")
+        """When the breaker opened (wall time), or None while it is closed (or Redis cannot say)."""
+        unknown: list[bytes | str | None] = [None, None]
+        state, opened_at = self.link.call(lambda: self.link.client.hmget(self.key, "state", "opened_at"), unknown)
         return float(opened_at or 0) if int(state or 0) else None
 
 
@@ -135,24 +126,26 @@ class PassSignals:
     """What a coordinator tells every node about one pass, in Redis: stop starting requests.
 
     Set on Ctrl-C or when the outage pause has lasted ``--max-pause``: nodes finish what is in
-    flight, record it, and mark their chunks done; rows never started wait for a rerun.
+    flight, record it, and mark their chunks done; rows never started wait for a rerun. A node
+    that cannot reach Redis for as long as its link's bound stops the same way.
     """
 
     #: How long a node trusts its last look at the flag (s).
     LOOK_EVERY = 0.5
 
-    def __init__(self, client: redis.Redis, run_id: str, pass_no: int):
-        self.client = client
+    def __init__(self, link: RedisLink, run_id: str, pass_no: int):
+        self.link = link
         self.key = f"batch-engine:stop:{run_id}:{pass_no}"
         self.looked_at = float("-inf")
         self.stopping = False
 
-    def request_stop(self) -> None:
-        self.client.set(self.key, 1, ex=86400)
+    def request_stop(self) -> bool:
+        """Tell every node; False if Redis could not be reached (ask again)."""
+        return self.link.call(lambda: bool(self.link.client.set(self.key, 1, ex=86400)), False)
 
     def stop_requested(self) -> bool:
         now = time.monotonic()
         if not self.stopping and now - self.looked_at >= self.LOOK_EVERY:
             self.looked_at = now
-            self.stopping = bool(self.client.exists(self.key))
+            self.stopping = bool(self.link.call(lambda: self.link.client.exists(self.key), 0)) or self.link.gave_up()
         return self.stopping

@@ -7,8 +7,7 @@ Redis's own clock, so nodes on machines whose clocks differ still share one sche
 
 from __future__ import annotations
 
-import redis
-
+from engine.cluster.link import RedisLink
 from engine.delivery.ratelimit import BURST_SECONDS
 
 #: KEYS[1]: the run's schedule; ARGV[1]: seconds between requests; ARGV[2]: burst allowance (s).
@@ -27,21 +26,28 @@ return 0
 """
 
 
+#: The wait (µs) while Redis cannot hand out a slot.
+UNSURE = 500_000
+
+
 class NodePacer:
     """What a node's :class:`~engine.delivery.gate.Gate` asks of a pacer: a fixed window per chunk
     sender, and ``rate`` requests per second (None: no limit) across every node sending ``run_id``."""
 
-    def __init__(self, client: redis.Redis, run_id: str, rate: float | None, window: int):
+    def __init__(self, link: RedisLink, run_id: str, rate: float | None, window: int):
         self.key = f"batch-engine:rate:{run_id}"
         self.interval = 1.0 / rate if rate else 0.0
         self._window = window
-        self.take_slot = client.register_script(_TAKE_SLOT)
+        self.link = link
+        self.take_slot = link.client.register_script(_TAKE_SLOT)
 
     def acquire(self) -> float:
-        """0 if a request may start now (its slot is taken), else the seconds to wait."""
+        """0 if a request may start now (its slot is taken), else the seconds to wait (while Redis is
+        unreachable: a little, then ask again)."""
         if not self.interval:
             return 0.0
-        return int(self.take_slot(keys=[self.key], args=[self.interval, BURST_SECONDS])) / 1_000_000
+        wait_us = self.link.call(lambda: self.take_slot(keys=[self.key], args=[self.interval, BURST_SECONDS]), UNSURE)
+        return int(wait_us) / 1_000_000
 
     def window(self) -> int:
         return self._window

@@ -10,6 +10,7 @@ the URL typed on a command line.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -55,9 +56,9 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, create: bool = True, busy_timeout: float = 30.0):
         _check_no_password(url)
         self.location = url  # never holds a password (checked above)
-        try:
-            self.conn = psycopg.connect(url, connect_timeout=max(1, int(busy_timeout)), autocommit=True)
-            self.conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
+        self.busy_timeout = busy_timeout
+        self.conn = self._connect()
+        try:  # a database is made by its administrator; the tables are made here, whatever ``create`` says
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch-engine schema'))")
                 for statement in postgres_schema():
@@ -65,8 +66,25 @@ class PostgresStore(SQLStore):
         except psycopg.OperationalError as err:
             raise LedgerError(f"--db {self.location}: cannot use the ledger: {_first_line(err)}") from None
 
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self.location, connect_timeout=max(1, int(self.busy_timeout)), autocommit=True)
+            conn.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
+        except psycopg.OperationalError as err:
+            raise LedgerError(f"--db {self.location}: cannot use the ledger: {_first_line(err)}") from None
+        return conn
+
     def close(self) -> None:
         self.conn.close()
+
+    def connection_lost(self, error: Exception) -> bool:
+        return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError, LedgerError)) or self.conn.broken
+
+    def reconnect(self) -> None:
+        """A new connection after the server broke the last one (restarted); LedgerError while it is away."""
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        self.conn = self._connect()
 
     @contextmanager
     def recording(self):

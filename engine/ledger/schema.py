@@ -62,6 +62,7 @@ CHUNK_COLUMNS = {
     "states": str,
     "state": str,
     "deliveries": int,
+    "refused": int,
     "node": str,
     "heartbeat_at": float,
     "queued_at": float,
@@ -102,6 +103,8 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     db.table("runs").create_index(["fingerprint"], if_not_exists=True)
     db.table("chunks").create(CHUNK_COLUMNS, pk="chunk_id", if_not_exists=True)
     db.table("chunks").create_index(["run_id", "state"], if_not_exists=True)
+    if "refused" not in db.table("chunks").columns_dict:  # chunks tables made before the counter
+        db.table("chunks").add_column("refused", int, not_null_default=0)
     if "chunk_id" not in db.table("requests").columns_dict:
         db.table("requests").add_column("chunk_id", int)
     db.execute(REQUESTS_BY_CHUNK)
@@ -139,5 +142,6 @@ def postgres_schema() -> list[str]:
         f"CREATE TABLE IF NOT EXISTS chunks ({chunks})",
         "CREATE INDEX IF NOT EXISTS chunks_run_state ON chunks (run_id, state)",
         "ALTER TABLE requests ADD COLUMN IF NOT EXISTS chunk_id BIGINT",
+        "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS refused BIGINT NOT NULL DEFAULT 0",
         REQUESTS_BY_CHUNK,
     ]

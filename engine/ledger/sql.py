@@ -23,6 +23,7 @@ from engine.states import (
     CHUNK_DEAD,
     CHUNK_DONE,
     CHUNK_QUEUED,
+    CHUNK_RETIRED,
     CHUNK_RUNNING,
     STATES,
     SUCCEEDED,
@@ -271,8 +272,8 @@ class SQLStore(Store):
     def _new_chunk(self, run_id: str, pass_no: int, states: tuple, rids: list[int]) -> int:
         with self._transaction():
             chunk_id = self._value(
-                "INSERT INTO chunks (run_id, pass_no, rows, states, state, deliveries, queued_at)"
-                f" VALUES (?, ?, ?, ?, '{CHUNK_QUEUED}', 0, ?) RETURNING chunk_id",
+                "INSERT INTO chunks (run_id, pass_no, rows, states, state, deliveries, refused, queued_at)"
+                f" VALUES (?, ?, ?, ?, '{CHUNK_QUEUED}', 0, 0, ?) RETURNING chunk_id",
                 (run_id, pass_no, len(rids), ",".join(states), time.time()),
             )
             self._run_many("UPDATE requests SET chunk_id = ? WHERE rid = ?", [(chunk_id, rid) for rid in rids])
@@ -289,11 +290,14 @@ class SQLStore(Store):
             found = self._run(
                 "SELECT state, deliveries, states, heartbeat_at FROM chunks WHERE chunk_id = ?", (chunk_id,)
             ).fetchone()
-            if found is None or found[0] in (CHUNK_DONE, CHUNK_DEAD):
+            if found is None:
                 return None
             state, deliveries, states, heartbeat_at = found
-            if state == CHUNK_RUNNING and heartbeat_at > time.time() - busy_for:
-                return None  # another node is sending it: a second copy must not go out
+            if state not in (CHUNK_QUEUED, CHUNK_RUNNING) or (
+                state == CHUNK_RUNNING and heartbeat_at > time.time() - busy_for
+            ):  # finished, or another node is sending it: a second copy must not go out
+                self._run("UPDATE chunks SET refused = refused + 1 WHERE chunk_id = ?", (chunk_id,))
+                return None
             if deliveries >= max_deliveries:
                 self._run(
                     f"UPDATE chunks SET state = '{CHUNK_DEAD}', finished_at = ? WHERE chunk_id = ?",
@@ -347,8 +351,47 @@ class SQLStore(Store):
                 ).fetchall()
             ]
             for chunk_id in silent:
-                self._run(f"UPDATE chunks SET state = '{CHUNK_QUEUED}' WHERE chunk_id = ?", (chunk_id,))
+                self._run(
+                    f"UPDATE chunks SET state = '{CHUNK_QUEUED}', queued_at = ? WHERE chunk_id = ?",
+                    (time.time(), chunk_id),
+                )
         return silent
+
+    def waiting_chunks(self, run_id: str, pass_no: int, queued_before: float) -> list[int]:
+        with self._transaction():
+            waiting = [
+                chunk_id
+                for (chunk_id,) in self._run(
+                    f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{CHUNK_QUEUED}'"
+                    " AND queued_at < ? ORDER BY chunk_id",
+                    (run_id, pass_no, queued_before),
+                ).fetchall()
+            ]
+            self._run_many(
+                f"UPDATE chunks SET queued_at = ? WHERE chunk_id = ? AND state = '{CHUNK_QUEUED}'",
+                [(time.time(), chunk_id) for chunk_id in waiting],
+            )
+        return waiting
+
+    def retire_chunks(self, run_id: str, silent_for: float) -> int:
+        with self._transaction():
+            self._run(
+                f"UPDATE chunks SET state = '{CHUNK_RETIRED}', finished_at = ? WHERE run_id = ?"
+                f" AND (state = '{CHUNK_QUEUED}' OR (state = '{CHUNK_RUNNING}' AND heartbeat_at < ?))",
+                (time.time(), run_id, time.time() - silent_for),
+            )
+            return self._value(f"SELECT count(*) FROM chunks WHERE run_id = ? AND state = '{CHUNK_RUNNING}'", (run_id,))
+
+    def chunk_summary(self, run_id: str) -> dict[str, int] | None:
+        chunks, dead, resent, refused = self._run(
+            f"SELECT count(*), coalesce(sum(CASE WHEN state = '{CHUNK_DEAD}' THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(CASE WHEN deliveries > 1 THEN deliveries - 1 ELSE 0 END), 0), coalesce(sum(refused), 0)"
+            " FROM chunks WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if not chunks:
+            return None
+        return {"chunks": chunks, "dead": dead, "resent": resent, "refused": refused}
 
     # -- reading ---------------------------------------------------------------
 

@@ -72,6 +72,14 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """Open the ledger again after its server broke the connection (a file-based one never does)."""
+        return None
+
+    def connection_lost(self, error: Exception) -> bool:
+        """Whether ``error`` means the ledger's server went away (restarted): :meth:`reconnect`, then retry."""
+        return False
+
     def __enter__(self):
         return self
 
@@ -193,9 +201,10 @@ class Store(ABC):
     def claim_chunk(
         self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0
     ) -> list[Dispatch] | None:
-        """A node takes a chunk: its rows to send, or None when it is done, dead, or being sent by a node
-        heard from within ``busy_for`` seconds. A chunk already delivered ``max_deliveries`` times
-        becomes ``dead`` instead (its rows wait for a rerun)."""
+        """A node takes a chunk: its rows to send, or None when it is not waiting to be sent (done, dead,
+        retired) or is being sent by a node heard from within ``busy_for`` seconds; such a refused
+        delivery is counted. A chunk already delivered ``max_deliveries`` times becomes ``dead``
+        instead (its rows wait for a rerun)."""
 
     @abstractmethod
     def renew_chunk(self, chunk_id: int, node: str) -> None:
@@ -213,6 +222,22 @@ class Store(ABC):
     def silent_chunks(self, run_id: str, pass_no: int, silent_for: float) -> list[int]:
         """Chunks being sent whose node has not renewed them for ``silent_for`` seconds; they are
         queued again (to be delivered again) and their ids returned."""
+
+    @abstractmethod
+    def waiting_chunks(self, run_id: str, pass_no: int, queued_before: float) -> list[int]:
+        """Chunks of the pass queued before ``queued_before`` and not taken by any node yet (their
+        broker message may be lost); their queue time becomes now."""
+
+    @abstractmethod
+    def retire_chunks(self, run_id: str, silent_for: float) -> int:
+        """End the chunks earlier passes left (called by a new pass holding the run's lease): those no
+        node took become ``retired`` (never sent), as do those whose node has been silent for
+        ``silent_for`` seconds; returns how many a live node is still sending (wait for them)."""
+
+    @abstractmethod
+    def chunk_summary(self, run_id: str) -> dict[str, int] | None:
+        """A run's chunks over all passes (None if it never used worker nodes): ``chunks``, ``dead``,
+        ``resent`` (delivered again after a node went silent) and ``refused`` (duplicate deliveries)."""
 
     # -- reading ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def summarize(ledger: Store, run_id: str) -> dict:
         "http_status": ledger.status_counts(run_id),
         "insecure": bool(run["options"].get("insecure")),
         "top_error": _top_error(ledger, run_id),
+        "chunks": ledger.chunk_summary(run_id),
     }
 
 
@@ -55,7 +56,7 @@ def render(summary: dict, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(summary, indent=2)
     if fmt == "csv":
-        flat = {k: v for k, v in summary.items() if not isinstance(v, dict) and k != "top_error"}
+        flat = {k: v for k, v in summary.items() if not isinstance(v, dict) and k not in ("top_error", "chunks")}
         flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
         flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
         out = io.StringIO()
@@ -80,6 +81,13 @@ def _text(s: dict) -> str:
     if s.get("top_error") and s["succeeded"] < s["total"]:
         top = s["top_error"]
         lines.append(f"  last error {top['error']} ({top['rows']} rows)")
+    if s.get("chunks"):
+        c = s["chunks"]
+        lines.append(
+            f"  chunks     {c['chunks']} sent by worker nodes: {c['resent']} sent again after a node went silent,"
+            f" {c['refused']} duplicate deliveries refused, {c['dead']} dead-lettered"
+            + (" (their rows wait for a rerun)" if c["dead"] else "")
+        )
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")
     return "\n".join(lines)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 
-import redis
-
-from engine.cluster.app import SEND_CHUNK, make_app
+from engine.cluster.app import SEND_CHUNK, make_app, redis_client
+from engine.cluster.link import RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.config import RunSettings
+from engine.errors import LedgerError
 from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
+from engine.ledger.store import ledger_unavailable
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.run.passes import DRAIN_GRACE, PassTally
@@ -27,6 +28,12 @@ from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
 #: How often the coordinator reads the ledger (s).
 WATCH_INTERVAL = 0.5
+#: A chunk queued this long (s) that no node took, while the broker holds fewer messages than
+#: there are such chunks, is enqueued again: its message was lost (Redis restarted empty).
+#: A duplicate is harmless: the node that gets it second finds the chunk taken and refuses it.
+LOST_AFTER = 10.0
+#: Where kombu keeps a Redis broker's waiting messages (the default queue) and delivered, unacked ones.
+QUEUE_KEY, UNACKED_KEY = "celery", "unacked"
 
 
 class BrokerPass:
@@ -50,9 +57,10 @@ class BrokerPass:
         self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
         self.states = states
         self.app = make_app(broker)
-        client = redis.Redis.from_url(broker)
-        self.signals = PassSignals(client, run_id, pass_no)
-        self.breaker = SharedBreaker(client, run_id, pass_no, settings.breaker())
+        self.link = RedisLink(redis_client(broker), settings.max_pause)
+        self.signals = PassSignals(self.link, run_id, pass_no)
+        self.breaker = SharedBreaker(self.link, run_id, pass_no, settings.breaker())
+        self.told_nodes = False
         self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
         self.pause = PauseClock(settings.max_pause)
         self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
@@ -62,6 +70,9 @@ class BrokerPass:
         self.gave_up: str | None = None
         self.clean = False
         self.dead_chunks = 0
+        self.silent_for = 0.0
+        self.beat = 0.0
+        self.ledger_down_since: float | None = None
 
     def run(self) -> PassTally:
         before = self.ledger.counts(self.run_id)
@@ -71,24 +82,20 @@ class BrokerPass:
             return self._tally(before)
         for chunk_id in self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks):
             self._enqueue(chunk_id)
-        silent_for = self.settings.stall_timeout + self.settings.timeout + HOLD_MARGIN
-        beat = 0.0
+        self.silent_for = self.settings.stall_timeout + self.settings.timeout + HOLD_MARGIN
         while True:
-            counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
-            self.progress.update(self._tally(before))
-            if counts[CHUNK_QUEUED] + counts[CHUNK_RUNNING] == 0:
-                self.clean = True  # nothing of this pass is in flight anywhere
-                break
-            if self._stopping_done():
-                break
-            self._watch_outage()
-            if self.stop_at is None:
-                for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, silent_for):
-                    self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
-                    self._enqueue(chunk_id)
-            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
-                self.ledger.renew_lease(self.run_id, self.holder)
-                beat = time.monotonic()
+            try:
+                counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
+                if self._watch(counts, before):
+                    break
+                self.ledger_down_since = None
+            except Exception as err:
+                if not self.ledger.connection_lost(err):
+                    raise
+                if not self._ledger_back():
+                    raise ledger_unavailable(
+                        self.ledger.location, f"could not be reached for {self.settings.max_pause:.0f} s (--max-pause)"
+                    ) from None
             time.sleep(WATCH_INTERVAL)
         self.dead_chunks = counts[CHUNK_DEAD]
         if self.dead_chunks and not self.gave_up:
@@ -98,6 +105,41 @@ class BrokerPass:
             )
             self.events.emit("chunks_dead", run_id=self.run_id, chunks=self.dead_chunks)
         return self._tally(before)
+
+    def _watch(self, counts: dict[str, int], before: dict[str, int]) -> bool:
+        """One look at the pass: progress, stop, outage, broker, silent and lost chunks; True when it is over."""
+        self.progress.update(self._tally(before))
+        if counts[CHUNK_QUEUED] + counts[CHUNK_RUNNING] == 0:
+            self.clean = True  # nothing of this pass is in flight anywhere
+            return True
+        if self._stopping_done():
+            return True
+        self._watch_outage()
+        self._watch_broker()
+        if self.stop_at is None:
+            for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, self.silent_for):
+                self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
+                self._enqueue(chunk_id)
+            self._enqueue_lost(counts[CHUNK_QUEUED])
+        if time.monotonic() - self.beat >= HEARTBEAT_INTERVAL:
+            self.ledger.renew_lease(self.run_id, self.holder)
+            self.beat = time.monotonic()
+        return False
+
+    def _ledger_back(self) -> bool:
+        """The ledger's server went away (restarted): the nodes keep their results until it is back;
+        wait for it up to ``--max-pause``. False: give up (the caller raises the ledger's error)."""
+        if self.ledger_down_since is None:
+            self.ledger_down_since = time.monotonic()
+            self.events.emit("ledger_unreachable", run_id=self.run_id)
+        self.progress.note("the ledger cannot be reached; waiting")
+        if self.stop.count >= 2 or time.monotonic() - self.ledger_down_since > self.settings.max_pause:
+            return False
+        try:
+            self.ledger.reconnect()
+        except LedgerError:
+            pass
+        return True
 
     def _stopping_done(self) -> bool:
         """Ctrl-C: every node stops starting requests and records what is in flight; a second one leaves now."""
@@ -109,8 +151,37 @@ class BrokerPass:
         return self.stop_at is not None and time.monotonic() > self.stop_at
 
     def _stop_nodes(self) -> None:
-        self.signals.request_stop()
+        self.told_nodes = self.signals.request_stop()
         self.stop_at = time.monotonic() + self.settings.timeout + DRAIN_GRACE
+
+    def _watch_broker(self) -> None:
+        """Say when the broker cannot be reached; past ``--max-pause`` the pass ends (the nodes stop
+        on their own after as long); a stop the nodes could not be told yet is told again."""
+        if self.stop_at is not None and not self.told_nodes:
+            self.told_nodes = self.signals.request_stop()
+        if self.link.down_since is not None:
+            self.link.call(self.link.client.ping, False)
+        if self.link.down_since is not None:
+            self.progress.note(f"the broker {self.link.describe()} cannot be reached; waiting")
+        if self.link.gave_up() and self.stop_at is None:
+            self.gave_up = (
+                f"the broker {self.link.describe()} could not be reached for {self.settings.max_pause:.0f} s"
+                " (--max-pause); its chunks wait for a rerun"
+            )
+            self.events.emit("broker_unreachable", run_id=self.run_id)
+            self._stop_nodes()
+
+    def _enqueue_lost(self, queued: int) -> None:
+        """Chunks whose broker message was lost (Redis restarted without it) are enqueued again."""
+        if not queued:
+            return
+        client = self.link.client
+        held = self.link.call(lambda: client.llen(QUEUE_KEY) + client.hlen(UNACKED_KEY), None)
+        if held is None or held >= queued:
+            return
+        for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, time.time() - LOST_AFTER):
+            self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id, why="broker lost it")
+            self._enqueue(chunk_id)
 
     def _watch_outage(self) -> None:
         """Say when the nodes pause because the endpoint is down, and when they resume; bound the pause."""
@@ -134,7 +205,16 @@ class BrokerPass:
         return True
 
     def _enqueue(self, chunk_id: int) -> None:
-        self.app.send_task(SEND_CHUNK, args=[self.run_id, chunk_id, self.pass_no])
+        """Send the chunk's id to the nodes; while the broker is unreachable the chunk stays queued in
+        the ledger and is enqueued again once it is back (:meth:`_enqueue_lost`)."""
+        if self.link.down_since is not None:
+            return
+        self.link.call(
+            lambda: self.app.send_task(
+                SEND_CHUNK, args=[self.run_id, chunk_id, self.pass_no], retry_policy={"max_retries": 1}
+            ),
+            None,
+        )
 
     def _tally(self, before: dict[str, int]) -> PassTally:
         """This pass's figures, from the ledger: what the nodes recorded since it began."""

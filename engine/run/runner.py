@@ -24,7 +24,7 @@ from engine.backend import Backend
 from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, Store, open_store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder
+from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
 from engine.output.progress import Progress
@@ -245,8 +245,10 @@ def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
 
 def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hold | None) -> tuple[Pass | None, bool]:
     ledger, run_id, events = plan.ledger, plan.run_id, plan.events
-    to_send = ledger.count_in(run_id, plan.states)
     with StopRequest() as stop:
+        if not _wait_for_earlier_chunks(plan, stop, lambda: ledger.renew_lease(run_id, holder)):
+            return None, True
+        to_send = ledger.count_in(run_id, plan.states)
         if to_send and plan.not_before:
             if not _wait_until(plan.not_before, stop, plan.quiet, lambda: ledger.renew_lease(run_id, holder)):
                 return None, True
@@ -342,6 +344,25 @@ def _clock(when: float) -> str:
     """``HH:MM:SS``, with the date when it is not today."""
     same_day = time.localtime(when)[:3] == time.localtime()[:3]
     return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _wait_for_earlier_chunks(plan: PassPlan, stop: StopRequest, heartbeat) -> bool:
+    """Chunks an earlier pass gave worker nodes (a coordinator killed mid-run): those not taken are
+    retired, and a chunk a live node is still sending is waited for, so no row goes out twice at
+    once. False if the user stopped the wait (nothing was sent)."""
+    settings = plan.settings
+    silent_for = settings.stall_timeout + settings.timeout + HOLD_MARGIN
+    said = 0
+    with Progress(0, "waiting", plan.quiet) as progress:
+        while sending := plan.ledger.retire_chunks(plan.run_id, silent_for):
+            if stop.count:
+                return False
+            if sending != said:
+                progress.note(f"waiting for {sending} chunks worker nodes are still sending for an earlier pass")
+                said = sending
+            heartbeat()
+            time.sleep(HEARTBEAT_INTERVAL)
+    return True
 
 
 def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:
