@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -183,3 +186,50 @@ def write_rows(path: str, count: int) -> None:
         handle.write("id,amount_cents,currency\n")
         for n in range(count):
             handle.write(f"cus_{n:07d},{n % 5000},eur\n")
+
+
+#: The local PostgreSQL server and Redis db the node benchmarks use (trust auth on 127.0.0.1).
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BENCH_BROKER = "redis://127.0.0.1:6379/15"
+
+
+@contextlib.contextmanager
+def fresh_postgres():
+    """A PostgreSQL database of this benchmark's own, with the ledger's tables; dropped afterwards."""
+    import psycopg
+
+    name = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES_ADMIN.rsplit('/', 1)[0]}/{name}"
+    try:
+        engine("status", "--db", url)  # creates the tables
+        yield url
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def worker_nodes(count: int, db: str, *extra):
+    """``count`` worker nodes on :data:`BENCH_BROKER` (flushed first), each its own process tree."""
+    import redis
+
+    redis.Redis.from_url(BENCH_BROKER).flushdb()
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", "--broker", BENCH_BROKER, "--db", db, *map(str, extra)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        time.sleep(3 + count)  # each node connects to Redis and starts its pool
+        yield nodes
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()

@@ -17,74 +17,46 @@ from __future__ import annotations
 import argparse
 import bisect
 import os
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
 
 import psycopg
-import redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import record, table, write_rows  # noqa: E402
+from common import BENCH_BROKER, engine, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
 
 from engine.mock.process import MockProcess  # noqa: E402
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-BROKER = "redis://127.0.0.1:6379/15"
-
 
 def run_one(rows: int, window: int, chunks_in_flight: int, csv_path: str) -> dict:
-    name = f"bench_nodes_{secrets.token_hex(3)}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db = f"{ADMIN.rsplit('/', 1)[0]}/{name}"
-    redis.Redis.from_url(BROKER).flushdb()
-    engine = [sys.executable, "-m", "engine"]
-    subprocess.run([*engine, "status", "--db", db], capture_output=True)  # creates the tables
-    node = subprocess.Popen(
-        [*engine, "worker", "--broker", BROKER, "--db", db, "--chunks-in-flight", str(chunks_in_flight)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(3)
+    with fresh_postgres() as db, worker_nodes(1, db, "--chunks-in-flight", chunks_in_flight):
         with MockProcess(latency=1.55, jitter=1.45) as api:
             started = time.monotonic()
-            subprocess.run(
-                [
-                    *engine,
-                    "bill",
-                    csv_path,
-                    "--url",
-                    api.charge_url(),
-                    "--db",
-                    db,
-                    "--broker",
-                    BROKER,
-                    "--run-id",
-                    "w",
-                    "--chunks",
-                    "100",
-                    "--concurrency",
-                    str(window // chunks_in_flight),
-                    "--quiet",
-                ],
-                check=True,
-                capture_output=True,
+            done = engine(
+                "bill",
+                csv_path,
+                "--url",
+                api.charge_url(),
+                "--db",
+                db,
+                "--broker",
+                BENCH_BROKER,
+                "--run-id",
+                "w",
+                "--chunks",
+                "100",
+                "--concurrency",
+                window // chunks_in_flight,
+                "--quiet",
             )
+            assert done.returncode == 0, done.stderr
             wall = time.monotonic() - started
         with psycopg.connect(db) as conn:
             spans = conn.execute("SELECT started_at, started_at + duration_ms / 1000.0 FROM attempts").fetchall()
             last = conn.execute("SELECT max(started_at) FROM attempts").fetchone()[0]
-    finally:
-        node.kill()
-        node.wait()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     starts, ends = sorted(s for s, _ in spans), sorted(e for _, e in spans)
     samples, t = [], starts[0] + 3.0  # after the first chunks have started
     while t < last:

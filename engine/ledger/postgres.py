@@ -26,14 +26,22 @@ from engine.ledger.store import EXPORT_COLUMNS, ledger_unavailable
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
 
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES ({', '.join('%s' for _ in Attempt._fields)})"
+_ATTEMPT_FIELDS = ", ".join(Attempt._fields)
+#: A batch of results on its way in: private to the connection, emptied at each commit.
+_INCOMING_TABLE = "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE attempts) ON COMMIT DELETE ROWS"
+#: A chunk delivered twice may bring an attempt already recorded: the first one stays.
+_INSERT_INCOMING = (
+    f"INSERT INTO attempts ({_ATTEMPT_FIELDS}) SELECT {_ATTEMPT_FIELDS} FROM incoming"
     " ON CONFLICT (rid, attempt) DO NOTHING"
 )
-# a late or repeated result never moves a row out of 'succeeded'
-_UPDATE_REQUEST = (
-    "UPDATE requests SET attempts = %s, status = %s, http_status = %s, curl_error = %s, error = %s,"
-    " latency_ms = %s, updated_at = %s WHERE rid = %s AND status <> 'succeeded'"
+#: Each row takes its latest attempt of the batch; a late or repeated result never moves a row
+#: out of 'succeeded'.
+_UPDATE_FROM_INCOMING = (
+    "UPDATE requests SET attempts = i.attempt, status = i.outcome, http_status = i.http_status,"
+    " curl_error = i.curl_error, error = i.error, latency_ms = i.duration_ms,"
+    " updated_at = i.started_at + i.duration_ms / 1000.0"
+    " FROM (SELECT DISTINCT ON (rid) * FROM incoming ORDER BY rid, attempt DESC) AS i"
+    " WHERE requests.rid = i.rid AND requests.status <> 'succeeded'"
 )
 _LOAD_COLUMNS = "run_id, line, row_id, priority, payload, idempotency_key, status, attempts, updated_at"
 
@@ -58,6 +66,7 @@ class PostgresStore(SQLStore):
         self.location = url  # never holds a password (checked above)
         self.busy_timeout = busy_timeout
         self.conn = self._connect()
+        self._incoming_ready = False
         try:  # a database is made by its administrator; the tables are made here, whatever ``create`` says
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch-engine schema'))")
@@ -85,6 +94,7 @@ class PostgresStore(SQLStore):
         with contextlib.suppress(psycopg.Error):
             self.conn.close()
         self.conn = self._connect()
+        self._incoming_ready = False
 
     @contextmanager
     def recording(self):
@@ -127,22 +137,17 @@ class PostgresStore(SQLStore):
             raise self._find_duplicate(run_id, rows) from None
 
     def _write_attempts(self, attempts: list[tuple]) -> None:
-        updates = [
-            (
-                a.attempt,
-                a.outcome,
-                a.http_status,
-                a.curl_error,
-                a.error,
-                a.duration_ms,
-                a.started_at + a.duration_ms / 1000.0,
-                a.rid,
-            )
-            for a in map(Attempt._make, attempts)
-        ]
+        """COPY the batch into a session-local table, then one set-based insert and one update: a few
+        µs a row on both sides, where a statement per row costs tens (bench/scale_out.py)."""
         with self.conn.cursor() as cursor:
-            cursor.executemany(_INSERT_ATTEMPT, attempts)
-            cursor.executemany(_UPDATE_REQUEST, updates)
+            if not self._incoming_ready:
+                cursor.execute(_INCOMING_TABLE)
+                self._incoming_ready = True
+            with cursor.copy(f"COPY incoming ({_ATTEMPT_FIELDS}) FROM STDIN") as copy:
+                for attempt in attempts:
+                    copy.write_row(attempt)
+            cursor.execute(_INSERT_INCOMING)
+            cursor.execute(_UPDATE_FROM_INCOMING)
 
     def mark_in_flight(self, rids: list[int]) -> None:
         self.conn.execute("UPDATE requests SET status = %s WHERE rid = ANY(%s)", (IN_FLIGHT, list(rids)))
