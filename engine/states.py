@@ -7,10 +7,13 @@ FAILED, REJECTED, UNKNOWN = "failed", "rejected", "unknown"
 #: A row handed to a worker of a run without idempotency keys, not yet answered: if the
 #: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
 IN_FLIGHT = "in_flight"
+#: A row an operator chose to send again (``rerun`` with a filter, the dashboard's button):
+#: the next pass sends exactly these.
+SELECTED = "selected"
 #: The states a report counts; a row is done only when it ``succeeded``.
-STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN)
+STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN, SELECTED)
 #: States a later pass sends again by default.
-RESEND_STATES = (PENDING, RETRYING, FAILED)
+RESEND_STATES = (PENDING, RETRYING, FAILED, SELECTED)
 
 #: A chunk's states (runs sent through a broker): waiting for a node, being sent, recorded,
 #: or given up after too many deliveries (its rows stay as they are, for a rerun).

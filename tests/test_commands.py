@@ -113,5 +113,5 @@ def test_export_with_no_matching_row_still_writes_the_header(finished_run, db, r
     result = run("export", finished_run, "--db", db, "--status", "unknown")
     assert result.exit_code == 0
     assert result.output.splitlines() == [
-        "row_id,line,status,attempts,http_status,curl_error,error,latency_ms,idempotency_key"
+        "row_id,line,status,attempts,http_status,curl_error,error,latency_ms,idempotency_key,payload,excerpt"
     ]

@@ -9,9 +9,11 @@ import time
 import pytest
 
 from engine.errors import LedgerError
-from engine.ledger import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, open_store
+from engine.ledger import DuplicateRow, LeaseHeld, LeaseLost, open_store
 from engine.ledger.lease import Holder
-from engine.states import FAILED, IN_FLIGHT, PENDING, RETRYING, STATES, SUCCEEDED, UNKNOWN
+from engine.ledger.selection import RowFilter
+from engine.ledger.store import FOUND_COLUMNS
+from engine.states import FAILED, IN_FLIGHT, PENDING, RETRYING, SELECTED, STATES, SUCCEEDED, UNKNOWN
 from engine.wire import attempt_record
 
 
@@ -128,12 +130,51 @@ def test_rows_are_exported_in_input_order_with_the_export_columns(store):
     first, second, _ = rids(store)
     store.record([answer(first, latency=1.23456), answer(second, FAILED, status=402, error=None)])
     exported = list(store.iter_rows("r", (SUCCEEDED, FAILED)))
-    assert [tuple(row) for row in exported] == [EXPORT_COLUMNS] * 2
+    assert [tuple(row) for row in exported] == [FOUND_COLUMNS] * 2
     assert [
         (row["row_id"], row["line"], row["status"], row["http_status"], row["idempotency_key"]) for row in exported
     ] == [("c0", 2, SUCCEEDED, 200, "k:c0"), ("c1", 3, FAILED, 402, "k:c1")]
     assert exported[0]["latency_ms"] == 1.235
     assert list(store.iter_rows("r", (UNKNOWN,))) == []
+
+
+def test_a_filter_finds_exactly_its_rows_in_stable_keyset_pages(store):
+    store.insert_requests("r", rows(30))
+    ids = rids(store)
+    store.record(
+        [answer(rid, FAILED, status=503 if n % 3 == 0 else 402, error=f"HTTP error n{n}") for n, rid in enumerate(ids)]
+    )
+    store.record([answer(ids[1], SUCCEEDED, attempt=2)])
+    only_503 = RowFilter(states=(FAILED,), http_status=503)
+    pages, after = [], 0
+    while page := store.find_rows("r", only_503, after_rid=after, limit=4):
+        pages.append([row["row_id"] for row in page])
+        after = page[-1]["rid"]
+    assert [len(p) for p in pages] == [4, 4, 2]
+    assert sum(pages, []) == [f"c{n}" for n in range(0, 30, 3)]
+    assert [r["row_id"] for r in store.find_rows("r", RowFilter(error_contains="ERROR N1"))] == [
+        f"c{n}" for n in (10, 11, 12, 13, 14, 15, 16, 17, 18, 19)
+    ]  # any case; c1 succeeded since
+    assert store.find_rows("r", RowFilter(error_contains="%"), limit=5) == []  # a wildcard is a plain character
+    assert store.find_rows("r", RowFilter(row_id="c4"))[0]["excerpt"] is not None
+
+
+def test_selected_rows_are_exactly_the_filtered_ones_and_never_a_success(store):
+    store.insert_requests("r", rows(10))
+    ids = rids(store)
+    store.record([answer(rid, FAILED, status=503 if n < 5 else 500) for n, rid in enumerate(ids)])
+    store.record([answer(ids[0], SUCCEEDED, attempt=2)])
+    assert store.select_rows("r", RowFilter(states=(FAILED, SUCCEEDED), http_status=503)) == 4
+    assert store.select_rows("r", RowFilter(states=(FAILED,)), row_ids=["c7", "c9", "nobody"]) == 2
+    assert store.counts("r")[SELECTED] == 6 and store.counts("r")[SUCCEEDED] == 1
+
+
+def test_a_run_is_paused_and_resumed(store):
+    assert not store.is_paused("r")
+    store.set_paused("r", True)
+    assert store.is_paused("r")
+    store.set_paused("r", False)
+    assert not store.is_paused("r")
 
 
 def test_a_late_result_never_undoes_a_success(store):

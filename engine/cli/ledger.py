@@ -1,29 +1,77 @@
-"""``status``, ``report`` and ``export``: the commands that read the ledger."""
+"""``status``, ``report``, ``export``, ``pause`` and ``resume``: the commands that read the ledger or flag a run."""
 
 from __future__ import annotations
 
-import csv
+import time
 
 import click
 
-from engine.cli.options import db_option, engine_errors
-from engine.ledger import EXPORT_COLUMNS, open_store
+from engine.cli.options import db_option, engine_errors, row_filter, row_filter_options
+from engine.ledger import open_store
+from engine.output.export import EXPORT_FORMATS, write_export
 from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
-from engine.states import STATES
+from engine.states import FAILED
+
+#: How often ``status --watch`` reads the ledger again (s).
+WATCH_EVERY = 2.0
 
 
 @click.command()
 @db_option
+@click.option("--watch", is_flag=True, help="Show the table again every 2 s until Ctrl-C.")
 @engine_errors
-def status(db):
+def status(db, watch):
     """A table of the runs in the ledger, with their counts per state.
 
     \b
     Example:
         python -m engine status --db engine.db
+        python -m engine status --db engine.db --watch
     """
     with open_store(db, create=False) as ledger:
-        click.echo(runs_table(ledger.list_runs()))
+        while True:
+            table = runs_table(ledger.list_runs())
+            if not watch:
+                click.echo(table)
+                return
+            click.clear()
+            click.echo(f"{time.strftime('%H:%M:%S')}  (Ctrl-C to leave)\n{table}")
+            try:
+                time.sleep(WATCH_EVERY)
+            except KeyboardInterrupt:
+                return
+
+
+@click.command()
+@click.argument("run_id")
+@db_option
+@engine_errors
+def pause(run_id, db):
+    """Pause RUN_ID: its running pass starts no new request within a second; in-flight ones finish.
+
+    \b
+    Example:
+        python -m engine pause run-20261123-101500-ab12 --db engine.db
+    """
+    with open_store(db, create=False) as ledger:
+        ledger.set_paused(run_id, True)
+    click.echo(f"run {run_id} paused; resume it with: python -m engine resume {run_id} --db {db}")
+
+
+@click.command()
+@click.argument("run_id")
+@db_option
+@engine_errors
+def resume(run_id, db):
+    """Resume RUN_ID after ``pause``: its running pass starts requests again within a second.
+
+    \b
+    Example:
+        python -m engine resume run-20261123-101500-ab12 --db engine.db
+    """
+    with open_store(db, create=False) as ledger:
+        ledger.set_paused(run_id, False)
+    click.echo(f"run {run_id} resumed")
 
 
 @click.command()
@@ -46,29 +94,28 @@ def report(run_id, fmt, db):
 
 @click.command()
 @click.argument("run_id")
+@row_filter_options
 @click.option(
-    "--status",
-    "states",
-    type=click.Choice(STATES),
-    multiple=True,
-    default=("failed",),
-    show_default=True,
-    help="Export rows in this state (repeatable).",
+    "--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="csv", show_default=True, help="Output format."
 )
 @click.option(
-    "--output", "-o", type=click.File("w", encoding="utf-8"), default="-", show_default=True, help="CSV file to write."
+    "--output", "-o", type=click.File("w", encoding="utf-8"), default="-", show_default=True, help="File to write."
 )
 @db_option
 @engine_errors
-def export(run_id, states, output, db):
-    """The rows of RUN_ID in a state, as CSV, for a person to look at.
+def export(run_id, states, http_status, curl_error, error_contains, fmt, output, db):
+    """The rows of RUN_ID that match, with payload, attempts, last status, error and excerpt.
+
+    Without --status: the rows that failed. CSV has a header row even when nothing matches;
+    jsonl is one JSON object per row.
 
     \b
     Example:
-        python -m engine export run-20261123-101500-ab12 --status failed -o failed.csv
+        python -m engine export run-20261123-101500-ab12 -o failed.csv
+        python -m engine export run-20261123-101500-ab12 --http-status 503 --format jsonl
+        python -m engine export run-20261123-101500-ab12 --status failed --error-contains timeout
     """
+    rows = row_filter(states, http_status, curl_error, error_contains, default_states=(FAILED,))
     with open_store(db, create=False) as ledger:
         ledger.get_run(run_id)
-        writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()  # even when no row matches: a file a program can read
-        writer.writerows(ledger.iter_rows(run_id, states))
+        write_export(ledger.iter_rows(run_id, rows), fmt, output)

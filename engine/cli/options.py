@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import sys
 from urllib.parse import urlsplit
@@ -11,7 +12,9 @@ import click
 from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError
 from engine.ledger import BUSY_TIMEOUT
+from engine.ledger.selection import RowFilter
 from engine.run.runner import EXIT_INTERRUPTED
+from engine.states import STATES
 
 DEFAULT_DB = "engine.db"
 
@@ -178,3 +181,40 @@ def pool_options(command):
     ):
         command = option(command)
     return command
+
+
+def row_filter_options(command):
+    """``--status``, ``--http-status``, ``--curl-error``, ``--error-contains``: which rows of a run."""
+    for decorator in reversed(
+        (
+            click.option(
+                "--status",
+                "states",
+                type=click.Choice(STATES),
+                multiple=True,
+                help="Rows in this state (repeatable).",
+            ),
+            click.option("--http-status", type=int, metavar="CODE", help="Rows whose last answer had this status."),
+            click.option("--curl-error", type=int, metavar="N", help="Rows whose last attempt ended in curl error N."),
+            click.option("--error-contains", metavar="TEXT", help="Rows whose error contains TEXT (any case)."),
+        )
+    ):
+        command = decorator(command)
+    return command
+
+
+def row_filter(states, http_status, curl_error, error_contains, default_states) -> RowFilter:
+    """The filter the options name; ``default_states`` when no ``--status`` is given."""
+    return RowFilter(
+        states=tuple(states) or tuple(default_states),
+        http_status=http_status,
+        curl_error=curl_error,
+        error_contains=error_contains or None,
+    )
+
+
+def read_row_ids(handle) -> list[str]:
+    """Row ids from a file, one per line or a CSV's first column (an ``export`` file: its header
+    ``row_id`` is skipped)."""
+    ids = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+    return ids[1:] if ids[:1] == ["row_id"] else ids

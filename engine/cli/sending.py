@@ -6,14 +6,26 @@ import sys
 
 import click
 
-from engine.cli.options import broker_option, db_option, engine_errors, pool_options, run_default, seconds_option
+from engine.cli.options import (
+    broker_option,
+    db_option,
+    engine_errors,
+    pool_options,
+    read_row_ids,
+    row_filter,
+    row_filter_options,
+    run_default,
+    seconds_option,
+)
 from engine.config import RunSettings
+from engine.ledger.selection import Selection
 from engine.output.report import render
 from engine.request.inputs import FORMATS
 from engine.run.runner import RunResult
 from engine.run.runner import bill as bill_run
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
+from engine.states import FAILED, REJECTED, RETRYING, UNKNOWN
 
 
 @click.command()
@@ -209,6 +221,14 @@ def bill(
     is_flag=True,
     help="Also resend rows whose outcome is unknown (only after checking they were not applied).",
 )
+@row_filter_options
+@click.option(
+    "--rows",
+    "rows_file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help="Only rows whose id is listed in FILE (one per line; a CSV's first column).",
+)
 @db_option
 @broker_option
 @pool_options
@@ -217,6 +237,11 @@ def rerun(
     run_id,
     include_rejected,
     include_unknown,
+    states,
+    http_status,
+    curl_error,
+    error_contains,
+    rows_file,
     db,
     broker,
     busy_timeout,
@@ -228,17 +253,31 @@ def rerun(
 
     Sends rows that are pending (never sent, or in flight when a run was stopped or
     killed), retrying, or failed. The request settings are the ones stored with the run;
-    secrets are read again from the environment.
+    secrets are read again from the environment. With a filter (--status, --http-status,
+    --curl-error, --error-contains, --rows) it sends exactly the rows that match and did
+    not succeed (without --status: failed ones, plus rejected/unknown with their flags).
 
     \b
     Example:
         python -m engine rerun run-20261123-101500-ab12 --db engine.db
+        python -m engine rerun run-20261123-101500-ab12 --http-status 503
+        python -m engine rerun run-20261123-101500-ab12 --rows customers-to-retry.txt
     """
+    selection = None
+    if states or http_status is not None or curl_error is not None or error_contains or rows_file:
+        defaults = (
+            (FAILED, RETRYING) + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
+        )
+        selection = Selection(
+            row_filter(states, http_status, curl_error, error_contains, default_states=defaults),
+            tuple(read_row_ids(rows_file)) if rows_file else (),
+        )
     result = rerun_run(
         db=db,
         run_id=run_id,
         include_rejected=include_rejected,
         include_unknown=include_unknown,
+        selection=selection,
         log_file=log_file,
         quiet=quiet,
         **overrides,

@@ -21,6 +21,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 _ALLOW = (
     _NOW
     + """
+if redis.call('HGET', KEYS[1], 'held') == '1' then return 0 end
 local state = tonumber(redis.call('HGET', KEYS[1], 'state') or '0')
 if state == 0 then return 1 end
 local probe_at = tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0')
@@ -111,6 +112,13 @@ class SharedBreaker:
         state = int(self.link.call(lambda: self._record(keys=[self.key], args=args), 1))
         if state:
             self.closed_until = 0.0
+
+    def hold(self, held: bool) -> None:
+        """An operator's pause: every node waits (answer 0) until it is lifted."""
+        self.link.call(lambda: self.link.client.hset(self.key, "held", int(held)), None)
+
+    def held(self) -> bool:
+        return self.link.call(lambda: self.link.client.hget(self.key, "held"), None) in (b"1", "1")
 
     def is_open(self) -> bool:
         return int(self.link.call(lambda: self.link.client.hget(self.key, "state"), None) or 0) != 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import psycopg
@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from engine.errors import LedgerError, UsageError
 from engine.ledger.schema import postgres_schema
 from engine.ledger.sql import SQLStore
-from engine.ledger.store import EXPORT_COLUMNS, ledger_unavailable
+from engine.ledger.store import ledger_unavailable
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
 
@@ -110,6 +110,7 @@ class PostgresStore(SQLStore):
     # -- how PostgreSQL differs --------------------------------------------------
 
     PARAM = "%s"
+    LIKE = "ILIKE"
 
     def _transaction(self):
         return self.conn.transaction()
@@ -161,17 +162,6 @@ class PostgresStore(SQLStore):
             (quantiles, run_id),
         )
         return dict(zip(quantiles, values or [None] * len(quantiles), strict=True))
-
-    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
-        with self.conn.transaction(), self.conn.cursor(name="export") as cursor:  # server-side: streamed
-            cursor.execute(
-                "SELECT row_id, line, status, attempts, http_status, curl_error, error,"
-                " round(latency_ms::numeric, 3)::float8, idempotency_key FROM requests"
-                " WHERE run_id = %s AND status = ANY(%s) ORDER BY rid",
-                (run_id, list(states)),
-            )
-            for row in cursor:
-                yield dict(zip(EXPORT_COLUMNS, row, strict=True))
 
 
 def _first_line(err: Exception) -> str:

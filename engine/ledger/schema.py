@@ -23,6 +23,7 @@ RUN_COLUMNS = {
     "total": int,
     "not_before": float,
     "fingerprint": str,
+    "paused": int,
 }
 REQUEST_COLUMNS = {
     "rid": int,
@@ -100,6 +101,8 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     db.table("leases").create(LEASE_COLUMNS, pk="run_id", if_not_exists=True)
     if "fingerprint" not in db.table("runs").columns_dict:  # a ledger written by an older version
         db.table("runs").add_column("fingerprint", str)
+    if "paused" not in db.table("runs").columns_dict:
+        db.table("runs").add_column("paused", int)
     db.table("runs").create_index(["fingerprint"], if_not_exists=True)
     db.table("chunks").create(CHUNK_COLUMNS, pk="chunk_id", if_not_exists=True)
     db.table("chunks").create_index(["run_id", "state"], if_not_exists=True)
@@ -144,5 +147,6 @@ def postgres_schema() -> list[str]:
         "CREATE INDEX IF NOT EXISTS chunks_run_state ON chunks (run_id, state)",
         "ALTER TABLE requests ADD COLUMN IF NOT EXISTS chunk_id BIGINT",
         "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS refused BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS paused BIGINT",
         REQUESTS_BY_CHUNK,
     ]

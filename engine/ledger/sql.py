@@ -18,18 +18,20 @@ from typing import Any
 from engine.errors import LedgerError
 from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
-from engine.ledger.store import DuplicateRow, LeaseHeld, LeaseLost, Page, Store
+from engine.ledger.selection import RowFilter
+from engine.ledger.store import EXPORT_COLUMNS, FOUND_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
 from engine.states import (
     CHUNK_DEAD,
     CHUNK_DONE,
     CHUNK_QUEUED,
     CHUNK_RETIRED,
     CHUNK_RUNNING,
+    SELECTED,
     STATES,
     SUCCEEDED,
     UNKNOWN,
 )
-from engine.wire import Dispatch
+from engine.wire import Attempt, Dispatch
 
 
 class SQLStore(Store):
@@ -37,6 +39,8 @@ class SQLStore(Store):
 
     #: The database's placeholder for ``?`` in the statements below.
     PARAM = "?"
+    #: The store's case-insensitive LIKE.
+    LIKE = "LIKE"
     conn: Any
 
     @abstractmethod
@@ -435,3 +439,81 @@ class SQLStore(Store):
                 (run_id,),
             ).fetchall()
         )
+
+    # -- operators: triage, selective replay, pause ----------------------------------
+
+    def find_rows(self, run_id: str, rows: RowFilter, after_rid: int = 0, limit: int = 100) -> list[dict]:
+        where, params = rows.where(self.LIKE)
+        found = self._run(
+            f"SELECT rid, {', '.join(EXPORT_COLUMNS)}, payload,"
+            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1)"
+            f" FROM requests WHERE run_id = ? AND rid > ? AND {where} ORDER BY rid LIMIT ?",
+            (run_id, after_rid, *params, limit),
+        ).fetchall()
+        return [_found(dict(zip(FOUND_COLUMNS, row, strict=True))) for row in found]
+
+    def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
+        where, params = rows.where(self.LIKE)
+        update = f"UPDATE requests SET status = '{SELECTED}' WHERE run_id = ? AND status <> '{SUCCEEDED}' AND {where}"
+        ids = list(row_ids)
+        with self._transaction():
+            if not ids:
+                return self._run(update, (run_id, *params)).rowcount
+            selected = 0
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                selected += self._run(
+                    f"{update} AND row_id IN ({', '.join('?' for _ in batch)})", (run_id, *params, *batch)
+                ).rowcount
+            return selected
+
+    def row_attempts(self, rid: int) -> list[dict]:
+        cursor = self._run(f"SELECT {', '.join(Attempt._fields)} FROM attempts WHERE rid = ? ORDER BY attempt", (rid,))
+        return [dict(zip(Attempt._fields, row, strict=True)) for row in cursor.fetchall()]
+
+    def set_paused(self, run_id: str, paused: bool) -> None:
+        self.get_run(run_id)  # an unknown run is said, not ignored
+        with self._transaction():
+            self._run("UPDATE runs SET paused = ? WHERE run_id = ?", (int(paused), run_id))
+
+    def is_paused(self, run_id: str) -> bool:
+        return bool(self._value("SELECT coalesce(max(paused), 0) FROM runs WHERE run_id = ?", (run_id,)))
+
+    def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
+        buckets = [f"sum(CASE WHEN latency_ms < {edges[0]} THEN 1 ELSE 0 END)"]
+        buckets += [
+            f"sum(CASE WHEN latency_ms >= {low} AND latency_ms < {high} THEN 1 ELSE 0 END)"
+            for low, high in zip(edges, edges[1:], strict=False)
+        ]
+        buckets.append(f"sum(CASE WHEN latency_ms >= {edges[-1]} THEN 1 ELSE 0 END)")
+        row = self._run(
+            f"SELECT {', '.join(buckets)} FROM requests WHERE run_id = ? AND http_status IS NOT NULL", (run_id,)
+        ).fetchone()
+        return [int(n or 0) for n in row]
+
+    def attempts_per_second(self, run_id: str, since: float, bucket: float) -> list[tuple[float, int]]:
+        low, high = self._run("SELECT min(rid), max(rid) FROM requests WHERE run_id = ?", (run_id,)).fetchone()
+        if low is None:
+            return []
+        # a run's rows are loaded together: their rids are one range, and attempts are keyed by rid
+        cursor = self._run(
+            "SELECT CAST((started_at - ?) / ? AS INTEGER), count(*) FROM attempts"
+            " WHERE rid BETWEEN ? AND ? AND started_at >= ? GROUP BY 1 ORDER BY 1",
+            (since, bucket, low, high, since),
+        )
+        return [(since + index * bucket, count) for index, count in cursor.fetchall()]
+
+    def error_counts(self, run_id: str) -> dict[str, int]:
+        return dict(
+            self._run(
+                "SELECT error, count(*) FROM requests WHERE run_id = ? AND status <> ? AND error IS NOT NULL"
+                " GROUP BY error ORDER BY 2 DESC LIMIT 20",
+                (run_id, SUCCEEDED),
+            ).fetchall()
+        )
+
+
+def _found(row: dict) -> dict:
+    if row["latency_ms"] is not None:
+        row["latency_ms"] = round(row["latency_ms"], 3)
+    return row

@@ -16,7 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import closing, contextmanager
 
 import sqlite_utils
@@ -24,7 +24,7 @@ import sqlite_utils
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.schema import create_sqlite_schema
 from engine.ledger.sql import SQLStore
-from engine.ledger.store import EXPORT_COLUMNS, ledger_unavailable, nearest_ranks
+from engine.ledger.store import ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
 
@@ -174,14 +174,3 @@ class SQLiteStore(SQLStore):
         count = self._value(f"SELECT count(*) {where}", (run_id,))
         with closing(self.conn.execute(f"SELECT latency_ms {where} ORDER BY latency_ms", (run_id,))) as rows:
             return nearest_ranks((value for (value,) in rows), count, quantiles)
-
-    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
-        membership, state_params = self._in(states)
-        cursor = self.conn.execute(
-            "SELECT row_id, line, status, attempts, http_status, curl_error, error, round(latency_ms, 3),"
-            f" idempotency_key FROM requests WHERE run_id = ? AND status {membership} ORDER BY rid",
-            (run_id, *state_params),
-        )
-        with closing(cursor):
-            for row in cursor:
-                yield dict(zip(EXPORT_COLUMNS, row, strict=True))

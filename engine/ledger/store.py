@@ -20,9 +20,12 @@ from typing import NamedTuple
 
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.lease import Hold, Holder
+from engine.ledger.selection import RowFilter
 from engine.wire import Dispatch
 
-#: The columns :meth:`Store.iter_rows` yields, in order (an export's header, even when no row matches).
+#: Rows read at a time by :meth:`Store.iter_rows`.
+EXPORT_PAGE = 2000
+#: A row's outcome as ``export`` and the dashboard show it (an export's header, even when no row matches).
 EXPORT_COLUMNS = (
     "row_id",
     "line",
@@ -267,9 +270,59 @@ class Store(ABC):
     def status_counts(self, run_id: str) -> dict[str, int]:
         """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
 
+    def iter_rows(self, run_id: str, rows: RowFilter | Iterable[str]) -> Iterator[dict]:
+        """Every row matching ``rows`` (a filter, or the states to take), in input order, as dicts of
+        :data:`FOUND_COLUMNS`: read in pages, so memory stays flat on a run of millions."""
+        if not isinstance(rows, RowFilter):
+            rows = RowFilter(states=tuple(rows))
+        after = 0
+        while page := self.find_rows(run_id, rows, after_rid=after, limit=EXPORT_PAGE):
+            yield from page
+            after = page[-1]["rid"]
+
+    # -- operators: triage, selective replay, pause ----------------------------------
+
     @abstractmethod
-    def iter_rows(self, run_id: str, states: Iterable[str]) -> Iterator[dict]:
-        """The run's rows in ``states``, in input order, as dicts of :data:`EXPORT_COLUMNS`."""
+    def find_rows(self, run_id: str, rows: RowFilter, after_rid: int = 0, limit: int = 100) -> list[dict]:
+        """Up to ``limit`` rows matching ``rows`` with ``rid`` above ``after_rid``, in rid order (keyset
+        paging: stable while the run goes on), as dicts of :data:`FOUND_COLUMNS`."""
+
+    @abstractmethod
+    def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
+        """Mark the rows matching ``rows`` (and, if given, whose id is in ``row_ids``) ``selected``
+        for the next pass; a row that succeeded is never selected. Returns how many."""
+
+    @abstractmethod
+    def row_attempts(self, rid: int) -> list[dict]:
+        """Every attempt of one row, in order."""
+
+    @abstractmethod
+    def set_paused(self, run_id: str, paused: bool) -> None:
+        """Ask the run's pass to stop starting requests (in-flight ones finish), or to go on."""
+
+    @abstractmethod
+    def is_paused(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
+        """Attempts with an HTTP answer per latency bucket (ms): ``< edges[0]``, ..., ``>= edges[-1]``."""
+
+    @abstractmethod
+    def attempts_per_second(self, run_id: str, since: float, bucket: float) -> list[tuple[float, int]]:
+        """Attempts started per ``bucket`` seconds from ``since``: (bucket start, count), oldest first."""
+
+    @abstractmethod
+    def error_counts(self, run_id: str) -> dict[str, int]:
+        """Attempts per curl error number (``curl:N``) and per last error text of rows not succeeded."""
+
+
+#: What :meth:`Store.find_rows` gives for each row.
+FOUND_COLUMNS = (
+    "rid",
+    *EXPORT_COLUMNS,
+    "payload",
+    "excerpt",
+)
 
 
 def ledger_unavailable(location: str, why: str) -> LedgerUnavailable:

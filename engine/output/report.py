@@ -13,6 +13,7 @@ from engine.states import (
     PENDING,
     REJECTED,
     RETRYING,
+    SELECTED,
     SUCCEEDED,
     UNKNOWN,
 )
@@ -35,7 +36,7 @@ def summarize(ledger: Store, run_id: str) -> dict:
         "failed": counts[FAILED],
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
-        "pending": counts[PENDING] + counts[RETRYING] + counts.get(IN_FLIGHT, 0),
+        "pending": counts[PENDING] + counts[RETRYING] + counts.get(IN_FLIGHT, 0) + counts[SELECTED],
         "attempts": attempts,
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(attempts / elapsed, 1) if elapsed > 0 else 0.0,
@@ -111,7 +112,7 @@ def runs_table(runs: list[dict]) -> str:
             r[FAILED],
             r[REJECTED],
             r[UNKNOWN],
-            r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0),
+            r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0) + r[SELECTED],
         )
         for r in runs
     ]

@@ -22,7 +22,7 @@ from engine.ledger.store import ledger_unavailable
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.run.passes import DRAIN_GRACE, PassTally
-from engine.run.pause import PauseClock
+from engine.run.pause import OperatorPause, PauseClock
 from engine.run.signals import StopRequest
 from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
@@ -63,6 +63,7 @@ class BrokerPass:
         self.told_nodes = False
         self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
         self.pause = PauseClock(settings.max_pause)
+        self.operator = OperatorPause(ledger, run_id)
         self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
         self.attempts_before = 0
         self.hold = hold
@@ -116,6 +117,7 @@ class BrokerPass:
             return True
         self._watch_outage()
         self._watch_broker()
+        self._watch_operator()
         if self.stop_at is None:
             for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, self.silent_for):
                 self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
@@ -125,6 +127,11 @@ class BrokerPass:
             self.ledger.renew_lease(self.run_id, self.holder)
             self.beat = time.monotonic()
         return False
+
+    def _watch_operator(self) -> None:
+        """An operator's pause reaches every node through the pass's breaker in Redis."""
+        if self.operator.check(self._say) != self.breaker.held():
+            self.breaker.hold(self.operator.paused)
 
     def _ledger_back(self) -> bool:
         """The ledger's server went away (restarted): the nodes keep their results until it is back;

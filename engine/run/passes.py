@@ -21,7 +21,7 @@ from engine.ledger import Page, Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
 from engine.output.events import EventLog
 from engine.output.progress import Progress
-from engine.run.pause import PauseClock
+from engine.run.pause import OperatorPause, PauseClock
 from engine.run.signals import StopRequest
 from engine.states import RETRYING, SUCCEEDED, UNKNOWN
 from engine.wire import ATTEMPT, OUTCOME, RID, Attempt, Dispatch, attempt_record
@@ -105,6 +105,7 @@ class Pass:
         self.gave_up: str | None = None  # why the pass ended before every row was final
         self.clean = False
         self.pause = PauseClock(settings.max_pause)
+        self.operator = OperatorPause(ledger, run_id)
         self.deaths = 0
         self.lost_at = -float("inf")  # when a worker last died with rows that may be in flight
         self.unwritten: list[tuple] = []
@@ -129,6 +130,8 @@ class Pass:
             self._watch_outage()
             self._watch_workers()
             self._renew_lease()
+            if not self.operator.check(self._say):
+                self._serve_hungry()  # what an operator's pause held back
         else:
             self.backend.stop(timeout=5)
             self.clean = True
@@ -251,6 +254,8 @@ class Pass:
         self.backend.replace(index)
 
     def _serve_hungry(self) -> None:
+        if self.operator.paused:
+            return
         window = self.settings.workers * self.settings.concurrency
         for index, (want, free) in list(self.hungry.items()):
             count = want if self.left > window else free

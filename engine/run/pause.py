@@ -1,9 +1,12 @@
-"""The outage pause as a pass sees it: when it began and ended, and how long it lasted in all."""
+"""Pauses as a pass sees them: the outage pause (when it began and ended, how long in all) and an
+operator's pause."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from engine.ledger import Store
 
 #: ``say(note, event, **fields)``: a progress note and an event-log line.
 Say = Callable[..., None]
@@ -36,3 +39,29 @@ class PauseClock:
             say("giving up: paused longer than --max-pause", "give_up", reason=self.gave_up)
             return self.gave_up
         return None
+
+
+class OperatorPause:
+    """``engine pause RUN`` (or the dashboard's button) as a running pass sees it: the run's flag in
+    the ledger, read at most every :attr:`LOOK_EVERY` seconds. While it is set the pass starts
+    nothing new; what is in flight finishes and is recorded."""
+
+    LOOK_EVERY = 0.5
+
+    def __init__(self, ledger: Store, run_id: str):
+        self.ledger, self.run_id = ledger, run_id
+        self.paused = False
+        self.looked_at = float("-inf")
+
+    def check(self, say: Say) -> bool:
+        """Whether the run is paused now; ``say(note, event)`` when that changes."""
+        if time.monotonic() - self.looked_at >= self.LOOK_EVERY:
+            self.looked_at = time.monotonic()
+            paused = self.ledger.is_paused(self.run_id)
+            if paused != self.paused:
+                self.paused = paused
+                if paused:
+                    say("paused by an operator: in-flight requests finish, nothing new starts", "operator_pause")
+                else:
+                    say("resumed by an operator", "operator_resume")
+        return self.paused

@@ -25,6 +25,7 @@ from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
+from engine.ledger.selection import Selection
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
 from engine.output.progress import Progress
@@ -35,7 +36,7 @@ from engine.request.template import CompiledRequest
 from engine.run.loading import load_rows
 from engine.run.passes import Pass, PassTally, rerun_command
 from engine.run.signals import StopRequest, sigterm_interrupts
-from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, UNKNOWN
+from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, SELECTED, UNKNOWN
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
@@ -183,13 +184,15 @@ def rerun(
     run_id: str,
     include_rejected: bool = False,
     include_unknown: bool = False,
+    selection: Selection | None = None,
     log_file: str | None = None,
     quiet: bool = False,
     busy_timeout: float = BUSY_TIMEOUT,
     broker: str | None = None,
     **overrides,
 ) -> RunResult:
-    """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES)."""
+    """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES), or
+    exactly the rows of ``selection``."""
     with (
         open_store(db, create=False, busy_timeout=busy_timeout) as ledger,
         ledger.recording(),
@@ -204,9 +207,12 @@ def rerun(
         settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         _check_broker(broker, db, settings)
         states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
+        if selection is not None:
+            states = (SELECTED,)
         events.emit("rerun_start", run_id=run_id, states=list(states))
         spec = settings.request_spec()
-        return _send_pass(PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker))
+        plan = PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker, selection)
+        return _send_pass(plan)
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,8 @@ class PassPlan:
     quiet: bool
     #: The Celery broker worker nodes take chunks from; None: the local process pool sends.
     broker: str | None = None
+    #: The rows an operator chose to send (marked ``selected`` once the pass holds the run).
+    selection: Selection | None = None
 
 
 def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
@@ -234,6 +242,9 @@ def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
     clean = False
     try:
         _settle_in_flight(ledger, run_id, plan.settings, hold, plan.events)
+        if plan.selection is not None:
+            chosen = ledger.select_rows(run_id, plan.selection.rows, plan.selection.row_ids)
+            plan.events.emit("selected", run_id=run_id, rows=chosen, filter=plan.selection.rows.describe())
         sender, interrupted = _run_pass(plan, backend, holder, hold)
         clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
     finally:
