@@ -1,0 +1,1 @@
+"""The operators' web dashboard: runs, a run live, its failures, actions and Prometheus metrics."""

@@ -1,0 +1,31 @@
+// The run page, live: counts every second, charts every 3 s. Nothing else; no library.
+(function () {
+  const live = document.getElementById("live");
+  if (!live) return;
+  const run = live.dataset.run;
+  const set = (id, value) => { const el = document.getElementById(id); if (el) el.textContent = value; };
+  async function refresh() {
+    try {
+      const r = await fetch(`/runs/${encodeURIComponent(run)}/live.json`, {cache: "no-store"});
+      if (!r.ok) return;
+      const s = await r.json();
+      for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "pending", "attempts"]) set(k, s[k]);
+      for (const q of ["p50", "p95", "p99"]) set(q, s.latency_ms[q] ?? "-");
+      set("rate", Math.round(s.recent_rate));
+      set("eta", s.eta_s ?? "-");
+      document.getElementById("bar").value = s.progress;
+      document.getElementById("paused").hidden = !s.paused;
+      document.getElementById("rerun").hidden = !s.rerun_running;
+    } catch (e) { /* the next tick tries again */ }
+  }
+  const charts = document.getElementById("charts");
+  async function redraw() {
+    try {
+      const r = await fetch(charts.dataset.src, {cache: "no-store"});
+      if (r.ok) charts.innerHTML = await r.text();
+    } catch (e) { /* the next tick tries again */ }
+  }
+  setInterval(refresh, 1000);
+  setInterval(redraw, 3000);
+  redraw();
+})();
