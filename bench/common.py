@@ -233,3 +233,13 @@ def worker_nodes(count: int, db: str, *extra):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait()
+
+
+def bill_through_nodes(csv_path: str, url: str, db: str, run_id: str, *extra) -> float:
+    """``bill`` of ``csv_path`` through the nodes on :data:`BENCH_BROKER`; its wall time (s)."""
+    started = time.monotonic()
+    done = engine(
+        "bill", csv_path, "--url", url, "--db", db, "--broker", BENCH_BROKER, "--run-id", run_id, *extra, "--quiet"
+    )
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - started

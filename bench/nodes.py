@@ -19,14 +19,13 @@ import bisect
 import os
 import sys
 import tempfile
-import time
 
 import psycopg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import BENCH_BROKER, engine, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
+from common import bill_through_nodes, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
 
 from engine.mock.process import MockProcess  # noqa: E402
 
@@ -34,26 +33,9 @@ from engine.mock.process import MockProcess  # noqa: E402
 def run_one(rows: int, window: int, chunks_in_flight: int, csv_path: str) -> dict:
     with fresh_postgres() as db, worker_nodes(1, db, "--chunks-in-flight", chunks_in_flight):
         with MockProcess(latency=1.55, jitter=1.45) as api:
-            started = time.monotonic()
-            done = engine(
-                "bill",
-                csv_path,
-                "--url",
-                api.charge_url(),
-                "--db",
-                db,
-                "--broker",
-                BENCH_BROKER,
-                "--run-id",
-                "w",
-                "--chunks",
-                "100",
-                "--concurrency",
-                window // chunks_in_flight,
-                "--quiet",
+            wall = bill_through_nodes(
+                csv_path, api.charge_url(), db, "w", "--chunks", 100, "--concurrency", window // chunks_in_flight
             )
-            assert done.returncode == 0, done.stderr
-            wall = time.monotonic() - started
         with psycopg.connect(db) as conn:
             spans = conn.execute("SELECT started_at, started_at + duration_ms / 1000.0 FROM attempts").fetchall()
             last = conn.execute("SELECT max(started_at) FROM attempts").fetchone()[0]

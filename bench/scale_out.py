@@ -22,12 +22,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import BENCH_BROKER, engine, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
+from common import bill_through_nodes, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
 from ledger_cost import ledger_cost  # noqa: E402
 
 from engine.mock.process import MockProcess  # noqa: E402
@@ -38,25 +37,8 @@ LATENCY = 0.5
 def run_on(nodes: int, rows: int, csv_path: str, concurrency: int, chunks_in_flight: int) -> dict:
     with fresh_postgres() as db, worker_nodes(nodes, db, "--chunks-in-flight", chunks_in_flight):
         with MockProcess(latency=LATENCY) as api:
-            started = time.monotonic()
-            done = engine(
-                "bill",
-                csv_path,
-                "--url",
-                api.charge_url(),
-                "--db",
-                db,
-                "--broker",
-                BENCH_BROKER,
-                "--run-id",
-                "scale",
-                "--concurrency",
-                concurrency,
-                "--quiet",
-            )
-            wall = time.monotonic() - started
+            wall = bill_through_nodes(csv_path, api.charge_url(), db, "scale", "--concurrency", concurrency)
             stats = api.stats()
-    assert done.returncode == 0, done.stderr
     assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0, stats
     return {"nodes": nodes, "wall_s": round(wall, 2), "requests_per_s": round(stats["requests"] / wall, 1)}
 

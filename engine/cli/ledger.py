@@ -53,8 +53,7 @@ def pause(run_id, db):
     Example:
         python -m engine pause run-20261123-101500-ab12 --db engine.db
     """
-    with open_store(db, create=False) as ledger:
-        ledger.set_paused(run_id, True)
+    _flag_paused(run_id, db, True)
     click.echo(f"run {run_id} paused; resume it with: python -m engine resume {run_id} --db {db}")
 
 
@@ -69,9 +68,13 @@ def resume(run_id, db):
     Example:
         python -m engine resume run-20261123-101500-ab12 --db engine.db
     """
-    with open_store(db, create=False) as ledger:
-        ledger.set_paused(run_id, False)
+    _flag_paused(run_id, db, False)
     click.echo(f"run {run_id} resumed")
+
+
+def _flag_paused(run_id: str, db: str, paused: bool) -> None:
+    with open_store(db, create=False) as ledger:
+        ledger.set_paused(run_id, paused)
 
 
 @click.command()

@@ -21,11 +21,10 @@ from engine.config import RunSettings
 from engine.ledger.selection import Selection
 from engine.output.report import render
 from engine.request.inputs import FORMATS
-from engine.run.runner import RunResult
+from engine.run.runner import RunResult, resend_states
 from engine.run.runner import bill as bill_run
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
-from engine.states import FAILED, REJECTED, RETRYING, UNKNOWN
 
 
 @click.command()
@@ -255,7 +254,7 @@ def rerun(
     killed), retrying, or failed. The request settings are the ones stored with the run;
     secrets are read again from the environment. With a filter (--status, --http-status,
     --curl-error, --error-contains, --rows) it sends exactly the rows that match and did
-    not succeed (without --status: failed ones, plus rejected/unknown with their flags).
+    not succeed (without --status: among the rows a plain rerun would send).
 
     \b
     Example:
@@ -265,11 +264,14 @@ def rerun(
     """
     selection = None
     if states or http_status is not None or curl_error is not None or error_contains or rows_file:
-        defaults = (
-            (FAILED, RETRYING) + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
-        )
         selection = Selection(
-            row_filter(states, http_status, curl_error, error_contains, default_states=defaults),
+            row_filter(
+                states,
+                http_status,
+                curl_error,
+                error_contains,
+                default_states=resend_states(include_rejected, include_unknown),
+            ),
             tuple(read_row_ids(rows_file)) if rows_file else (),
         )
     result = rerun_run(

@@ -78,7 +78,3 @@ class Reruns:
     def active(self, run_id: str) -> bool:
         process = self.running.get(run_id)
         return process is not None and process.poll() is None
-
-    def close(self) -> None:
-        """The dashboard stops: reruns it started go on (they hold the run's lease and finish it)."""
-        self.running.clear()

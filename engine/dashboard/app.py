@@ -130,7 +130,6 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
         ],
         exception_handlers={LedgerError: _ledger_error},
     )
-    app.state.reruns = reruns
     return app
 
 
@@ -178,7 +177,7 @@ def _charts(store: Store, run_id: str) -> str:
 
 def _filter(params) -> RowFilter:
     """The failure filter a query string or a form names (no state: every state but succeeded)."""
-    states = tuple(s for s in params.getlist("status") if s in STATES) if hasattr(params, "getlist") else ()
+    states = tuple(s for s in params.getlist("status") if s in STATES)
     return RowFilter(
         states=states or NOT_SUCCEEDED,
         http_status=_int(params.get("http_status")),

@@ -36,7 +36,7 @@ def summarize(ledger: Store, run_id: str) -> dict:
         "failed": counts[FAILED],
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
-        "pending": counts[PENDING] + counts[RETRYING] + counts.get(IN_FLIGHT, 0) + counts[SELECTED],
+        "pending": not_yet_sent(counts),
         "attempts": attempts,
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(attempts / elapsed, 1) if elapsed > 0 else 0.0,
@@ -46,6 +46,11 @@ def summarize(ledger: Store, run_id: str) -> dict:
         "top_error": _top_error(ledger, run_id),
         "chunks": ledger.chunk_summary(run_id),
     }
+
+
+def not_yet_sent(counts: dict[str, int]) -> int:
+    """Rows that will still be sent: never sent, waiting for a retry, handed out, or chosen again."""
+    return counts[PENDING] + counts[RETRYING] + counts.get(IN_FLIGHT, 0) + counts[SELECTED]
 
 
 def _top_error(ledger: Store, run_id: str) -> dict | None:
@@ -112,7 +117,7 @@ def runs_table(runs: list[dict]) -> str:
             r[FAILED],
             r[REJECTED],
             r[UNKNOWN],
-            r[PENDING] + r[RETRYING] + r.get(IN_FLIGHT, 0) + r[SELECTED],
+            not_yet_sent(r),
         )
         for r in runs
     ]

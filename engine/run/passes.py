@@ -130,8 +130,9 @@ class Pass:
             self._watch_outage()
             self._watch_workers()
             self._renew_lease()
-            if not self.operator.check(self._say):
-                self._serve_hungry()  # what an operator's pause held back
+            was_paused = self.operator.paused
+            if not self.operator.check(self._say) and was_paused:
+                self._serve_hungry()  # the workers an operator's pause held back
         else:
             self.backend.stop(timeout=5)
             self.clean = True

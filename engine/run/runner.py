@@ -206,13 +206,16 @@ def rerun(
             )
         settings = fit_open_files(RunSettings.from_dict(run["options"], **overrides))
         _check_broker(broker, db, settings)
-        states = RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
-        if selection is not None:
-            states = (SELECTED,)
+        states = (SELECTED,) if selection is not None else resend_states(include_rejected, include_unknown)
         events.emit("rerun_start", run_id=run_id, states=list(states))
         spec = settings.request_spec()
         plan = PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker, selection)
         return _send_pass(plan)
+
+
+def resend_states(include_rejected: bool = False, include_unknown: bool = False) -> tuple[str, ...]:
+    """The states a rerun sends again: :data:`RESEND_STATES`, and rejected/unknown rows if asked."""
+    return RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
 
 
 @dataclass(frozen=True)
