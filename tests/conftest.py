@@ -137,15 +137,27 @@ def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
     return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def _proc_read(path: Path) -> bytes:
+    """A /proc file's bytes, or nothing if its process or thread has just exited."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def children(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    for task in tasks:
+        found += [int(c) for c in _proc_read(task / "children").split()]
     return found
 
 
 def worker_pids(pid: int) -> list[int]:
-    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [c for c in children(pid) if b"spawn_main" in _proc_read(Path(f"/proc/{c}/cmdline"))]
 
 
 def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import redis
-from conftest import ENGINE, POSTGRES_ADMIN, children, run_engine, wait_for_charges
+from conftest import ENGINE, POSTGRES_ADMIN, run_engine, wait_for_charges
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -130,11 +130,6 @@ def kill_tree(node: subprocess.Popen) -> None:
     node.wait(10)
 
 
-def pool_processes(node: subprocess.Popen) -> list[int]:
-    """The Celery pool processes of a node (its main process's children)."""
-    return children(node.pid)
-
-
 def bill_args(csv_path: str, api: MockProcess, db: str, broker: str, run_id: str) -> tuple:
     """``bill`` of ``csv_path`` to the mock API through the broker's nodes, into ``db``."""
     return ("bill", csv_path, "--url", api.charge_url(), "--db", db, "--broker", broker, "--run-id", run_id)
@@ -168,50 +163,52 @@ def test_three_nodes_send_every_chunk_once_through_faults(customers, postgres_ur
 def test_a_node_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
     customers, postgres_url, broker, nodes, start_engine
 ):
-    rows = 2000
     first, _ = nodes(2, "--visibility-timeout", 20)
-    with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
-        coordinator = start_engine(
-            *bill_args(customers(rows), api, postgres_url, broker, "k9"),
-            "--timeout",
-            3,
-            "--stall-timeout",
-            2,
-            "--quiet",
-        )
-        wait_for_charges(api, 200)
-        kill_tree(first)  # the whole node: its chunks in flight are neither recorded nor acked
-        out, err = coordinator.communicate(timeout=150)
-        assert coordinator.returncode == 0, err
-        assert charged_once(api, rows)
-        assert "sent again after a node went silent" in out
-    with open_store(postgres_url) as ledger:
-        assert ledger.counts("k9")["succeeded"] == rows
-        assert ledger.chunk_summary("k9")["resent"] >= 1  # the redelivery is in the ledger and the summary
+    # the whole node: its chunks in flight are neither recorded nor acked
+    out = _kill_mid_run(customers, postgres_url, broker, start_engine, "k9", lambda: kill_tree(first))
+    assert "sent again after a node went silent" in out
 
 
 def test_a_pool_process_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
     customers, postgres_url, broker, nodes, start_engine
 ):
+    nodes(1)
+    # Celery starts another; the chunk goes back to the queue
+    _kill_mid_run(
+        customers, postgres_url, broker, start_engine, "child",
+        lambda: os.kill(sending_process(postgres_url, "child"), signal.SIGKILL),
+    )  # fmt: skip
+
+
+def sending_process(db: str, run_id: str) -> int:
+    """The pool process sending the run's most recently claimed chunk: the one with the most left to send
+    (any pool process might be between chunks, and its death would lose nothing to resend)."""
+    with open_store(db) as ledger:
+        (node,) = ledger.conn.execute(
+            "SELECT node FROM chunks WHERE run_id = %s AND state = 'running' ORDER BY heartbeat_at DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+    return int(node.rsplit(":", 1)[1])  # host:node pid:pool process pid
+
+
+def _kill_mid_run(customers, postgres_url, broker, start_engine, run_id: str, kill) -> str:
+    """Bill 2,000 rows through the nodes, ``kill()`` once 200 are charged; everyone is charged once, and
+    the redelivery is in the ledger and the summary. The coordinator's output."""
     rows = 2000
-    (node,) = nodes(1)
-    with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
+    with MockProcess(latency=0.6, jitter=0.1, lock_keys=False) as api:  # a chunk is in flight ≥ 0.5 s
         coordinator = start_engine(
-            *bill_args(customers(rows), api, postgres_url, broker, "child"),
-            "--timeout",
-            3,
-            "--stall-timeout",
-            2,
+            *bill_args(customers(rows), api, postgres_url, broker, run_id), "--timeout", 3, "--stall-timeout", 2,
             "--quiet",
-        )
+        )  # fmt: skip
         wait_for_charges(api, 200)
-        os.kill(pool_processes(node)[0], signal.SIGKILL)  # Celery starts another; the chunk goes back to the queue
+        kill()
         out, err = coordinator.communicate(timeout=150)
         assert coordinator.returncode == 0, err
         assert charged_once(api, rows)
     with open_store(postgres_url) as ledger:
-        assert ledger.counts("child")["succeeded"] == rows
-        assert ledger.chunk_summary("child")["resent"] >= 1
+        assert ledger.counts(run_id)["succeeded"] == rows
+        assert ledger.chunk_summary(run_id)["resent"] >= 1
+    return out
 
 
 def test_a_visibility_timeout_shorter_than_a_chunk_sends_nothing_twice(customers, postgres_url, broker, nodes):
