@@ -44,6 +44,10 @@ class LedgerError(EngineError):
     """The ledger file cannot be used, or does not hold what was asked for."""
 
 
+class UnknownRun(LedgerError):
+    """The ledger holds no run of that id."""
+
+
 class LedgerUnavailable(LedgerError):
     """The ledger (or the log beside it) cannot record now: nothing more is sent until it can."""
 

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from engine.dashboard.actions import Guard
 from engine.dashboard.app import make_app
+from engine.dashboard.figures import LIVE_EVERY, Figures
 from engine.ledger import open_store
 from engine.ledger.selection import RowFilter
 from engine.mock.process import MockProcess
@@ -51,7 +52,9 @@ def test_every_page_shows_the_run(ledger):
     assert run_page.status_code == 200 and "rerun failed" in run_page.text
     live = web.get("/runs/f/live.json").json()
     assert live["total"] == 300 and live["succeeded"] + live["failed"] == 300 and live["progress"] == 1.0
-    assert "<svg" in web.get("/runs/f/charts").text
+    charts = web.get("/runs/f/charts").text
+    assert "<svg" in charts and re.search(r"<tr><td>1</td><td>\d{4}-\d\d-\d\d ", charts)  # pass 1, finished
+    assert "running" not in charts
     failures = web.get("/runs/f/failures").text
     first_failed = re.search(r'/runs/f/rows/(cus_\d+)"', failures).group(1)
     row_page = html.unescape(web.get(f"/runs/f/rows/{first_failed}").text)
@@ -126,8 +129,45 @@ def test_rerun_of_the_filtered_rows_replays_exactly_them(ledger, api):
 
 
 def test_metrics_in_the_prometheus_format(ledger):
-    text = client(ledger).get("/metrics").text
+    web = client(ledger)
+    text = web.get("/metrics").text
     assert re.search(r'batch_engine_rows\{run="f",status="succeeded"\} \d+', text)
+    for _ in range(50):  # latency and answers are read in the background: a later scrape has them
+        time.sleep(0.1)
+        text = web.get("/metrics").text
+        if "batch_engine_attempts_total{" in text:
+            break
     assert 'batch_engine_attempts_total{outcome="503",run="f"}' in text
     assert 'batch_engine_latency_milliseconds_bucket{le="+Inf",run="f"}' in text
     assert 'batch_engine_paused{run="f"} 0.0' in text
+
+
+def test_every_page_shares_one_read_of_a_run_at_most_once_a_second(ledger):
+    opened = []
+
+    def counting_ledger():
+        opened.append(time.monotonic())
+        return open_store(ledger, create=False)
+
+    figures = Figures(counting_ledger)
+    first = figures.live("f")
+    assert all(figures.live("f") == first for _ in range(20))  # twenty pages, one read
+    assert len(opened) == 1 and first["succeeded"] + first["failed"] == 300
+    time.sleep(LIVE_EVERY)
+    figures.live("f")
+    assert len(opened) == 2
+
+
+def test_every_page_reads_a_postgresql_ledger(api, customers, postgres_url):
+    result = run_engine(
+        "bill", customers(120), "--url", api.charge_url(), "--db", postgres_url, "--run-id", "pg", "--max-attempts", 1
+    )
+    assert result.returncode == 1, result.stderr
+    web = client(postgres_url)
+    live = web.get("/runs/pg/live.json").json()
+    assert live["total"] == 120 and live["succeeded"] + live["failed"] == 120 and live["failed"] > 0
+    for page in ("/", "/runs/pg", "/runs/pg/charts", "/runs/pg/failures?status=failed&http_status=503", "/metrics"):
+        assert web.get(page).status_code == 200, page
+    failed = re.findall(r'/runs/pg/rows/(cus_\d+)"', web.get("/runs/pg/failures").text)
+    assert len(failed) == min(10, live["failed"])
+    assert web.get(f"/runs/pg/rows/{failed[0]}").status_code == 200

@@ -23,6 +23,7 @@ from conftest import (
     worker_pids,
 )
 
+from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
 
@@ -73,7 +74,7 @@ def test_every_fault_at_once(customers, db):
 
 
 def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_path):
-    rows, outage_at, outage_for = 20_000, 3.0, 20.0
+    rows, outage_at, outage_for = 20_000, 3.0, 8.0
     log = tmp_path / "events.jsonl"
     mock_started = time.time()
     with MockProcess(latency=0.05, outage_at=outage_at, outage_for=outage_for) as api:
@@ -100,6 +101,10 @@ def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_p
     flips = [event for event in events if event["event"] in ("pause", "resume")]
     assert [event["event"] for event in flips] == ["pause", "resume"]  # no flapping on late answers
     assert flips[1]["time"] - (mock_started + outage_at + outage_for) < 3.5  # resumed soon after recovery
+    with open_store(db) as store:  # the same period, as the dashboard shows it
+        (pause,) = store.passes("down")[0]["pauses"]
+    assert pause["reason"] == "endpoint down"
+    assert abs(pause["started_at"] - flips[0]["time"]) < 1 and abs(pause["ended_at"] - flips[1]["time"]) < 1
 
 
 def test_kill_coordinator_then_rerun(customers, db, start_engine):
@@ -114,6 +119,8 @@ def test_kill_coordinator_then_rerun(customers, db, start_engine):
             db,
             "--run-id",
             "k9",
+            "--timeout",  # how long a dead sender's rows wait before they go out again
+            5,
             "--workers",
             2,
             "--concurrency",
@@ -126,6 +133,7 @@ def test_kill_coordinator_then_rerun(customers, db, start_engine):
         engine.wait(10)
         wait_gone(workers)
         assert 0 < status_counts(db, "k9").get("succeeded", 0) < rows
+        api.configure(latency=0.02, jitter=0.0)  # the rest goes quickly (transfers in flight keep theirs)
         result = run_engine("rerun", "k9", "--db", db, "--quiet")
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "k9", rows)
@@ -144,6 +152,8 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
             db,
             "--run-id",
             "kw",
+            "--timeout",  # how long a dead sender's rows wait before they go out again
+            5,
             "--workers",
             2,
             "--concurrency",
@@ -154,6 +164,7 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
         )
         wait_for_attempts(db, random.randint(200, 1500))
         os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
+        api.configure(latency=0.02, jitter=0.0)  # the rest goes quickly (transfers in flight keep theirs)
         _, err = engine.communicate(timeout=120)
         assert engine.returncode == 0, err
         assert_everyone_charged_once(api, db, "kw", rows)
@@ -186,6 +197,7 @@ def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
         assert "Traceback" not in err
         in_flight = ledger_rows(db, "SELECT count(*) FROM requests WHERE status NOT IN ('succeeded', 'pending')")
         assert in_flight == [(0,)]  # every transfer in flight was finished and recorded
+        api.configure(latency=0.02)
         result = run_engine("rerun", "int", "--db", db, "--quiet")
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "int", rows)
@@ -203,6 +215,8 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
             db,
             "--run-id",
             "int2",
+            "--timeout",  # how long a dead sender's rows wait before they go out again
+            5,
             "--workers",
             2,
             "--concurrency",
@@ -217,6 +231,7 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
         _, err = engine.communicate(timeout=30)
         assert engine.returncode == 130, err
         assert time.monotonic() - started < 2.0  # did not wait for the 2-second transfers in flight
+        api.configure(latency=0.02)  # the rest goes quickly (transfers in flight keep theirs)
         result = run_engine("rerun", "int2", "--db", db, "--quiet")
         assert result.returncode == 0, result.stderr
         assert_everyone_charged_once(api, db, "int2", rows)

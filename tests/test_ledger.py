@@ -177,6 +177,23 @@ def test_a_run_is_paused_and_resumed(store):
     assert not store.is_paused("r")
 
 
+def test_pauses_are_kept_per_pass_and_end_with_it(store):
+    first = store.start_pass("r")
+    store.pause_began("r", "endpoint down")
+    store.pause_ended("r", "endpoint down")
+    store.pause_began("r", "operator")  # still paused when the pass ends
+    store.end_pass("r", first, "interrupted")
+    store.start_pass("r")
+    store.pause_ended("r", "operator")  # ends nothing: the pause ended with its pass
+    first_pass, second_pass = store.passes("r")
+    assert [(q["reason"], q["ended_at"] is not None) for q in first_pass["pauses"]] == [
+        ("endpoint down", True),
+        ("operator", True),
+    ]
+    assert first_pass["pauses"][1]["ended_at"] == first_pass["finished_at"]
+    assert second_pass["pauses"] == [] and second_pass["finished_at"] is None
+
+
 def test_a_late_result_never_undoes_a_success(store):
     store.insert_requests("r", rows(1))
     (rid,) = rids(store)
@@ -184,6 +201,30 @@ def test_a_late_result_never_undoes_a_success(store):
     store.record([answer(rid, RETRYING, attempt=2, status=503)])  # a chunk delivered twice, answered late
     assert store.counts("r")[SUCCEEDED] == 1
     assert store.status_counts("r") == {"200": 1, "503": 1}  # the attempt itself is kept
+
+
+def test_a_rows_latest_attempt_wins_whatever_order_its_attempts_are_recorded_in(store):
+    store.insert_requests("r", rows(3))
+    first, second, third = rids(store)
+    # one batch: attempts with different fields absent (recorded by different statements), the
+    # second row's newer attempt listed before its older one
+    store.record(
+        [
+            answer(first, RETRYING, status=None, curl_error=28, error="curl 28: timed out"),
+            answer(second, FAILED, attempt=2, status=402, error=None),
+            answer(second, RETRYING, status=503),
+        ]
+    )
+    store.record([answer(first, RETRYING, attempt=3, status=429)])
+    store.record([answer(first, FAILED, attempt=2, status=None, curl_error=7, error="curl 7: refused")])  # late
+    found = {row["row_id"]: row for row in store.iter_rows("r", (RETRYING, FAILED))}
+    assert (found["c0"]["status"], found["c0"]["http_status"], found["c0"]["attempts"]) == (RETRYING, 429, 3)
+    assert (found["c1"]["status"], found["c1"]["http_status"], found["c1"]["attempts"]) == (FAILED, 402, 2)
+    assert store.attempt_count("r") == 5  # every attempt itself is kept
+    # a success reported late (its node could not reach the ledger) still counts: that customer was charged
+    store.record([answer(third, FAILED, attempt=2, status=500)])
+    store.record([answer(third)])
+    assert store.counts("r")[SUCCEEDED] == 1
 
 
 def test_marks_move_rows_between_states(store):

@@ -87,6 +87,8 @@ def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(c
             db,
             "--run-id",
             "full",
+            "--timeout",  # how long a stopped pass's rows wait before they go out again
+            5,
             "--workers",
             1,
             "--concurrency",
@@ -105,6 +107,7 @@ def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(c
         assert api.stats()["requests"] == sent  # nothing sent that could not be recorded
 
         filler.unlink()
+        api.configure(latency=0.02)
         done = run_engine("rerun", "full", "--db", db, "--quiet")
         assert done.returncode == 0, done.stderr
         assert_everyone_charged_once(api, db, "full", rows)

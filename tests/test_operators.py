@@ -8,6 +8,7 @@ import time
 
 from conftest import run_engine, status_counts, wait_for_charges
 
+from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
 
@@ -30,6 +31,10 @@ def test_pause_stops_new_requests_within_a_second_and_resume_finishes_the_run(cu
         stats = api.stats()
     assert "paused by an operator" in err
     assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
+    with open_store(db) as store:
+        (only_pass,) = store.passes("p")
+    (pause,) = only_pass["pauses"]  # the period the dashboard shows
+    assert pause["reason"] == "operator" and 3.0 <= pause["ended_at"] - pause["started_at"] < 10
 
 
 def test_export_and_rerun_take_exactly_the_filtered_rows(customers, db):

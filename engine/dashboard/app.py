@@ -16,50 +16,55 @@ from starlette.templating import Jinja2Templates
 
 from engine.dashboard.actions import Guard, Reruns
 from engine.dashboard.charts import bars
-from engine.dashboard.metrics import LATENCY_EDGES, registry
-from engine.errors import LedgerError
+from engine.dashboard.figures import LATENCY_EDGES, RATE_BUCKET, RATE_WINDOW, Figures
+from engine.dashboard.metrics import registry
+from engine.errors import LedgerError, UnknownRun
 from engine.ledger import Store, open_store
 from engine.ledger.selection import NOT_SUCCEEDED, RowFilter
-from engine.output.report import summarize
 from engine.states import STATES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Rows per page of failures.
 PAGE = 50
-#: How far back the requests/s chart looks (s), and its bucket (s).
-RATE_WINDOW, RATE_BUCKET = 300.0, 5.0
 
 
 def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
     """The dashboard for the ledger ``db``; ``guard`` says whether actions are allowed, and to whom."""
     templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
+    templates.env.filters["clock"] = _clock
     reruns = Reruns(db)
 
     def ledger() -> Store:
         return open_store(db, create=False)
+
+    figures = Figures(ledger)
 
     def page(request: Request, name: str, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"actions": guard.enabled, **context})
 
     def runs(request: Request) -> HTMLResponse:
         with ledger() as store:
-            listed = [{**run, "summary": summarize(store, run["run_id"])} for run in reversed(store.list_runs())]
-        return page(request, "runs.html", runs=listed)
+            run_ids = store.run_ids()
+        return page(request, "runs.html", runs=[figures.live(run_id) for run_id in reversed(run_ids)])
 
     def run(request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
-        with ledger() as store:
-            live = _live(store, run_id, reruns)
+        live = _live(figures, run_id, reruns)
         return page(request, "run.html", run_id=run_id, live=live, csrf=guard.csrf(run_id), states=STATES)
 
     def live(request: Request) -> JSONResponse:
-        with ledger() as store:
-            return JSONResponse(_live(store, request.path_params["run_id"], reruns))
+        return JSONResponse(_live(figures, request.path_params["run_id"], reruns))
 
     def charts(request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
-        with ledger() as store:
-            return HTMLResponse(_charts(store, run_id))
+        details = figures.details(run_id)
+        return page(
+            request,
+            "charts.html",
+            charts=_charts(details) if details else [],
+            passes=figures.live(run_id)["passes"],
+            now=time.time(),
+        )
 
     def failures(request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
@@ -111,10 +116,11 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
                 reruns.start(run_id, _filter(form) if form.get("scope") == "filtered" else None)
             else:
                 return PlainTextResponse(f"no action {action!r}", status_code=404)
+        figures.forget(run_id)
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
     def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry(ledger)), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry(ledger, figures)), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(
         routes=[
@@ -134,45 +140,39 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
 
 
 def _ledger_error(request: Request, error: Exception) -> PlainTextResponse:
-    return PlainTextResponse(str(error), status_code=404 if "no run" in str(error) else 503)
+    return PlainTextResponse(str(error), status_code=404 if isinstance(error, UnknownRun) else 503)
 
 
-def _live(store: Store, run_id: str, reruns: Reruns) -> dict:
-    """What the run page shows and refreshes: counts, progress, speed, ETA, pause, rerun."""
-    summary = summarize(store, run_id)
-    done = summary["total"] - summary["pending"]
-    recent = store.attempts_per_second(run_id, time.time() - 10.0, 10.0)
-    rate = sum(count for _, count in recent) / 10.0
-    left = summary["pending"]
+def _live(figures: Figures, run_id: str, reruns: Reruns) -> dict:
+    """What the run page shows and refreshes every second."""
+    details = figures.details(run_id) or {}
     return {
-        **summary,
-        "done": done,
-        "progress": round(done / summary["total"], 4) if summary["total"] else 1.0,
-        "recent_rate": rate,
-        "eta_s": round(left / rate) if rate and left else None,
-        "paused": store.is_paused(run_id),
+        **figures.live(run_id),
+        "attempts": details.get("attempts"),
+        "latency_ms": details.get("latency_ms", {}),
         "rerun_running": reruns.active(run_id),
     }
 
 
-def _charts(store: Store, run_id: str) -> str:
-    latency = store.latency_histogram(run_id, LATENCY_EDGES)
+def _charts(details: dict) -> list[str]:
     labels = [f"<{edge:g}" for edge in LATENCY_EDGES] + [f"≥{LATENCY_EDGES[-1]:g}"]
-    statuses = store.status_counts(run_id)
-    since = time.time() - RATE_WINDOW
-    series = dict(store.attempts_per_second(run_id, since, RATE_BUCKET))
+    since, per_bucket = details["since"], details["per_bucket"]
     starts = [since + n * RATE_BUCKET for n in range(int(RATE_WINDOW / RATE_BUCKET))]
-    return "".join(
-        (
-            bars(
-                [round(series.get(t, 0) / RATE_BUCKET) for t in starts],
-                [f"-{RATE_WINDOW - (t - since):.0f}s" for t in starts],
-                "requests/s, last 5 minutes",
-            ),
-            bars(latency, labels, "latency of each row's last answer (ms)"),
-            bars(list(statuses.values()), list(statuses), "answers by HTTP status / curl error"),
-        )
-    )
+    answers = details["answers"]
+    return [
+        bars(
+            [round(per_bucket.get(t, 0) / RATE_BUCKET) for t in starts],
+            [f"-{RATE_WINDOW - (t - since):.0f}s" for t in starts],
+            "requests/s, last 5 minutes",
+        ),
+        bars(details["latency_histogram"], labels, "latency of each row's last answer (ms)"),
+        bars(list(answers.values()), list(answers), "answers by HTTP status / curl error"),
+    ]
+
+
+def _clock(moment: float | None) -> str:
+    """A wall-clock moment as the operator reads it (local time)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment)) if moment else "-"
 
 
 def _filter(params) -> RowFilter:

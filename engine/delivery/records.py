@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from engine.delivery.transport import Finished
 from engine.request.spec import redact
 from engine.states import FAILED
 from engine.wire import Dispatch, attempt_record
+
+if TYPE_CHECKING:  # the coordinator writes records too, and never loads libcurl
+    from engine.delivery.transport import Finished
 
 
 def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, secrets: Iterable[str]) -> tuple:
@@ -35,10 +38,9 @@ def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, sec
 
 def unsendable_record(row: Dispatch, err: Exception) -> tuple:
     """A row that could not even be started is quarantined (``failed``): re-queued it would only fail again."""
-    return attempt_record(
-        rid=row.rid,
-        attempt=row.attempts + 1,
-        outcome=FAILED,
-        started_at=time.time(),
-        error=f"cannot send this row: {type(err).__name__}: {err}",
-    )
+    return unanswered_record(row, FAILED, f"cannot send this row: {type(err).__name__}: {err}")
+
+
+def unanswered_record(row: Dispatch, outcome: str, error: str) -> tuple:
+    """The record of the row's next attempt, ended now in ``outcome`` without an answer (``error`` says why)."""
+    return attempt_record(rid=row.rid, attempt=row.attempts + 1, outcome=outcome, started_at=time.time(), error=error)

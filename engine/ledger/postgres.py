@@ -35,13 +35,14 @@ _INSERT_INCOMING = (
     " ON CONFLICT (rid, attempt) DO NOTHING"
 )
 #: Each row takes its latest attempt of the batch; a late or repeated result never moves a row
-#: out of 'succeeded'.
+#: out of 'succeeded', nor an older attempt over a newer one unless it succeeded.
 _UPDATE_FROM_INCOMING = (
     "UPDATE requests SET attempts = i.attempt, status = i.outcome, http_status = i.http_status,"
     " curl_error = i.curl_error, error = i.error, latency_ms = i.duration_ms,"
     " updated_at = i.started_at + i.duration_ms / 1000.0"
     " FROM (SELECT DISTINCT ON (rid) * FROM incoming ORDER BY rid, attempt DESC) AS i"
     " WHERE requests.rid = i.rid AND requests.status <> 'succeeded'"
+    " AND (coalesce(requests.attempts, 0) <= i.attempt OR i.outcome = 'succeeded')"
 )
 _LOAD_COLUMNS = "run_id, line, row_id, priority, payload, idempotency_key, status, attempts, updated_at"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from engine.states import PENDING, SUCCEEDED
 from engine.wire import Attempt
 
 RUN_COLUMNS = {
@@ -54,6 +55,8 @@ ATTEMPT_COLUMNS = {
 }
 assert tuple(ATTEMPT_COLUMNS) == Attempt._fields
 PASS_COLUMNS = {"run_id": str, "pass_no": int, "started_at": float, "finished_at": float}
+#: One row per period a pass paused: the endpoint was down, or an operator paused the run.
+PAUSE_COLUMNS = {"run_id": str, "pass_no": int, "reason": str, "started_at": float, "ended_at": float}
 #: One row per chunk handed to a worker node (runs sent through a broker); its rows carry its id.
 CHUNK_COLUMNS = {
     "chunk_id": int,
@@ -83,6 +86,14 @@ LEASE_COLUMNS = {
 #: Rows of a chunk (runs sent through worker nodes). Partial: rows never chunked (every local run)
 #: cost nothing to load.
 REQUESTS_BY_CHUNK = "CREATE INDEX IF NOT EXISTS requests_chunk ON requests (chunk_id) WHERE chunk_id IS NOT NULL"
+#: Two partial indexes of requests, and the condition a query repeats word for word to use one:
+#: rows that were sent, by run and state (counts per state, as the dashboard reads them every
+#: second: one entry per row sent), and rows that were sent and did not succeed (the failures
+#: pages, in input order: no entry at all for a row that succeeds).
+SENT = f"status <> '{PENDING}'"
+UNSETTLED = f"status NOT IN ('{PENDING}', '{SUCCEEDED}')"
+REQUESTS_SENT = f"CREATE INDEX IF NOT EXISTS requests_sent ON requests (run_id, status) WHERE {SENT}"
+REQUESTS_UNSETTLED = f"CREATE INDEX IF NOT EXISTS requests_unsettled ON requests (run_id) WHERE {UNSETTLED}"
 _SQLITE_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
 
 
@@ -99,6 +110,7 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE TABLE attempts ({columns}, PRIMARY KEY (rid, attempt)) WITHOUT ROWID")
     db.table("passes").create(PASS_COLUMNS, pk=("run_id", "pass_no"), if_not_exists=True)
     db.table("leases").create(LEASE_COLUMNS, pk="run_id", if_not_exists=True)
+    db.table("pauses").create(PAUSE_COLUMNS, pk=("run_id", "pass_no", "started_at"), if_not_exists=True)
     if "fingerprint" not in db.table("runs").columns_dict:  # a ledger written by an older version
         db.table("runs").add_column("fingerprint", str)
     if "paused" not in db.table("runs").columns_dict:
@@ -111,6 +123,8 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     if "chunk_id" not in db.table("requests").columns_dict:
         db.table("requests").add_column("chunk_id", int)
     db.execute(REQUESTS_BY_CHUNK)
+    db.execute(REQUESTS_SENT)
+    db.execute(REQUESTS_UNSETTLED)
 
 
 _POSTGRES_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
@@ -141,6 +155,8 @@ def postgres_schema() -> list[str]:
         "CREATE INDEX IF NOT EXISTS requests_run_priority_rid ON requests (run_id, priority, rid)",
         f"CREATE TABLE IF NOT EXISTS attempts ({_postgres_columns(ATTEMPT_COLUMNS)}, PRIMARY KEY (rid, attempt))",
         f"CREATE TABLE IF NOT EXISTS passes ({_postgres_columns(PASS_COLUMNS)}, PRIMARY KEY (run_id, pass_no))",
+        f"CREATE TABLE IF NOT EXISTS pauses ({_postgres_columns(PAUSE_COLUMNS)},"
+        " PRIMARY KEY (run_id, pass_no, started_at))",
         f"CREATE TABLE IF NOT EXISTS leases ({_postgres_columns(LEASE_COLUMNS)}, PRIMARY KEY (run_id))",
         "CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint)",
         f"CREATE TABLE IF NOT EXISTS chunks ({chunks})",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.states import FAILED, REJECTED, RETRYING, UNKNOWN
+from engine.ledger.schema import SENT, UNSETTLED
+from engine.states import FAILED, PENDING, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
 
 #: What "failures" means when no state is named: every row that ended without succeeding.
 NOT_SUCCEEDED = (FAILED, REJECTED, UNKNOWN, RETRYING)
@@ -33,6 +34,10 @@ class RowFilter:
         if self.states:
             clauses.append(f"status IN ({', '.join('?' for _ in self.states)})")
             params += self.states
+            if not {PENDING, SUCCEEDED} & set(self.states):  # the ledger reads its index of these rows
+                clauses.append(UNSETTLED)
+            elif PENDING not in self.states:
+                clauses.append(SENT)
         for column in ("http_status", "curl_error", "row_id"):
             if getattr(self, column) is not None:
                 clauses.append(f"{column} = ?")

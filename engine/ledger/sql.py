@@ -15,9 +15,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, closing
 from typing import Any
 
-from engine.errors import LedgerError
+from engine.errors import UnknownRun
 from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
+from engine.ledger.schema import SENT, UNSETTLED
 from engine.ledger.selection import RowFilter
 from engine.ledger.store import EXPORT_COLUMNS, FOUND_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
 from engine.states import (
@@ -26,6 +27,7 @@ from engine.states import (
     CHUNK_QUEUED,
     CHUNK_RETIRED,
     CHUNK_RUNNING,
+    PENDING,
     SELECTED,
     STATES,
     SUCCEEDED,
@@ -89,7 +91,7 @@ class SQLStore(Store):
     def get_run(self, run_id: str) -> dict:
         run = self._row("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         if run is None:
-            raise LedgerError(f"no run {run_id!r} in {self.location}")
+            raise UnknownRun(f"no run {run_id!r} in {self.location}")
         run["options"] = json.loads(run["options"] or "{}")
         return run
 
@@ -99,7 +101,7 @@ class SQLStore(Store):
     def delete_run(self, run_id: str) -> None:
         with self._transaction():
             self._run("DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)", (run_id,))
-            for table in ("requests", "passes", "leases", "runs"):
+            for table in ("requests", "passes", "pauses", "leases", "runs"):
                 self._run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
     def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
@@ -114,6 +116,9 @@ class SQLStore(Store):
                 (total, fingerprint, run_id),
             )
         return None
+
+    def run_ids(self) -> list[str]:
+        return [run_id for (run_id,) in self._run("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
 
     def list_runs(self) -> list[dict]:
         runs = self._run("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
@@ -191,9 +196,12 @@ class SQLStore(Store):
         return number
 
     def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
+        now = time.time()
         with self._transaction():
+            self._run("UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?", (now, run_id, pass_no))
             self._run(
-                "UPDATE passes SET finished_at = ? WHERE run_id = ? AND pass_no = ?", (time.time(), run_id, pass_no)
+                "UPDATE pauses SET ended_at = ? WHERE run_id = ? AND pass_no = ? AND ended_at IS NULL",
+                (now, run_id, pass_no),
             )
             self._run("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
 
@@ -345,37 +353,27 @@ class SQLStore(Store):
         return counts
 
     def silent_chunks(self, run_id: str, pass_no: int, silent_for: float) -> list[int]:
-        with self._transaction():
-            silent = [
-                chunk_id
-                for (chunk_id,) in self._run(
-                    f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{CHUNK_RUNNING}'"
-                    " AND heartbeat_at < ? ORDER BY chunk_id",
-                    (run_id, pass_no, time.time() - silent_for),
-                ).fetchall()
-            ]
-            for chunk_id in silent:
-                self._run(
-                    f"UPDATE chunks SET state = '{CHUNK_QUEUED}', queued_at = ? WHERE chunk_id = ?",
-                    (time.time(), chunk_id),
-                )
-        return silent
+        return self._queue_again(run_id, pass_no, CHUNK_RUNNING, "heartbeat_at", time.time() - silent_for)
 
     def waiting_chunks(self, run_id: str, pass_no: int, queued_before: float) -> list[int]:
+        return self._queue_again(run_id, pass_no, CHUNK_QUEUED, "queued_at", queued_before)
+
+    def _queue_again(self, run_id: str, pass_no: int, state: str, column: str, before: float) -> list[int]:
+        """The pass's chunks in ``state`` whose ``column`` is older than ``before``: queued (again), as of now."""
         with self._transaction():
-            waiting = [
+            found = [
                 chunk_id
                 for (chunk_id,) in self._run(
-                    f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{CHUNK_QUEUED}'"
-                    " AND queued_at < ? ORDER BY chunk_id",
-                    (run_id, pass_no, queued_before),
+                    f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{state}'"
+                    f" AND {column} < ? ORDER BY chunk_id",
+                    (run_id, pass_no, before),
                 ).fetchall()
             ]
             self._run_many(
-                f"UPDATE chunks SET queued_at = ? WHERE chunk_id = ? AND state = '{CHUNK_QUEUED}'",
-                [(time.time(), chunk_id) for chunk_id in waiting],
+                f"UPDATE chunks SET state = '{CHUNK_QUEUED}', queued_at = ? WHERE chunk_id = ? AND state = '{state}'",
+                [(time.time(), chunk_id) for chunk_id in found],
             )
-        return waiting
+        return found
 
     def retire_chunks(self, run_id: str, silent_for: float) -> int:
         with self._transaction():
@@ -402,8 +400,14 @@ class SQLStore(Store):
     def counts(self, run_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         counts.update(
-            self._run("SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", (run_id,)).fetchall()
+            self._run(
+                f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {SENT} GROUP BY status",
+                (run_id,),
+            ).fetchall()
         )
+        loaded = self._run("SELECT total FROM runs WHERE run_id = ? AND state <> 'loading'", (run_id,)).fetchone()
+        total = loaded[0] if loaded else self._value("SELECT count(*) FROM requests WHERE run_id = ?", (run_id,))
+        counts[PENDING] = total - sum(counts.values())
         return counts
 
     def count_in(self, run_id: str, states: Iterable[str]) -> int:
@@ -415,7 +419,7 @@ class SQLStore(Store):
     def top_error(self, run_id: str) -> tuple[str, int] | None:
         found = self._run(
             "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
-            f" AND status <> '{SUCCEEDED}' AND (error IS NOT NULL OR http_status IS NOT NULL)"
+            f" AND {UNSETTLED} AND (error IS NOT NULL OR http_status IS NOT NULL)"  # the failures' index
             " GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
             (run_id,),
         ).fetchone()
@@ -476,6 +480,38 @@ class SQLStore(Store):
         with self._transaction():
             self._run("UPDATE runs SET paused = ? WHERE run_id = ?", (int(paused), run_id))
 
+    def pause_began(self, run_id: str, reason: str) -> None:
+        with self._transaction():
+            self._run(
+                "INSERT INTO pauses (run_id, pass_no, reason, started_at)"
+                " SELECT run_id, max(pass_no), ?, ? FROM passes WHERE run_id = ? GROUP BY run_id",
+                (reason, time.time(), run_id),
+            )
+
+    def pause_ended(self, run_id: str, reason: str) -> None:
+        with self._transaction():
+            self._run(
+                "UPDATE pauses SET ended_at = ? WHERE run_id = ? AND reason = ? AND ended_at IS NULL",
+                (time.time(), run_id, reason),
+            )
+
+    def passes(self, run_id: str) -> list[dict]:
+        cursor = self._run(
+            "SELECT pass_no, started_at, finished_at FROM passes WHERE run_id = ? ORDER BY pass_no", (run_id,)
+        )
+        passes = [
+            {"pass_no": number, "started_at": started, "finished_at": finished, "pauses": []}
+            for number, started, finished in cursor.fetchall()
+        ]
+        by_number = {p["pass_no"]: p for p in passes}
+        cursor = self._run(
+            "SELECT pass_no, reason, started_at, ended_at FROM pauses WHERE run_id = ? ORDER BY started_at", (run_id,)
+        )
+        for pass_no, reason, started_at, ended_at in cursor.fetchall():
+            if pass_no in by_number:
+                by_number[pass_no]["pauses"].append({"reason": reason, "started_at": started_at, "ended_at": ended_at})
+        return passes
+
     def is_paused(self, run_id: str) -> bool:
         return bool(self._value("SELECT coalesce(max(paused), 0) FROM runs WHERE run_id = ?", (run_id,)))
 
@@ -502,15 +538,6 @@ class SQLStore(Store):
             (since, bucket, low, high, since),
         )
         return [(since + index * bucket, count) for index, count in cursor.fetchall()]
-
-    def error_counts(self, run_id: str) -> dict[str, int]:
-        return dict(
-            self._run(
-                "SELECT error, count(*) FROM requests WHERE run_id = ? AND status <> ? AND error IS NOT NULL"
-                " GROUP BY error ORDER BY 2 DESC LIMIT 20",
-                (run_id, SUCCEEDED),
-            ).fetchall()
-        )
 
 
 def _found(row: dict) -> dict:

@@ -127,6 +127,10 @@ class Store(ABC):
     def list_runs(self) -> list[dict]:
         """Every run, oldest first, with its counts per state."""
 
+    @abstractmethod
+    def run_ids(self) -> list[str]:
+        """Every run's id, oldest first."""
+
     # -- loading -------------------------------------------------------------
 
     @abstractmethod
@@ -304,16 +308,24 @@ class Store(ABC):
     def is_paused(self, run_id: str) -> bool: ...
 
     @abstractmethod
+    def pause_began(self, run_id: str, reason: str) -> None:
+        """Record that the run's current pass paused (``reason``: "endpoint down", "operator")."""
+
+    @abstractmethod
+    def pause_ended(self, run_id: str, reason: str) -> None:
+        """Record that its pause for ``reason`` ended (a pass that ends ends its pauses too)."""
+
+    @abstractmethod
+    def passes(self, run_id: str) -> list[dict]:
+        """Every pass of the run: number, started, finished, and its pauses (reason, started, ended)."""
+
+    @abstractmethod
     def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
         """Attempts with an HTTP answer per latency bucket (ms): ``< edges[0]``, ..., ``>= edges[-1]``."""
 
     @abstractmethod
     def attempts_per_second(self, run_id: str, since: float, bucket: float) -> list[tuple[float, int]]:
         """Attempts started per ``bucket`` seconds from ``since``: (bucket start, count), oldest first."""
-
-    @abstractmethod
-    def error_counts(self, run_id: str) -> dict[str, int]:
-        """Attempts per curl error number (``curl:N``) and per last error text of rows not succeeded."""
 
 
 #: What :meth:`Store.find_rows` gives for each row.

@@ -22,7 +22,7 @@ from engine.ledger.store import ledger_unavailable
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.run.passes import DRAIN_GRACE, PassTally
-from engine.run.pause import OperatorPause, PauseClock
+from engine.run.pause import OperatorPause, PauseClock, PausePeriods
 from engine.run.signals import StopRequest
 from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
@@ -62,8 +62,9 @@ class BrokerPass:
         self.breaker = SharedBreaker(self.link, run_id, pass_no, settings.breaker())
         self.told_nodes = False
         self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
-        self.pause = PauseClock(settings.max_pause)
-        self.operator = OperatorPause(ledger, run_id)
+        periods = PausePeriods(ledger, run_id)
+        self.pause = PauseClock(settings.max_pause, periods)
+        self.operator = OperatorPause(ledger, run_id, periods)
         self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
         self.attempts_before = 0
         self.hold = hold

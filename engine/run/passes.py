@@ -16,15 +16,16 @@ from dataclasses import dataclass
 
 from engine.backend import Backend
 from engine.config import RunSettings
+from engine.delivery.records import unanswered_record
 from engine.errors import EngineError
 from engine.ledger import Page, Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder, later
 from engine.output.events import EventLog
 from engine.output.progress import Progress
-from engine.run.pause import OperatorPause, PauseClock
+from engine.run.pause import OperatorPause, PauseClock, PausePeriods
 from engine.run.signals import StopRequest
 from engine.states import RETRYING, SUCCEEDED, UNKNOWN
-from engine.wire import ATTEMPT, OUTCOME, RID, Attempt, Dispatch, attempt_record
+from engine.wire import ATTEMPT, OUTCOME, RID, Attempt, Dispatch
 
 #: How long the coordinator waits for worker messages before looking around again (s).
 EVENT_WAIT = 0.2
@@ -104,8 +105,9 @@ class Pass:
         self.interrupted = False
         self.gave_up: str | None = None  # why the pass ended before every row was final
         self.clean = False
-        self.pause = PauseClock(settings.max_pause)
-        self.operator = OperatorPause(ledger, run_id)
+        periods = PausePeriods(ledger, run_id)
+        self.pause = PauseClock(settings.max_pause, periods)
+        self.operator = OperatorPause(ledger, run_id, periods)
         self.deaths = 0
         self.lost_at = -float("inf")  # when a worker last died with rows that may be in flight
         self.unwritten: list[tuple] = []
@@ -320,13 +322,7 @@ class Pass:
 
 def _unknown_attempt(row: Dispatch, why: str) -> tuple:
     """The record of an attempt whose request may or may not have been sent (no key to resend with)."""
-    return attempt_record(
-        rid=row.rid,
-        attempt=row.attempts + 1,
-        outcome=UNKNOWN,
-        started_at=time.time(),
-        error=f"outcome unknown: {why} while it may have been sent",
-    )
+    return unanswered_record(row, UNKNOWN, f"outcome unknown: {why} while it may have been sent")
 
 
 def rerun_command(run_id: str, db: str) -> str:

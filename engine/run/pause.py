@@ -6,18 +6,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from engine.errors import LedgerError
 from engine.ledger import Store
 
 #: ``say(note, event, **fields)``: a progress note and an event-log line.
 Say = Callable[..., None]
 
 
+#: Why a pass paused, as its pause periods in the ledger say.
+ENDPOINT_DOWN, OPERATOR = "endpoint down", "operator"
+
+
+class PausePeriods:
+    """Writes when a pass's pauses begin and end to the ledger, for the dashboard. A ledger that
+    cannot take the note does not stop the pass for it (what was sent is recorded elsewhere)."""
+
+    def __init__(self, ledger: Store, run_id: str):
+        self.ledger, self.run_id = ledger, run_id
+
+    def note(self, reason: str, paused: bool) -> None:
+        try:
+            if paused:
+                self.ledger.pause_began(self.run_id, reason)
+            else:
+                self.ledger.pause_ended(self.run_id, reason)
+        except LedgerError:
+            pass
+
+
 class PauseClock:
     """Says when the senders pause because the endpoint is down and when they resume, and bounds the
     pause of a pass to ``max_pause`` seconds in all."""
 
-    def __init__(self, max_pause: float):
-        self.max_pause = max_pause
+    def __init__(self, max_pause: float, periods: PausePeriods):
+        self.max_pause, self.periods = max_pause, periods
         self.paused_since: float | None = None  # monotonic
         self.paused_total = 0.0
         self.gave_up: str | None = None
@@ -28,11 +50,13 @@ class PauseClock:
         if down_since is not None and self.paused_since is None:
             self.paused_since = now
             since = time.strftime("%H:%M:%S", time.localtime(down_since))
-            say(f"paused: endpoint down since {since}", "pause", reason="endpoint down", since=down_since)
+            say(f"paused: endpoint down since {since}", "pause", reason=ENDPOINT_DOWN, since=down_since)
+            self.periods.note(ENDPOINT_DOWN, True)
         elif down_since is None and self.paused_since is not None:
             self.paused_total += now - self.paused_since
             self.paused_since = None
             say("resumed", "resume")
+            self.periods.note(ENDPOINT_DOWN, False)
         paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
         if self.gave_up is None and paused > self.max_pause:
             self.gave_up = f"the endpoint stayed down: the pass paused {self.max_pause:g} s in all (--max-pause)"
@@ -48,8 +72,8 @@ class OperatorPause:
 
     LOOK_EVERY = 0.5
 
-    def __init__(self, ledger: Store, run_id: str):
-        self.ledger, self.run_id = ledger, run_id
+    def __init__(self, ledger: Store, run_id: str, periods: PausePeriods):
+        self.ledger, self.run_id, self.periods = ledger, run_id, periods
         self.paused = False
         self.looked_at = float("-inf")
 
@@ -60,6 +84,7 @@ class OperatorPause:
             paused = self.ledger.is_paused(self.run_id)
             if paused != self.paused:
                 self.paused = paused
+                self.periods.note(OPERATOR, paused)
                 if paused:
                     say("paused by an operator: in-flight requests finish, nothing new starts", "operator_pause")
                 else:

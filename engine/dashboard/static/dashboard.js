@@ -1,4 +1,4 @@
-// The run page, live: counts every second, charts every 3 s. Nothing else; no library.
+// The run page, live: counts every second, charts and passes every 3 s. Nothing else; no library.
 (function () {
   const live = document.getElementById("live");
   if (!live) return;
@@ -9,9 +9,10 @@
       const r = await fetch(`/runs/${encodeURIComponent(run)}/live.json`, {cache: "no-store"});
       if (!r.ok) return;
       const s = await r.json();
-      for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "pending", "attempts"]) set(k, s[k]);
+      for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "pending"]) set(k, s[k]);
+      set("attempts", s.attempts ?? "-");
       for (const q of ["p50", "p95", "p99"]) set(q, s.latency_ms[q] ?? "-");
-      set("rate", Math.round(s.recent_rate));
+      set("rate", Math.round(s.rows_per_s));
       set("eta", s.eta_s ?? "-");
       document.getElementById("bar").value = s.progress;
       document.getElementById("paused").hidden = !s.paused;
