@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import psutil
 import pycurl
@@ -138,12 +140,58 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_requests 10000000;
     keepalive_timeout 120s;
+    log_format conns '$connection $ssl_session_reused $server_protocol $status';
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port}{listen} backlog=4096;
+        {extra}
+        location = /nginx-status {{ stub_status; }}
         location / {{ return 200 '{{"ok":true}}'; }}
     }}
 }}
 """
+#: With TLS: the server's certificate, a session cache (resumption by session id or ticket).
+NGINX_TLS = """
+        ssl_certificate {certs.server_cert};
+        ssl_certificate_key {certs.server_key};
+        ssl_session_cache shared:TLS:10m;
+        ssl_session_timeout 10m;
+"""
+#: With mutual TLS: only clients whose certificate the CA signed.
+NGINX_CLIENT_CA = """
+        ssl_verify_client on;
+        ssl_client_certificate {certs.ca};
+"""
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed (PEM files)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_certificates(directory: str) -> Certificates:
+    """Make them with openssl (P-256 keys, valid two days)."""
+    path = functools.partial(os.path.join, directory)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    key_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *key_args, "-keyout", path("ca.key"), "-out", path("ca.pem"), "-days", "2",
+            "-subj", "/CN=batch-engine test CA")  # fmt: skip
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        with open(path(f"{name}.ext"), "w") as handle:
+            handle.write(extension + "\n")
+        openssl("req", *key_args, "-keyout", path(f"{name}.key"), "-out", path(f"{name}.csr"), "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", path(f"{name}.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+                "-CAcreateserial", "-out", path(f"{name}.pem"), "-days", "2",
+                "-extfile", path(f"{name}.ext"))  # fmt: skip
+    return Certificates(path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"))
 
 
 def ensure_nginx() -> str:
@@ -166,11 +214,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_nginx(directory: str) -> tuple[subprocess.Popen, int]:
+def start_nginx(
+    directory: str,
+    extra: str = "",
+    certs: Certificates | None = None,
+    http2: bool = False,
+    client_ca: bool = False,
+) -> tuple[subprocess.Popen, int]:
+    """nginx answering 200 to everything (``extra``: more directives in its server block); over TLS
+    with ``certs`` (and HTTP/2 offered, client certificates required if asked); its stub_status at
+    /nginx-status counts the connections it accepted."""
     port = free_port()
+    if certs:
+        extra = NGINX_TLS.format(certs=certs) + (NGINX_CLIENT_CA.format(certs=certs) if client_ca else "") + extra
+    listen = (" ssl" if certs else "") + (" http2" if http2 else "")
     conf = os.path.join(directory, "nginx.conf")
     with open(conf, "w") as handle:
-        handle.write(NGINX_CONF.format(dir=directory, port=port))
+        handle.write(NGINX_CONF.format(dir=directory, port=port, extra=extra, listen=listen))
     process = subprocess.Popen([ensure_nginx(), "-c", conf, "-e", os.path.join(directory, "error.log")])
     for _ in range(100):
         try:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
+import ssl
 import sys
 
 BODY = json.dumps({"id": "cus_0000001", "amount_cents": 1234, "currency": "eur"}).encode()
 HEADERS = {"Content-Type": "application/json"}
+#: For an https:// URL, the CA that signed the server's certificate (every client verifies it).
+CA = os.environ.get("BENCH_CA")
 
 
 def bare_pycurl(url: str, count: int, handles: int) -> int:
@@ -31,6 +35,9 @@ def bare_pycurl(url: str, count: int, handles: int) -> int:
         handle.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json"])
         handle.setopt(pycurl.WRITEFUNCTION, lambda data: None)
         handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        if CA:
+            handle.setopt(pycurl.CAINFO, CA)
         free.append(handle)
     queued, ok, active = count, 0, 0
     while queued or active:
@@ -71,7 +78,8 @@ async def _aiohttp(url: str, count: int, limit: int) -> int:
                 await response.read()
                 ok += 200 <= response.status < 300
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+    tls = ssl.create_default_context(cafile=CA) if CA else None
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, ssl=tls or True)) as session:
         await asyncio.gather(*(one_slot(session) for _ in range(limit)))
     return ok
 
@@ -88,7 +96,7 @@ async def _httpx(url: str, count: int, limit: int) -> int:
     ok = 0
     queue = iter(range(count))
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with httpx.AsyncClient(limits=limits, verify=ssl.create_default_context(cafile=CA) if CA else True) as client:
 
         async def one_slot():
             nonlocal ok
@@ -109,6 +117,7 @@ def requests_serial(url: str, count: int, _limit: int) -> int:
 
     ok = 0
     with requests.Session() as session:
+        session.verify = CA or True
         for _ in range(count):
             ok += 200 <= session.post(url, data=BODY, headers=HEADERS).status_code < 300
     return ok

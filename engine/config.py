@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,16 @@ class RunSettings:
     timeout: float = 30.0
     insecure: bool = False
     ca_bundle: str | None = None
+    #: HTTP/2 over TLS where the server offers it (ALPN; HTTP/1.1 otherwise), many transfers per connection.
+    http2: bool = False
+    #: Connections per host and worker at most (0: as many as transfers in flight).
+    max_host_connections: int = 0
+    #: The proxy (None: libcurl's https_proxy/http_proxy/no_proxy environment; "": none at all).
+    proxy: str | None = None
+    #: A client certificate and its key (PEM) for mutual TLS; the key's passphrase comes from
+    #: ENGINE_CLIENT_KEY_PASSWORD, never from the command line.
+    client_cert: str | None = None
+    client_key: str | None = None
     pause_after: int = BreakerSettings.threshold
     max_pause: float = 300.0
     stall_timeout: float = 15.0
@@ -97,8 +108,19 @@ class RunSettings:
         for name in ("connect_timeout", "timeout", "stall_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_host_connections < 0:
+            raise UsageError("--max-host-connections must not be negative")
+        self._check_proxy()
         self._check_secret_headers()
         parse_field_types(self.field_types)
+
+    def _check_proxy(self) -> None:
+        """A proxy's credentials are secrets: from the environment only (libcurl reads https_proxy)."""
+        if self.proxy and urllib.parse.urlsplit(self.proxy if "://" in self.proxy else f"http://{self.proxy}").username:
+            raise UsageError(
+                "--proxy must not carry credentials (they would be in argv and the ledger):"
+                " set https_proxy=http://USER:PASSWORD@HOST:PORT in the environment instead"
+            )
 
     def _check_secret_headers(self) -> None:
         """A secret header's value is ``${VAR}``, after at most a scheme word: any other text would be

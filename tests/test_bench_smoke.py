@@ -45,6 +45,8 @@ def test_throughput_smoke():
     out = run_bench("throughput.py", "--rows", 2000)
     for client in ("engine (end to end)", "bare", "aiohttp", "httpx", "requests"):
         assert f"| {client} |" in out
+    for target in ("pass alone / bare loop | 0.75", "end to end / bare loop | 0.60", "aiohttp + uvloop | 2.50"):
+        assert target in out  # the targets, each with the ratio reached in this run
 
 
 @needs_nginx

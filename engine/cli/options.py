@@ -89,7 +89,8 @@ def broker_option(command):
 
 def pool_options(command):
     """--workers, --concurrency, --chunks: how much is in flight at once."""
-    for option in reversed(
+    return _apply(
+        command,
         [
             click.option(
                 "--workers",
@@ -177,16 +178,61 @@ def pool_options(command):
                 help="Append one JSON line per run event and per failed attempt here.",
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
-        ]
-    ):
-        command = option(command)
-    return command
+        ],
+    )
+
+
+def connection_options(command):
+    """--http2, --max-host-connections, --proxy/--no-proxy, --cert/--key: how requests travel."""
+    return _apply(
+        command,
+        [
+            click.option(
+                "--http2/--http1.1",
+                "http2",
+                default=None,
+                help="HTTP/2 over TLS where the server offers it (else HTTP/1.1): many transfers share a "
+                "connection [default: HTTP/1.1].",
+            ),
+            click.option(
+                "--max-host-connections",
+                type=int,
+                default=None,
+                metavar="N",
+                help="Connections per host and worker at most; transfers beyond wait for one "
+                "[default: 0, no limit; with --http2 about 5 carry 500 transfers].",
+            ),
+            click.option(
+                "--proxy",
+                default=None,
+                metavar="URL",
+                help="Send through this proxy (http://HOST:PORT; credentials only in the https_proxy "
+                "environment variable) [default: libcurl's https_proxy, http_proxy and no_proxy variables].",
+            ),
+            click.option("--no-proxy", "proxy", flag_value="", help="Use no proxy, whatever the environment says."),
+            click.option(
+                "--cert",
+                "client_cert",
+                type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+                default=None,
+                help="Client certificate (PEM) for mutual TLS.",
+            ),
+            click.option(
+                "--key",
+                "client_key",
+                type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+                default=None,
+                help="Its private key (PEM); a passphrase comes from ENGINE_CLIENT_KEY_PASSWORD.",
+            ),
+        ],
+    )
 
 
 def row_filter_options(command):
     """``--status``, ``--http-status``, ``--curl-error``, ``--error-contains``: which rows of a run."""
-    for decorator in reversed(
-        (
+    return _apply(
+        command,
+        [
             click.option(
                 "--status",
                 "states",
@@ -197,9 +243,14 @@ def row_filter_options(command):
             click.option("--http-status", type=int, metavar="CODE", help="Rows whose last answer had this status."),
             click.option("--curl-error", type=int, metavar="N", help="Rows whose last attempt ended in curl error N."),
             click.option("--error-contains", metavar="TEXT", help="Rows whose error contains TEXT (any case)."),
-        )
-    ):
-        command = decorator(command)
+        ],
+    )
+
+
+def _apply(command, options: list):
+    """Decorate ``command`` with ``options``, listed in the order --help shows them."""
+    for option in reversed(options):
+        command = option(command)
     return command
 
 

@@ -8,6 +8,7 @@ import click
 
 from engine.cli.options import (
     broker_option,
+    connection_options,
     db_option,
     engine_errors,
     pool_options,
@@ -120,6 +121,7 @@ from engine.starttime import start_time
     default=None,
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
+@connection_options
 @db_option
 @broker_option
 @pool_options
@@ -228,6 +230,7 @@ def bill(
     metavar="FILE",
     help="Only rows whose id is listed in FILE (one per line; a CSV's first column).",
 )
+@connection_options
 @db_option
 @broker_option
 @pool_options

@@ -8,9 +8,10 @@ configure, add; ``perform``; read what finished; return the handle; ``select``.
 
 from __future__ import annotations
 
+import os
 import select
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pycurl
@@ -29,6 +30,8 @@ HEADER_BYTES = 64 * 1024
 #: at or above FD_SETSIZE (1024), which a large window reaches.
 EPOLL_ABOVE = 400
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+#: The environment variable holding the passphrase of the --key of mutual TLS.
+CLIENT_KEY_PASSWORD_ENV = "ENGINE_CLIENT_KEY_PASSWORD"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +46,12 @@ class TransportOptions:
     #: libcurl silently resends a request once when a reused connection turns out dead;
     #: without an Idempotency-Key that could charge twice, so such runs use fresh connections.
     reuse_connections: bool = True
+    http2: bool = False
+    max_host_connections: int = 0
+    proxy: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_key_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def for_run(cls, settings: RunSettings) -> TransportOptions:
@@ -52,6 +61,12 @@ class TransportOptions:
             verify_tls=not settings.insecure,
             ca_bundle=settings.ca_bundle,
             reuse_connections=settings.idempotency,
+            http2=settings.http2,
+            max_host_connections=settings.max_host_connections,
+            proxy=settings.proxy,
+            client_cert=settings.client_cert,
+            client_key=settings.client_key,
+            client_key_password=os.environ.get(CLIENT_KEY_PASSWORD_ENV) or None,
         )
 
 
@@ -89,6 +104,11 @@ class _Capture:
         self.token = token
         self.started_at = time.time()
 
+    def release(self) -> None:
+        """Drop what the ended transfer held (its row, its excerpt) while the handle waits for another."""
+        self.token = None
+        self.chunks.clear()
+
     def write(self, data: bytes) -> None:
         """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
         if self.kept < EXCERPT_BYTES:
@@ -102,10 +122,10 @@ class _Capture:
         return 0 if self.header_bytes > HEADER_BYTES else None
 
 
-def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
+def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _Capture]:
+    """A handle set up for every request of a run, and the capture its callbacks write into."""
     handle = pycurl.Curl()
     capture = _Capture()
-    handle.capture = capture
     if method == "HEAD":
         handle.setopt(pycurl.NOBODY, 1)
     elif method not in ("GET", "POST"):
@@ -123,10 +143,23 @@ def _new_handle(options: TransportOptions, method: str) -> pycurl.Curl:
     if not options.reuse_connections:
         handle.setopt(pycurl.FRESH_CONNECT, 1)
         handle.setopt(pycurl.FORBID_REUSE, 1)
+    if options.http2:
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
+        handle.setopt(pycurl.PIPEWAIT, 1)  # wait to share a connection rather than open one
+    else:
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+    if options.proxy is not None:
+        handle.setopt(pycurl.PROXY, options.proxy)  # "" turns libcurl's environment proxies off
+    if options.client_cert:
+        handle.setopt(pycurl.SSLCERT, options.client_cert)
+    if options.client_key:
+        handle.setopt(pycurl.SSLKEY, options.client_key)
+    if options.client_key_password:
+        handle.setopt(pycurl.KEYPASSWD, options.client_key_password)
     # returning None tells libcurl every byte was taken: a huge answer costs no memory
     handle.setopt(pycurl.WRITEFUNCTION, capture.write)
     handle.setopt(pycurl.HEADERFUNCTION, capture.header)
-    return handle
+    return handle, capture
 
 
 def configure(handle: pycurl.Curl, url: str, headers: list[str], body: bytes | None) -> None:
@@ -137,9 +170,8 @@ def configure(handle: pycurl.Curl, url: str, headers: list[str], body: bytes | N
         handle.setopt(pycurl.POSTFIELDS, body)
 
 
-def harvest(handle: pycurl.Curl, curl_error: int | None, message: str | None) -> Finished:
-    """What a finished handle says about its transfer."""
-    capture = handle.capture
+def harvest(handle: pycurl.Curl, capture: _Capture, curl_error: int | None, message: str | None) -> Finished:
+    """What a finished handle (and its ``capture``) says about its transfer."""
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
     chunks = capture.chunks
     excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks)).decode("utf-8", "replace") if chunks else None
@@ -251,20 +283,29 @@ class Transport:
 
     def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
         self.multi = pycurl.CurlMulti()
+        if options.http2:
+            self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        if options.max_host_connections:
+            self.multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, options.max_host_connections)
+        # TLS sessions and DNS answers live in this multi handle's caches (libcurl >= 8.12), shared
+        # by all its transfers: a new connection resumes a TLS session (one round trip, no
+        # certificate chain) instead of a full handshake. A CurlShare would add only its locks.
         self.size = size
         self.options = options
         self.method = method
         loop = _EpollLoop if size > EPOLL_ABOVE else _SelectLoop
         self.loop = loop(self.multi, wake_fd)
         self.free: list[pycurl.Curl] = []
+        # each handle's capture: a dict lookup costs 15 ns, an attribute set on a pycurl handle 320
+        self.captures: dict[pycurl.Curl, _Capture] = {}
         self.active = 0
 
     def has_room(self) -> bool:
         return self.active < self.size
 
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
-        handle = self.free.pop() if self.free else _new_handle(self.options, self.method)
-        handle.capture.reset(token)
+        handle = self.free.pop() if self.free else self._new_handle()
+        self.captures[handle].reset(token)
         try:
             configure(handle, url, headers, body)
         except BaseException:
@@ -291,11 +332,16 @@ class Transport:
             if not queued:
                 return finished
 
+    def _new_handle(self) -> pycurl.Curl:
+        handle, capture = _new_handle(self.options, self.method)
+        self.captures[handle] = capture
+        return handle
+
     def _release(self, handle, errno, message) -> Finished:
-        result = harvest(handle, errno, message)
+        capture = self.captures[handle]
+        result = harvest(handle, capture, errno, message)
         self.multi.remove_handle(handle)
-        handle.capture.token = None
-        handle.capture.chunks.clear()
+        capture.release()
         self.free.append(handle)
         self.active -= 1
         return result
