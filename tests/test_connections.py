@@ -1,5 +1,5 @@
-"""How requests travel: TLS verified (or, when asked, not), TLS sessions resumed on fresh
-connections, HTTP/2 multiplexing over few connections, a proxy, client certificates. Debian's
+"""How requests travel: TLS verified (or, when asked, not), connections reused without keys, TLS
+sessions resumed on new connections, HTTP/2 multiplexing over few connections, a proxy, client certificates. Debian's
 nginx on 127.0.0.1 with certificates openssl makes for this test module."""
 
 from __future__ import annotations
@@ -102,10 +102,23 @@ def test_tls_is_verified_against_the_ca_bundle_unless_insecure(customers, db, ce
     assert insecure.returncode == 0 and "insecure" in (insecure.stdout + insecure.stderr).lower()
 
 
-def test_fresh_connections_resume_their_tls_session(customers, db, certs, nginx):
-    """Without keys every request has a connection of its own (no silent resend); each resumes the
-    worker's TLS session instead of a full handshake."""
+def test_without_keys_connections_are_reused(customers, db, certs, nginx):
+    """Without keys libcurl cannot send a request again on its own (the body is read once), so
+    connections are reused as with keys: a TLS handshake per connection, not per request."""
     server, rows = nginx(), 300
+    done = bill(
+        customers(rows), server.url(), db, "unkeyed", "--no-idempotency", "--ca-bundle", certs.ca,
+        "--workers", 2, "--concurrency", 10,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    logged = server.requests()
+    assert len(logged) == rows and len({connection for connection, *_ in logged}) <= 2 * 10
+
+
+def test_new_connections_resume_their_tls_session(customers, db, certs, nginx):
+    """A server that closes every connection after one request: each new connection resumes the
+    worker's TLS session instead of a full handshake."""
+    server, rows = nginx(extra="keepalive_requests 1;\n"), 300
     done = bill(
         customers(rows), server.url(), db, "fresh", "--no-idempotency", "--ca-bundle", certs.ca,
         "--workers", 2, "--concurrency", 10,

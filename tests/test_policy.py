@@ -54,6 +54,15 @@ def test_errors_after_sending_are_retried_only_with_a_key(error):
     assert RetryPolicy(idempotent=False).classify(Outcome(curl_error=error, connected=True)) == UNKNOWN
 
 
+@pytest.mark.parametrize("error", [pycurl.E_COULDNT_CONNECT, pycurl.E_OPERATION_TIMEDOUT, pycurl.E_SEND_FAIL_REWIND])
+def test_an_error_after_libcurl_took_the_body_is_retried_only_with_a_key(error):
+    """libcurl reconnecting to send a request again fails at connect, or cannot re-read the body:
+    the first copy may have been received all the same."""
+    outcome = Outcome(curl_error=error, connected=True, body_taken=True)
+    assert POLICY.classify(outcome) == RETRYING
+    assert RetryPolicy(idempotent=False).classify(outcome) == UNKNOWN
+
+
 def test_timeout_before_connecting_is_safe_without_a_key():
     outcome = Outcome(curl_error=pycurl.E_OPERATION_TIMEDOUT, connected=False)
     assert RetryPolicy(idempotent=False).classify(outcome) == RETRYING

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
 
 import pytest
 
+from engine.delivery.policy import UNKNOWN, RetryPolicy
 from engine.delivery.transport import EXCERPT_BYTES, HEADER_BYTES, Transport, TransportOptions
 
 MB = 1024 * 1024
@@ -160,6 +162,82 @@ def test_retry_after_is_read_as_seconds_from_delta_seconds_and_http_dates(server
     assert seconds == 120.0
     assert 85 <= later <= 91
     assert zero is None and earlier is None and garbage == [None, None]
+
+
+class DropsSecondRequest(BaseHTTPRequestHandler):
+    """Answers the first POST of each connection; reads the second, counts it, and hangs up
+    without a word: the keep-alive connection a client reuses dies with the request received."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received[body] += 1
+        self.served = getattr(self, "served", 0) + 1
+        if self.served == 1:
+            self.server.connections += 1
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dropping_server():
+    httpd = Server(("127.0.0.1", 0), DropsSecondRequest)
+    httpd.received, httpd.connections = Counter(), 0
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def post_all(url: str, bodies: list[bytes], options: TransportOptions, window: int = 4) -> list:
+    """Every body POSTed to ``url`` through one Transport, as a worker drives it."""
+    transport = Transport(window, options, "POST")
+    pending, finished = list(enumerate(bodies)), []
+    try:
+        while len(finished) < len(bodies):
+            while pending and transport.has_room():
+                token, body = pending.pop()
+                transport.start(token, url, ["Content-Type: application/json"], body)
+            finished += transport.poll(0.05)
+    finally:
+        transport.close()
+    return finished
+
+
+@pytest.mark.parametrize("size", [100, 200_000])  # one read, and a body libcurl reads in pieces
+def test_without_keys_libcurl_cannot_resend_a_request_on_its_own(dropping_server, size):
+    """Over reused connections that die with the request received, no body reaches the server twice:
+    the request libcurl would resend fails (curl 65) and is recorded as possibly sent."""
+    url = f"http://127.0.0.1:{dropping_server.server_address[1]}/charge"
+    bodies = [json.dumps({"id": i, "pad": "x" * size}).encode() for i in range(200)]
+    unkeyed = TransportOptions(connect_timeout=10, timeout=30, resend_harmless=False)
+    finished = post_all(url, bodies, unkeyed)
+    assert max(dropping_server.received.values()) == 1 and len(dropping_server.received) == 200
+    failed = [done for done in finished if done.outcome.curl_error is not None]
+    assert failed and {done.outcome.curl_error for done in failed} <= {52, 65}
+    assert all(
+        done.outcome.connected and RetryPolicy(idempotent=False).classify(done.outcome) == UNKNOWN for done in failed
+    )
+    assert dropping_server.connections < 200  # connections are reused all the same
+    answered = {bodies[done.token] for done in finished if done.outcome.http_status == 200}
+    assert len(answered) + len(failed) == 200
+
+
+def test_with_keys_libcurl_resends_on_its_own(dropping_server):
+    """What the read callback prevents: the same server, bodies given as POSTFIELDS (as keyed runs do)."""
+    url = f"http://127.0.0.1:{dropping_server.server_address[1]}/charge"
+    post_all(
+        url, [json.dumps({"id": i}).encode() for i in range(200)], TransportOptions(connect_timeout=10, timeout=30)
+    )
+    assert max(dropping_server.received.values()) >= 2  # sent again, up to 5 times
 
 
 def main(window: int, urls: list[str]) -> None:

@@ -34,6 +34,8 @@ E_COULDNT_CONNECT, E_HTTP2, E_PARTIAL_FILE, E_OPERATION_TIMEDOUT, E_SSL_CONNECT_
 E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_SSL_CERTPROBLEM = 52, 55, 56, 58
 E_PEER_FAILED_VERIFICATION, E_SSL_CACERT_BADFILE, E_SSL_ISSUER_ERROR = 60, 77, 83
 E_SSL_PINNEDPUBKEYNOTMATCH, E_SSL_INVALIDCERTSTATUS, E_HTTP2_STREAM = 90, 91, 92
+#: libcurl would have sent a request again (its connection died unanswered) but could not re-read the body.
+E_SEND_FAIL_REWIND = 65
 
 #: curl errors raised before any byte of the request could reach the server.
 CONNECT_PHASE_ERRORS = frozenset(
@@ -41,7 +43,16 @@ CONNECT_PHASE_ERRORS = frozenset(
 )
 #: curl errors after which the request may or may not have been applied.
 READ_PHASE_ERRORS = frozenset(
-    {E_OPERATION_TIMEDOUT, E_GOT_NOTHING, E_SEND_ERROR, E_RECV_ERROR, E_PARTIAL_FILE, E_HTTP2, E_HTTP2_STREAM}
+    {
+        E_OPERATION_TIMEDOUT,
+        E_GOT_NOTHING,
+        E_SEND_ERROR,
+        E_RECV_ERROR,
+        E_PARTIAL_FILE,
+        E_HTTP2,
+        E_HTTP2_STREAM,
+        E_SEND_FAIL_REWIND,
+    }
 )
 #: curl errors of a request that cannot work as configured (URL, protocol, certificate): retrying cannot help.
 CONFIG_ERRORS = frozenset(
@@ -66,6 +77,9 @@ class Outcome(NamedTuple):
     connected: bool = True
     #: Seconds a 429 or 503 asked to wait (libcurl parses delta-seconds and HTTP dates), or None.
     retry_after: float | None = None
+    #: libcurl took the request's body to send: a connect error after that came from reconnecting
+    #: to send it again, so the request may have reached the server all the same.
+    body_taken: bool = False
 
 
 class Decision(NamedTuple):
@@ -109,7 +123,7 @@ class RetryPolicy:
             return RETRYING if status in self.RETRY_STATUSES else REJECTED
         if outcome.curl_error in CONFIG_ERRORS:
             return FAILED
-        if outcome.curl_error in CONNECT_PHASE_ERRORS or not outcome.connected:
+        if not outcome.connected or (outcome.curl_error in CONNECT_PHASE_ERRORS and not outcome.body_taken):
             return RETRYING
         if self.idempotent:
             return RETRYING

@@ -43,9 +43,11 @@ class TransportOptions:
     verify_tls: bool = True
     ca_bundle: str | None = None
     user_agent: str = "batch-engine"
-    #: libcurl silently resends a request once when a reused connection turns out dead;
-    #: without an Idempotency-Key that could charge twice, so such runs use fresh connections.
-    reuse_connections: bool = True
+    #: libcurl silently sends a request again when the reused connection it went out on turns
+    #: out dead with no answer. With an Idempotency-Key that is harmless; without one it could
+    #: charge twice, so such runs hand libcurl each body through a read callback it cannot
+    #: rewind: the resend fails instead (curl error 65), and connections are still reused.
+    resend_harmless: bool = True
     http2: bool = False
     max_host_connections: int = 0
     proxy: str | None = None
@@ -60,7 +62,7 @@ class TransportOptions:
             timeout=settings.timeout,
             verify_tls=not settings.insecure,
             ca_bundle=settings.ca_bundle,
-            reuse_connections=settings.idempotency,
+            resend_harmless=settings.idempotency,
             http2=settings.http2,
             max_host_connections=settings.max_host_connections,
             proxy=settings.proxy,
@@ -88,7 +90,7 @@ class _Capture:
     count of header bytes.
     """
 
-    __slots__ = ("chunks", "header_bytes", "kept", "started_at", "token")
+    __slots__ = ("body", "body_taken", "chunks", "header_bytes", "kept", "started_at", "token")
 
     def __init__(self):
         self.chunks: list[bytes] = []
@@ -96,11 +98,14 @@ class _Capture:
         self.header_bytes = 0
         self.token = None
         self.started_at = 0.0
+        self.body = b""  # the body libcurl reads through ``read`` (runs without keys), until it is taken
+        self.body_taken = 0
 
     def reset(self, token) -> None:
         self.chunks.clear()
         self.kept = 0
         self.header_bytes = 0
+        self.body_taken = 0
         self.token = token
         self.started_at = time.time()
 
@@ -108,6 +113,15 @@ class _Capture:
         """Drop what the ended transfer held (its row, its excerpt) while the handle waits for another."""
         self.token = None
         self.chunks.clear()
+        self.body = b""
+
+    def read(self, size: int) -> bytes:
+        """libcurl's read callback: the body, once. With no seek callback libcurl cannot rewind it,
+        so it cannot send the request a second time on its own."""
+        start = self.body_taken
+        piece = self.body if start == 0 and len(self.body) <= size else self.body[start : start + size]
+        self.body_taken = start + len(piece)
+        return piece
 
     def write(self, data: bytes) -> None:
         """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
@@ -140,9 +154,8 @@ def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _C
     handle.setopt(pycurl.SSL_VERIFYHOST, 2 if options.verify_tls else 0)
     if options.ca_bundle:
         handle.setopt(pycurl.CAINFO, options.ca_bundle)
-    if not options.reuse_connections:
-        handle.setopt(pycurl.FRESH_CONNECT, 1)
-        handle.setopt(pycurl.FORBID_REUSE, 1)
+    if not options.resend_harmless:
+        handle.setopt(pycurl.READFUNCTION, capture.read)
     if options.http2:
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
         handle.setopt(pycurl.PIPEWAIT, 1)  # wait to share a connection rather than open one
@@ -162,12 +175,29 @@ def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _C
     return handle, capture
 
 
-def configure(handle: pycurl.Curl, url: str, headers: list[str], body: bytes | None) -> None:
+def configure(handle: pycurl.Curl, capture: _Capture, url: str, headers: list[str], body: bytes | None) -> None:
     """Point a reusable handle at one request (the method was set when the handle was made)."""
     handle.setopt(pycurl.URL, url)
     handle.setopt(pycurl.HTTPHEADER, headers)
     if body is not None:
         handle.setopt(pycurl.POSTFIELDS, body)
+
+
+def configure_unrepeatable(
+    handle: pycurl.Curl, capture: _Capture, url: str, headers: list[str], body: bytes | None
+) -> None:
+    """:func:`configure` for a run without keys: libcurl takes the body through ``capture.read``
+    once and cannot send it again. A request without a body gets a connection of its own (no
+    reused connection, so nothing to resend on)."""
+    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.HTTPHEADER, headers)
+    alone = 0 if body else 1
+    handle.setopt(pycurl.FRESH_CONNECT, alone)
+    handle.setopt(pycurl.FORBID_REUSE, alone)
+    if body is not None:
+        capture.body = body
+        handle.setopt(pycurl.POST, 1)
+        handle.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
 
 
 def harvest(handle: pycurl.Curl, capture: _Capture, curl_error: int | None, message: str | None) -> Finished:
@@ -176,8 +206,11 @@ def harvest(handle: pycurl.Curl, capture: _Capture, curl_error: int | None, mess
     chunks = capture.chunks
     excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks)).decode("utf-8", "replace") if chunks else None
     if curl_error is not None:
-        sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
-        outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent)
+        # a body libcurl took went out: an error after that, even a connect error (libcurl
+        # reconnecting to send it again), may follow a request the server received
+        taken = capture.body_taken > 0
+        sent = taken or handle.getinfo(pycurl.REQUEST_SIZE) > 0
+        outcome = Outcome(http_status=None, curl_error=curl_error, connected=sent, body_taken=taken)
         if capture.header_bytes > HEADER_BYTES:
             message = f"response headers over {HEADER_BYTES} bytes"
         return Finished(
@@ -293,6 +326,7 @@ class Transport:
         self.size = size
         self.options = options
         self.method = method
+        self.configure = configure if options.resend_harmless else configure_unrepeatable
         loop = _EpollLoop if size > EPOLL_ABOVE else _SelectLoop
         self.loop = loop(self.multi, wake_fd)
         self.free: list[pycurl.Curl] = []
@@ -305,9 +339,10 @@ class Transport:
 
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
         handle = self.free.pop() if self.free else self._new_handle()
-        self.captures[handle].reset(token)
+        capture = self.captures[handle]
+        capture.reset(token)
         try:
-            configure(handle, url, headers, body)
+            self.configure(handle, capture, url, headers, body)
         except BaseException:
             self.free.append(handle)  # nothing was sent; the handle is set afresh by its next row
             raise
