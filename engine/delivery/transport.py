@@ -30,6 +30,8 @@ HEADER_BYTES = 64 * 1024
 #: at or above FD_SETSIZE (1024), which a large window reaches.
 EPOLL_ABOVE = 400
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+#: Seconds a connection may sit idle and still be reused by a run without keys.
+UNKEYED_MAX_IDLE = 2
 #: The environment variable holding the passphrase of the --key of mutual TLS.
 CLIENT_KEY_PASSWORD_ENV = "ENGINE_CLIENT_KEY_PASSWORD"
 
@@ -156,6 +158,9 @@ def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _C
         handle.setopt(pycurl.CAINFO, options.ca_bundle)
     if not options.resend_harmless:
         handle.setopt(pycurl.READFUNCTION, capture.read)
+        # servers close idle connections after as little as 5 s (Node, Apache); a request sent on
+        # one as it closes is unknown, so a connection idle this long is not reused
+        handle.setopt(pycurl.MAXAGE_CONN, UNKEYED_MAX_IDLE)
     if options.http2:
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
         handle.setopt(pycurl.PIPEWAIT, 1)  # wait to share a connection rather than open one
