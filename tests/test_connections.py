@@ -102,17 +102,23 @@ def test_tls_is_verified_against_the_ca_bundle_unless_insecure(customers, db, ce
     assert insecure.returncode == 0 and "insecure" in (insecure.stdout + insecure.stderr).lower()
 
 
-def test_without_keys_connections_are_reused(customers, db, certs, nginx):
-    """Without keys libcurl cannot send a request again on its own (the body is read once), so
-    connections are reused as with keys: a TLS handshake per connection, not per request."""
+@pytest.mark.parametrize("keys", ["--idempotency-header", "--no-idempotency"])
+def test_connections_are_reused_and_all_but_the_first_resume_its_tls_session(customers, db, certs, nginx, keys):
+    """With keys or without (libcurl cannot send a request again on its own: the body is read
+    once), connections are reused: a TLS handshake per connection, not per request. A worker's
+    first connection does the one full handshake; the rest of its window resumes its session."""
     server, rows = nginx(), 300
+    args = ["--no-idempotency"] if keys == "--no-idempotency" else []
     done = bill(
-        customers(rows), server.url(), db, "unkeyed", "--no-idempotency", "--ca-bundle", certs.ca,
+        customers(rows), server.url(), db, "reuse", *args, "--ca-bundle", certs.ca,
         "--workers", 2, "--concurrency", 10,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     logged = server.requests()
-    assert len(logged) == rows and len({connection for connection, *_ in logged}) <= 2 * 10
+    connections = {connection: reused for connection, reused, *_ in logged}
+    assert len(logged) == rows and len(connections) <= 2 * 10
+    full_handshakes = [connection for connection, reused in connections.items() if reused != "r"]
+    assert len(full_handshakes) <= 2, connections  # one per worker
 
 
 def test_new_connections_resume_their_tls_session(customers, db, certs, nginx):

@@ -30,6 +30,10 @@ HEADER_BYTES = 64 * 1024
 #: at or above FD_SETSIZE (1024), which a large window reaches.
 EPOLL_ABOVE = 400
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+#: Longest a Transport's first HTTPS transfer runs alone (s), so that the connections the rest of
+#: the window opens after it resume its TLS session instead of each doing a full handshake
+#: (the session ticket arrives just after the handshake). It ends sooner, when that transfer does.
+TLS_WARMUP = 0.5
 #: Seconds a connection may sit idle and still be reused by a run without keys.
 UNKEYED_MAX_IDLE = 2
 #: The environment variable holding the passphrase of the --key of mutual TLS.
@@ -338,11 +342,21 @@ class Transport:
         # each handle's capture: a dict lookup costs 15 ns, an attribute set on a pycurl handle 320
         self.captures: dict[pycurl.Curl, _Capture] = {}
         self.active = 0
+        self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
 
     def has_room(self) -> bool:
-        return self.active < self.size
+        return self.may_start(self.size)
+
+    def may_start(self, window: int) -> bool:
+        """Whether another transfer may start with at most ``window`` in flight (one, while the
+        first HTTPS transfer opens the connection whose TLS session the others will resume)."""
+        if self.warm_until and time.monotonic() < self.warm_until:
+            return self.active < 1
+        return self.active < window
 
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
+        if self.warm_until is None:
+            self.warm_until = time.monotonic() + TLS_WARMUP if url.startswith("https:") else 0.0
         handle = self.free.pop() if self.free else self._new_handle()
         capture = self.captures[handle]
         capture.reset(token)
@@ -384,6 +398,7 @@ class Transport:
         capture.release()
         self.free.append(handle)
         self.active -= 1
+        self.warm_until = 0.0
         return result
 
     def close(self) -> None:

@@ -174,7 +174,7 @@ class WorkerLoop:
         if self.draining or not self.ready:
             return
         window = self.gate.window()
-        while self.ready and self.transport.active < window:
+        while self.ready and self.transport.may_start(window):
             permit = self.gate.permit()
             if permit == WAIT:
                 return
