@@ -80,13 +80,14 @@ def nginx(tmp_path, certs):
         server.stop()
 
 
-def bill(csv, url, db, run_id, *args, env=None) -> subprocess.CompletedProcess:
+def bill(csv, url, db, run_id, *args, env=None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*ENGINE, "bill", str(csv), "--url", url, "--db", db, "--run-id", run_id, "--quiet", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -100,6 +101,23 @@ def test_tls_is_verified_against_the_ca_bundle_unless_insecure(customers, db, ce
     assert status_counts(db, "unknown-ca") == {"failed": 20}  # one attempt each: retrying cannot help
     insecure = bill(rows, server.url(), db, "insecure", "--insecure")
     assert insecure.returncode == 0 and "insecure" in (insecure.stdout + insecure.stderr).lower()
+
+
+def test_a_rerun_from_another_directory_finds_a_relative_ca_bundle(customers, db, certs, nginx, tmp_path):
+    """Certificate paths are stored with the run as absolute paths, whatever directory billed."""
+    server, rows = nginx(), customers(20)
+    ca = Path(certs.ca)
+    no_way = bill(rows, server.url(), db, "moved", "--ca-bundle", ca.name, "--proxy", "http://127.0.0.1:1",
+                  "--max-attempts", 1, cwd=ca.parent)  # fmt: skip
+    assert no_way.returncode == 1 and status_counts(db, "moved") == {"failed": 20}, no_way.stderr  # proxy down
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rerun = subprocess.run(
+        [*ENGINE, "rerun", "moved", "--db", db, "--no-proxy", "--quiet"],
+        capture_output=True, text=True, timeout=120, cwd=elsewhere,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert status_counts(db, "moved") == {"succeeded": 20}
 
 
 @pytest.mark.parametrize("keys", ["--idempotency-header", "--no-idempotency"])

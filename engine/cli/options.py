@@ -17,6 +17,9 @@ from engine.run.runner import EXIT_INTERRUPTED
 from engine.states import STATES
 
 DEFAULT_DB = "engine.db"
+#: A certificate or key file: it must exist, and is stored with the run as an absolute path, so a
+#: ``rerun`` from another directory finds it.
+PEM_FILE = click.Path(exists=True, dir_okay=False, resolve_path=True)
 
 
 def run_default(name: str):
@@ -213,14 +216,14 @@ def connection_options(command):
             click.option(
                 "--cert",
                 "client_cert",
-                type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+                type=PEM_FILE,
                 default=None,
                 help="Client certificate (PEM) for mutual TLS.",
             ),
             click.option(
                 "--key",
                 "client_key",
-                type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+                type=PEM_FILE,
                 default=None,
                 help="Its private key (PEM); a passphrase comes from ENGINE_CLIENT_KEY_PASSWORD.",
             ),

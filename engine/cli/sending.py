@@ -7,6 +7,7 @@ import sys
 import click
 
 from engine.cli.options import (
+    PEM_FILE,
     broker_option,
     connection_options,
     db_option,
@@ -117,7 +118,7 @@ from engine.starttime import start_time
 @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (printed in the summary).")
 @click.option(
     "--ca-bundle",
-    type=click.Path(exists=True, dir_okay=False),
+    type=PEM_FILE,
     default=None,
     help="CA certificates to verify TLS with [default: libcurl's].",
 )

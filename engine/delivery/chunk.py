@@ -65,7 +65,8 @@ class ChunkSender:
 
     def _start_ready(self, ready: deque[Dispatch], records: list[tuple]) -> float:
         """Start rows while the window has room and the gate allows; how long to poll before trying again."""
-        while ready and self.transport.may_start(self.gate.window()):
+        window = self.transport.window(self.gate.window())
+        while ready and self.transport.active < window:
             permit = self.gate.permit()
             if permit == WAIT:
                 return min(POLL, self.gate.pace_ends_in()) or POLL

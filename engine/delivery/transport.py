@@ -345,14 +345,16 @@ class Transport:
         self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
 
     def has_room(self) -> bool:
-        return self.may_start(self.size)
+        return self.active < self.window(self.size)
 
-    def may_start(self, window: int) -> bool:
-        """Whether another transfer may start with at most ``window`` in flight (one, while the
-        first HTTPS transfer opens the connection whose TLS session the others will resume)."""
-        if self.warm_until and time.monotonic() < self.warm_until:
-            return self.active < 1
-        return self.active < window
+    def window(self, limit: int) -> int:
+        """Transfers that may be in flight now, at most ``limit``: one until the first transfer has
+        started (it says whether the run is over HTTPS) and, over HTTPS, while it opens the
+        connection whose TLS session the others will resume."""
+        warm_until = self.warm_until
+        if warm_until is None or (warm_until and time.monotonic() < warm_until):
+            return 1
+        return limit
 
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
         if self.warm_until is None:
@@ -384,6 +386,8 @@ class Transport:
             for handle, errno, message in err_list:
                 finished.append(self._release(handle, errno, message))
             if not queued:
+                if finished:
+                    self.warm_until = 0.0
                 return finished
 
     def _new_handle(self) -> pycurl.Curl:
@@ -398,7 +402,6 @@ class Transport:
         capture.release()
         self.free.append(handle)
         self.active -= 1
-        self.warm_until = 0.0
         return result
 
     def close(self) -> None:

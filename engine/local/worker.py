@@ -173,8 +173,8 @@ class WorkerLoop:
     def _start_transfers(self) -> None:
         if self.draining or not self.ready:
             return
-        window = self.gate.window()
-        while self.ready and self.transport.may_start(window):
+        window = self.transport.window(self.gate.window())
+        while self.ready and self.transport.active < window:
             permit = self.gate.permit()
             if permit == WAIT:
                 return
