@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -32,8 +33,16 @@ def db(tmp_path):
     return str(tmp_path / "ledger.db")
 
 
-#: The local PostgreSQL server the tests create their own database on (trust auth, as on CI).
-POSTGRES_ADMIN = os.environ.get("ENGINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The local PostgreSQL server the tests create their own database on (trust auth, as on CI);
+#: ``ENGINE_TEST_PG_URL`` (or the older ``ENGINE_TEST_POSTGRES``) names another.
+POSTGRES_ADMIN = (
+    os.environ.get("ENGINE_TEST_PG_URL")
+    or os.environ.get("ENGINE_TEST_POSTGRES")
+    or "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+#: The local Redis whose numbered databases the cluster tests claim (``ENGINE_TEST_REDIS_URL`` names
+#: another; a database number at its end is dropped: each test claims its own).
+REDIS_SERVER = re.sub(r"/\d*$", "", os.environ.get("ENGINE_TEST_REDIS_URL") or "redis://127.0.0.1:6379")
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ import time
 
 import pytest
 import redis
-from conftest import ENGINE, POSTGRES_ADMIN, run_engine, wait_for_charges
+from conftest import ENGINE, POSTGRES_ADMIN, REDIS_SERVER, run_engine, wait_for_charges
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
-REDIS = "redis://127.0.0.1:6379"
+REDIS = REDIS_SERVER
 
 
 @pytest.fixture
