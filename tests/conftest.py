@@ -33,6 +33,14 @@ def db(tmp_path):
     return str(tmp_path / "ledger.db")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request, tmp_path):
+    """A ledger of each kind in turn: the fault tests hold on a SQLite file and on PostgreSQL alike."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("postgres_url")
+
+
 #: The local PostgreSQL server the tests create their own database on (trust auth, as on CI);
 #: ``ENGINE_TEST_PG_URL`` (or the older ``ENGINE_TEST_POSTGRES``) names another.
 POSTGRES_ADMIN = (
@@ -100,6 +108,12 @@ def run():
 
 
 def ledger_rows(db: str, sql: str, *params):
+    """Rows of ``sql`` (``?`` placeholders) read straight from a SQLite file or a PostgreSQL URL."""
+    if db.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(db) as conn:
+            return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
 

@@ -107,7 +107,7 @@ def test_outage_pauses_the_run_instead_of_spending_attempts(customers, db, tmp_p
     assert abs(pause["started_at"] - flips[0]["time"]) < 1 and abs(pause["ended_at"] - flips[1]["time"]) < 1
 
 
-def test_kill_coordinator_then_rerun(customers, db, start_engine):
+def test_kill_coordinator_then_rerun(customers, any_db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3, jitter=0.1) as api:
         engine = start_engine(
@@ -116,7 +116,7 @@ def test_kill_coordinator_then_rerun(customers, db, start_engine):
             "--url",
             api.charge_url(),
             "--db",
-            db,
+            any_db,
             "--run-id",
             "k9",
             "--timeout",  # how long a dead sender's rows wait before they go out again
@@ -127,19 +127,19 @@ def test_kill_coordinator_then_rerun(customers, db, start_engine):
             50,
             "--quiet",
         )
-        wait_for_attempts(db, random.randint(200, 1500))
+        wait_for_attempts(any_db, random.randint(200, 1500))
         workers = worker_pids(engine.pid)
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
         wait_gone(workers)
-        assert 0 < status_counts(db, "k9").get("succeeded", 0) < rows
+        assert 0 < status_counts(any_db, "k9").get("succeeded", 0) < rows
         api.configure(latency=0.02, jitter=0.0)  # the rest goes quickly (transfers in flight keep theirs)
-        result = run_engine("rerun", "k9", "--db", db, "--quiet")
+        result = run_engine("rerun", "k9", "--db", any_db, "--quiet")
         assert result.returncode == 0, result.stderr
-        assert_everyone_charged_once(api, db, "k9", rows)
+        assert_everyone_charged_once(api, any_db, "k9", rows)
 
 
-def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
+def test_kill_one_worker_mid_run(customers, any_db, tmp_path, start_engine):
     rows = 3000
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=0.3, jitter=0.1) as api:
@@ -149,7 +149,7 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
             "--url",
             api.charge_url(),
             "--db",
-            db,
+            any_db,
             "--run-id",
             "kw",
             "--timeout",  # how long a dead sender's rows wait before they go out again
@@ -162,16 +162,16 @@ def test_kill_one_worker_mid_run(customers, db, tmp_path, start_engine):
             log,
             "--quiet",
         )
-        wait_for_attempts(db, random.randint(200, 1500))
+        wait_for_attempts(any_db, random.randint(200, 1500))
         os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
         api.configure(latency=0.02, jitter=0.0)  # the rest goes quickly (transfers in flight keep theirs)
         _, err = engine.communicate(timeout=120)
         assert engine.returncode == 0, err
-        assert_everyone_charged_once(api, db, "kw", rows)
+        assert_everyone_charged_once(api, any_db, "kw", rows)
     assert '"event":"worker_died"' in log.read_text()
 
 
-def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
+def test_ctrl_c_drains_and_rerun_finishes(customers, any_db, start_engine):
     rows = 3000
     with MockProcess(latency=0.3) as api:
         engine = start_engine(
@@ -180,7 +180,7 @@ def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
             "--url",
             api.charge_url(),
             "--db",
-            db,
+            any_db,
             "--run-id",
             "int",
             "--workers",
@@ -189,21 +189,21 @@ def test_ctrl_c_drains_and_rerun_finishes(customers, db, start_engine):
             50,
             "--quiet",
         )
-        wait_for_attempts(db, 300)
+        wait_for_attempts(any_db, 300)
         engine.send_signal(signal.SIGINT)
         out, err = engine.communicate(timeout=60)
         assert engine.returncode == 130, err
         assert "python -m engine rerun int" in err
         assert "Traceback" not in err
-        in_flight = ledger_rows(db, "SELECT count(*) FROM requests WHERE status NOT IN ('succeeded', 'pending')")
+        in_flight = ledger_rows(any_db, "SELECT count(*) FROM requests WHERE status NOT IN ('succeeded', 'pending')")
         assert in_flight == [(0,)]  # every transfer in flight was finished and recorded
         api.configure(latency=0.02)
-        result = run_engine("rerun", "int", "--db", db, "--quiet")
+        result = run_engine("rerun", "int", "--db", any_db, "--quiet")
         assert result.returncode == 0, result.stderr
-        assert_everyone_charged_once(api, db, "int", rows)
+        assert_everyone_charged_once(api, any_db, "int", rows)
 
 
-def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_engine):
+def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, any_db, start_engine):
     rows = 2000
     with MockProcess(latency=2.0) as api:
         engine = start_engine(
@@ -212,7 +212,7 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
             "--url",
             api.charge_url(),
             "--db",
-            db,
+            any_db,
             "--run-id",
             "int2",
             "--timeout",  # how long a dead sender's rows wait before they go out again
@@ -223,7 +223,7 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
             100,
             "--quiet",
         )
-        wait_for_attempts(db, 100)
+        wait_for_attempts(any_db, 100)
         engine.send_signal(signal.SIGINT)
         time.sleep(0.3)
         engine.send_signal(signal.SIGINT)
@@ -232,9 +232,9 @@ def test_a_second_ctrl_c_stops_at_once_and_loses_nothing(customers, db, start_en
         assert engine.returncode == 130, err
         assert time.monotonic() - started < 2.0  # did not wait for the 2-second transfers in flight
         api.configure(latency=0.02)  # the rest goes quickly (transfers in flight keep theirs)
-        result = run_engine("rerun", "int2", "--db", db, "--quiet")
+        result = run_engine("rerun", "int2", "--db", any_db, "--quiet")
         assert result.returncode == 0, result.stderr
-        assert_everyone_charged_once(api, db, "int2", rows)
+        assert_everyone_charged_once(api, any_db, "int2", rows)
 
 
 def test_rate_limit_is_global(customers, db):
@@ -290,7 +290,7 @@ def test_429s_slow_the_run_down_and_it_recovers(customers, db):
     assert rejected_429 < 750
 
 
-def test_without_idempotency_unknown_outcomes_are_not_retried(customers, db, run):
+def test_without_idempotency_unknown_outcomes_are_not_retried(customers, any_db, run):
     with MockProcess(p_drop_after=0.05, seed=3) as api:
         result = run(
             "bill",
@@ -298,19 +298,19 @@ def test_without_idempotency_unknown_outcomes_are_not_retried(customers, db, run
             "--url",
             api.charge_url(),
             "--db",
-            db,
+            any_db,
             "--run-id",
             "nokey",
             "--no-idempotency",
             "--quiet",
         )
         assert result.exit_code == 1
-        counts = status_counts(db, "nokey")
+        counts = status_counts(any_db, "nokey")
         assert counts["unknown"] > 10 and counts["succeeded"] + counts["unknown"] == 1000
-        unknown = run("export", "nokey", "--db", db, "--status", "unknown")
+        unknown = run("export", "nokey", "--db", any_db, "--status", "unknown")
         assert len(unknown.output.strip().splitlines()) == counts["unknown"] + 1
-        run("rerun", "nokey", "--db", db, "--quiet")
-        assert status_counts(db, "nokey")["unknown"] == counts["unknown"]  # left for a person
+        run("rerun", "nokey", "--db", any_db, "--quiet")
+        assert status_counts(any_db, "nokey")["unknown"] == counts["unknown"]  # left for a person
         stats = api.stats()
         assert stats["customers_charged"] == 1000  # the unknown ones were in fact charged, once
         assert stats["customers_charged_more_than_once"] == 0
