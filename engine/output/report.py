@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 
 from engine.ledger import Store
 from engine.states import (
@@ -103,23 +104,43 @@ def _text(s: dict) -> str:
     return "\n".join(lines)
 
 
+#: Width the summary's advice is wrapped to, and the indent of its continuation lines.
+_ADVICE_WIDTH, _ADVICE_INDENT = 100, " " * 13
+
+
 def _advice(s: dict) -> list[str]:
     """What to do about rows no pass will settle on its own: ``unknown`` and ``key_conflict``."""
-    lines = []
+    advice = []
     if s["unknown"]:
-        lines.append(
-            f"  UNKNOWN    {s['unknown']} rows may or may not have been charged (no answer, an answer cut off,"
-            " or a 5xx/408/409/425 that may follow a charge; without keys they are not sent again)."
-            f" Check each with the API (`export {s['run_id']} --status unknown` lists them), then send only"
-            f" those never charged: `rerun {s['run_id']} --include-unknown --rows never-charged.txt`."
+        advice.append(
+            (
+                "  UNKNOWN    ",
+                f"{s['unknown']} rows may or may not have been charged (no answer, an answer cut off, or a"
+                " 5xx/408/409/425 that may follow a charge; without keys they are not sent again). Check each with"
+                f" the API (`export {s['run_id']} --status unknown` lists them), then send only those never"
+                f" charged: `rerun {s['run_id']} --include-unknown --rows never-charged.txt`.",
+            )
         )
     if s.get("key_conflict"):
-        lines.append(
-            f"  KEY CONFLICT {s['key_conflict']} rows were refused because their idempotency key was first sent"
-            " with other parameters: the request changed since then, and the original was charged under that"
-            " key. A plain rerun does not send them; a new --run-id bills them again, on purpose."
+        advice.append(
+            (
+                "  CONFLICT   ",
+                f"{s['key_conflict']} rows were refused because their idempotency key was first sent with other"
+                " parameters: the request changed since then, and the original was charged under that key."
+                " A plain rerun does not send them; a new --run-id bills them again, on purpose.",
+            )
         )
-    return lines
+    return [
+        textwrap.fill(
+            text,
+            _ADVICE_WIDTH,
+            initial_indent=label,
+            subsequent_indent=_ADVICE_INDENT,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for label, text in advice
+    ]
 
 
 def _ms(value) -> str:
