@@ -4,6 +4,10 @@ from __future__ import annotations
 
 PENDING, RETRYING, SUCCEEDED = "pending", "retrying", "succeeded"
 FAILED, REJECTED, UNKNOWN = "failed", "rejected", "unknown"
+#: The API answered that this row's idempotency key was first used with other parameters (Stripe's
+#: 400 ``idempotency_error``, the IETF draft's 422): the request changed since that key was first
+#: sent, and the original was charged under it. Never retried, never resent by a plain rerun.
+KEY_CONFLICT = "key_conflict"
 #: A row handed to a worker of a run without idempotency keys, not yet answered: if the
 #: pass dies, nobody knows whether it was sent, so the next pass makes it ``unknown``.
 IN_FLIGHT = "in_flight"
@@ -11,7 +15,7 @@ IN_FLIGHT = "in_flight"
 #: the next pass sends exactly these.
 SELECTED = "selected"
 #: The states a report counts; a row is done only when it ``succeeded``.
-STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN, SELECTED)
+STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN, KEY_CONFLICT, SELECTED)
 #: States a later pass sends again by default.
 RESEND_STATES = (PENDING, RETRYING, FAILED, SELECTED)
 

@@ -10,10 +10,12 @@ import pytest
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
 from engine.delivery.gate import GO, PROBE, WAIT, Gate
-from engine.delivery.policy import Outcome
+from engine.delivery.policy import Outcome, RetryPolicy
 from engine.delivery.ratelimit import Pacer
+from engine.delivery.retries import Retries
+from engine.delivery.transport import Finished
 from engine.local.demand import RESERVE_CHUNKS, RESERVE_MIN, Demand
-from engine.wire import Dispatch
+from engine.wire import Attempt, Dispatch
 
 CONTEXT = multiprocessing.get_context("spawn")
 
@@ -111,3 +113,23 @@ def test_a_rate_makes_the_gate_wait_and_say_how_long():
     started = [admit.permit() for _ in range(5)]
     assert started[0] == GO and WAIT in started
     assert 0 < admit.pace_ends_in() <= 1.0
+
+
+def test_without_keys_a_gateway_outage_opens_the_breaker_but_resends_none_of_its_rows():
+    """502/504 are "down" for the breaker, and without keys they are also unknown: the pause and its
+    probe must take only rows never sent, never one the gateway may have passed on."""
+    admit = gate()
+    retries = Retries(RetryPolicy(idempotent=False), admit, ())
+    admit.settle(100, Outcome(http_status=200))  # the endpoint was up once
+    states = []
+    for row in rows(1, 2, 3):
+        status = 502 if row.rid % 2 else 504
+        record = retries.settle(Finished(row, Outcome(http_status=status), time.time(), 5.0, None, None))
+        states.append(Attempt(*record).outcome)
+    assert states == ["unknown"] * 3 and not retries.waiting  # none waits to be sent again
+    assert admit.paused()
+    time.sleep(0.06)
+    assert admit.permit() == PROBE
+    ready = rows(4, 5)
+    retries.release_due(ready)
+    assert admit.take_probe(ready).rid == 4  # the probe is a row never sent

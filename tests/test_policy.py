@@ -8,7 +8,7 @@ import pytest
 
 from engine.delivery import policy as policy_module
 from engine.delivery.policy import Outcome, RetryPolicy
-from engine.states import FAILED, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
+from engine.states import FAILED, KEY_CONFLICT, REJECTED, RETRYING, SUCCEEDED, UNKNOWN
 
 POLICY = RetryPolicy()
 
@@ -61,6 +61,64 @@ def test_an_error_after_libcurl_took_the_body_is_retried_only_with_a_key(error):
     outcome = Outcome(curl_error=error, connected=True, body_taken=True)
     assert POLICY.classify(outcome) == RETRYING
     assert RetryPolicy(idempotent=False).classify(outcome) == UNKNOWN
+
+
+UNKEYED = RetryPolicy(idempotent=False)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504, 408, 409, 425])
+def test_without_a_key_an_answer_that_may_follow_a_charge_is_unknown(status):
+    """A gateway's 502/504 usually means the API got the request: without a key, sending it again
+    could charge twice."""
+    assert UNKEYED.classify(Outcome(http_status=status)) == UNKNOWN
+    assert UNKEYED.decide(Outcome(http_status=status, retry_after=5.0), 1) == (UNKNOWN, 0.0)
+    assert POLICY.classify(Outcome(http_status=status)) == RETRYING  # with a key: unchanged
+
+
+def test_without_a_key_a_503_is_retried_only_when_it_says_when_to_come_back():
+    assert UNKEYED.classify(Outcome(http_status=503)) == UNKNOWN
+    assert UNKEYED.decide(Outcome(http_status=503, retry_after=2.0), 1) == (RETRYING, 2.0)
+    assert UNKEYED.decide(Outcome(http_status=503, retry_after=2.0), 5).state == FAILED  # attempts still bound it
+
+
+def test_without_a_key_a_429_is_retried_with_or_without_retry_after():
+    assert UNKEYED.decide(Outcome(http_status=429, retry_after=3.0), 1) == (RETRYING, 3.0)
+    assert UNKEYED.classify(Outcome(http_status=429)) == RETRYING
+
+
+@pytest.mark.parametrize("error", [pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING])
+def test_without_a_key_an_answer_cut_off_is_unknown(error):
+    assert UNKEYED.classify(Outcome(http_status=None, curl_error=error, connected=True)) == UNKNOWN
+
+
+STRIPE_CONFLICT = (
+    '{"error": {"message": "Keys for idempotent requests can only be used with the same parameters they were'
+    " first used with. Try using a key other than 'k-1' if you meant to execute a different request.\", "
+    '"type": "idempotency_error"}}'
+)
+
+
+@pytest.mark.parametrize(
+    "status,excerpt",
+    [
+        (400, '{"error": {"type": "idempotency_error", "message": "Keys for idempotent requests..."}}'),
+        (400, STRIPE_CONFLICT[:200]),  # "type" comes after the long message: cut off from the excerpt
+        (422, '{"title": "Idempotency-Key is already used", "detail": "... different payloads ..."}'),
+    ],
+)
+def test_a_key_reused_with_other_parameters_is_a_key_conflict(status, excerpt):
+    outcome = Outcome(http_status=status, excerpt=excerpt)
+    assert POLICY.classify(outcome) == KEY_CONFLICT
+    assert POLICY.decide(outcome, 1) == (KEY_CONFLICT, 0.0)
+    assert UNKEYED.classify(outcome) == REJECTED  # no key was sent: it cannot be about one
+
+
+@pytest.mark.parametrize(
+    "status,excerpt",
+    [(400, '{"error": {"type": "invalid_request_error"}}'), (422, None), (404, '{"type": "idempotency_error"}')],
+)
+def test_other_refusals_stay_rejected(status, excerpt):
+    assert POLICY.classify(Outcome(http_status=status, excerpt=excerpt)) == REJECTED
 
 
 def test_timeout_before_connecting_is_safe_without_a_key():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
+import pytest
 from conftest import ledger_rows
 
 from engine.mock.process import MockProcess
+from engine.request.spec import redact, secret_forms
 
 SECRET = "sk_live_51HxQ8vTOPSECRETvalue9"
 
@@ -109,3 +113,65 @@ def test_a_key_in_the_url_comes_from_the_environment_and_is_never_shown(api, cus
         env={"API_KEY": SECRET},
     )
     assert result.exit_code == 2 and SECRET not in result.output
+
+
+#: A token with what each encoding changes: a slash, a plus, a space, an equals sign, an ampersand.
+ODD_SECRET = "sk/live+T0P secret=42&xYz"
+
+
+def encodings_of(value: str) -> dict[str, str]:
+    """``value`` as an API may reflect it (written out here, apart from the engine's own list)."""
+    hex_upper = "".join(c if c.isalnum() or c in "-._~" else f"%{ord(c):02X}" for c in value)
+    return {
+        "json": value.replace("/", "\\/"),
+        "url": hex_upper,
+        "url-lower": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), hex_upper),
+        "url-plus": hex_upper.replace("%20", "+"),
+        "url-plus-lower": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), hex_upper.replace("%20", "+")),
+        "base64": base64.b64encode(value.encode()).decode(),
+        "base64-basic": base64.b64encode(f"user:{value}".encode()).decode(),
+        "base64-bearer": base64.b64encode(f"Bearer {value}".encode()).decode(),
+    }
+
+
+@pytest.mark.parametrize("name,form", encodings_of(ODD_SECRET).items())
+def test_every_encoding_of_a_secret_is_redacted(name, form):
+    text = f'{{"echo": "{form}", "error": "no"}}'
+    assert redact(text, (ODD_SECRET,)) == '{"echo": "[redacted]", "error": "no"}'
+    cut = redact(f'{{"echo": "{form[:-3]}', (ODD_SECRET,))  # cut off at the excerpt's end
+    assert cut == '{"echo": "[redacted]', name
+
+
+def test_a_basic_credentials_decoded_form_is_redacted():
+    credential = base64.b64encode(b"acct_42:pa55/word").decode()
+    assert redact("user acct_42:pa55/word, password pa55/word", (credential,)) == "user [redacted], password [redacted]"
+
+
+def test_secret_forms_are_computed_once_per_set_of_secrets():
+    secret_forms.cache_clear()
+    for _ in range(100):
+        redact("some excerpt", (ODD_SECRET,))
+    assert secret_forms.cache_info().misses == 1 and secret_forms.cache_info().hits == 99
+
+
+def test_an_api_that_echoes_the_token_encoded_leaves_no_form_of_it_anywhere(customers, db, run, tmp_path):
+    log = tmp_path / "events.jsonl"
+    with MockProcess(echo_encoded=True, p500=0.3, seed=5) as api:
+        result = run(
+            "bill", customers(40), "--url", api.charge_url(), "--db", db, "--run-id", "enc",
+            "--header", "Authorization: Bearer ${API_TOKEN}", "--log-file", log,
+            "--backoff-base", 0.01, "--max-attempts", 10, "--quiet",
+            env={"API_TOKEN": ODD_SECRET},
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    excerpts = [text for (text,) in ledger_rows(db, "SELECT excerpt FROM attempts")]
+    assert all("[redacted]" in text for text in excerpts) and len(excerpts) >= 40, excerpts[:8]
+    shown = [
+        run("export", "enc", "--db", db, "--status", "succeeded", "--format", fmt).output for fmt in ("csv", "jsonl")
+    ]
+    shown += [run("report", "enc", "--db", db, "--format", fmt).output for fmt in ("text", "json", "csv")]
+    errors = [text or "" for (text,) in ledger_rows(db, "SELECT error FROM requests")]
+    everything = traces(db, log).decode("latin-1") + "".join(shown + errors + excerpts) + result.output
+    for name, form in {"plain": ODD_SECRET, **encodings_of(ODD_SECRET)}.items():
+        assert form not in everything, name
+        assert form[:12] not in everything, name

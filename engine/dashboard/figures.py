@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from engine.errors import LedgerError
 from engine.ledger import Store
 from engine.output.report import not_yet_sent
-from engine.states import FAILED, REJECTED, SUCCEEDED, UNKNOWN
+from engine.states import FAILED, KEY_CONFLICT, REJECTED, SUCCEEDED, UNKNOWN
 
 LIVE_EVERY, DETAILS_EVERY = 1.0, 3.0
 LIVE_COST, DETAILS_COST = 20.0, 40.0
@@ -127,6 +127,7 @@ class Figures:
             "failed": counts[FAILED],
             "rejected": counts[REJECTED],
             "unknown": counts[UNKNOWN],
+            "key_conflict": counts[KEY_CONFLICT],
             "pending": left,
             "done": done,
             "progress": round(done / total, 4) if total else 1.0,

@@ -32,7 +32,7 @@ class LedgerCollector(Collector):
             run_ids = ledger.run_ids()
         for run_id in run_ids:
             live = self.figures.live(run_id)
-            for status in ("succeeded", "failed", "rejected", "unknown", "pending"):
+            for status in ("succeeded", "failed", "rejected", "unknown", "key_conflict", "pending"):
                 rows.add_metric([run_id, status], live[status])
             paused.add_metric([run_id], int(live["paused"]))
             details = self.figures.details(run_id)

@@ -8,6 +8,15 @@ request?* A connection that was never made is always safe to retry. A timeout or
 reset after the request went out may already have charged the customer; with an
 ``Idempotency-Key`` the server deduplicates it, so it is retried too; without one
 the outcome is ``unknown`` and left for a person to reconcile.
+
+Without a key an HTTP answer is judged by the same question. Only 429 and a 503 that
+says when to come back (``Retry-After``) prove the request was turned away unprocessed;
+a 502 or 504 usually comes from a gateway whose upstream *did* get the request, and a
+500, 408, 409 or 425 may follow a charge too, so those are ``unknown`` as well.
+
+With a key, an answer saying the key was first used with other parameters (Stripe's 400
+``idempotency_error``, the IETF draft's 422) is ``key_conflict``: the original request was
+charged under that key, and sending this one again cannot change the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import NamedTuple
 from engine.states import (  # noqa: F401 (re-exported)
     FAILED,
     IN_FLIGHT,
+    KEY_CONFLICT,
     PENDING,
     REJECTED,
     RETRYING,
@@ -80,6 +90,8 @@ class Outcome(NamedTuple):
     #: libcurl took the request's body to send: a connect error after that came from reconnecting
     #: to send it again, so the request may have reached the server all the same.
     body_taken: bool = False
+    #: The first bytes of the answer's body (what says why a 400 or 422 refused the request).
+    excerpt: str | None = None
 
 
 class Decision(NamedTuple):
@@ -107,6 +119,20 @@ class RetryPolicy:
     RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
     #: Statuses whose Retry-After header sets the delay.
     RETRY_AFTER_STATUSES = frozenset({429, 503})
+    #: Without keys, the statuses that prove the request was not processed: 429 always, 503 only
+    #: with a Retry-After (a gateway's own 503 may follow an upstream that took the request).
+    UNPROCESSED_STATUSES = frozenset({429})
+    #: Statuses an API uses to say an idempotency key was first sent with other parameters.
+    KEY_CONFLICT_STATUSES = frozenset({400, 422})
+    #: What such an answer's body says (lower-case), within the first bytes an excerpt keeps.
+    KEY_CONFLICT_MARKERS = (
+        "idempotency_error",  # Stripe's error type
+        "keys for idempotent requests can only be used with the same parameters",  # Stripe's message
+        "idempotency-key is already used",  # the IETF draft's example
+        "idempotency key is already used",
+        "idempotency key reused",
+        "idempotency-key reused",
+    )
 
     def __post_init__(self):
         if self.max_attempts < 1:
@@ -115,12 +141,17 @@ class RetryPolicy:
             raise ValueError("back-off times must not be negative")
 
     def classify(self, outcome: Outcome) -> str:
-        """``succeeded``, ``rejected``, ``unknown``, ``failed`` (cannot work) or ``retrying``, ignoring attempts."""
+        """``succeeded``, ``rejected``, ``key_conflict``, ``unknown``, ``failed`` (cannot work) or ``retrying``,
+        ignoring attempts."""
         status = outcome.http_status
         if outcome.curl_error is None and status is not None:
             if 200 <= status < 300:
                 return SUCCEEDED
-            return RETRYING if status in self.RETRY_STATUSES else REJECTED
+            if status in self.RETRY_STATUSES:
+                return RETRYING if self.idempotent or self.proves_unprocessed(outcome) else UNKNOWN
+            if self.idempotent and self.is_key_conflict(outcome):
+                return KEY_CONFLICT
+            return REJECTED
         if outcome.curl_error in CONFIG_ERRORS:
             return FAILED
         if not outcome.connected or (outcome.curl_error in CONNECT_PHASE_ERRORS and not outcome.body_taken):
@@ -128,6 +159,19 @@ class RetryPolicy:
         if self.idempotent:
             return RETRYING
         return UNKNOWN
+
+    def proves_unprocessed(self, outcome: Outcome) -> bool:
+        """Does this HTTP answer prove the server did not process the request (safe to send again
+        without a key)? A 429, or a 503 that says when to come back."""
+        status = outcome.http_status
+        return status in self.UNPROCESSED_STATUSES or (status == 503 and outcome.retry_after is not None)
+
+    def is_key_conflict(self, outcome: Outcome) -> bool:
+        """Does this answer say the idempotency key was first used with other parameters?"""
+        if outcome.http_status not in self.KEY_CONFLICT_STATUSES or not outcome.excerpt:
+            return False
+        text = outcome.excerpt.lower()
+        return any(marker in text for marker in self.KEY_CONFLICT_MARKERS)
 
     def decide(self, outcome: Outcome, attempt: int, rng: random.Random | None = None) -> Decision:
         """The row's next state after its ``attempt``-th attempt in this pass (1-based)."""

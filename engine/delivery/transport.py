@@ -228,7 +228,7 @@ def harvest(handle: pycurl.Curl, capture: _Capture, curl_error: int | None, mess
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-    outcome = Outcome(http_status=status, retry_after=float(retry_after) if retry_after > 0 else None)
+    outcome = Outcome(http_status=status, retry_after=float(retry_after) if retry_after > 0 else None, excerpt=excerpt)
     return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, None)
 
 

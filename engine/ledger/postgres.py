@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
 from engine.errors import LedgerError, UsageError
@@ -45,6 +46,16 @@ _UPDATE_FROM_INCOMING = (
     " AND (coalesce(requests.attempts, 0) <= i.attempt OR i.outcome = 'succeeded')"
 )
 _LOAD_COLUMNS = "run_id, line, row_id, priority, payload, idempotency_key, status, attempts, updated_at"
+
+
+class _NumberLoader(Loader):
+    """PostgreSQL's ``numeric`` (what ``sum`` of a BIGINT is) as an int, or a float when it has a
+    fraction: the store's figures are plain numbers on both ledgers, which JSON and CSV can write
+    (psycopg's default, ``Decimal``, is not JSON serialisable)."""
+
+    def load(self, data) -> int | float:
+        text = bytes(data).decode()
+        return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def _check_no_password(url: str) -> None:
@@ -80,6 +91,7 @@ class PostgresStore(SQLStore):
         try:
             conn = psycopg.connect(self.location, connect_timeout=max(1, int(self.busy_timeout)), autocommit=True)
             conn.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
+            conn.adapters.register_loader("numeric", _NumberLoader)
         except psycopg.OperationalError as err:
             raise LedgerError(f"--db {self.location}: cannot use the ledger: {_first_line(err)}") from None
         return conn

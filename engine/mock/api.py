@@ -13,6 +13,7 @@ fault knobs while it runs, ``POST /admin/reset`` clears the counters.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import random
@@ -20,7 +21,7 @@ import re
 import time
 import zlib
 from collections import Counter, deque
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, quote_plus
 
 from engine.mock.config import MockConfig
 
@@ -223,6 +224,9 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
         state.counters["replays"] += 1
         status, body = remembered
         return status, body, "Idempotent-Replayed: true\r\n"
+    if key is not None and config.p_key_conflict and state.rng.random() < config.p_key_conflict:
+        state.counters["key_conflicts"] += 1
+        return 400, _KEY_CONFLICT_BODY, ""
     if key in state.keys and config.lock_keys:  # still being processed; without the lock it is charged again
         state.counters["conflicts"] += 1
         return 409, b'{"error":"a request with this Idempotency-Key is in progress"}', ""
@@ -237,7 +241,10 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     state.max_seen_inflight = max(state.max_seen_inflight, state.inflight)
     try:
         status, body, extra = await _charge_after_latency(state, customer, key)
-        return status, _decorate(config, request, status, body), extra
+        body = _decorate(config, request, status, body)
+        if config.echo_encoded:
+            body = _echo_encoded(state, request.headers.get(b"authorization", b"").decode("latin-1")) + body
+        return status, body, extra
     finally:
         state.inflight -= 1
         if key is not None and state.keys.get(key) is None:
@@ -255,9 +262,40 @@ def _decorate(config: MockConfig, request: Request, status: int, body: bytes) ->
     return body
 
 
+#: Stripe's answer to a key reused with other parameters (the message comes first, the type after it).
+_KEY_CONFLICT_BODY = json.dumps(
+    {
+        "error": {
+            "message": "Keys for idempotent requests can only be used with the same parameters they were first"
+            " used with. Try using a key other than the one sent if you meant to execute a different request.",
+            "type": "idempotency_error",
+        }
+    }
+).encode()
+
+
+def _echo_encoded(state: BillingState, value: str) -> bytes:
+    """``value`` in the next of the encodings an API may reflect a credential in, then a space (the
+    answer's JSON follows: the quote is first, so a short excerpt keeps it)."""
+    token = value.split(" ", 1)[-1]
+    encodings = (
+        lambda: json.dumps(value).replace("/", "\\/")[1:-1],
+        lambda: quote(value, safe=""),
+        lambda: re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")),
+        lambda: quote_plus(value, safe=""),
+        lambda: base64.b64encode(value.encode()).decode(),
+        lambda: base64.b64encode(token.encode()).decode(),
+        lambda: base64.b64encode(f"user:{token}".encode()).decode(),
+    )
+    state.counters["echoed"] += 1
+    return encodings[state.counters["echoed"] % len(encodings)]().encode() + b" "
+
+
 async def _charge_after_latency(state: BillingState, customer: str, key: str | None) -> tuple[int, bytes, str]:
     config, rng = state.config, state.rng
     delay = config.latency + (rng.uniform(-config.jitter, config.jitter) if config.jitter else 0.0)
+    if config.p_slow and rng.random() < config.p_slow:
+        delay = config.slow_for
     if delay > 0:
         await asyncio.sleep(delay)
     if state.in_outage():

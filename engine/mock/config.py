@@ -29,6 +29,13 @@ class MockConfig:
         0.0, "Share charged, then closed without an answer (what double-charges naive clients).", "P"
     )
     p_hang: float = knob(0.0, "Share never answered.", "P")
+    p_slow: float = knob(
+        0.0, "Share charged only after --slow-for seconds (past a gateway's read timeout: its 504).", "P"
+    )
+    slow_for: float = knob(2.0, "How long a --p-slow request takes.", "S")
+    p_key_conflict: float = knob(
+        0.0, "Share of keyed requests answered 400 idempotency_error (a key reused with other parameters).", "P"
+    )
     fail_rate: float = knob(
         0.0, "Share of customers (fixed by id) answered 503 until changed via POST /admin/config.", "P"
     )
@@ -44,6 +51,12 @@ class MockConfig:
     body_bytes: int = knob(0, "Pad every successful answer to at least N bytes.", "N")
     echo_headers: bool = knob(
         False, "Quote the request's headers in every answer's body (as APIs that quote the request in errors do)."
+    )
+
+    echo_encoded: bool = knob(
+        False,
+        "Quote the Authorization header's value first in every answer's body, in turn JSON-escaped, "
+        "URL-encoded (upper/lower-case hex, + for space) and base64 (alone, and as Basic user:token).",
     )
 
     #: The type of each knob whose default is None.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 
 from engine.ledger import Store
 from engine.states import (
     FAILED,
     IN_FLIGHT,
+    KEY_CONFLICT,
     PENDING,
     REJECTED,
     RETRYING,
@@ -36,6 +38,7 @@ def summarize(ledger: Store, run_id: str) -> dict:
         "failed": counts[FAILED],
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
+        "key_conflict": counts[KEY_CONFLICT],
         "pending": not_yet_sent(counts),
         "attempts": attempts,
         "elapsed_s": round(elapsed, 3),
@@ -79,7 +82,8 @@ def _text(s: dict) -> str:
     lines = [
         f"run {s['run_id']} ({s['state']})",
         f"  rows       {s['total']}: {s['succeeded']} succeeded, {s['failed']} failed, "
-        f"{s['rejected']} rejected, {s['unknown']} unknown, {s['pending']} not yet sent",
+        f"{s['rejected']} rejected, {s['unknown']} unknown, {s.get('key_conflict', 0)} key conflicts,"
+        f" {s['pending']} not yet sent",
         f"  attempts   {s['attempts']} in {s['elapsed_s']:.1f} s ({s['requests_per_s']:.0f} requests/s)",
         f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
         f"  responses  {statuses}",
@@ -94,9 +98,49 @@ def _text(s: dict) -> str:
             f" {c['refused']} duplicate deliveries refused, {c['dead']} dead-lettered"
             + (" (their rows wait for a rerun)" if c["dead"] else "")
         )
+    lines.extend(_advice(s))
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")
     return "\n".join(lines)
+
+
+#: Width the summary's advice is wrapped to, and the indent of its continuation lines.
+_ADVICE_WIDTH, _ADVICE_INDENT = 100, " " * 13
+
+
+def _advice(s: dict) -> list[str]:
+    """What to do about rows no pass will settle on its own: ``unknown`` and ``key_conflict``."""
+    advice = []
+    if s["unknown"]:
+        advice.append(
+            (
+                "  UNKNOWN    ",
+                f"{s['unknown']} rows may or may not have been charged (no answer, an answer cut off, or a"
+                " 5xx/408/409/425 that may follow a charge; without keys they are not sent again). Check each with"
+                f" the API (`export {s['run_id']} --status unknown` lists them), then send only those never"
+                f" charged: `rerun {s['run_id']} --include-unknown --rows never-charged.txt`.",
+            )
+        )
+    if s.get("key_conflict"):
+        advice.append(
+            (
+                "  CONFLICT   ",
+                f"{s['key_conflict']} rows were refused because their idempotency key was first sent with other"
+                " parameters: the request changed since then, and the original was charged under that key."
+                " A plain rerun does not send them; a new --run-id bills them again, on purpose.",
+            )
+        )
+    return [
+        textwrap.fill(
+            text,
+            _ADVICE_WIDTH,
+            initial_indent=label,
+            subsequent_indent=_ADVICE_INDENT,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for label, text in advice
+    ]
 
 
 def _ms(value) -> str:
@@ -107,7 +151,7 @@ def runs_table(runs: list[dict]) -> str:
     """The ``status`` command's table of every run in a ledger."""
     if not runs:
         return "no runs in this ledger"
-    header = ("run", "state", "total", "succeeded", "failed", "rejected", "unknown", "pending")
+    header = ("run", "state", "total", "succeeded", "failed", "rejected", "unknown", "key_conflict", "pending")
     rows = [
         (
             r["run_id"],
@@ -117,6 +161,7 @@ def runs_table(runs: list[dict]) -> str:
             r[FAILED],
             r[REJECTED],
             r[UNKNOWN],
+            r[KEY_CONFLICT],
             not_yet_sent(r),
         )
         for r in runs

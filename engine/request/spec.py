@@ -7,14 +7,17 @@ the destinations a run may reach are fixed. Rendering a row is :mod:`engine.requ
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import functools
 import json
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import quote, quote_plus, urlsplit
 
 from engine.errors import DestinationError, UsageError
 
@@ -76,21 +79,116 @@ REDACTED = "[redacted]"
 _MIN_SECRET_PREFIX = 4
 
 
+#: Shortest piece of a base64 encoding that is redacted (shorter ones would match ordinary text).
+_MIN_BASE64_PIECE = 6
+_PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
+_BASE64_CHAR = "[A-Za-z0-9+/_-]"
+
+
 def redact(text: str | None, secrets: Iterable[str]) -> str | None:
-    """``text`` with every secret, and a secret cut off at its end, replaced by :data:`REDACTED`."""
+    """``text`` with every secret, in every encoding an API may reflect it in (see
+    :func:`secret_forms`), and a secret cut off at its end, replaced by :data:`REDACTED`.
+
+    The one redaction of the engine: excerpts, errors and shown URLs all go through it."""
     if not text:
         return text
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-        tail_from = max(0, len(text) - len(secret) + 1)
-        start = text.find(secret[:_MIN_SECRET_PREFIX], tail_from)
+    forms, base64_starts, base64_values = secret_forms(secrets if isinstance(secrets, tuple) else tuple(secrets))
+    if base64_values is not None and any(start in text for start in base64_starts):
+        text = base64_values.sub(REDACTED, text)
+    for form in forms:
+        if form in text:
+            text = text.replace(form, REDACTED)
+        tail_from = max(0, len(text) - len(form) + 1)
+        start = text.find(form[:_MIN_SECRET_PREFIX], tail_from)
         while start >= 0:
-            if secret.startswith(text[start:]):
+            if form.startswith(text[start:]):
                 text = text[:start] + REDACTED
                 break
-            start = text.find(secret[:_MIN_SECRET_PREFIX], start + 1)
+            start = text.find(form[:_MIN_SECRET_PREFIX], start + 1)
     return text
+
+
+class SecretForms(NamedTuple):
+    """What :func:`redact` looks for: the literal forms, longest first, and the base64 values that
+    carry a secret (the whole value goes, e.g. ``base64(user:password)``, not only the secret's part)."""
+
+    forms: tuple[str, ...]
+    #: The first characters of every base64 piece: the pattern runs only where one is in the text.
+    base64_starts: tuple[str, ...]
+    base64_values: re.Pattern | None
+
+
+@functools.lru_cache(maxsize=16)
+def secret_forms(secrets: tuple[str, ...]) -> SecretForms:
+    """Each secret as an API may echo it: as is, JSON-escaped (``\\/``, ``\\uXXXX``), URL-encoded
+    (upper- and lower-case hex, ``+`` for a space) and base64 (standard and URL-safe, alone or inside
+    a longer value such as ``Basic base64(user:password)``); a Basic credential's decoded
+    ``user:password`` too. Computed once per set of secrets (a run has one), not per row."""
+    forms: set[str] = set()
+    pieces: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms.update(_forms_of(secret))
+            pieces.update(_base64_pieces(secret.encode()))
+    base64_values = None
+    if pieces:
+        ordered = sorted(pieces, key=len, reverse=True)
+        whole = "|".join(re.escape(piece) for piece in ordered)
+        cut = "|".join(_cut_off(piece) for piece in ordered)  # the value cut at the excerpt's end
+        base64_values = re.compile(f"{_BASE64_CHAR}*(?:(?:{whole}){_BASE64_CHAR}*=*|(?:{cut})$)")
+    starts = tuple(sorted({piece[:_MIN_BASE64_PIECE] for piece in pieces}))
+    return SecretForms(tuple(sorted(forms, key=lambda form: (-len(form), form))), starts, base64_values)
+
+
+def _forms_of(secret: str) -> set[str]:
+    forms = {secret, *_json_forms(secret)}
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")):
+        forms.update((encoded, _PERCENT_HEX.sub(lambda m: m.group().lower(), encoded)))
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(secret.encode()).decode()
+        forms.update((whole, whole.rstrip("=")))  # also when cut off (a short secret has no piece)
+    decoded = _basic_credential(secret)
+    if decoded:
+        forms.update(piece for piece in (decoded, decoded.partition(":")[2]) if len(piece) >= _MIN_SECRET_PREFIX)
+    return forms
+
+
+def _json_forms(secret: str) -> set[str]:
+    forms: set[str] = set()
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms.update((escaped, escaped.replace("/", "\\/")))
+        forms.add(re.sub(r"\\u[0-9a-f]{4}", lambda m: m.group().upper().replace("\\U", "\\u"), escaped))
+    return forms
+
+
+def _base64_pieces(raw: bytes) -> set[str]:
+    """The part of the secret's base64 that is the same wherever it sits in a longer value (three
+    alignments: what is encoded before it shifts it by 0, 1 or 2 bytes), standard and URL-safe."""
+    pieces = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        for shift, skip in ((0, 0), (1, 2), (2, 3)):
+            shifted = encode(b"\0" * shift + raw).decode()
+            piece = shifted[skip : 4 * ((shift + len(raw)) // 3)]
+            if len(piece) >= _MIN_BASE64_PIECE:
+                pieces.add(piece)
+    return pieces
+
+
+def _cut_off(piece: str) -> str:
+    """A pattern for any start of ``piece`` of at least :data:`_MIN_BASE64_PIECE` characters."""
+    pattern = ""
+    for char in reversed(piece[_MIN_BASE64_PIECE:]):
+        pattern = f"(?:{re.escape(char)}{pattern})?"
+    return re.escape(piece[:_MIN_BASE64_PIECE]) + pattern
+
+
+def _basic_credential(secret: str) -> str | None:
+    """The ``user:password`` a secret stands for when it is a Basic credential (base64 of that)."""
+    try:
+        decoded = base64.b64decode(secret, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if ":" in decoded and decoded.isprintable() else None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@
       const r = await fetch(`/runs/${encodeURIComponent(run)}/live.json`, {cache: "no-store"});
       if (!r.ok) return;
       const s = await r.json();
-      for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "pending"]) set(k, s[k]);
+      for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "key_conflict", "pending"]) set(k, s[k]);
       set("attempts", s.attempts ?? "-");
       for (const q of ["p50", "p95", "p99"]) set(q, s.latency_ms[q] ?? "-");
       set("rate", Math.round(s.rows_per_s));
