@@ -263,9 +263,9 @@ def test_the_rerun_button_sends_exactly_the_one_unknown_row_the_page_shows_and_o
     with serving(db) as (web, _):
         page = web.get(f"/runs/u/failures?status=unknown&row_id={chosen}").text
         assert re.findall(r'/runs/u/rows/(cus_\d+)"', page) == [chosen]  # the page shows one row
-        assert re.search(r"1 rows match .*sends <b>0</b>", page)
+        assert re.search(r"1 row matches .*sends <b>0</b>", page)
         assert re.search(
-            r'name="include_unknown" value="1" data-count="1">\s*also resend the 1 unknown rows: .*twice', page
+            r'name="include_unknown" value="1" data-count="1">\s*also resend the 1 unknown row: .*twice', page
         )
         form = [*rerun_form(page), ("token", TOKEN)]
 
