@@ -74,7 +74,7 @@ def browser():
         chromium.close()
 
 
-def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_them(
+def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_exactly_them(
     customers, db, dashboard, browser, start_engine, tmp_path
 ):
     with MockProcess(latency=0.1, p500=0.1, seed=11, lock_keys=False) as api:
@@ -105,10 +105,16 @@ def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_them(
         assert set(shown.all_inner_texts()) == {"500"} and shown.count() == min(failed, 50)
 
         api.configure(p500=0.0)
-        page.goto(f"{dashboard}/runs/live")
-        page.fill("form[action='/runs/live/rerun'] input[name=token]", TOKEN)
-        page.click("#rerun-failed")
-        expect(page.locator("#failed")).to_have_text("0", timeout=60_000)
+        # "rerun exactly these": the rows this filter shows, after a confirm that says how many
+        expect(page.locator("#rerun-count")).to_contain_text(f"sends {failed} of them")
+        asked: list[str] = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+        page.fill("#rerun-form input[name=token]", TOKEN)
+        page.click("#rerun-filtered")
+        expect(page.locator("#rerun-outcome")).to_have_text("exit code 0", timeout=60_000)
+        assert asked == [f"Send {failed} rows of live again?"]
+        expect(page.locator("#failed")).to_have_text("0")
+        expect(page.locator("#rerun-output")).to_contain_text("run live")
         expect(page.locator("#succeeded")).to_have_text(str(ROWS))
         expect(page.locator("#passes tr")).to_have_count(3, timeout=10_000)  # the header, bill's pass, the rerun's
         page.screenshot(path=tmp_path / "dashboard.png")

@@ -1,12 +1,18 @@
-"""The dashboard's pages and actions over HTTP (Starlette's test client), on a ledger a real run
-against the mock API filled."""
+"""The dashboard's pages and actions over HTTP (Starlette's test client, and ``python -m engine
+dashboard`` in a process of its own), on a ledger a real run against the mock API filled."""
 
 from __future__ import annotations
 
 import html
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 
+import httpx
 import pytest
 from conftest import run_engine, status_counts
 from starlette.testclient import TestClient
@@ -171,3 +177,157 @@ def test_every_page_reads_a_postgresql_ledger(api, customers, postgres_url):
     failed = re.findall(r'/runs/pg/rows/(cus_\d+)"', web.get("/runs/pg/failures").text)
     assert len(failed) == min(10, live["failed"])
     assert web.get(f"/runs/pg/rows/{failed[0]}").status_code == 200
+
+
+# -- over real HTTP: the dashboard in its own process, reruns in theirs -----------------------
+
+
+@contextmanager
+def serving(db: str, **environ: str | None):
+    """``python -m engine dashboard --allow-actions`` for ``db`` on a free port, with ``environ``
+    changed (None: unset); an HTTP client on it, and the process (its stderr)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ENGINE_DASHBOARD_TOKEN": TOKEN, **{k: v for k, v in environ.items() if v is not None}}
+    for name in [k for k, v in environ.items() if v is None]:
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as web:
+            deadline = time.monotonic() + 20
+            while True:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                try:
+                    web.get("/")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the dashboard did not answer"
+                    time.sleep(0.2)
+            yield web, process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def rerun_form(page: str) -> list[tuple[str, str]]:
+    """The hidden fields of the page's "rerun exactly these" form, as the browser would post them."""
+    form = re.search(r'<form method="post" action="/runs/[^"]+/rerun".*?</form>', page, re.S).group(0)
+    fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)
+    return [(name, html.unescape(value)) for name, value in fields]
+
+
+def as_form(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        form.setdefault(name, []).append(value)
+    return form
+
+
+def finished_rerun(web: httpx.Client, run_id: str, limit: float = 60) -> dict:
+    """The outcome of the rerun the dashboard started, once it has ended."""
+    deadline = time.monotonic() + limit
+    while True:
+        rerun = web.get(f"/runs/{run_id}/live.json").json().get("rerun")
+        if rerun and not rerun["running"]:
+            return rerun
+        assert time.monotonic() < deadline, f"the rerun did not finish: {rerun}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def unknowns(customers, db):
+    """A ``--no-idempotency`` run ``u`` of 60 rows: the mock API charged every one, but dropped the
+    connection of several before answering (``unknown``); the API, still running."""
+    with MockProcess(p_drop_after=0.15, seed=5) as server:
+        result = run_engine(
+            "bill", customers(60), "--url", server.charge_url(), "--db", db, "--run-id", "u",
+            "--no-idempotency", "--max-attempts", 1, "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert status_counts(db, "u")["unknown"] >= 3
+        server.configure(p_drop_after=0.0)
+        yield server
+
+
+def test_the_rerun_button_sends_exactly_the_one_unknown_row_the_page_shows_and_only_when_ticked(db, unknowns):
+    with open_store(db) as store:
+        unknown = [r["row_id"] for r in store.iter_rows("u", RowFilter(states=("unknown",)))]
+    chosen = unknown[1]
+    requests = unknowns.stats()["requests"]
+    with serving(db) as (web, _):
+        page = web.get(f"/runs/u/failures?status=unknown&row_id={chosen}").text
+        assert re.findall(r'/runs/u/rows/(cus_\d+)"', page) == [chosen]  # the page shows one row
+        assert re.search(r"1 row matches .*sends <b>0</b>", page)
+        assert re.search(
+            r'name="include_unknown" value="1" data-count="1">\s*also resend the 1 unknown row: .*twice', page
+        )
+        form = [*rerun_form(page), ("token", TOKEN)]
+
+        answer = web.post("/runs/u/rerun", data=as_form(form))  # the page's own values, the box not ticked
+        assert answer.status_code == 303, answer.text
+        untouched = finished_rerun(web, "u")
+        assert unknowns.stats()["requests"] == requests  # nothing unknown is sent
+        assert status_counts(db, "u")["unknown"] == len(unknown)
+
+        answer = web.post("/runs/u/rerun", data=as_form([*form, ("include_unknown", "1")]))  # ticked
+        assert answer.status_code == 303, answer.text
+        outcome = finished_rerun(web, "u")
+        stats = unknowns.stats()
+        assert stats["requests"] == requests + 1  # exactly that row
+        assert stats["double_charged_sample"] == [chosen] and stats["customers_charged_more_than_once"] == 1
+        assert status_counts(db, "u")["unknown"] == len(unknown) - 1
+        # the run page shows how it ended and its last lines
+        run_page = html.unescape(web.get("/runs/u").text)
+        assert f"exit code {outcome['exit_code']}" in run_page and outcome["exit_code"] == 1  # others still unknown
+        assert any("run u" in line for line in outcome["output"]) and outcome["output"][-1] in run_page
+        assert untouched["exit_code"] == 1 and any("unknown" in line for line in untouched["output"])
+
+
+@pytest.mark.parametrize(
+    "query, named",
+    [("http_status=5xx", "http_status"), ("status=bogus", "bogus"), ("http-status=503", "http-status")],
+)
+def test_an_invalid_filter_is_refused_with_400_on_the_page_and_the_action_and_nothing_is_sent(
+    db, unknowns, query, named
+):
+    requests = unknowns.stats()["requests"]
+    with serving(db) as (web, _):
+        refused = web.get(f"/runs/u/failures?status=failed&{query}")
+        assert refused.status_code == 400 and named in refused.text
+        form = rerun_form(web.get("/runs/u/failures?status=unknown").text)
+        name, value = query.split("=")
+        answer = web.post(
+            "/runs/u/rerun", data=as_form([*form, (name, value), ("include_unknown", "1"), ("token", TOKEN)])
+        )
+        assert answer.status_code == 400 and named in answer.text
+        time.sleep(1)
+        assert web.get("/runs/u/live.json").json().get("rerun") is None  # no rerun was started
+    assert unknowns.stats()["requests"] == requests
+
+
+def test_a_missing_secret_variable_is_said_at_start_up_and_disables_the_rerun_button(api, customers, db, monkeypatch):
+    monkeypatch.setenv("BILLING_TOKEN", "billing-secret")
+    result = run_engine(
+        "bill", customers(5), "--url", api.charge_url(), "--db", db, "--run-id", "s",
+        "--header", "Authorization: Bearer ${BILLING_TOKEN}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with serving(db, BILLING_TOKEN=None) as (web, process):
+        run_page = web.get("/runs/s").text
+        failures = web.get("/runs/s/failures").text
+        csrf = csrf_of(run_page)
+        refused = web.post("/runs/s/rerun", data={"token": TOKEN, "csrf": csrf, "scope": "all"})
+        process.terminate()
+        startup = process.stderr.read()
+    warnings = [line for line in startup.splitlines() if "BILLING_TOKEN" in line]
+    assert len(warnings) == 1 and "runs s" in warnings[0]
+    for page in (run_page, failures):
+        button = re.search(r'<button id="rerun-(failed|filtered)"[^>]*>', page).group(0)
+        assert "disabled" in button and "BILLING_TOKEN" in html.unescape(button)
+    assert refused.status_code == 409 and "BILLING_TOKEN" in refused.text

@@ -156,7 +156,7 @@ def test_a_filter_finds_exactly_its_rows_in_stable_keyset_pages(store):
         f"c{n}" for n in (10, 11, 12, 13, 14, 15, 16, 17, 18, 19)
     ]  # any case; c1 succeeded since
     assert store.find_rows("r", RowFilter(error_contains="%"), limit=5) == []  # a wildcard is a plain character
-    assert store.find_rows("r", RowFilter(row_id="c4"))[0]["excerpt"] is not None
+    assert store.find_rows("r", RowFilter(row_ids=("c4",)))[0]["excerpt"] is not None
 
 
 def test_selected_rows_are_exactly_the_filtered_ones_and_never_a_success(store):

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import parse_qsl, urlencode
 
+import pytest
 from conftest import run_engine, status_counts, wait_for_charges
 
+from engine.cli.options import row_filter
+from engine.cli.sending import rerun as rerun_command
 from engine.ledger import open_store
+from engine.ledger.selection import NOT_SUCCEEDED, InvalidFilter, RowFilter
 from engine.mock.process import MockProcess
+from engine.states import UNKNOWN
 
 
 def test_pause_stops_new_requests_within_a_second_and_resume_finishes_the_run(customers, db, start_engine):
@@ -71,3 +77,84 @@ def test_rerun_of_a_file_of_row_ids_sends_only_those(customers, db, tmp_path):
         assert api.stats()["customers_charged"] == 3
     assert result.returncode == 1  # the other 47 still failed
     assert status_counts(db, "ids") == {"succeeded": 3, "failed": 47}
+
+
+@pytest.fixture
+def unknowns(customers, db):
+    """A ``--no-idempotency`` run ``u``: every row charged, several connections dropped before the
+    answer (``unknown``); the mock API, still running and no longer dropping."""
+    with MockProcess(p_drop_after=0.15, seed=5) as api:
+        result = run_engine(
+            "bill", customers(60), "--url", api.charge_url(), "--db", db, "--run-id", "u",
+            "--no-idempotency", "--max-attempts", 1, "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        api.configure(p_drop_after=0.0)
+        yield api
+
+
+def test_rerun_resends_unknown_rows_only_on_the_opt_in_even_when_named_and_exactly_the_row_ids(db, unknowns):
+    with open_store(db) as store:
+        unknown = [r["row_id"] for r in store.iter_rows("u", RowFilter(states=(UNKNOWN,)))]
+    assert len(unknown) >= 3
+    requests = unknowns.stats()["requests"]
+    named = run_engine("rerun", "u", "--db", db, "--status", "unknown", "--quiet")
+    assert named.returncode == 1 and "--include-unknown" in named.stderr  # said, and nothing sent
+    assert unknowns.stats()["requests"] == requests and status_counts(db, "u")[UNKNOWN] == len(unknown)
+    opted = run_engine("rerun", "u", "--db", db, "--row-id", unknown[0], "--row-id", unknown[2], "--include-unknown")
+    assert opted.returncode == 1, opted.stderr  # the other unknown rows are still unknown
+    stats = unknowns.stats()
+    assert stats["requests"] == requests + 2
+    assert sorted(stats["double_charged_sample"]) == sorted([unknown[0], unknown[2]])
+    assert status_counts(db, "u")[UNKNOWN] == len(unknown) - 2
+
+
+@pytest.mark.parametrize(
+    "command, option, named",
+    [
+        ("rerun", ["--http-status", "5xx"], "http_status"),
+        ("rerun", ["--status", "bogus"], "bogus"),
+        ("rerun", ["--curl-error", "-1"], "curl_error"),
+        ("export", ["--http-status", "5xx"], "http_status"),
+        ("export", ["--status", "bogus"], "bogus"),
+    ],
+)
+def test_an_invalid_filter_is_one_line_and_exit_2_and_sends_nothing(db, unknowns, command, option, named):
+    requests = unknowns.stats()["requests"]
+    extra = ["--include-unknown"] if command == "rerun" else ["--format", "jsonl"]
+    result = run_engine(command, "u", "--db", db, *option, *extra)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "invalid filter" in result.stderr and named in result.stderr
+    assert unknowns.stats()["requests"] == requests
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "status=unknown&row_id=cus_7",
+        "status=failed&status=unknown&http_status=503&curl_error=28&error=time%20out&row_id=a&row_id=-b",
+        "status=rejected&include_rejected=1&include_unknown=1&error=50%25_off",
+        "http_status=&curl_error=&error=&row_id=&status=retrying",  # a blank form field is no value
+    ],
+)
+def test_the_filter_round_trips_through_query_string_argv_and_back(query):
+    rows = RowFilter.from_query(parse_qsl(query, keep_blank_values=True))
+    assert RowFilter.from_query(parse_qsl(urlencode(rows.to_query()), keep_blank_values=True)) == rows
+    params = rerun_command.make_context("rerun", ["u", *rows.to_argv()]).params
+    again = row_filter(params, NOT_SUCCEEDED, params["include_rejected"], params["include_unknown"])
+    assert again == rows
+    where, values = rows.where()
+    assert where.count("?") == len(values)
+
+
+def test_an_invalid_query_names_what_is_wrong():
+    for query, named in [
+        ("http_status=5xx", "http_status"),
+        ("status=bogus", "bogus"),
+        ("http_status=500&http_status=503", "http_status"),
+        ("include_unknown=maybe", "include_unknown"),
+        ("rowid=cus_1", "rowid"),
+    ]:
+        with pytest.raises(InvalidFilter, match=named):
+            RowFilter.from_query(parse_qsl(query))

@@ -33,12 +33,16 @@ def dashboard(db, host, port, allow_actions):
     """
     import uvicorn
 
-    from engine.dashboard.actions import TOKEN_ENV, Guard
+    from engine.dashboard.actions import TOKEN_ENV, Guard, rerun_warning
     from engine.dashboard.app import make_app
 
     token = os.environ.get(TOKEN_ENV) or None
     if allow_actions and not token:
         raise click.UsageError(f"--allow-actions needs the action token in {TOKEN_ENV}")
     app = make_app(db, Guard(token if allow_actions else None))
+    if allow_actions:
+        warning = rerun_warning(db)
+        if warning:
+            click.echo(warning, err=True)
     click.echo(f"dashboard of {db} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

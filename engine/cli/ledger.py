@@ -106,11 +106,11 @@ def report(run_id, fmt, db):
 )
 @db_option
 @engine_errors
-def export(run_id, states, http_status, curl_error, error_contains, fmt, output, db):
+def export(run_id, fmt, output, db, **filter_options):
     """The rows of RUN_ID that match, with payload, attempts, last status, error and excerpt.
 
     Without --status: the rows that failed. CSV has a header row even when nothing matches;
-    jsonl is one JSON object per row.
+    jsonl is one JSON object per row. An invalid filter value is refused (exit 2).
 
     \b
     Example:
@@ -118,7 +118,7 @@ def export(run_id, states, http_status, curl_error, error_contains, fmt, output,
         python -m engine export run-20261123-101500-ab12 --http-status 503 --format jsonl
         python -m engine export run-20261123-101500-ab12 --status failed --error-contains timeout
     """
-    rows = row_filter(states, http_status, curl_error, error_contains, default_states=(FAILED,))
+    rows = row_filter(filter_options, default_states=(FAILED,))
     with open_store(db, create=False) as ledger:
         ledger.get_run(run_id)
         write_export(ledger.iter_rows(run_id, rows), fmt, output)

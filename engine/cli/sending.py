@@ -12,6 +12,7 @@ from engine.cli.options import (
     connection_options,
     db_option,
     engine_errors,
+    names_rows,
     pool_options,
     read_row_ids,
     row_filter,
@@ -20,13 +21,14 @@ from engine.cli.options import (
     seconds_option,
 )
 from engine.config import RunSettings
-from engine.ledger.selection import Selection
+from engine.ledger.selection import RISKS, Selection
 from engine.output.report import render
 from engine.request.inputs import FORMATS
-from engine.run.runner import RunResult, resend_states
+from engine.run.runner import RunResult
 from engine.run.runner import bill as bill_run
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
+from engine.states import REJECTED, RESEND_STATES, UNKNOWN
 
 
 @click.command()
@@ -240,16 +242,17 @@ def rerun(
     run_id,
     include_rejected,
     include_unknown,
-    states,
-    http_status,
-    curl_error,
-    error_contains,
     rows_file,
     db,
     broker,
     busy_timeout,
     log_file,
     quiet,
+    states,
+    http_status,
+    curl_error,
+    error_contains,
+    row_ids,
     **overrides,
 ):
     """The later pass: send every row of RUN_ID that has not succeeded, with the same keys.
@@ -257,27 +260,31 @@ def rerun(
     Sends rows that are pending (never sent, or in flight when a run was stopped or
     killed), retrying, or failed. The request settings are the ones stored with the run;
     secrets are read again from the environment. With a filter (--status, --http-status,
-    --curl-error, --error-contains, --rows) it sends exactly the rows that match and did
-    not succeed (without --status: among the rows a plain rerun would send).
+    --curl-error, --error-contains, --row-id, --rows) it sends exactly the rows that match
+    and did not succeed (without --status: among the rows a plain rerun would send).
+    Rejected and unknown rows are sent only with --include-rejected / --include-unknown,
+    even when --status names them. An invalid filter value is refused (exit 2).
 
     \b
     Example:
         python -m engine rerun run-20261123-101500-ab12 --db engine.db
         python -m engine rerun run-20261123-101500-ab12 --http-status 503
+        python -m engine rerun run-20261123-101500-ab12 --row-id cus_42 --include-unknown
         python -m engine rerun run-20261123-101500-ab12 --rows customers-to-retry.txt
     """
     selection = None
-    if states or http_status is not None or curl_error is not None or error_contains or rows_file:
-        selection = Selection(
-            row_filter(
-                states,
-                http_status,
-                curl_error,
-                error_contains,
-                default_states=resend_states(include_rejected, include_unknown),
-            ),
-            tuple(read_row_ids(rows_file)) if rows_file else (),
-        )
+    named = {
+        "states": states,
+        "http_status": http_status,
+        "curl_error": curl_error,
+        "error_contains": error_contains,
+        "row_ids": row_ids,
+    }
+    if names_rows(named) or rows_file:
+        rows = row_filter(named, RESEND_STATES + (REJECTED, UNKNOWN), include_rejected, include_unknown)
+        for state in rows.held_back() if states else ():  # named, yet not opted in to
+            click.echo(f"not resending {state} rows: only with --include-{state} ({RISKS[state]})", err=True)
+        selection = Selection(rows, tuple(read_row_ids(rows_file)) if rows_file else ())
     result = rerun_run(
         db=db,
         run_id=run_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -20,8 +21,11 @@ from engine.dashboard.figures import LATENCY_EDGES, RATE_BUCKET, RATE_WINDOW, Fi
 from engine.dashboard.metrics import registry
 from engine.errors import LedgerError, UnknownRun
 from engine.ledger import Store, open_store
-from engine.ledger.selection import NOT_SUCCEEDED, RowFilter
-from engine.states import STATES
+from engine.ledger.selection import OPT_INS, RISKS, InvalidFilter, RowFilter
+from engine.states import STATES, SUCCEEDED
+
+#: A rerun form's fields that are not the filter's.
+FORM_FIELDS = ("csrf", "token", "scope")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Rows per page of failures.
@@ -47,10 +51,14 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
             run_ids = store.run_ids()
         return page(request, "runs.html", runs=[figures.live(run_id) for run_id in reversed(run_ids)])
 
+    def blocked(run_id: str) -> str | None:
+        with ledger() as store:
+            return reruns.blocked(run_id, store.get_run(run_id)["options"])
+
     def run(request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
         live = _live(figures, run_id, reruns)
-        return page(request, "run.html", run_id=run_id, live=live, csrf=guard.csrf(run_id), states=STATES)
+        return page(request, "run.html", run_id=run_id, live=live, csrf=guard.csrf(run_id), blocked=blocked(run_id))
 
     def live(request: Request) -> JSONResponse:
         return JSONResponse(_live(figures, request.path_params["run_id"], reruns))
@@ -68,11 +76,12 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
 
     def failures(request: Request) -> HTMLResponse:
         run_id = request.path_params["run_id"]
-        rows = _filter(request.query_params)
-        after = _int(request.query_params.get("after")) or 0
+        rows = RowFilter.from_query(request.query_params.multi_items(), ignore=("after",))
+        after = _after(request.query_params.getlist("after"))
         with ledger() as store:
             store.get_run(run_id)
             found = store.find_rows(run_id, rows, after_rid=after, limit=page_size + 1)
+            counts = store.count_rows(run_id, rows) if guard.enabled else {}
         return page(
             request,
             "failures.html",
@@ -81,14 +90,17 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
             next_after=found[page_size - 1]["rid"] if len(found) > page_size else None,
             query=dict(request.query_params),
             chosen=rows,
+            rerun=_rerun_form(rows, counts),
             csrf=guard.csrf(run_id),
             states=STATES,
+            blocked=blocked(run_id) if guard.enabled else None,
+            urlencode=urlencode,
         )
 
     def row(request: Request) -> Response:
         run_id, row_id = request.path_params["run_id"], request.path_params["row_id"]
         with ledger() as store:
-            found = store.find_rows(run_id, RowFilter(states=(), row_id=row_id), limit=1)
+            found = store.find_rows(run_id, RowFilter(states=STATES, row_ids=(row_id,)), limit=1)
             if not found:
                 return PlainTextResponse(f"no row {row_id!r} in run {run_id!r}", status_code=404)
             attempts = store.row_attempts(found[0]["rid"])
@@ -107,13 +119,17 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
         if refusal:
             return PlainTextResponse(refusal, status_code=403)
         with ledger() as store:
-            store.get_run(run_id)
+            options = store.get_run(run_id)["options"]
             if action == "pause":
                 store.set_paused(run_id, True)
             elif action == "resume":
                 store.set_paused(run_id, False)
             elif action == "rerun":
-                reruns.start(run_id, _filter(form) if form.get("scope") == "filtered" else None)
+                rows = _rerun_rows(form)  # an invalid filter: 400, before anything starts
+                reason = reruns.blocked(run_id, options)
+                if reason:
+                    return PlainTextResponse(reason, status_code=409)
+                reruns.start(run_id, rows)
             else:
                 return PlainTextResponse(f"no action {action!r}", status_code=404)
         figures.forget(run_id)
@@ -134,13 +150,44 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
             Route("/metrics", metrics),
             Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
         ],
-        exception_handlers={LedgerError: _ledger_error},
+        exception_handlers={LedgerError: _ledger_error, InvalidFilter: _invalid_filter},
     )
     return app
 
 
 def _ledger_error(request: Request, error: Exception) -> PlainTextResponse:
     return PlainTextResponse(str(error), status_code=404 if isinstance(error, UnknownRun) else 503)
+
+
+def _invalid_filter(request: Request, error: Exception) -> PlainTextResponse:
+    return PlainTextResponse(str(error), status_code=400)
+
+
+def _rerun_rows(form) -> RowFilter | None:
+    """The rows a rerun form names: exactly its filter ("filtered"), or every row not succeeded ("all")."""
+    scope = form.get("scope")
+    if scope == "all":
+        return None
+    if scope != "filtered":
+        raise InvalidFilter(f"invalid filter: scope {scope!r} is neither 'filtered' nor 'all'")
+    return RowFilter.from_query(form.multi_items(), ignore=FORM_FIELDS)
+
+
+def _rerun_form(rows: RowFilter, counts: dict[str, int]) -> dict:
+    """What the "rerun exactly these" form says: how many rows it sends, and the tick box of each
+    state held back without an opt-in (how many rows, what it risks)."""
+    sendable = set(rows.sendable().states) - {SUCCEEDED}
+    held = [
+        {"state": state, "field": OPT_INS[state], "count": counts[state], "risk": RISKS[state]}
+        for state in rows.held_back()
+        if counts.get(state)
+    ]
+    return {
+        "fields": rows.to_query(opt_ins=False),
+        "total": sum(counts.values()),
+        "count": sum(n for state, n in counts.items() if state in sendable),
+        "held": held,
+    }
 
 
 def _live(figures: Figures, run_id: str, reruns: Reruns) -> dict:
@@ -151,6 +198,7 @@ def _live(figures: Figures, run_id: str, reruns: Reruns) -> dict:
         "attempts": details.get("attempts"),
         "latency_ms": details.get("latency_ms", {}),
         "rerun_running": reruns.active(run_id),
+        "rerun": reruns.status(run_id),
     }
 
 
@@ -175,23 +223,13 @@ def _clock(moment: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment)) if moment else "-"
 
 
-def _filter(params) -> RowFilter:
-    """The failure filter a query string or a form names (no state: every state but succeeded)."""
-    states = tuple(s for s in params.getlist("status") if s in STATES)
-    return RowFilter(
-        states=states or NOT_SUCCEEDED,
-        http_status=_int(params.get("http_status")),
-        curl_error=_int(params.get("curl_error")),
-        error_contains=_text(params.get("error")) or None,
-        row_id=_text(params.get("row_id")) or None,
-    )
-
-
-def _int(value) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+def _after(values: list[str]) -> int:
+    """The page's ``after`` (the last row id of the page before): a number, or 400."""
+    if not values:
+        return 0
+    if len(values) > 1 or not values[0].isdigit():
+        raise InvalidFilter(f"invalid page: after={values[-1]!r} is not a row number")
+    return int(values[0])
 
 
 def _text(value) -> str | None:

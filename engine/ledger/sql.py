@@ -456,6 +456,13 @@ class SQLStore(Store):
         ).fetchall()
         return [_found(dict(zip(FOUND_COLUMNS, row, strict=True))) for row in found]
 
+    def count_rows(self, run_id: str, rows: RowFilter) -> dict[str, int]:
+        where, params = rows.where(self.LIKE)
+        counted = self._run(
+            f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {where} GROUP BY status", (run_id, *params)
+        ).fetchall()
+        return {status: count for status, count in counted}
+
     def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
         where, params = rows.where(self.LIKE)
         update = f"UPDATE requests SET status = '{SELECTED}' WHERE run_id = ? AND status <> '{SUCCEEDED}' AND {where}"

@@ -292,6 +292,10 @@ class Store(ABC):
         paging: stable while the run goes on), as dicts of :data:`FOUND_COLUMNS`."""
 
     @abstractmethod
+    def count_rows(self, run_id: str, rows: RowFilter) -> dict[str, int]:
+        """How many rows match ``rows``, per state (states without a match are left out)."""
+
+    @abstractmethod
     def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
         """Mark the rows matching ``rows`` (and, if given, whose id is in ``row_ids``) ``selected``
         for the next pass; a row that succeeded is never selected. Returns how many."""

@@ -18,14 +18,14 @@ import contextlib
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.backend import Backend
 from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
-from engine.ledger.selection import Selection
+from engine.ledger.selection import Selection, opted_in
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
 from engine.output.progress import Progress
@@ -192,7 +192,11 @@ def rerun(
     **overrides,
 ) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES), or
-    exactly the rows of ``selection``."""
+    exactly the rows of ``selection``. Rejected and unknown rows are sent only on an opt-in
+    (``include_rejected``/``include_unknown``, or the selection's own), even if the selection names
+    their state: :func:`engine.ledger.selection.opted_in` is the rule."""
+    if selection is not None:
+        selection = _opt_in(selection, include_rejected, include_unknown)
     with (
         open_store(db, create=False, busy_timeout=busy_timeout) as ledger,
         ledger.recording(),
@@ -215,7 +219,17 @@ def rerun(
 
 def resend_states(include_rejected: bool = False, include_unknown: bool = False) -> tuple[str, ...]:
     """The states a rerun sends again: :data:`RESEND_STATES`, and rejected/unknown rows if asked."""
-    return RESEND_STATES + ((REJECTED,) if include_rejected else ()) + ((UNKNOWN,) if include_unknown else ())
+    return opted_in(RESEND_STATES + (REJECTED, UNKNOWN), include_rejected, include_unknown)
+
+
+def _opt_in(selection: Selection, include_rejected: bool, include_unknown: bool) -> Selection:
+    """``selection`` less the rejected/unknown rows nobody opted in to (here or in its filter)."""
+    rows = replace(
+        selection.rows,
+        include_rejected=selection.rows.include_rejected or include_rejected,
+        include_unknown=selection.rows.include_unknown or include_unknown,
+    )
+    return replace(selection, rows=rows.sendable())
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,15 @@
-// The run page, live: counts every second, charts and passes every 3 s. Nothing else; no library.
+// The run page, live: counts every second, charts and passes every 3 s; a rerun form asks to confirm
+// how many rows it sends. Nothing else; no library.
+(function () {
+  const form = document.getElementById("rerun-form");
+  if (!form) return;
+  form.addEventListener("submit", (event) => {
+    const boxes = [...form.querySelectorAll("input[type=checkbox]:checked")];
+    const count = boxes.reduce((n, box) => n + Number(box.dataset.count), Number(form.dataset.count));
+    const risk = boxes.length ? "\n\nIncluding rows that may have been charged already: resending can charge those customers twice." : "";
+    if (!window.confirm(`Send ${count} rows of ${form.dataset.run} again?${risk}`)) event.preventDefault();
+  });
+})();
 (function () {
   const live = document.getElementById("live");
   if (!live) return;
@@ -17,6 +28,12 @@
       document.getElementById("bar").value = s.progress;
       document.getElementById("paused").hidden = !s.paused;
       document.getElementById("rerun").hidden = !s.rerun_running;
+      if (s.rerun) {
+        document.getElementById("rerun-status").hidden = false;
+        set("rerun-rows", s.rerun.rows);
+        set("rerun-outcome", s.rerun.running ? "running" : `exit code ${s.rerun.exit_code}`);
+        set("rerun-output", s.rerun.output.join("\n"));
+      }
     } catch (e) { /* the next tick tries again */ }
   }
   const charts = document.getElementById("charts");
