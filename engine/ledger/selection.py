@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 
 from engine.errors import UsageError
 from engine.ledger.schema import SENT, UNSETTLED
-from engine.states import FAILED, PENDING, REJECTED, RETRYING, STATES, SUCCEEDED, UNKNOWN
+from engine.states import FAILED, KEY_CONFLICT, PENDING, REJECTED, RETRYING, STATES, SUCCEEDED, UNKNOWN
 
 #: What "failures" means when no state is named: every row that ended without succeeding.
-NOT_SUCCEEDED = (FAILED, REJECTED, UNKNOWN, RETRYING)
+NOT_SUCCEEDED = (FAILED, REJECTED, UNKNOWN, KEY_CONFLICT, RETRYING)
 #: The states resent only on an explicit opt-in, and the filter's field that opts in.
 OPT_INS = {UNKNOWN: "include_unknown", REJECTED: "include_rejected"}
 #: What each opt-in risks, in the operator's words.
