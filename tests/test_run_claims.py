@@ -42,19 +42,17 @@ def wait_loading(ledger: str, run_id: str, engine, limit: float = 60) -> None:
         time.sleep(0.02)
 
 
-def test_a_second_bill_of_a_run_id_being_loaded_is_refused_naming_its_holder(
-    ledger, customers, start_engine, tmp_path
-):
+def test_a_second_bill_of_a_run_id_being_loaded_is_refused_naming_its_holder(ledger, customers, start_engine, tmp_path):
     path = customers(BIG)
     with MockProcess() as api:
         bill = ["bill", path, "--url", api.charge_url(), "--db", ledger, "--run-id", "R", "--quiet"]
         first = start_engine(*bill)
         wait_loading(ledger, "R", first)
         second = run_engine(*bill)
-        assert run_state(ledger, "R") == "loading", "the first load ended before the second bill: more rows"
         assert second.returncode == 2, second.stderr
         assert "Traceback" not in second.stderr
         assert f":{first.pid}:" in second.stderr and "loading" in second.stderr, second.stderr
+        assert run_state(ledger, "R") == "loading", "the first load ended before the second bill: more rows"
         _, err = first.communicate(timeout=600)
         assert first.returncode == 0, err
         stats = api.stats()
