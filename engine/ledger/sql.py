@@ -162,10 +162,12 @@ class SQLStore(Store):
         )
 
     def sent_elsewhere(self, run_id: str, url: str, method: str) -> tuple[str, int] | None:
+        # the runs to that destination first (a few rows): their requests are then read by run_id,
+        # and each is looked up in this run through the (run_id, row_id) index
         found = self._run(
-            "SELECT o.run_id, count(*) FROM runs r JOIN requests o ON o.run_id = r.run_id"
-            " JOIN requests n ON n.run_id = ? AND n.row_id = o.row_id"
-            " WHERE r.url = ? AND r.method = ? AND r.run_id <> ? AND r.state <> 'loading'"
+            "SELECT o.run_id, count(*) FROM requests o JOIN requests n ON n.run_id = ? AND n.row_id = o.row_id"
+            " WHERE o.run_id IN (SELECT run_id FROM runs"
+            "  WHERE url = ? AND method = ? AND run_id <> ? AND state <> 'loading')"
             f" AND (o.status <> '{PENDING}' OR o.attempts > 0)"
             " GROUP BY o.run_id ORDER BY count(*) DESC, o.run_id LIMIT 1",
             (run_id, url, method, run_id),
