@@ -138,10 +138,17 @@ class RunSettings:
                     f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'"
                 )
 
+    #: The settings that decide where a request goes. The default idempotency key derives from
+    #: them alone: an edited body or an added header must not mint new keys for rows already sent.
+    DESTINATION_FIELDS = ("url", "method", "idempotency_header")
+
     def request_fingerprint(self) -> str:
         """A digest of what every request of this run looks like (templates, not secrets)."""
-        shape = {name: getattr(self, name) for name in self.REQUEST_FIELDS}
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+        return _digest({name: getattr(self, name) for name in self.REQUEST_FIELDS})
+
+    def destination_fingerprint(self) -> str:
+        """A digest of where every request of this run goes (method, URL template, key header)."""
+        return _digest({name: getattr(self, name) for name in self.DESTINATION_FIELDS})
 
     def breaker(self) -> BreakerSettings:
         """The outage pause: trips after ``pause_after`` distinct rows answer "down" in a row; a probe
@@ -194,3 +201,7 @@ class RunSettings:
             f"note: the open-file limit (ulimit -n) is {limit}, so --concurrency is lowered from {self.concurrency}"
             f" to {room} per worker; raise the hard limit to keep more in flight"
         )
+
+
+def _digest(shape: dict) -> str:
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()

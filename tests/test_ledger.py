@@ -4,12 +4,14 @@ Every store runs these tests: the ``store`` fixture is parametrized by implement
 (the SQLite file, and a PostgreSQL schema of the test's own on the local server).
 """
 
+import socket
+import subprocess
 import time
 
 import pytest
 
 from engine.errors import LedgerError
-from engine.ledger import DuplicateRow, LeaseHeld, LeaseLost, open_store
+from engine.ledger import DuplicateRow, LeaseHeld, LeaseLost, RunExists, open_store
 from engine.ledger.lease import Holder
 from engine.ledger.selection import RowFilter
 from engine.ledger.store import FOUND_COLUMNS
@@ -279,6 +281,69 @@ def test_one_lease_per_run_renewed_by_its_holder_and_kept_after_an_unclean_end(s
         store.renew_lease("r", first)
     store.release_lease("r", second, clean=True)
     assert store.lease("r") is None
+
+
+def dead_holder() -> Holder:
+    """A holder on this host whose process has exited."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return Holder(socket.gethostname(), finished.pid, "dead")
+
+
+def claim(store, run_id: str, holder: Holder, url: str = "http://x/{id}") -> None:
+    store.claim_run(run_id, holder, input="in.csv", url=url, method="POST", options={}, not_before=None, timeout=30)
+
+
+def test_a_run_id_is_claimed_once_and_a_dead_claimers_load_is_taken_over(store):
+    me, other = Holder.this_process(), Holder("host-b", 2, "b")
+    claim(store, "c", me)
+    with pytest.raises(LeaseHeld, match=me.name):  # the second claimer is told who holds it
+        claim(store, "c", other)
+    assert store.acquire_lease("c", me, timeout=30) is None  # the claimer goes on to send it
+    dead = dead_holder()
+    claim(store, "d", dead)
+    store.insert_requests("d", rows(3))
+    claim(store, "d", me)  # its loader was killed: nothing was sent, the load starts over
+    assert store.counts("d")[PENDING] == 0 and store.lease("d")["holder"] == me.name
+
+
+def test_a_run_that_finished_loading_is_never_claimed_again(store):
+    store.finish_load("r", 0, "f")
+    with pytest.raises(RunExists):
+        claim(store, "r", Holder.this_process())
+
+
+def test_a_load_is_dropped_only_by_its_claimer_and_only_while_nothing_was_sent(store):
+    me, other = Holder.this_process(), Holder("host-b", 2, "b")
+    claim(store, "c", me)
+    store.insert_requests("c", rows(2))
+    assert not store.drop_load("c", other) and store.has_run("c")
+    store.start_pass("c")
+    assert not store.drop_load("c", me) and store.has_run("c")  # a pass started: it may have sent
+    claim(store, "e", me)
+    assert store.drop_load("e", me) and not store.has_run("e")
+
+
+def test_loads_abandoned_by_a_dead_process_are_dropped(store):
+    claim(store, "dead", dead_holder())
+    store.insert_requests("dead", rows(2))
+    claim(store, "alive", Holder.this_process())
+    assert store.drop_abandoned_loads() == 2  # "r" (no claimer: an older version's) and "dead"
+    assert store.run_ids() == ["alive"]
+
+
+def test_rows_sent_to_the_same_destination_by_another_run_are_found(store):
+    store.insert_requests("r", rows(4))
+    first, second, *_ = rids(store)
+    store.record([answer(first), answer(second, FAILED, status=500)])
+    store.finish_load("r", 4, "f")
+    claim(store, "new", Holder.this_process())
+    store.insert_requests("new", rows(3, start=1))  # c1..c3: c1 failed in "r" (it was sent), c2, c3 never were
+    assert store.sent_elsewhere("new", "http://x/{id}", "POST") == ("r", 1)
+    assert store.sent_elsewhere("new", "http://other/{id}", "POST") is None
+    assert store.sent_elsewhere("new", "http://x/{id}", "PUT") is None
+    store.insert_requests("new", rows(1, start=0))
+    assert store.sent_elsewhere("new", "http://x/{id}", "POST") == ("r", 2)
 
 
 def test_chunks_are_planned_in_dispatch_order_and_claimed_by_one_node(store):

@@ -73,6 +73,40 @@ def test_a_disk_full_while_loading_sends_nothing(customers, small_disk):
         assert api.stats()["requests"] == 0
 
 
+def test_a_disk_that_fills_while_loading_leaves_no_run_loading_and_the_same_bill_then_works(
+    customers, small_disk, start_engine
+):
+    disk = small_disk(320)  # a pass needs room for its answers (check_space): 204 MB for these rows
+    db = str(disk / "ledger.db")
+    rows = 200_000
+    with MockProcess() as api:
+        bill = ["bill", customers(rows), "--url", api.charge_url(), "--db", db, "--quiet"]
+        engine = start_engine(*bill)
+        deadline = time.monotonic() + 60
+        while not ledger_rows_or_none(db, "SELECT count(*) FROM requests", at_least=20_000):
+            assert engine.poll() is None and time.monotonic() < deadline, engine.communicate()
+            time.sleep(0.02)
+        filler = fill(disk)  # the disk fills while the input loads
+        out, err = engine.communicate(timeout=120)
+        assert_one_line(subprocess.CompletedProcess([], engine.returncode, out, err), "disk is full")
+        assert api.stats()["requests"] == 0
+
+        filler.unlink()
+        done = run_engine(*bill, timeout=300)  # the same command, once there is space
+        assert done.returncode == 0, done.stderr
+        assert ledger_rows(db, "SELECT state, count(*) FROM runs GROUP BY state") == [("finished", 1)]
+        ((run_id,),) = ledger_rows(db, "SELECT run_id FROM runs")
+        assert_everyone_charged_once(api, db, run_id, rows)
+
+
+def ledger_rows_or_none(db: str, sql: str, at_least: int) -> bool:
+    """Whether the count ``sql`` reads has reached ``at_least`` (False while the file is being made)."""
+    try:
+        return ledger_rows(db, sql)[0][0] >= at_least
+    except sqlite3.Error:
+        return False
+
+
 def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(customers, small_disk, start_engine):
     disk = small_disk(16)
     db = str(disk / "ledger.db")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
-from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
+from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, RunExists, Store
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -12,6 +12,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseLost",
     "Page",
+    "RunExists",
     "SQLiteStore",
     "Store",
     "open_store",

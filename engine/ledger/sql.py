@@ -20,7 +20,16 @@ from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
 from engine.ledger.schema import SENT, UNSETTLED
 from engine.ledger.selection import RowFilter
-from engine.ledger.store import EXPORT_COLUMNS, FOUND_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, Store
+from engine.ledger.store import (
+    EXPORT_COLUMNS,
+    FOUND_COLUMNS,
+    DuplicateRow,
+    LeaseHeld,
+    LeaseLost,
+    Page,
+    RunExists,
+    Store,
+)
 from engine.states import (
     CHUNK_DEAD,
     CHUNK_DONE,
@@ -88,6 +97,83 @@ class SQLStore(Store):
                 (run_id, time.time(), input, url, method, json.dumps(options, sort_keys=True), not_before),
             )
 
+    def claim_run(
+        self,
+        run_id: str,
+        holder: Holder,
+        *,
+        input: str,
+        url: str,
+        method: str,
+        options: dict,
+        not_before: float | None,
+        timeout: float,
+    ) -> None:
+        now = time.time()
+        with self._exclusive(f"lease:{run_id}"):  # the lease's own lock: a claim and a pass's lease queue
+            found = self._run("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            old = self.lease(run_id)
+            if old is not None and leases.holder_alive(old, now):
+                doing = "loading its input" if found is not None and found[0] == "loading" else "sending it"
+                raise LeaseHeld(
+                    f"run {run_id!r} is held by {old['holder']} ({leases.describe(old, now)}), {doing};"
+                    " wait for it to end, or stop that process first"
+                )
+            if found is not None:
+                if found[0] != "loading" or self._ever_sent(run_id):
+                    raise RunExists(f"run {run_id!r} already exists in {self.location}")
+                self._delete_rows(run_id)  # its loader died: nothing of a loading run was ever sent
+            self._run(
+                "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'loading', 0, ?)",
+                (run_id, now, input, url, method, json.dumps(options, sort_keys=True), not_before),
+            )
+            self._write_lease(run_id, holder, now, (None, None), timeout)
+
+    def drop_load(self, run_id: str, holder: Holder) -> bool:
+        with self._exclusive(f"lease:{run_id}"):
+            held = self.lease(run_id)
+            if held is None or held["holder"] != holder.name or self._ever_sent(run_id):
+                return False
+            self._delete_rows(run_id)
+        return True
+
+    def drop_abandoned_loads(self) -> int:
+        dropped = 0
+        for (run_id,) in self._run("SELECT run_id FROM runs WHERE state = 'loading'").fetchall():
+            with self._exclusive(f"lease:{run_id}"):
+                held = self.lease(run_id)
+                still = self._run("SELECT 1 FROM runs WHERE run_id = ? AND state = 'loading'", (run_id,)).fetchone()
+                if still is None or (held is not None and leases.holder_alive(held)) or self._ever_sent(run_id):
+                    continue
+                self._delete_rows(run_id)
+                dropped += 1
+        return dropped
+
+    def _ever_sent(self, run_id: str) -> bool:
+        """Did any pass of the run start, or any of its rows leave ``pending``?"""
+        return (
+            self._run(
+                f"SELECT 1 FROM passes WHERE run_id = ? UNION ALL SELECT 1 FROM requests WHERE run_id = ? AND {SENT}"
+                " LIMIT 1",
+                (run_id, run_id),
+            ).fetchone()
+            is not None
+        )
+
+    def sent_elsewhere(self, run_id: str, url: str, method: str) -> tuple[str, int] | None:
+        # the runs to that destination first (a few rows): their requests are then read by run_id,
+        # and each is looked up in this run through the (run_id, row_id) index
+        found = self._run(
+            "SELECT o.run_id, count(*) FROM requests o JOIN requests n ON n.run_id = ? AND n.row_id = o.row_id"
+            " WHERE o.run_id IN (SELECT run_id FROM runs"
+            "  WHERE url = ? AND method = ? AND run_id <> ? AND state <> 'loading')"
+            f" AND (o.status <> '{PENDING}' OR o.attempts > 0)"
+            " GROUP BY o.run_id ORDER BY count(*) DESC, o.run_id LIMIT 1",
+            (run_id, url, method, run_id),
+        ).fetchone()
+        return None if found is None else (found[0], found[1])
+
     def get_run(self, run_id: str) -> dict:
         run = self._row("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         if run is None:
@@ -100,9 +186,13 @@ class SQLStore(Store):
 
     def delete_run(self, run_id: str) -> None:
         with self._transaction():
-            self._run("DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)", (run_id,))
-            for table in ("requests", "passes", "pauses", "leases", "runs"):
-                self._run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self._delete_rows(run_id)
+
+    def _delete_rows(self, run_id: str) -> None:
+        """Everything recorded of the run, inside the caller's transaction."""
+        self._run("DELETE FROM attempts WHERE rid IN (SELECT rid FROM requests WHERE run_id = ?)", (run_id,))
+        for table in ("requests", "passes", "pauses", "leases", "runs"):
+            self._run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
     def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
         with self._exclusive(f"fingerprint:{fingerprint}"):
@@ -211,30 +301,27 @@ class SQLStore(Store):
         now = time.time()
         with self._exclusive(f"lease:{run_id}"):
             old = self.lease(run_id)
-            if old is not None and leases.holder_alive(old, now):
+            if old is not None and old["holder"] != holder.name and leases.holder_alive(old, now):
                 raise LeaseHeld(
                     f"run {run_id!r} is being sent by {leases.describe(old, now)};"
                     " wait for it to end, or stop that process first"
                 )
             hold = leases.hold_after(old) if old is not None else None
             frontier = hold.frontier if hold else (None, None)
-            self._run(
-                "INSERT INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority, frontier_rid,"
-                " timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
-                " holder = excluded.holder, host = excluded.host, pid = excluded.pid,"
-                " heartbeat_at = excluded.heartbeat_at, frontier_priority = excluded.frontier_priority,"
-                " frontier_rid = excluded.frontier_rid, timeout = excluded.timeout",
-                (
-                    run_id,
-                    holder.name,
-                    holder.host,
-                    holder.pid,
-                    now,
-                    *frontier,
-                    max(timeout, old["timeout"] if old else 0.0),
-                ),
-            )
+            self._write_lease(run_id, holder, now, frontier, max(timeout, old["timeout"] if old else 0.0))
         return hold
+
+    def _write_lease(
+        self, run_id: str, holder: Holder, now: float, frontier: tuple[float | None, int | None], timeout: float
+    ) -> None:
+        self._run(
+            "INSERT INTO leases (run_id, holder, host, pid, heartbeat_at, frontier_priority, frontier_rid,"
+            " timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+            " holder = excluded.holder, host = excluded.host, pid = excluded.pid,"
+            " heartbeat_at = excluded.heartbeat_at, frontier_priority = excluded.frontier_priority,"
+            " frontier_rid = excluded.frontier_rid, timeout = excluded.timeout",
+            (run_id, holder.name, holder.host, holder.pid, now, *frontier, timeout),
+        )
 
     def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
         with self._transaction():

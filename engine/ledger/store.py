@@ -55,7 +55,11 @@ class DuplicateRow(LedgerError):
 
 
 class LeaseHeld(LedgerError):
-    """Another live process is sending this run."""
+    """Another live process is sending (or loading) this run."""
+
+
+class RunExists(LedgerError):
+    """A run of that id finished loading before: it is finished with ``rerun``, never loaded again."""
 
 
 class LeaseLost(LedgerError):
@@ -104,6 +108,41 @@ class Store(ABC):
         self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
     ) -> None:
         """A new run in state ``loading``."""
+
+    @abstractmethod
+    def claim_run(
+        self,
+        run_id: str,
+        holder: Holder,
+        *,
+        input: str,
+        url: str,
+        method: str,
+        options: dict,
+        not_before: float | None,
+        timeout: float,
+    ) -> None:
+        """Create run ``run_id`` in state ``loading``, held by ``holder`` (its lease), atomically.
+
+        :class:`LeaseHeld` if a live process holds a run of that id (loading or sending it);
+        :class:`RunExists` if one finished loading. A load whose holder died (nothing of a
+        ``loading`` run is ever sent) is taken over: its rows are removed first.
+        """
+
+    @abstractmethod
+    def drop_load(self, run_id: str, holder: Holder) -> bool:
+        """Remove the run if ``holder`` still holds it and nothing of it was ever sent; whether it did."""
+
+    @abstractmethod
+    def drop_abandoned_loads(self) -> int:
+        """Remove the runs left ``loading`` by a process that died (killed, or its disk was full);
+        how many."""
+
+    @abstractmethod
+    def sent_elsewhere(self, run_id: str, url: str, method: str) -> tuple[str, int] | None:
+        """The other run to ``method`` ``url`` holding most rows (same row ids) of ``run_id`` that
+        succeeded or may have been sent (any state but a never-attempted ``pending``), and how many;
+        None if there is none. One set-based query over the ``(run_id, row_id)`` index."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> dict:
@@ -179,7 +218,8 @@ class Store(ABC):
 
     @abstractmethod
     def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
-        """Take the run's lease; :class:`LeaseHeld` if a live process has it.
+        """Take the run's lease; :class:`LeaseHeld` if another live process has it (``holder`` may
+        hold it already: the load that claimed the run).
 
         A lease left by a pass that did not end cleanly is taken over, keeping its frontier,
         and what that pass may still have in flight is returned as a :class:`Hold`.

@@ -3,13 +3,19 @@
 Each opens the ledger, sends one pass, and returns a :class:`RunResult`; the CLI
 only parses options and prints.
 
-The same command never charges twice. Without ``--run-id``, each row's idempotency key
-is derived from the shape of the request (method, URL, header and body templates: the
-request fingerprint) and the row's id, so running the same ``bill`` again — on the same
-ledger or on a fresh one — sends the keys the API has already seen. On the same ledger
-it is found before anything is sent: the run's fingerprint (request and input content)
-matches an earlier run, which is named instead. Billing the same customers again on
-purpose takes a new ``--run-id``: keys are then ``<run-id>:<row id>``.
+A ``bill`` first claims its run id (:meth:`Store.claim_run`: insert or fail, naming the
+live process that holds it); nothing but that claimer, and only while nothing of the
+run was sent, ever removes the run again.
+
+The same customers at the same destination are billed once per run id, whatever was
+edited. Without ``--run-id``, each row's idempotency key is derived from the destination
+(method, URL template and key header: not the body or header templates) and the row's
+id, so a ``bill`` sent again — identical, or with a fixed typo, on the same ledger or on
+a fresh one — sends the keys the API has already seen. On the same ledger it is found
+before anything is sent: the identical command matches an earlier run's fingerprint
+(request and input content), which is named instead; an edited one finds its rows sent
+to the same destination by an earlier run and is refused. Billing the same customers
+again on purpose takes a new ``--run-id``: keys are then ``<run-id>:<row id>``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from engine.backend import Backend
 from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
-from engine.ledger import BUSY_TIMEOUT, Store, open_store
+from engine.ledger import BUSY_TIMEOUT, RunExists, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
 from engine.ledger.selection import Selection, opted_in
 from engine.local.limits import fit_open_files
@@ -97,21 +104,24 @@ def bill(
     spec = settings.request_spec()  # template and environment errors surface before the ledger is touched
     request = CompiledRequest(spec)
     fingerprint = settings.request_fingerprint()
-    key_prefix = run_id or fingerprint[:KEY_PREFIX_CHARS]
+    key_prefix = run_id or settings.destination_fingerprint()[:KEY_PREFIX_CHARS]
+    on_purpose = run_id is not None  # an explicit --run-id bills its rows, whatever was sent before
     run_id = run_id or new_run_id()
+    holder = Holder.this_process()
     with (
         open_store(db, busy_timeout=busy_timeout) as ledger,
         ledger.recording(),
         EventLog(log_file) as events,
         contextlib.ExitStack() as backend_scope,
     ):
-        _create_run(ledger, run_id, input_path, settings, not_before)
+        _claim_run(ledger, run_id, holder, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         early = not_before is None and broker is None
         backend = backend_scope.enter_context(start_backend(settings, spec)) if early else None
         digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
+            ledger.drop_abandoned_loads()  # loads whose process died (killed, disk full): never sent
             with Progress(0, "loading rows", quiet) as progress, sigterm_interrupts():
                 total = load_rows(
                     ledger,
@@ -120,23 +130,25 @@ def bill(
                     settings,
                     request,
                     source,
-                    on_progress=progress.count,
+                    on_progress=_with_heartbeat(ledger, run_id, holder, progress.count),
                     key_prefix=key_prefix,
                     digest=digest,
                 )
             earlier = ledger.finish_load(run_id, total, digest.hexdigest())
+            if earlier is None and not on_purpose:
+                _refuse_rows_sent_elsewhere(ledger, run_id, settings)
         except BaseException:
             backend_scope.close()
             with contextlib.suppress(LedgerUnavailable), ledger.recording():
-                ledger.delete_run(run_id)  # on a full disk this may fail too: the next bill replaces it
+                ledger.drop_load(run_id, holder)  # on a full disk this may fail too: the next bill drops it
             raise
         if earlier is not None:
             backend_scope.close()
-            ledger.delete_run(run_id)
+            ledger.drop_load(run_id, holder)
             return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
         plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, broker)
-        return _send_pass(plan, backend)
+        return _send_pass(plan, backend, holder)
 
 
 def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
@@ -160,21 +172,52 @@ def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
     return LocalBackend.for_run(settings, spec)
 
 
-def _create_run(ledger: Store, run_id: str, input_path: str, settings: RunSettings, not_before) -> None:
-    if ledger.has_run(run_id):
-        if ledger.get_run(run_id)["state"] != "loading":
-            raise UsageError(
-                f"run {run_id!r} already exists in {ledger.location}; "
-                f"finish it with: {rerun_command(run_id, ledger.location)}"
-            )
-        ledger.delete_run(run_id)  # a load that was cut short: nothing of it was sent
-    ledger.create_run(
-        run_id,
-        input=input_path,
-        url=settings.url,
-        method=settings.method,
-        options=settings.to_dict(),
-        not_before=not_before,
+def _claim_run(ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before) -> None:
+    """Claim ``run_id`` before anything is loaded (:class:`LeaseHeld` names a live holder)."""
+    try:
+        ledger.claim_run(
+            run_id,
+            holder,
+            input=input_path,
+            url=settings.url,
+            method=settings.method,
+            options=settings.to_dict(),
+            not_before=not_before,
+            timeout=settings.timeout,
+        )
+    except RunExists:
+        raise UsageError(
+            f"run {run_id!r} already exists in {ledger.location}; "
+            f"finish it with: {rerun_command(run_id, ledger.location)}"
+        ) from None
+
+
+def _with_heartbeat(ledger: Store, run_id: str, holder: Holder, on_progress: Callable[[int], None]):
+    """``on_progress``, renewing the run's claim at most every HEARTBEAT_INTERVAL: a load of millions
+    of rows outlives a lease's STALE_AFTER, and a holder not heard from would look dead."""
+    last = time.monotonic()
+
+    def beat(count: int) -> None:
+        nonlocal last
+        on_progress(count)
+        if time.monotonic() - last >= HEARTBEAT_INTERVAL:
+            ledger.renew_lease(run_id, holder)
+            last = time.monotonic()
+
+    return beat
+
+
+def _refuse_rows_sent_elsewhere(ledger: Store, run_id: str, settings: RunSettings) -> None:
+    """An edited command (a fixed typo, an added header) is not the identical one, but its rows were
+    billed at this destination by an earlier run of this ledger: only an explicit --run-id bills them again."""
+    found = ledger.sent_elsewhere(run_id, settings.url, settings.method)
+    if found is None:
+        return
+    other, count = found
+    raise UsageError(
+        f"{count} rows of this input (same ids) were already sent, or may have been, to {settings.method} "
+        f"{settings.url} by run {other!r} in {ledger.location}; nothing was sent. Finish that run with: "
+        f"{rerun_command(other, ledger.location)}; to bill them again on purpose, give a new --run-id"
     )
 
 
@@ -250,11 +293,11 @@ class PassPlan:
     selection: Selection | None = None
 
 
-def _send_pass(plan: PassPlan, backend: Backend | None = None) -> RunResult:
+def _send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | None = None) -> RunResult:
     """Take the run's lease, send one pass, give the lease back. ``backend``, if given, was started
-    while the input loaded; its owner ends it."""
+    while the input loaded; its owner ends it. ``holder``: the claim of the ``bill`` that loaded the run."""
     ledger, run_id = plan.ledger, plan.run_id
-    holder = Holder.this_process()
+    holder = holder or Holder.this_process()
     hold = ledger.acquire_lease(run_id, holder, plan.settings.timeout)
     clean = False
     try:
