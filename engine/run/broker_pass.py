@@ -187,7 +187,7 @@ class BrokerPass:
         held = self.link.call(lambda: client.llen(QUEUE_KEY) + client.hlen(UNACKED_KEY), None)
         if held is None or held >= queued:
             return
-        for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, time.time() - LOST_AFTER):
+        for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, LOST_AFTER):
             self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id, why="broker lost it")
             self._enqueue(chunk_id)
 
