@@ -394,3 +394,41 @@ def test_postgresql_restarted_mid_run_the_run_completes_and_charges_nobody_twice
         assert charged_once(api, rows)
     with open_store(postgres_url) as ledger:
         assert ledger.counts("pg")["succeeded"] == rows
+
+
+def holder_pids(db: str, run_id: str) -> set[int]:
+    """The node pids (Celery main processes) holding the run's running chunks."""
+    with open_store(db) as ledger:
+        held = ledger.conn.execute("SELECT node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
+        return {int(node.split(":")[1]) for (node,) in held.fetchall()}
+
+
+def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
+    customers, postgres_url, broker, nodes, start_engine
+):
+    """Issue 21.1: SIGSTOP one node's process group 26 s (its chunks go to the other), then SIGCONT."""
+    rows = 800
+    started = nodes(2)
+    with MockProcess(latency=1.0, lock_keys=False) as api:  # no lock on keys in progress: a resend charges
+        coordinator = start_engine(
+            *bill_args(customers(rows), api, postgres_url, broker, "frozen"),
+            "--concurrency", 4, "--timeout", 10, "--stall-timeout", 5, "--chunks", 50, "--quiet",
+        )  # fmt: skip
+        wait_for_charges(api, 40)
+        frozen = next(node for node in started if node.pid in holder_pids(postgres_url, "frozen"))
+        os.killpg(frozen.pid, signal.SIGSTOP)  # the whole node: a VM pause, a container freeze
+        time.sleep(26)  # its chunks are queued again after 5 + 10 + 1 s, and sent by the other node
+        os.killpg(frozen.pid, signal.SIGCONT)
+        out, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode in (0, 1), err
+        if coordinator.returncode:
+            rerun = run_engine("rerun", "frozen", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
+            assert rerun.returncode == 0, rerun.stderr
+        stats = api.stats()
+    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+    assert stats["customers_charged"] == rows
+    with open_store(postgres_url) as ledger:
+        assert ledger.counts("frozen")["succeeded"] == rows
+        assert ledger.chunk_summary("frozen")["resent"] >= 1
+        (superseded,) = ledger.conn.execute("SELECT count(*) FROM attempts WHERE outcome = 'superseded'").fetchone()
+    assert superseded >= 1  # what the frozen node had in flight came back, and was not taken as the outcome
