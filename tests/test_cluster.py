@@ -512,6 +512,9 @@ def test_a_node_on_another_ledger_is_named_and_claims_nothing_there(
         coordinator = start_engine(*bill_args(customers(300), api, postgres_url, broker, "led"), "--quiet")
         said, _ = lines_until(coordinator, "refuses", limit=15)
         assert f":{stray.pid} refuses" in said and "another ledger" in said
+        listed = run_engine("status", "--db", postgres_url, "--broker", broker, timeout=30).stdout
+        assert "worker nodes: 2" in listed and f":{stray.pid}  batch-engine" in listed
+        assert "ANOTHER ledger" in listed and "this ledger" in listed
         _, err = coordinator.communicate(timeout=120)
         assert coordinator.returncode == 0, said + err
         assert charged_once(api, 300)

@@ -6,6 +6,12 @@ that chunk's slots while the others go on. A pool process that dies has its chun
 to the queue at once (``task_reject_on_worker_lost``). Each process keeps its own ledger
 connection and, per pass, its own :class:`ChunkSender`; the request is built from the run's
 stored settings and this node's environment (``${VAR}`` secrets never leave the node).
+
+A claim is fenced (:mod:`engine.ledger.claim`, :class:`~engine.delivery.fence.Fence`): rows
+start only while the claim was renewed within the lease by this node's own clock, so a node
+frozen past it sends nothing another node now owns. A node that cannot serve a pass (a
+variable it lacks, another ledger, another version) refuses its chunks unclaimed and says
+why (:mod:`engine.cluster.roster`); the main process announces the node every few seconds.
 """
 
 from __future__ import annotations
