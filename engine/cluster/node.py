@@ -48,6 +48,8 @@ MAX_DELIVERIES = 5
 LEDGER_PATIENCE = 300.0
 #: How long a node waits before putting back a chunk it refused (s): the nodes that can serve it take it first.
 REFUSE_PAUSE = 1.0
+#: How many times a refused chunk is put back before it is let go (its message; the ledger keeps it queued).
+MAX_BOUNCES = 300
 
 T = TypeVar("T")
 
@@ -128,13 +130,19 @@ class Node:
         return self._sender, self._signals
 
     def send_chunk(
-        self, run_id: str, chunk_id: int, pass_no: int, ledger: str | None = None, version: str | None = None
+        self,
+        run_id: str,
+        chunk_id: int,
+        pass_no: int,
+        ledger: str | None = None,
+        version: str | None = None,
+        bounces: int = 0,
     ) -> None:
         """Claim the chunk, send its rows while the claim holds, commit their results with its done-mark;
         the ack follows. A chunk this node cannot serve is refused before it is claimed."""
         reason = self.refusal(run_id, pass_no, ledger, version)
         if reason is not None:
-            self.refuse(run_id, chunk_id, pass_no, reason, ledger, version)
+            self.refuse(run_id, chunk_id, pass_no, reason, {"ledger": ledger, "version": version, "bounces": bounces})
             return
         sender, signals = self.sender(run_id, pass_no)
         asked = time.monotonic()  # the lease runs from before the claim was asked for
@@ -175,9 +183,11 @@ class Node:
             return str(err)
         return None
 
-    def refuse(self, run_id: str, chunk_id: int, pass_no: int, reason: str, ledger: str | None, version: str | None):
+    def refuse(self, run_id: str, chunk_id: int, pass_no: int, reason: str, task: dict) -> None:
         """Say why (once per pass in this process's log, and in Redis for the coordinator), then put the
-        chunk back in the queue unclaimed, for a node that can: no delivery is spent on it."""
+        chunk back in the queue unclaimed, for a node that can: no delivery is spent on it. A chunk
+        that found no taker for :data:`MAX_BOUNCES` rounds, or whose pass is stopping, is let go: the
+        ledger still has it queued, and a coordinator still watching enqueues it again."""
         node = f"{socket.gethostname()}:{self.node_pid}"
         if (run_id, pass_no) not in self._said:
             self._said.add((run_id, pass_no))
@@ -185,7 +195,10 @@ class Node:
         with contextlib.suppress(*UNREACHABLE):
             Roster(self.redis).refuse(run_id, pass_no, node, reason)
         time.sleep(REFUSE_PAUSE)  # leaves the other nodes time to take the chunk first
-        self.app.send_task(SEND_CHUNK, args=[run_id, chunk_id, pass_no], kwargs={"ledger": ledger, "version": version})
+        stopping = PassSignals(RedisLink(self.redis, LEDGER_PATIENCE), run_id, pass_no).stop_requested()
+        if task["bounces"] < MAX_BOUNCES and not stopping:
+            task = {**task, "bounces": task["bounces"] + 1}
+            self.app.send_task(SEND_CHUNK, args=[run_id, chunk_id, pass_no], kwargs=task)
 
     def _renew(self, claim: ChunkClaim) -> bool | None:
         """The chunk's heartbeat: whether the claim is still this node's (None: the ledger is unreachable;
