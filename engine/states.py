@@ -24,3 +24,6 @@ RESEND_STATES = (PENDING, RETRYING, FAILED, SELECTED)
 CHUNK_QUEUED, CHUNK_RUNNING, CHUNK_DONE, CHUNK_DEAD = "queued", "running", "done", "dead"
 #: A chunk of an earlier pass that no node had taken when a later pass began: never sent.
 CHUNK_RETIRED = "retired"
+#: An attempt's outcome (never a row's state) when it was sent under a claim another node has
+#: since taken over (a frozen node's fencing token is stale): kept for the audit, not as the row's result.
+SUPERSEDED = "superseded"

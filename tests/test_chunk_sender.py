@@ -7,6 +7,7 @@ from collections import Counter
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
 from engine.delivery.chunk import ChunkSender
+from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.ratelimit import Pacer
@@ -53,10 +54,30 @@ def test_a_row_that_keeps_failing_ends_failed_after_max_attempts():
     assert Counter(record.outcome for record in records) == {RETRYING: 10, FAILED: 5}
 
 
-def test_the_heartbeat_is_called_while_a_slow_chunk_is_sent():
+def test_the_claim_is_renewed_while_a_slow_chunk_is_sent():
     beats = []
     with MockProcess(latency=1.3) as api:
         sending = sender(api.charge_url())
-        sending.send(chunk(10), heartbeat=lambda: beats.append(1))
+        sending.send(chunk(10), fence=Fence(5.0, lambda: beats.append(1) or True))
         sending.close()
-    assert beats
+    assert beats and sending.dropped == 0
+
+
+def test_a_claim_found_gone_stops_every_start_and_drops_the_rest():
+    """The window is 20: the first 20 start; the renewal then says the chunk was taken over."""
+    with MockProcess(latency=1.0) as api:
+        sending = sender(api.charge_url())
+        records = sending.send(chunk(50), fence=Fence(2.0, lambda: False))
+        sending.close()
+        assert api.stats()["requests"] == 20 and len(records) == 20
+    assert sending.dropped == 30
+
+
+def test_a_claim_not_renewed_within_its_lease_starts_nothing_more():
+    """A renewal the ledger cannot answer (None) lets the lease run down: after it, nothing starts."""
+    with MockProcess(latency=0.2) as api:
+        sending = sender(api.charge_url())
+        sending.transport.window = lambda limit: 1  # one at a time: 0.2 s each, the lease is 1 s
+        records = sending.send(chunk(20), fence=Fence(1.0, lambda: None))
+        sending.close()
+    assert 2 <= len(records) <= 5 and sending.dropped == 20 - len(records)

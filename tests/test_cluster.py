@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
 
+import psycopg
 import pytest
 import redis
 from conftest import ENGINE, POSTGRES_ADMIN, REDIS_SERVER, run_engine, wait_for_charges
@@ -50,7 +52,9 @@ def nodes(broker, postgres_url):
     started: list[subprocess.Popen] = []
     open_store(postgres_url).close()  # the tables exist before any node looks
 
-    def start(count: int, *extra, broker: str = broker) -> list[subprocess.Popen]:
+    def start(
+        count: int, *extra, broker: str = broker, db: str = postgres_url, env: dict | None = None, log=None
+    ) -> list[subprocess.Popen]:
         for _ in range(count):
             started.append(
                 subprocess.Popen(
@@ -60,13 +64,14 @@ def nodes(broker, postgres_url):
                         "--broker",
                         broker,
                         "--db",
-                        postgres_url,
+                        db,
                         "--chunks-in-flight",
                         "4",
                         *map(str, extra),
                     ],
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=log or subprocess.DEVNULL,
+                    env=env,
                     start_new_session=True,  # a node is its own process tree, as on its own machine
                 )
             )
@@ -394,3 +399,122 @@ def test_postgresql_restarted_mid_run_the_run_completes_and_charges_nobody_twice
         assert charged_once(api, rows)
     with open_store(postgres_url) as ledger:
         assert ledger.counts("pg")["succeeded"] == rows
+
+
+def holder_pids(db: str, run_id: str) -> set[int]:
+    """The node pids (Celery main processes) holding the run's running chunks."""
+    with open_store(db) as ledger:
+        held = ledger.conn.execute("SELECT node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
+        return {int(node.split(":")[1]) for (node,) in held.fetchall()}
+
+
+def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
+    customers, postgres_url, broker, nodes, start_engine
+):
+    """Issue 21.1: SIGSTOP one node's process group 26 s (its chunks go to the other), then SIGCONT."""
+    rows = 800
+    started = nodes(2)
+    with MockProcess(latency=1.0, lock_keys=False) as api:  # no lock on keys in progress: a resend charges
+        coordinator = start_engine(
+            *bill_args(customers(rows), api, postgres_url, broker, "frozen"),
+            "--concurrency", 4, "--timeout", 10, "--stall-timeout", 5, "--chunks", 50, "--quiet",
+        )  # fmt: skip
+        wait_for_charges(api, 40)
+        frozen = next(node for node in started if node.pid in holder_pids(postgres_url, "frozen"))
+        os.killpg(frozen.pid, signal.SIGSTOP)  # the whole node: a VM pause, a container freeze
+        time.sleep(26)  # its chunks are queued again after 5 + 10 + 1 s, and sent by the other node
+        os.killpg(frozen.pid, signal.SIGCONT)
+        out, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode in (0, 1), err
+        if coordinator.returncode:
+            rerun = run_engine("rerun", "frozen", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
+            assert rerun.returncode == 0, rerun.stderr
+        stats = api.stats()
+    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+    assert stats["customers_charged"] == rows
+    with open_store(postgres_url) as ledger:
+        assert ledger.counts("frozen")["succeeded"] == rows
+        assert ledger.chunk_summary("frozen")["resent"] >= 1
+        (superseded,) = ledger.conn.execute("SELECT count(*) FROM attempts WHERE outcome = 'superseded'").fetchone()
+    assert superseded >= 1  # what the frozen node had in flight came back, and was not taken as the outcome
+
+
+def without(name: str) -> dict:
+    """This process's environment without ``name``: a node that lacks a secret the run's headers need."""
+    return {key: value for key, value in os.environ.items() if key != name}
+
+
+def lines_until(process: subprocess.Popen, text: str, limit: float) -> tuple[str, float]:
+    """The coordinator's stderr up to the first line holding ``text``, and how long that took (s)."""
+    started, seen = time.monotonic(), ""
+    assert process.stderr is not None
+    while text not in seen:
+        assert time.monotonic() - started < limit, f"no {text!r} within {limit} s: {seen}"
+        if select.select([process.stderr], [], [], 0.5)[0]:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, seen
+            seen += line
+    return seen, time.monotonic() - started
+
+
+SECRET_HEADER = ("--header", "Authorization: Bearer ${API_TOKEN}")
+
+
+def test_a_node_lacking_a_variable_is_named_at_once_and_the_others_send_its_chunks(
+    customers, postgres_url, broker, nodes, start_engine, monkeypatch, tmp_path
+):
+    """Issue 21.6: the run completes on the node that can; the one that cannot is named within seconds."""
+    rows = 400
+    monkeypatch.setenv("API_TOKEN", "sk_test_fine")
+    with open(tmp_path / "bad.log", "w") as log:
+        (bad,) = nodes(1, env=without("API_TOKEN"), log=log)
+    nodes(1)
+    with MockProcess(latency=0.2, lock_keys=False) as api:
+        coordinator = start_engine(
+            *bill_args(customers(rows), api, postgres_url, broker, "env"), *SECRET_HEADER, "--chunks", 50, "--quiet"
+        )
+        said, after = lines_until(coordinator, "refuses", limit=15)
+        assert f":{bad.pid} refuses" in said and "API_TOKEN" in said and "sk_test_fine" not in said
+        _, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 0, said + err
+        assert charged_once(api, rows)
+    log = (tmp_path / "bad.log").read_text()
+    assert "API_TOKEN" in log and "Traceback" not in log, log
+    with open_store(postgres_url) as ledger:
+        assert ledger.chunk_summary("env")["dead"] == 0  # a refusal spends no delivery
+
+
+def test_when_no_node_can_send_the_run_stops_at_once_with_the_reason(
+    customers, postgres_url, broker, nodes, start_engine, monkeypatch
+):
+    monkeypatch.setenv("API_TOKEN", "sk_test_fine")
+    nodes(2, env=without("API_TOKEN"))
+    with MockProcess(lock_keys=False) as api:
+        started = time.monotonic()
+        result = run_engine(*bill_args(customers(200), api, postgres_url, broker, "none"), *SECRET_HEADER, "--quiet")
+        took = time.monotonic() - started
+        assert api.stats()["requests"] == 0
+    assert result.returncode == 1, result.stderr
+    assert "no live node can send" in result.stderr and "API_TOKEN" in result.stderr
+    assert took < 30, took
+
+
+def test_a_node_on_another_ledger_is_named_and_claims_nothing_there(
+    customers, postgres_url, postgres_db, broker, nodes, start_engine
+):
+    other = f"{postgres_db}?options=-csearch_path%3Dother_{os.getpid()}"
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS other_{os.getpid()}")
+    open_store(other).close()
+    (stray,) = nodes(1, db=other)
+    nodes(1)
+    with MockProcess(latency=0.1, lock_keys=False) as api:
+        coordinator = start_engine(*bill_args(customers(300), api, postgres_url, broker, "led"), "--quiet")
+        said, _ = lines_until(coordinator, "refuses", limit=15)
+        assert f":{stray.pid} refuses" in said and "another ledger" in said
+        listed = run_engine("status", "--db", postgres_url, "--broker", broker, timeout=30).stdout
+        assert "worker nodes: 2" in listed and f":{stray.pid}  batch-engine" in listed
+        assert "ANOTHER ledger" in listed and "this ledger" in listed
+        _, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 0, said + err
+        assert charged_once(api, 300)

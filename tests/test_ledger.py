@@ -349,11 +349,11 @@ def test_rows_sent_to_the_same_destination_by_another_run_are_found(store):
 def test_chunks_are_planned_in_dispatch_order_and_claimed_by_one_node(store):
     store.insert_requests("r", rows(5, priority=lambda n: float(n == 4)))
     first, second, third = store.plan_chunks("r", 1, (PENDING,), size=2)
-    assert [row.row_id for row in store.claim_chunk(first, "node-a", max_deliveries=3)] == ["c4", "c0"]
+    assert [row.row_id for row in store.claim_chunk(first, "node-a", max_deliveries=3).rows] == ["c4", "c0"]
     assert store.chunk_counts("r", 1) == {"queued": 2, "running": 1, "done": 0, "dead": 0}
-    third_rows = store.claim_chunk(third, "node-b", max_deliveries=3)
-    assert [row.row_id for row in third_rows] == ["c3"]
-    store.finish_chunk(third, [answer(third_rows[0].rid)])
+    claim = store.claim_chunk(third, "node-b", max_deliveries=3)
+    assert [row.row_id for row in claim.rows] == ["c3"]
+    assert store.finish_chunk(claim, [answer(claim.rows[0].rid)])
     assert store.claim_chunk(third, "node-c", max_deliveries=3) is None  # done: a redelivery sends nothing
     assert store.counts("r")[SUCCEEDED] == 1 and store.chunk_counts("r", 1)["done"] == 1
 
@@ -361,11 +361,11 @@ def test_chunks_are_planned_in_dispatch_order_and_claimed_by_one_node(store):
 def test_a_silent_chunk_is_queued_again_and_dead_lettered_after_too_many_deliveries(store):
     store.insert_requests("r", rows(2))
     (chunk,) = store.plan_chunks("r", 1, (PENDING,), size=10)
-    assert len(store.claim_chunk(chunk, "node-a", max_deliveries=2)) == 2
+    assert len(store.claim_chunk(chunk, "node-a", max_deliveries=2).rows) == 2
     assert store.silent_chunks("r", 1, silent_for=60) == []
     time.sleep(0.05)
     assert store.silent_chunks("r", 1, silent_for=0.01) == [chunk]
-    assert len(store.claim_chunk(chunk, "node-b", max_deliveries=2)) == 2  # nothing was recorded: all again
+    assert len(store.claim_chunk(chunk, "node-b", max_deliveries=2).rows) == 2  # nothing was recorded: all again
     assert store.claim_chunk(chunk, "node-c", max_deliveries=2) is None  # node-b is on it: no second copy
     assert store.chunk_counts("r", 1)["dead"] == 0
     time.sleep(0.05)
@@ -384,14 +384,14 @@ def test_a_run_that_never_used_nodes_has_no_chunk_summary(store):
 def test_a_new_pass_retires_untaken_chunks_and_waits_for_those_a_live_node_sends(store):
     store.insert_requests("r", rows(6))
     taken, silent, untaken = store.plan_chunks("r", 1, (PENDING,), size=2)
-    store.claim_chunk(taken, "node-a", max_deliveries=3)
+    claim = store.claim_chunk(taken, "node-a", max_deliveries=3)
     store.claim_chunk(silent, "node-b", max_deliveries=3)
     time.sleep(0.2)
-    store.renew_chunk(taken, "node-a")
+    assert store.renew_chunk(claim)
     assert store.retire_chunks("r", silent_for=0.1) == 1  # node-a is still sending: wait for it
     assert store.claim_chunk(untaken, "node-c", max_deliveries=3) is None  # retired: its message is refused
     assert store.claim_chunk(silent, "node-c", max_deliveries=3) is None  # silent: retired too
-    store.finish_chunk(taken, [])
+    assert store.finish_chunk(claim, [])
     assert store.retire_chunks("r", silent_for=0.1) == 0
     assert store.chunk_summary("r")["refused"] == 2
 
@@ -400,6 +400,47 @@ def test_chunks_waiting_for_a_node_are_found_once_then_again_after_the_wait(stor
     store.insert_requests("r", rows(4))
     first, second = store.plan_chunks("r", 1, (PENDING,), size=2)
     store.claim_chunk(first, "node-a", max_deliveries=3)
-    assert store.waiting_chunks("r", 1, queued_before=time.time() - 60) == []
-    assert store.waiting_chunks("r", 1, queued_before=time.time() + 1) == [second]  # its queue time is now
-    assert store.waiting_chunks("r", 1, queued_before=time.time() - 5) == []
+    assert store.waiting_chunks("r", 1, queued_for=60) == []
+    assert store.waiting_chunks("r", 1, queued_for=-1) == [second]  # its queue time is now
+    assert store.waiting_chunks("r", 1, queued_for=5) == []
+
+
+def test_every_claim_gets_a_new_fencing_token_and_a_stale_one_cannot_renew(store):
+    store.insert_requests("r", rows(2))
+    (chunk,) = store.plan_chunks("r", 1, (PENDING,), size=10)
+    frozen = store.claim_chunk(chunk, "node-a", max_deliveries=3)
+    assert store.renew_chunk(frozen)
+    time.sleep(0.05)
+    assert store.silent_chunks("r", 1, silent_for=0.01) == [chunk]
+    assert not store.renew_chunk(frozen)  # queued again: the claim is gone
+    current = store.claim_chunk(chunk, "node-b", max_deliveries=3)
+    assert current.generation == frozen.generation + 1
+    assert not store.renew_chunk(frozen) and store.renew_chunk(current)
+    same_name = store.claim_chunk(chunk, "node-b", max_deliveries=3, busy_for=-1)  # the same node, claiming again
+    assert not store.renew_chunk(current) and store.renew_chunk(same_name)
+
+
+def test_results_under_a_stale_token_are_kept_as_superseded_never_as_the_outcome(store):
+    store.insert_requests("r", rows(2))
+    (chunk,) = store.plan_chunks("r", 1, (PENDING,), size=10)
+    frozen = store.claim_chunk(chunk, "node-a", max_deliveries=3)
+    time.sleep(0.05)
+    store.silent_chunks("r", 1, silent_for=0.01)
+    current = store.claim_chunk(chunk, "node-b", max_deliveries=3)
+    first, second = (row.rid for row in current.rows)
+    assert store.finish_chunk(current, [answer(first, FAILED, status=500)], complete=False)
+    late = [answer(first), answer(second)]  # the frozen node woke up and brings its (older) results
+    assert not store.finish_chunk(frozen, late)
+    assert store.counts("r")[FAILED] == 1 and store.counts("r")[PENDING] == 1  # untouched by the stale results
+    assert store.chunk_counts("r", 1)["running"] == 1  # not marked done under the stale token
+    outcomes = [(a["attempt"], a["outcome"]) for a in store.row_attempts(first)]
+    assert outcomes == [(1, FAILED), (1 + frozen.generation * 1_000_000, "superseded")]
+    assert [a["outcome"] for a in store.row_attempts(second)] == ["superseded"]
+    assert store.finish_chunk(current, [answer(second)])
+    assert store.chunk_counts("r", 1)["done"] == 1
+
+
+def test_a_ledger_has_one_identity(store, tmp_path):
+    assert store.ledger_id() == store.ledger_id()
+    with open_store(str(tmp_path / "other.db")) as other:
+        assert other.ledger_id() != store.ledger_id()

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from engine.cli.options import db_option, engine_errors, row_filter, row_filter_options
+from engine.cli.options import _broker_without_password, db_option, engine_errors, row_filter, row_filter_options
 from engine.ledger import open_store
 from engine.output.export import EXPORT_FORMATS, write_export
 from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
@@ -19,18 +19,30 @@ WATCH_EVERY = 2.0
 @click.command()
 @db_option
 @click.option("--watch", is_flag=True, help="Show the table again every 2 s until Ctrl-C.")
+@click.option(
+    "--broker",
+    envvar="ENGINE_BROKER",
+    default=None,
+    metavar="URL",
+    callback=_broker_without_password,
+    help="Also list the worker nodes alive on this Redis broker: host, pid, version, and whether their "
+    "ledger is this one [env: ENGINE_BROKER].",
+)
 @engine_errors
-def status(db, watch):
-    """A table of the runs in the ledger, with their counts per state.
+def status(db, watch, broker):
+    """A table of the runs in the ledger, with their counts per state (and the live worker nodes).
 
     \b
     Example:
         python -m engine status --db engine.db
         python -m engine status --db engine.db --watch
+        python -m engine status --db postgresql://billing@db.internal/billing --broker redis://queue.internal:6379/0
     """
     with open_store(db, create=False) as ledger:
         while True:
             table = runs_table(ledger.list_runs())
+            if broker:
+                table += "\n\n" + nodes_table(broker, ledger.ledger_id())
             if not watch:
                 click.echo(table)
                 return
@@ -40,6 +52,19 @@ def status(db, watch):
                 time.sleep(WATCH_EVERY)
             except KeyboardInterrupt:
                 return
+
+
+def nodes_table(broker: str, ledger_id: str) -> str:
+    """The worker nodes that announced themselves on ``broker`` in the last few seconds."""
+    from engine.cluster.app import redis_client  # Celery and Redis: only with a broker
+    from engine.cluster.roster import Roster
+
+    nodes = Roster(redis_client(broker)).live()
+    lines = [f"worker nodes: {len(nodes)}"]
+    for name, card in sorted(nodes.items()):
+        ledger = "this ledger" if card["ledger"] == ledger_id else f"ANOTHER ledger ({card['ledger']})"
+        lines.append(f"  {name}  batch-engine {card['version']}  {ledger}")
+    return "\n".join(lines)
 
 
 @click.command()

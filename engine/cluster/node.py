@@ -6,6 +6,12 @@ that chunk's slots while the others go on. A pool process that dies has its chun
 to the queue at once (``task_reject_on_worker_lost``). Each process keeps its own ledger
 connection and, per pass, its own :class:`ChunkSender`; the request is built from the run's
 stored settings and this node's environment (``${VAR}`` secrets never leave the node).
+
+A claim is fenced (:mod:`engine.ledger.claim`, :class:`~engine.delivery.fence.Fence`): rows
+start only while the claim was renewed within the lease by this node's own clock, so a node
+frozen past it sends nothing another node now owns. A node that cannot serve a pass (a
+variable it lacks, another ledger, another version) refuses its chunks unclaimed and says
+why (:mod:`engine.cluster.roster`); the main process announces the node every few seconds.
 """
 
 from __future__ import annotations
@@ -13,25 +19,37 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from celery import Celery
+
+from engine import __version__
 from engine.cluster.app import SEND_CHUNK, make_app, redis_client
-from engine.cluster.link import RedisLink
+from engine.cluster.link import UNREACHABLE, RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.cluster.pacing import NodePacer
+from engine.cluster.roster import NodeCard, Roster, keep_announcing
 from engine.config import RunSettings
 from engine.delivery.chunk import ChunkSender
+from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
 from engine.delivery.transport import TransportOptions
-from engine.errors import LedgerError
+from engine.errors import LedgerError, UnknownRun, UsageError
 from engine.ledger import Store, open_store
+from engine.ledger.claim import ChunkClaim
+from engine.ledger.lease import chunk_silent_for
 
 #: Deliveries of one chunk after which it is dead-lettered (its rows wait for a rerun).
 MAX_DELIVERIES = 5
 #: How long a node tries to reach a ledger that went away (restarted) before giving up (s).
 LEDGER_PATIENCE = 300.0
+#: How long a node waits before putting back a chunk it refused (s): the nodes that can serve it take it first.
+REFUSE_PAUSE = 1.0
+#: How many times a refused chunk is put back before it is let go (its message; the ledger keeps it queued).
+MAX_BOUNCES = 300
 
 T = TypeVar("T")
 
@@ -39,14 +57,18 @@ T = TypeVar("T")
 class Node:
     """What one pool process knows: its ledger connection, its Redis, and its sender for the current pass."""
 
-    def __init__(self, db: str, broker: str):
+    def __init__(self, db: str, broker: str, app: Celery):
         self.db = db
+        self.app = app
         self.node_pid = os.getpid()  # the Celery worker's main process; its pool processes fork from it
         self.redis = redis_client(broker)
         self._store: Store | None = None
         self._pass: tuple[str, int] | None = None
         self._sender: ChunkSender | None = None
         self._signals: PassSignals | None = None
+        self._lease = self._busy_for = 0.0
+        self._refused: dict[tuple[str, int], str | None] = {}
+        self._said: set[tuple[str, int]] = set()
 
     def store(self) -> Store:
         if self._store is None:
@@ -75,14 +97,18 @@ class Node:
 
     def _ledger_gone(self, error: Exception) -> bool:
         """The ledger cannot be opened, or its server broke the connection."""
+        if isinstance(error, UnknownRun):  # the ledger answered: this run is not in it
+            return False
         return isinstance(error, LedgerError) or (self._store is not None and self._store.connection_lost(error))
 
     def sender(self, run_id: str, pass_no: int) -> tuple[ChunkSender, PassSignals]:
         """This process's sender for a pass (its own CurlMulti, the pass's shared outage pause and
-        rate) and the pass's stop flag."""
+        rate) and the pass's stop flag. UsageError when this node cannot build the run's request
+        (a ``${VAR}`` it lacks, a file it does not have)."""
         if self._pass != (run_id, pass_no) or self._sender is None or self._signals is None:
             settings = RunSettings.from_dict(self.with_ledger(lambda store: store.get_run(run_id))["options"])
             link = RedisLink(self.redis, settings.max_pause)
+            spec = settings.request_spec()  # the first thing that needs this node's environment
             gate = Gate(
                 SharedBreaker(link, run_id, pass_no, settings.breaker()),
                 NodePacer(link, run_id, settings.rate, settings.concurrency),
@@ -90,7 +116,7 @@ class Node:
             if self._sender is not None:  # one pass at a time per process: free the last one's sockets
                 self._sender.close()
             self._sender = ChunkSender(
-                settings.request_spec(),
+                spec,
                 settings.id_field,
                 settings.policy(),
                 TransportOptions.for_run(settings),
@@ -98,35 +124,108 @@ class Node:
                 gate,
             )
             self._signals = PassSignals(link, run_id, pass_no)
+            self._lease = settings.stall_timeout
+            self._busy_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
             self._pass = (run_id, pass_no)
         return self._sender, self._signals
 
-    def send_chunk(self, run_id: str, chunk_id: int, pass_no: int) -> None:
-        """Claim the chunk, send its rows, commit their results with its done-mark; the ack follows."""
-        name = f"{socket.gethostname()}:{self.node_pid}:{os.getpid()}"
-        rows = self.with_ledger(lambda store: store.claim_chunk(chunk_id, name, MAX_DELIVERIES))
-        if rows is None:
+    def send_chunk(
+        self,
+        run_id: str,
+        chunk_id: int,
+        pass_no: int,
+        ledger: str | None = None,
+        version: str | None = None,
+        bounces: int = 0,
+    ) -> None:
+        """Claim the chunk, send its rows while the claim holds, commit their results with its done-mark;
+        the ack follows. A chunk this node cannot serve is refused before it is claimed."""
+        reason = self.refusal(run_id, pass_no, ledger, version)
+        if reason is not None:
+            self.refuse(run_id, chunk_id, pass_no, reason, {"ledger": ledger, "version": version, "bounces": bounces})
             return
         sender, signals = self.sender(run_id, pass_no)
-        records = sender.send(rows, heartbeat=lambda: self._renew(chunk_id, name), stopped=signals.stop_requested)
-        self.with_ledger(lambda store: store.finish_chunk(chunk_id, records))
+        asked = time.monotonic()  # the lease runs from before the claim was asked for
+        claim = self.with_ledger(lambda store: store.claim_chunk(chunk_id, self.name(), MAX_DELIVERIES, self._busy_for))
+        if claim is None:
+            return
+        fence = Fence(self._lease, lambda: self._renew(claim), renewed_at=asked)
+        records = sender.send(claim.rows, fence=fence, stopped=signals.stop_requested)
+        complete = not sender.dropped
+        if not self.with_ledger(lambda store: store.finish_chunk(claim, records, complete=complete)):
+            say(f"chunk {chunk_id} of run {run_id}: another node took it over while this one was stalled;"
+                f" its {len(records)} results are kept as superseded")  # fmt: skip
+        elif not complete:
+            say(f"chunk {chunk_id} of run {run_id}: its claim could not be renewed in time;"
+                f" {sender.dropped} rows left for another delivery")  # fmt: skip
 
-    def _renew(self, chunk_id: int, name: str) -> None:
-        """The chunk's heartbeat; while the ledger is unreachable sending goes on (the results wait)."""
+    def name(self) -> str:
+        """This pool process, as a chunk's holder names it: host, node pid, process pid."""
+        return f"{socket.gethostname()}:{self.node_pid}:{os.getpid()}"
+
+    def refusal(self, run_id: str, pass_no: int, ledger: str | None, version: str | None) -> str | None:
+        """Why this node cannot serve the pass (None: it can); the answer is kept for the pass."""
+        if (run_id, pass_no) not in self._refused:
+            self._refused[(run_id, pass_no)] = self._why_not(run_id, pass_no, ledger, version)
+        return self._refused[(run_id, pass_no)]
+
+    def _why_not(self, run_id: str, pass_no: int, ledger: str | None, version: str | None) -> str | None:
+        if version is not None and version != __version__:
+            return f"it runs batch-engine {__version__}, the coordinator {version}"
+        mine = self.with_ledger(lambda store: store.ledger_id())
+        if ledger is not None and ledger != mine:
+            return f"its --db {self.store().location} is another ledger than the run's (ledger id {mine}, not {ledger})"
         try:
-            self.store().renew_chunk(chunk_id, name)
+            self.sender(run_id, pass_no)
+        except UnknownRun:
+            return f"its --db {self.store().location} has no run {run_id!r}"
+        except UsageError as err:
+            return str(err)
+        return None
+
+    def refuse(self, run_id: str, chunk_id: int, pass_no: int, reason: str, task: dict) -> None:
+        """Say why (once per pass in this process's log, and in Redis for the coordinator), then put the
+        chunk back in the queue unclaimed, for a node that can: no delivery is spent on it. A chunk
+        that found no taker for :data:`MAX_BOUNCES` rounds, or whose pass is stopping, is let go: the
+        ledger still has it queued, and a coordinator still watching enqueues it again."""
+        node = f"{socket.gethostname()}:{self.node_pid}"
+        if (run_id, pass_no) not in self._said:
+            self._said.add((run_id, pass_no))
+            say(f"node {node} refuses the chunks of run {run_id}: {reason}")
+        with contextlib.suppress(*UNREACHABLE):
+            Roster(self.redis).refuse(run_id, pass_no, node, reason)
+        time.sleep(REFUSE_PAUSE)  # leaves the other nodes time to take the chunk first
+        stopping = PassSignals(RedisLink(self.redis, LEDGER_PATIENCE), run_id, pass_no).stop_requested()
+        if task["bounces"] < MAX_BOUNCES and not stopping:
+            task = {**task, "bounces": task["bounces"] + 1}
+            self.app.send_task(SEND_CHUNK, args=[run_id, chunk_id, pass_no], kwargs=task)
+
+    def _renew(self, claim: ChunkClaim) -> bool | None:
+        """The chunk's heartbeat: whether the claim is still this node's (None: the ledger is unreachable;
+        the lease runs down, and what was sent waits in memory for it)."""
+        try:
+            return self.store().renew_chunk(claim)
         except Exception as err:
             if not self._ledger_gone(err):
                 raise
             self.forget_store()
+            return None
+
+
+def say(line: str) -> None:
+    """One line on the node's stderr, its log (a worker node is a command: the CLI's handler is stderr)."""
+    print(f"batch-engine node: {line}", file=sys.stderr, flush=True)
 
 
 def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: float) -> None:
     """Start a Celery worker for ``broker`` sending into the ledger ``db``; returns when it stops."""
     app = make_app(broker, visibility_timeout)
-    node = Node(db, broker)
-    node.store()  # a wrong --db is said now, not at the first chunk
+    node = Node(db, broker, app)
+    card = NodeCard(
+        socket.gethostname(), os.getpid(), __version__, node.store().ledger_id()
+    )  # a wrong --db is said now
     node.forget_store()  # pool processes open their own
+    keep_announcing(Roster(redis_client(broker)), card)
     app.task(name=SEND_CHUNK, ignore_result=True)(node.send_chunk)
     app.worker_main(
         [

@@ -9,10 +9,10 @@ ledger to commit together with the chunk's done-mark.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 
+from engine.delivery.fence import Fence
 from engine.delivery.gate import PROBE, WAIT, Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.records import unsendable_record
@@ -22,7 +22,7 @@ from engine.request.spec import RequestSpec
 from engine.request.template import RowRequests
 from engine.wire import Dispatch
 
-#: Longest wait for transfers in one poll (s): the heartbeat and due retries are looked at this often.
+#: Longest wait for transfers in one poll (s): the fence and due retries are looked at this often.
 POLL = 0.05
 
 
@@ -36,37 +36,47 @@ class ChunkSender:
         self.transport = Transport(window, options, spec.method)
         self.gate = gate
         self.retries = Retries(policy, gate, spec.secrets)
+        self.dropped = 0  # rows of the last chunk not started because its claim may be gone
 
     def send(
         self,
         rows: list[Dispatch],
-        heartbeat: Callable[[], None] = lambda: None,
+        fence: Fence | None = None,
         stopped: Callable[[], bool] = lambda: False,
     ) -> list[tuple]:
         """Every row to a final state (or its last attempt); the attempt records, in the order they ended.
 
-        Once ``stopped()`` says so, nothing new starts: what is in flight finishes and is recorded,
-        and the rows not started are left as they are (for a rerun).
+        The ``fence`` is renewed as it falls due, and asked before each transfer starts: once it says
+        the claim may be gone (lost, or not renewed within its lease), nothing new starts and the
+        rows not started are dropped (:attr:`dropped` counts them): another node may be sending them.
+        Once ``stopped()`` says so, nothing new starts either: what is in flight finishes and is
+        recorded, and the rows not started are left as they are (for a rerun).
         """
+        fence = fence or Fence(float("inf"))
         ready = deque(rows)
         records: list[tuple] = []
-        beat = time.monotonic()
+        self.dropped = 0
         while ready or self.retries.waiting or self.transport.active:
+            fence.keep()
             self.retries.release_due(ready)
-            wait = self._start_ready(ready, records)
+            if (ready or self.retries.waiting) and not fence.valid():
+                self.dropped += len(ready) + len(self.retries.waiting)
+                self._drop(ready)
+            wait = self._start_ready(ready, records, fence)
             records.extend(map(self.retries.settle, self.transport.poll(self.retries.due_in(wait))))
-            if time.monotonic() - beat >= 1.0:
-                heartbeat()
-                beat = time.monotonic()
             if (ready or self.retries.waiting) and stopped():
-                ready.clear()
-                self.retries.drop()
+                self._drop(ready)
         return records
 
-    def _start_ready(self, ready: deque[Dispatch], records: list[tuple]) -> float:
-        """Start rows while the window has room and the gate allows; how long to poll before trying again."""
+    def _drop(self, ready: deque[Dispatch]) -> None:
+        ready.clear()
+        self.retries.drop()
+
+    def _start_ready(self, ready: deque[Dispatch], records: list[tuple], fence: Fence) -> float:
+        """Start rows while the window has room, the gate allows and the claim holds; how long to poll
+        before trying again."""
         window = self.transport.window(self.gate.window())
-        while ready and self.transport.active < window:
+        while ready and self.transport.active < window and fence.valid():
             permit = self.gate.permit()
             if permit == WAIT:
                 return min(POLL, self.gate.pace_ends_in()) or POLL

@@ -26,6 +26,13 @@ STALE_AFTER = 30.0
 HOLD_MARGIN = 1.0
 
 
+def chunk_silent_for(lease: float, timeout: float) -> float:
+    """How long a chunk's holder must have been silent (database clock) before another node may take it:
+    its lease (the node stops starting rows within it, :class:`~engine.delivery.fence.Fence`), then the
+    ``timeout`` of a request it started just before, then a margin."""
+    return lease + timeout + HOLD_MARGIN
+
+
 @dataclass(frozen=True)
 class Holder:
     """This process, as named in a lease."""

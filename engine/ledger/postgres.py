@@ -123,6 +123,8 @@ class PostgresStore(SQLStore):
     # -- how PostgreSQL differs --------------------------------------------------
 
     PARAM = "%s"
+    #: The server's clock, read at each statement (``now()`` would be the transaction's start).
+    NOW = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
     LIKE = "ILIKE"
 
     def _transaction(self):

@@ -68,10 +68,13 @@ CHUNK_COLUMNS = {
     "deliveries": int,
     "refused": int,
     "node": str,
+    "generation": int,
     "heartbeat_at": float,
     "queued_at": float,
     "finished_at": float,
 }
+#: Facts about the ledger itself, written once: its ``ledger_id`` (which nodes compare).
+META_COLUMNS = {"key": str, "value": str}
 #: One row per run being sent (or left behind by a pass that did not end cleanly).
 LEASE_COLUMNS = {
     "run_id": str,
@@ -120,8 +123,11 @@ def create_sqlite_schema(db: sqlite_utils.Database) -> None:
     db.table("chunks").create_index(["run_id", "state"], if_not_exists=True)
     if "refused" not in db.table("chunks").columns_dict:  # chunks tables made before the counter
         db.table("chunks").add_column("refused", int, not_null_default=0)
+    if "generation" not in db.table("chunks").columns_dict:  # chunks tables made before fencing tokens
+        db.table("chunks").add_column("generation", int, not_null_default=0)
     if "chunk_id" not in db.table("requests").columns_dict:
         db.table("requests").add_column("chunk_id", int)
+    db.table("meta").create(META_COLUMNS, pk="key", if_not_exists=True)
     db.execute(REQUESTS_BY_CHUNK)
     db.execute(REQUESTS_SENT)
     db.execute(REQUESTS_UNSETTLED)
@@ -164,5 +170,7 @@ def postgres_schema() -> list[str]:
         "ALTER TABLE requests ADD COLUMN IF NOT EXISTS chunk_id BIGINT",
         "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS refused BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS paused BIGINT",
+        "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0",
+        f"CREATE TABLE IF NOT EXISTS meta ({_postgres_columns(META_COLUMNS)}, PRIMARY KEY (key))",
         REQUESTS_BY_CHUNK,
     ]

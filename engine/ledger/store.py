@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 from engine.errors import LedgerError, LedgerUnavailable
+from engine.ledger.claim import ChunkClaim
 from engine.ledger.lease import Hold, Holder
 from engine.ledger.selection import RowFilter
 from engine.wire import Dispatch
@@ -245,21 +246,27 @@ class Store(ABC):
         (priority first, then input order); their ids, in that order."""
 
     @abstractmethod
-    def claim_chunk(
-        self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0
-    ) -> list[Dispatch] | None:
-        """A node takes a chunk: its rows to send, or None when it is not waiting to be sent (done, dead,
-        retired) or is being sent by a node heard from within ``busy_for`` seconds; such a refused
-        delivery is counted. A chunk already delivered ``max_deliveries`` times becomes ``dead``
-        instead (its rows wait for a rerun)."""
+    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0) -> ChunkClaim | None:
+        """A node takes a chunk: its claim (rows to send, and a new fencing token: the chunk's generation,
+        incremented), or None when it is not waiting to be sent (done, dead, retired) or is being sent
+        by a node heard from within ``busy_for`` seconds; such a refused delivery is counted. A chunk
+        already delivered ``max_deliveries`` times becomes ``dead`` instead (its rows wait for a rerun).
+        Times are the database's clock: nodes' clocks may differ."""
 
     @abstractmethod
-    def renew_chunk(self, chunk_id: int, node: str) -> None:
-        """The node sending the chunk is alive."""
+    def renew_chunk(self, claim: ChunkClaim) -> bool:
+        """The node sending the chunk is alive; False when the claim is no longer its own (the chunk was
+        queued again or claimed under a newer token): the node must stop sending it at once."""
 
     @abstractmethod
-    def finish_chunk(self, chunk_id: int, attempts: list[tuple]) -> None:
-        """Record the chunk's attempts and mark it done, in one transaction (before the broker's ack)."""
+    def finish_chunk(self, claim: ChunkClaim, attempts: list[tuple], complete: bool = True) -> bool:
+        """Record the chunk's attempts and mark it done (``complete``: nothing of it was left unsent), in one
+        transaction before the broker's ack. Under a stale token the attempts are kept as ``superseded``
+        only (the rows are not touched) and the chunk is left alone; returns whether the claim held."""
+
+    @abstractmethod
+    def ledger_id(self) -> str:
+        """This ledger's identity, made once: a node whose ledger has another id must not serve the run."""
 
     @abstractmethod
     def chunk_counts(self, run_id: str, pass_no: int) -> dict[str, int]:
@@ -271,9 +278,9 @@ class Store(ABC):
         queued again (to be delivered again) and their ids returned."""
 
     @abstractmethod
-    def waiting_chunks(self, run_id: str, pass_no: int, queued_before: float) -> list[int]:
-        """Chunks of the pass queued before ``queued_before`` and not taken by any node yet (their
-        broker message may be lost); their queue time becomes now."""
+    def waiting_chunks(self, run_id: str, pass_no: int, queued_for: float) -> list[int]:
+        """Chunks of the pass queued for ``queued_for`` seconds (the database's clock) and not taken by any
+        node yet (their broker message may be lost); their queue time becomes now."""
 
     @abstractmethod
     def retire_chunks(self, run_id: str, silent_for: float) -> int:

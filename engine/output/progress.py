@@ -58,6 +58,13 @@ class Progress:
         else:
             print(f"{self.description}: {text}", file=self.stream, flush=True)
 
+    def alert(self, text: str) -> None:
+        """A line the operator must see even with ``--quiet``: something is wrong that waiting will not fix."""
+        if self.bar is not None:
+            self.bar.write(f"{self.description}: {text}", file=self.stream)
+        else:
+            print(f"{self.description}: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

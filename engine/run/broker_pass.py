@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 
+from engine import __version__
 from engine.cluster.app import SEND_CHUNK, make_app, redis_client
 from engine.cluster.link import RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
+from engine.cluster.roster import Roster
 from engine.config import RunSettings
 from engine.errors import LedgerError
 from engine.ledger import Store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
+from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
 from engine.ledger.store import ledger_unavailable
 from engine.output.events import EventLog
 from engine.output.progress import Progress
@@ -75,6 +77,9 @@ class BrokerPass:
         self.silent_for = 0.0
         self.beat = 0.0
         self.ledger_down_since: float | None = None
+        self.roster = Roster(self.link.client)
+        self.ledger_identity = ledger.ledger_id()
+        self.refused: dict[str, str] = {}  # node name → why it refuses this pass's chunks
 
     def run(self) -> PassTally:
         before = self.ledger.counts(self.run_id)
@@ -84,7 +89,7 @@ class BrokerPass:
             return self._tally(before)
         for chunk_id in self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks):
             self._enqueue(chunk_id)
-        self.silent_for = self.settings.stall_timeout + self.settings.timeout + HOLD_MARGIN
+        self.silent_for = chunk_silent_for(self.settings.stall_timeout, self.settings.timeout)
         while True:
             try:
                 counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
@@ -119,6 +124,7 @@ class BrokerPass:
         self._watch_outage()
         self._watch_broker()
         self._watch_operator()
+        self._watch_refusals(counts)
         if self.stop_at is None:
             for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, self.silent_for):
                 self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
@@ -128,6 +134,26 @@ class BrokerPass:
             self.ledger.renew_lease(self.run_id, self.holder)
             self.beat = time.monotonic()
         return False
+
+    def _watch_refusals(self, counts: dict[str, int]) -> None:
+        """Name each node that refuses this pass's chunks, and why, as soon as it does; when every live
+        node refuses, nobody will send them: the pass ends, with their reasons."""
+        refusals: dict[str, str] = self.link.call(lambda: self.roster.refusals(self.run_id, self.pass_no), {})
+        for node, why in refusals.items():
+            if node not in self.refused:
+                self.refused[node] = why
+                self.progress.alert(f"node {node} refuses this run's chunks: {why}")
+                self.events.emit("node_refused", run_id=self.run_id, node=node, reason=why)
+        if not refusals or self.stop_at is not None:
+            return
+        live: dict[str, dict] = self.link.call(self.roster.live, {})
+        if live and set(live) <= set(refusals):
+            reasons = "; ".join(f"node {node}: {refusals[node]}" for node in sorted(live))
+            self.gave_up = f"no live node can send this run's chunks ({reasons})"
+            self.events.emit("no_node_can_send", run_id=self.run_id, nodes=sorted(live))
+            self._stop_nodes()
+            if not counts[CHUNK_RUNNING]:  # nothing in flight anywhere: nothing to wait for
+                self.stop_at = time.monotonic()
 
     def _watch_operator(self) -> None:
         """An operator's pause reaches every node through the pass's breaker in Redis."""
@@ -187,7 +213,7 @@ class BrokerPass:
         held = self.link.call(lambda: client.llen(QUEUE_KEY) + client.hlen(UNACKED_KEY), None)
         if held is None or held >= queued:
             return
-        for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, time.time() - LOST_AFTER):
+        for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, LOST_AFTER):
             self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id, why="broker lost it")
             self._enqueue(chunk_id)
 
@@ -219,7 +245,10 @@ class BrokerPass:
             return
         self.link.call(
             lambda: self.app.send_task(
-                SEND_CHUNK, args=[self.run_id, chunk_id, self.pass_no], retry_policy={"max_retries": 1}
+                SEND_CHUNK,
+                args=[self.run_id, chunk_id, self.pass_no],
+                kwargs={"ledger": self.ledger_identity, "version": __version__},  # ids only: never a payload
+                retry_policy={"max_retries": 1},
             ),
             None,
         )

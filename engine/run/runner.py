@@ -31,7 +31,7 @@ from engine.backend import Backend
 from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, RunExists, Store, open_store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, Hold, Holder
+from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
 from engine.ledger.selection import Selection, opted_in
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
@@ -422,7 +422,7 @@ def _wait_for_earlier_chunks(plan: PassPlan, stop: StopRequest, heartbeat) -> bo
     retired, and a chunk a live node is still sending is waited for, so no row goes out twice at
     once. False if the user stopped the wait (nothing was sent)."""
     settings = plan.settings
-    silent_for = settings.stall_timeout + settings.timeout + HOLD_MARGIN
+    silent_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
     said = 0
     with Progress(0, "waiting", plan.quiet) as progress:
         while sending := plan.ledger.retire_chunks(plan.run_id, silent_for):
