@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ class Carried:
         return cls(*map(float, values))
 
     def encode(self) -> list[float]:
-        return [float(value) for value in astuple(self)]
+        return [float(value) for value in self.__dict__.values()]  # the fields, in their order
 
 
 S = TypeVar("S", bound=Carried)
@@ -41,13 +41,15 @@ class SharedRecord(Generic[S]):
     Reading one aligned double is atomic, so a step is first tried on a snapshot read without the
     lock: when it would change nothing (the hot path: closed breaker, no rate) no lock is taken.
     Otherwise the step runs again under the lock, on the state as it is, and its result is written.
-    The clock is the monotonic one: the same for every process of the pool.
+    The clock is the monotonic one: the same for every process of the pool. Each process keeps
+    the last record it decoded, so the hot path (a state that did not change) builds nothing.
     """
 
     def __init__(self, shared, kind: type[S]):
         self.shared = shared
         self.kind = kind
         self.view = shared.get_obj()
+        self.seen: tuple[list[float], S] | None = None  # the raw values last decoded, and their record
 
     @classmethod
     def create(cls, context, initial: S) -> SharedRecord[S]:
@@ -55,13 +57,16 @@ class SharedRecord(Generic[S]):
 
     def read(self) -> S:
         """A snapshot (each field read atomically; consistent as a whole only under the lock)."""
-        return self.kind.decode(self.view[:])
+        raw = self.view[:]
+        if self.seen is None or self.seen[0] != raw:
+            self.seen = (raw, self.kind.decode(raw))
+        return self.seen[1]
 
     def step(self, step: Step[S, T]) -> T:
         """Run ``step`` on the state; store what it returns unless it is the same state."""
         seen = self.read()
         answer, after = step(seen, time.monotonic())
-        if after == seen:
+        if after is seen or after == seen:
             return answer
         with self.shared.get_lock():
             state = self.read()
@@ -73,6 +78,7 @@ class SharedRecord(Generic[S]):
     def __getstate__(self):  # sent to a worker: the shared array travels, its view is rebuilt there
         state = self.__dict__.copy()
         del state["view"]
+        state["seen"] = None
         return state
 
     def __setstate__(self, state):
