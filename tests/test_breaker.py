@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import multiprocessing
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -164,3 +166,20 @@ def test_the_outage_clock_is_wall_time(breakers):
         breaker.record(answer)
     opened = breaker.opened_at() if isinstance(breaker, CircuitBreaker) else breaker.outage_since()
     assert abs(opened - time.time()) < 1.0
+
+
+def test_workers_asking_at_once_still_take_one_probe(breakers):
+    """The transaction (Redis) or the lock (shared memory) is what keeps a second probe out."""
+    views = breakers(RULES, views=8)
+    for answer in (Answer.UP, Answer.DOWN, Answer.DOWN, Answer.DOWN):
+        views[0].record(answer)
+    time.sleep(0.06)
+    start = threading.Barrier(len(views))
+
+    def ask(view) -> list[Permit]:
+        start.wait()
+        return [view.allow() for _ in range(20)]
+
+    with ThreadPoolExecutor(len(views)) as pool:
+        permits = [permit for answers in pool.map(ask, views) for permit in answers]
+    assert permits.count(Permit.PROBE) == 1

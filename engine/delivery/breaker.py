@@ -151,11 +151,6 @@ class CircuitBreaker:
     def record(self, answer: Answer) -> None:
         self.state.step(lambda state, now: (None, self.settings.record(state, answer, now)))
 
-    def wait_time(self) -> float:
-        """Seconds until a probe may be claimed (0 when closed)."""
-        state = self.state.read()
-        return 0.0 if state.mode is Mode.CLOSED else max(0.0, state.probe_at - time.monotonic())
-
     def is_open(self) -> bool:
         return self.state.read().mode is not Mode.CLOSED
 

@@ -190,6 +190,3 @@ class Pacer:
 
     def rest_on_429(self) -> bool:
         return self.settings.rest_on_429(self.state.read())
-
-    def in_flight_limit(self) -> int:
-        return int(self.state.read().window)
