@@ -1,6 +1,6 @@
 """What a worker may start now: the outage pause, the pacer, and slots resting after a 429.
 
-The breaker and the pacer are shared by every worker of the pool; the gate is one
+The breaker and the pacer are shared by every worker of the pool (or every node); the gate is one
 worker's view of them plus what is its own: the probe it is sending, the rows that
 already answered "down" in this pass, and the slots resting until a throttled row's retry.
 """
@@ -18,8 +18,8 @@ from engine.wire import Dispatch
 
 #: What :meth:`Gate.permit` answers (the members of :class:`~engine.delivery.breaker.Permit`).
 GO, PROBE, WAIT = Permit.GO, Permit.PROBE, Permit.WAIT
-#: How often a gate tells the pacer its answers, at most (s): every sender adapts to 429s, also one
-#: whose loop never calls :meth:`Gate.report`.
+#: While answers arrive, a gate tells the pacer about them at least this often (s), so that every
+#: sender adapts to 429s, also one whose loop never calls :meth:`Gate.report` (a node's chunk sender).
 REPORT_EVERY = 0.25
 
 
