@@ -53,6 +53,28 @@ POSTGRES_ADMIN = (
 REDIS_SERVER = re.sub(r"/\d*$", "", os.environ.get("ENGINE_TEST_REDIS_URL") or "redis://127.0.0.1:6379")
 
 
+@pytest.fixture
+def broker():
+    """A Redis database of this test's own: claimed in db 0 (so concurrent test sessions never share
+    one), flushed before and after."""
+    import redis
+
+    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+    try:
+        claims.ping()
+    except redis.ConnectionError as err:
+        pytest.skip(f"no Redis at {REDIS_SERVER} (.ci/run starts one): {err}")
+    token = f"{os.getpid()}:{time.time()}"
+    number = next((n for n in range(1, 16) if claims.set(f"batch-engine-test:db:{n}", token, nx=True, ex=900)), None)
+    if number is None:
+        pytest.fail("all 15 Redis test databases are claimed by other test sessions")
+    client = redis.Redis.from_url(f"{REDIS_SERVER}/{number}")
+    client.flushdb()
+    yield f"{REDIS_SERVER}/{number}"
+    client.flushdb()
+    claims.delete(f"batch-engine-test:db:{number}")
+
+
 @pytest.fixture(scope="session")
 def postgres_db():
     """A database of this test session's own on the local server, dropped at the end."""

@@ -18,32 +18,10 @@ import time
 import psycopg
 import pytest
 import redis
-from conftest import ENGINE, POSTGRES_ADMIN, REDIS_SERVER, run_engine, wait_for_charges
+from conftest import ENGINE, POSTGRES_ADMIN, run_engine, wait_for_charges
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
-
-REDIS = REDIS_SERVER
-
-
-@pytest.fixture
-def broker():
-    """A Redis database of this test's own: claimed in db 0 (so concurrent test sessions never share
-    one), flushed before and after."""
-    claims = redis.Redis.from_url(f"{REDIS}/0")
-    try:
-        claims.ping()
-    except redis.ConnectionError as err:
-        pytest.skip(f"no Redis at {REDIS} (.ci/run starts one): {err}")
-    token = f"{os.getpid()}:{time.time()}"
-    number = next((n for n in range(1, 16) if claims.set(f"batch-engine-test:db:{n}", token, nx=True, ex=900)), None)
-    if number is None:
-        pytest.fail("all 15 Redis test databases are claimed by other test sessions")
-    client = redis.Redis.from_url(f"{REDIS}/{number}")
-    client.flushdb()
-    yield f"{REDIS}/{number}"
-    client.flushdb()
-    claims.delete(f"batch-engine-test:db:{number}")
 
 
 @pytest.fixture

@@ -1,75 +1,25 @@
 """The outage pause for all worker nodes together: the circuit breaker's state in Redis.
 
-The same rules as the local breaker (:mod:`engine.delivery.breaker`): only a row's first
-"down" answer counts, a streak of ``threshold`` such answers after the endpoint was seen up
-opens it, one probe at growing intervals, and only the probe's answer closes it. Each step
-is one Lua script, so the nodes' answers update the state atomically, on Redis's clock.
+The rules are the local breaker's own (:class:`~engine.delivery.breaker.BreakerSettings`: only a
+row's first "down" answer counts, a streak of ``threshold`` such answers after the endpoint was
+seen up opens it, one probe at growing intervals, and only the probe's answer closes it); this
+module only carries its state, in a hash changed in WATCH/MULTI transactions on Redis's clock
+(:class:`~engine.cluster.carrier.RedisRecord`). An operator's pause is the state's ``held``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+from engine.cluster.carrier import RedisRecord
 from engine.cluster.link import RedisLink
-from engine.delivery.breaker import BreakerSettings
+from engine.delivery.breaker import Answer, BreakerSettings, BreakerState, Mode, Permit
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-#: KEYS[1]: the run's breaker; ARGV[1]: probe timeout. 1: send, 2: send this one as the probe, 0: wait.
-_ALLOW = (
-    _NOW
-    + """
-if redis.call('HGET', KEYS[1], 'held') == '1' then return 0 end
-local state = tonumber(redis.call('HGET', KEYS[1], 'state') or '0')
-if state == 0 then return 1 end
-local probe_at = tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0')
-local started = tonumber(redis.call('HGET', KEYS[1], 'probe_started') or '0')
-if (state == 1 and now >= probe_at) or (state == 2 and now - started > tonumber(ARGV[1])) then
-    redis.call('HSET', KEYS[1], 'state', 2, 'probe_started', now)
-    return 2
-end
-return 0
-"""
-)
-#: ARGV: down, probe, counted (0/1), threshold, first interval, max interval. Returns the state after.
-_RECORD = (
-    _NOW
-    + """
-local down, probe, counted = ARGV[1] == '1', ARGV[2] == '1', ARGV[3] == '1'
-local threshold, first, max_interval = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local state = tonumber(redis.call('HGET', KEYS[1], 'state') or '0')
-local streak = tonumber(redis.call('HGET', KEYS[1], 'streak') or '0')
-local interval = tonumber(redis.call('HGET', KEYS[1], 'interval') or tostring(first))
-redis.call('EXPIRE', KEYS[1], 86400)
-if not down then redis.call('HSET', KEYS[1], 'last_up', now) end
-if probe then
-    if down then
-        interval = math.min(max_interval, interval * 2)
-        redis.call('HSET', KEYS[1], 'state', 1, 'interval', interval, 'probe_at', now + interval)
-        return 1
-    end
-    redis.call('HSET', KEYS[1], 'state', 0, 'streak', 0, 'interval', first)
-    return 0
-end
-if not down then
-    if state == 0 and streak > 0 then redis.call('HSET', KEYS[1], 'streak', 0) end
-    return state
-end
-if not counted or state ~= 0 then return state end
-streak = streak + 1
-redis.call('HSET', KEYS[1], 'streak', streak)
-local last_up = tonumber(redis.call('HGET', KEYS[1], 'last_up') or '0')
-if threshold > 0 and streak >= threshold and last_up > 0 then
-    redis.call('HSET', KEYS[1], 'state', 1, 'opened_at', tonumber(t[1]), 'probe_at', now + interval)
-    return 1
-end
-return 0
-"""
-)
 #: How long a node trusts that the breaker is closed before asking Redis again (s).
 CLOSED_CACHE = 0.1
+#: How long a pass's breaker outlives its last change in Redis (s).
+BREAKER_TTL = 86400
 
 
 class SharedBreaker:
@@ -79,55 +29,50 @@ class SharedBreaker:
         self.link = link
         self.key = f"batch-engine:breaker:{run_id}:{pass_no}"  # each pass starts closed, as locally
         self.settings = settings
-        self._allow = link.client.register_script(_ALLOW)
-        self._record = link.client.register_script(_RECORD)
+        self.state = RedisRecord(link, self.key, lambda now: settings.initial(), BREAKER_TTL)
         self.closed_until = 0.0  # monotonic: the breaker was closed when last asked, trusted until then
         self.reset_due = 0.0
 
-    def allow(self) -> bool | str:
-        """True to send, ``"probe"`` to send this one transfer as the probe, False to wait (also while
-        Redis is unreachable)."""
+    def allow(self) -> Permit:
+        """Wait also while Redis is unreachable."""
         now = time.monotonic()
         if now < self.closed_until:
-            return True
-        answer = int(self.link.call(lambda: self._allow(keys=[self.key], args=[self.settings.probe_timeout]), 0))
-        if answer == 1:
+            return Permit.GO
+        permit = self.state.step(self.settings.allow, Permit.WAIT)
+        if permit is Permit.GO:
             self.closed_until = now + CLOSED_CACHE
-        if answer == 2:
-            return "probe"
-        return answer == 1
+        return permit
 
-    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None:
+    def record(self, answer: Answer) -> None:
         """Count one answer; a success only every :data:`CLOSED_CACHE` seconds (it just breaks a streak).
         An answer that cannot reach Redis is not counted."""
         now = time.monotonic()
-        if not down and not probe:
+        if answer is Answer.UP:
             if now < self.reset_due:
                 return
             self.reset_due = now + CLOSED_CACHE
-        elif not (probe or counted):
-            return
-        settings = self.settings
-        args = [int(down), int(probe), int(counted), settings.threshold, settings.first_interval, settings.max_interval]
-        state = int(self.link.call(lambda: self._record(keys=[self.key], args=args), 1))
-        if state:
+
+        def step(state: BreakerState, clock: float) -> tuple[Mode, BreakerState]:
+            after = self.settings.record(state, answer, clock)
+            return after.mode, after
+
+        if self.state.step(step, Mode.OPEN) is not Mode.CLOSED:
             self.closed_until = 0.0
 
     def hold(self, held: bool) -> None:
-        """An operator's pause: every node waits (answer 0) until it is lifted."""
-        self.link.call(lambda: self.link.client.hset(self.key, "held", int(held)), None)
+        """An operator's pause: every node waits until it is lifted."""
+        self.state.step(lambda state, now: (None, replace(state, held=held)), None)
 
     def held(self) -> bool:
-        return self.link.call(lambda: self.link.client.hget(self.key, "held"), None) in (b"1", "1")
+        return self.link.call(lambda: self.state.read()[0].held, False)
 
     def is_open(self) -> bool:
-        return int(self.link.call(lambda: self.link.client.hget(self.key, "state"), None) or 0) != 0
+        return self.link.call(lambda: self.state.read()[0].mode is not Mode.CLOSED, False)
 
     def outage_since(self) -> float | None:
-        """When the breaker opened (wall time), or None while it is closed (or Redis cannot say)."""
-        unknown: list[bytes | str | None] = [None, None]
-        state, opened_at = self.link.call(lambda: self.link.client.hmget(self.key, "state", "opened_at"), unknown)
-        return float(opened_at or 0) if int(state or 0) else None
+        """When the breaker opened (Redis's wall time), or None while it is closed (or Redis cannot say)."""
+        state = self.link.call(lambda: self.state.read()[0], None)
+        return state.opened_at if state is not None and state.mode is not Mode.CLOSED else None
 
 
 class PassSignals:

@@ -16,98 +16,147 @@ While open no worker starts a transfer. At growing intervals (capped at
 ``max_interval``) exactly one worker claims a probe and sends one request, preferring a
 row that has not failed yet; only the probe's answer closes the breaker (a late success
 of a transfer started before the pause does not). The coordinator bounds the total
-pause of a pass (``--max-pause``). The state lives in shared memory, so the pause is
-pool-wide, not per process.
+pause of a pass (``--max-pause``).
+
+The rules are one pure state machine, :meth:`BreakerSettings.allow` and
+:meth:`BreakerSettings.record` over a frozen :class:`BreakerState`, with the clock passed in.
+Its carriers only hold the state: :class:`CircuitBreaker` in the pool's shared memory (under
+its lock, monotonic clock), :class:`~engine.cluster.outage.SharedBreaker` in Redis for worker
+nodes (in a WATCH/MULTI transaction, Redis's clock).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum, IntEnum
 
-from engine.delivery.shared import SharedState
-
-CLOSED, OPEN, PROBING = 0.0, 1.0, 2.0
-_STATE, _STREAK, _PROBE_AT, _INTERVAL, _OPENED_AT, _PROBE_STARTED, _LAST_UP = range(7)
+from engine.delivery.shared import Carried, SharedRecord
 
 #: HTTP statuses that mean "the endpoint is down", not "this request failed".
 DOWN_STATUSES = frozenset({502, 503, 504})
 
 
+class Permit(Enum):
+    """What a worker may do with its next transfer."""
+
+    GO = "go"  #: send normally (the pacer still has its say)
+    PROBE = "probe"  #: send this one transfer as the outage probe, and nothing else
+    WAIT = "wait"  #: start nothing
+
+
+class Mode(IntEnum):
+    CLOSED = 0
+    OPEN = 1  #: paused; a probe may be claimed from ``probe_at``
+    PROBING = 2  #: one worker's probe is out
+
+
+class Answer(Enum):
+    """One answer, as the breaker weighs it."""
+
+    UP = "up"  #: the endpoint answered
+    DOWN = "down"  #: a row's first "down" answer in this pass: evidence of an outage
+    DOWN_AGAIN = "down again"  #: a row that was down already: no evidence
+    PROBE_UP = "probe up"
+    PROBE_DOWN = "probe down"
+
+    @classmethod
+    def of(cls, down: bool, probe: bool, counted: bool) -> Answer:
+        if probe:
+            return cls.PROBE_DOWN if down else cls.PROBE_UP
+        if down:
+            return cls.DOWN if counted else cls.DOWN_AGAIN
+        return cls.UP
+
+
+@dataclass(frozen=True)
+class BreakerState(Carried):
+    """The breaker between two answers; times are on the carrier's clock."""
+
+    mode: Mode = Mode.CLOSED
+    streak: int = 0  #: counted "down" answers in a row
+    probe_at: float = 0.0  #: when a probe may be claimed
+    interval: float = 0.0  #: the current wait between probes
+    opened_at: float = 0.0
+    probe_started: float = 0.0
+    seen_up: bool = False  #: the endpoint answered at least once in this pass
+    held: bool = False  #: an operator's pause (nodes: the coordinator sets it): nothing starts
+
+    @classmethod
+    def decode(cls, values: Sequence[float]) -> BreakerState:
+        mode, streak, probe_at, interval, opened_at, probe_started, seen_up, held = map(float, values)
+        return cls(
+            Mode(int(mode)), int(streak), probe_at, interval, opened_at, probe_started, bool(seen_up), bool(held)
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class BreakerSettings:
-    """When to open (``threshold`` 0: never), how the probe interval grows, when a probe is lost."""
+    """When to open (``threshold`` 0: never), how the probe interval grows, when a probe is lost;
+    and the breaker's rules, as pure steps from one state to the next."""
 
     threshold: int = 20
     first_interval: float = 0.5
     max_interval: float = 2.0
     probe_timeout: float = 35.0
 
+    def initial(self) -> BreakerState:
+        return BreakerState(interval=self.first_interval)
 
-class CircuitBreaker(SharedState):
-    """A breaker over a shared ``multiprocessing.Array('d', 7)``; create it with :meth:`create`."""
+    def allow(self, state: BreakerState, now: float) -> tuple[Permit, BreakerState]:
+        """May a transfer start at ``now``? A claimed probe (also one whose answer is overdue) changes the state."""
+        if state.held:
+            return Permit.WAIT, state
+        if state.mode is Mode.CLOSED:
+            return Permit.GO, state
+        stuck_probe = state.mode is Mode.PROBING and now - state.probe_started > self.probe_timeout
+        if (state.mode is Mode.OPEN and now >= state.probe_at) or stuck_probe:
+            return Permit.PROBE, replace(state, mode=Mode.PROBING, probe_started=now)
+        return Permit.WAIT, state
 
-    def __init__(self, shared, settings: BreakerSettings = BreakerSettings()):
-        super().__init__(shared)
+    def record(self, state: BreakerState, answer: Answer, now: float) -> BreakerState:
+        """The state after ``answer`` arrived at ``now``."""
+        if answer is Answer.PROBE_UP:
+            return replace(state, mode=Mode.CLOSED, streak=0, interval=self.first_interval, seen_up=True)
+        if answer is Answer.PROBE_DOWN:
+            interval = min(self.max_interval, state.interval * 2)
+            return replace(state, mode=Mode.OPEN, interval=interval, probe_at=now + interval)
+        if answer is Answer.UP:
+            state = state if state.seen_up else replace(state, seen_up=True)
+            # while open, a late success from before the pause proves nothing
+            return replace(state, streak=0) if state.mode is Mode.CLOSED and state.streak else state
+        if answer is Answer.DOWN_AGAIN or state.mode is not Mode.CLOSED:
+            return state
+        streak = state.streak + 1
+        if self.threshold and streak >= self.threshold and state.seen_up:
+            return replace(state, mode=Mode.OPEN, streak=streak, opened_at=now, probe_at=now + state.interval)
+        return replace(state, streak=streak)
+
+
+class CircuitBreaker:
+    """The pool's breaker: its state in shared memory, on the monotonic clock; create it with :meth:`create`."""
+
+    def __init__(self, state: SharedRecord[BreakerState], settings: BreakerSettings = BreakerSettings()):
+        self.state = state
         self.settings = settings
 
     @classmethod
     def create(cls, context, settings: BreakerSettings = BreakerSettings()) -> CircuitBreaker:
-        return cls(context.Array("d", [CLOSED, 0, 0, settings.first_interval, 0, 0, 0]), settings)
+        return cls(SharedRecord.create(context, settings.initial()), settings)
 
-    def allow(self) -> bool | str:
-        """True to send normally, ``"probe"`` to send this one transfer as the probe, False to wait."""
-        if self.view[_STATE] == CLOSED:
-            return True
-        s = self.shared
-        now = time.monotonic()
-        with s.get_lock():
-            stuck_probe = s[_STATE] == PROBING and now - s[_PROBE_STARTED] > self.settings.probe_timeout
-            if (s[_STATE] == OPEN and now >= s[_PROBE_AT]) or stuck_probe:
-                s[_STATE], s[_PROBE_STARTED] = PROBING, now
-                return "probe"
-            return s[_STATE] == CLOSED
+    def allow(self) -> Permit:
+        return self.state.step(self.settings.allow)
 
-    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None:
-        """Count one answer. ``probe``: the answer to this worker's probe; ``counted``: a down
-        answer that is evidence (the row's first down answer in this pass)."""
-        if not down:
-            self.view[_LAST_UP] = time.monotonic()  # one aligned double: a plain store is atomic
-            if self.view[_STATE] == CLOSED and self.view[_STREAK] == 0:
-                return
-        elif not (probe or counted):
-            return
-        s = self.shared
-        with s.get_lock():
-            if probe:
-                self._answer_probe(down)
-            elif not down:
-                if s[_STATE] == CLOSED:  # while open, a late success from before the pause proves nothing
-                    s[_STREAK] = 0
-            elif s[_STATE] == CLOSED:
-                s[_STREAK] += 1
-                if self.settings.threshold and s[_STREAK] >= self.settings.threshold and s[_LAST_UP]:
-                    s[_STATE], s[_OPENED_AT], s[_PROBE_AT] = OPEN, time.time(), time.monotonic() + s[_INTERVAL]
-
-    def _answer_probe(self, down: bool) -> None:
-        s = self.shared
-        if down:
-            s[_INTERVAL] = min(self.settings.max_interval, s[_INTERVAL] * 2)
-            s[_STATE], s[_PROBE_AT] = OPEN, time.monotonic() + s[_INTERVAL]
-        else:
-            s[_STATE], s[_STREAK], s[_INTERVAL] = CLOSED, 0, self.settings.first_interval
-
-    def wait_time(self) -> float:
-        """Seconds until a probe may be claimed (0 when closed)."""
-        view = self.view
-        return 0.0 if view[_STATE] == CLOSED else max(0.0, view[_PROBE_AT] - time.monotonic())
+    def record(self, answer: Answer) -> None:
+        self.state.step(lambda state, now: (None, self.settings.record(state, answer, now)))
 
     def is_open(self) -> bool:
-        return self.view[_STATE] != CLOSED
+        return self.state.read().mode is not Mode.CLOSED
 
     def opened_at(self) -> float:
         """Wall-clock time the breaker last opened."""
-        return self.view[_OPENED_AT]
+        return time.time() - (time.monotonic() - self.state.read().opened_at)
 
 
 def is_down(http_status: int | None, curl_error: int | None, connected: bool) -> bool:

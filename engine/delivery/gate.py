@@ -1,6 +1,6 @@
 """What a worker may start now: the outage pause, the pacer, and slots resting after a 429.
 
-The breaker and the pacer are shared by every worker of the pool; the gate is one
+The breaker and the pacer are shared by every worker of the pool (or every node); the gate is one
 worker's view of them plus what is its own: the probe it is sending, the rows that
 already answered "down" in this pass, and the slots resting until a throttled row's retry.
 """
@@ -12,21 +12,24 @@ import time
 from collections import deque
 from typing import Protocol
 
-from engine.delivery.breaker import is_down
+from engine.delivery.breaker import Answer, Permit, is_down
 from engine.delivery.policy import Outcome
 from engine.wire import Dispatch
 
-#: What :meth:`Gate.permit` answers.
-GO, PROBE, WAIT = "go", "probe", "wait"
+#: What :meth:`Gate.permit` answers (the members of :class:`~engine.delivery.breaker.Permit`).
+GO, PROBE, WAIT = Permit.GO, Permit.PROBE, Permit.WAIT
+#: While answers arrive, a gate tells the pacer about them at least this often (s), so that every
+#: sender adapts to 429s, also one whose loop never calls :meth:`Gate.report` (a node's chunk sender).
+REPORT_EVERY = 0.25
 
 
 class Breaker(Protocol):
     """The outage pause a gate asks: the pool's :class:`~engine.delivery.breaker.CircuitBreaker`, or the
     nodes' :class:`~engine.cluster.outage.SharedBreaker`."""
 
-    def allow(self) -> bool | str: ...
+    def allow(self) -> Permit: ...
 
-    def record(self, down: bool, probe: bool = False, counted: bool = True) -> None: ...
+    def record(self, answer: Answer) -> None: ...
 
     def is_open(self) -> bool: ...
 
@@ -54,6 +57,7 @@ class Gate:
         self.cooling: list[float] = []  # release times (monotonic) of slots resting after a 429
         self.paced_until = 0.0
         self.answers = self.throttled = 0  # since the last report to the pacer
+        self.reported_at = time.monotonic()
 
     def window(self) -> int:
         """Transfers this worker may have in flight now: its share of the pool's window, less resting slots."""
@@ -62,13 +66,11 @@ class Gate:
             heapq.heappop(self.cooling)
         return self.pacer.window() - len(self.cooling)
 
-    def permit(self) -> str:
+    def permit(self) -> Permit:
         """:data:`GO` (counted by the pacer), :data:`PROBE` (send one row as the outage probe) or :data:`WAIT`."""
         allowed = self.breaker.allow()
-        if not allowed:
-            return WAIT
-        if allowed == "probe":
-            return PROBE
+        if allowed is not GO:
+            return allowed
         wait = self.pacer.acquire()
         if wait:
             self.paced_until = time.monotonic() + wait
@@ -95,10 +97,12 @@ class Gate:
         first_down = down and rid not in self.failed_down
         if first_down:
             self.failed_down.add(rid)
-        self.breaker.record(down, probe, counted=first_down)
+        self.breaker.record(Answer.of(down, probe, counted=first_down))
         self.answers += 1
         if outcome.http_status == 429:
             self.throttled += 1
+        if time.monotonic() - self.reported_at >= REPORT_EVERY:
+            self.report()
 
     def forget(self, rid: int) -> None:
         """The row reached a final state."""
@@ -111,6 +115,7 @@ class Gate:
 
     def report(self) -> None:
         """Tell the pacer how many answers were throttled since the last report."""
+        self.reported_at = time.monotonic()
         if self.answers:
             self.pacer.report(self.answers, self.throttled)
             self.answers = self.throttled = 0

@@ -1,7 +1,11 @@
-"""Pool-wide pacing: a requests-per-second limit, and a window that backs off on 429.
+"""Pacing: a requests-per-second limit, and a window that backs off on 429.
 
-Both live in one shared ``multiprocessing.Array`` so the limits hold for all workers
-together, not per process.
+The rules are written once, as pure steps of :class:`PacerSettings` over a frozen
+:class:`PaceState`, with the clock passed in; they hold for all senders together. The
+pool carries the state in shared memory (:class:`Pacer`), worker nodes in Redis
+(:class:`~engine.cluster.pacing.NodePacer`), where the GCRA step is its Lua twin
+(``engine/cluster/gcra.lua``, tested against the same contract) so that taking a slot
+stays one atomic round trip.
 
 - ``--rate N`` is a GCRA (generic cell rate algorithm) schedule: a transfer may start
   when the pool's "theoretical arrival time" is not ahead of now by more than the
@@ -26,24 +30,10 @@ together, not per process.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 
-from engine.delivery.shared import SharedState
+from engine.delivery.shared import Carried, SharedRecord
 
-(
-    _TAT,
-    _RATE_SHARE,
-    _WINDOW,
-    _EPOCH_START,
-    _ANSWERS,
-    _THROTTLED,
-    _FLOOR,
-    _CUTTING,
-    _CUT_WINDOW,
-    _CUT_RATE_SHARE,
-    _CUT_GOODPUT,
-    _CUT_SHARE,
-    _CUT_FACTOR,
-) = range(13)
 #: Share of 429 answers in an epoch above which the pool slows down.
 THROTTLED_SHARE = 0.10
 #: 429 share tolerated above the learnt noise floor (a factor).
@@ -60,95 +50,143 @@ MIN_RATE_SHARE = 0.02
 BURST_SECONDS = 0.02
 
 
-class Pacer(SharedState):
-    """Shared pacing state for ``workers`` processes of ``concurrency`` transfers each."""
+@dataclass(frozen=True)
+class PaceState(Carried):
+    """The pacer between two steps; times are on the carrier's clock."""
 
-    def __init__(self, shared, rate: float | None, workers: int, concurrency: int):
-        super().__init__(shared)
-        self.rate = rate
-        self.workers, self.concurrency = workers, concurrency
-        self.total = workers * concurrency
+    tat: float = 0.0  #: GCRA's "theoretical arrival time" of the next transfer
+    rate_share: float = 1.0  #: share of ``--rate`` allowed now
+    window: float = 0.0  #: transfers in flight allowed now, for all senders together
+    epoch_start: float = 0.0
+    answers: float = 0.0  #: in this epoch
+    throttled: float = 0.0  #: answers that were 429, in this epoch
+    floor: float = 0.0  #: the learnt noise floor: a 429 share that does not follow the load
+    cutting: float = 0.0  #: 1.0 while the last epoch cut the window
+    cut_window: float = 0.0  #: the window before the last cut (0: no cut to check)
+    cut_rate_share: float = 0.0
+    cut_goodput: float = 0.0  #: successes per second in the epoch that caused the cut
+    cut_share: float = 0.0
+    cut_factor: float = 0.0
 
-    @classmethod
-    def create(cls, context, rate: float | None, workers: int, concurrency: int) -> Pacer:
-        shared = context.Array("d", [0.0, 1.0, float(workers * concurrency), time.monotonic()] + [0.0] * 9)
-        return cls(shared, rate, workers, concurrency)
 
-    def acquire(self) -> float:
-        """0 if a transfer may start now (and it is counted), else the seconds to wait."""
+@dataclass(frozen=True)
+class PacerSettings:
+    """``workers`` senders of ``concurrency`` transfers each, ``rate`` requests per second at most
+    (None: no limit); and the pacer's rules, as pure steps from one state to the next."""
+
+    rate: float | None
+    workers: int
+    concurrency: int
+
+    @property
+    def total(self) -> int:
+        return self.workers * self.concurrency
+
+    def initial(self, now: float) -> PaceState:
+        return PaceState(window=float(self.total), epoch_start=now)
+
+    def take_slot(self, state: PaceState, now: float) -> tuple[float, PaceState]:
+        """GCRA: 0 if a transfer may start at ``now`` (its slot is taken), else the seconds to wait."""
         if not self.rate:
-            return 0.0
-        s = self.shared
-        with s.get_lock():
-            now = time.monotonic()
-            interval = 1.0 / (self.rate * s[_RATE_SHARE])
-            tat = max(s[_TAT], now)
-            if tat - now > max(BURST_SECONDS, interval):
-                return tat - now - BURST_SECONDS
-            s[_TAT] = tat + interval
-            return 0.0
+            return 0.0, state
+        interval = 1.0 / (self.rate * state.rate_share)
+        tat = max(state.tat, now)
+        if tat - now > max(BURST_SECONDS, interval):
+            return tat - now - BURST_SECONDS, state
+        return 0.0, replace(state, tat=tat + interval)
 
-    def window(self) -> int:
-        """Transfers in flight one worker may have now."""
-        return max(1, int(self.view[_WINDOW] / self.workers))
+    def window_of(self, state: PaceState) -> int:
+        """Transfers in flight one sender may have."""
+        return max(1, int(state.window / self.workers))
 
-    def report(self, answers: int, throttled: int) -> None:
-        """Count a worker's answers (and how many were 429) and adjust at each epoch's end."""
-        s = self.shared
-        with s.get_lock():
-            s[_ANSWERS] += answers
-            s[_THROTTLED] += throttled
-            now = time.monotonic()
-            elapsed = now - s[_EPOCH_START]
-            if elapsed < EPOCH:
-                return
-            if s[_ANSWERS]:
-                self._end_epoch(s[_THROTTLED] / s[_ANSWERS], (s[_ANSWERS] - s[_THROTTLED]) / elapsed)
-            else:
-                self._grow()
-            s[_EPOCH_START], s[_ANSWERS], s[_THROTTLED] = now, 0.0, 0.0
-
-    def rest_on_429(self) -> bool:
+    def rest_on_429(self, state: PaceState) -> bool:
         """Whether a slot that got a 429 rests until its row's retry (or it would spin on instant 429s).
 
         It does unless the 429s are known noise: a floor was learnt and the share is within it.
         """
-        view = self.view
-        return view[_FLOOR] * NOISE_MARGIN <= THROTTLED_SHARE or bool(view[_CUTTING])
+        return state.floor * NOISE_MARGIN <= THROTTLED_SHARE or bool(state.cutting)
 
-    def _end_epoch(self, share: float, goodput: float) -> None:
-        s = self.shared
-        if s[_CUT_WINDOW] and self._cut_was_noise(share, goodput):
-            s[_WINDOW], s[_RATE_SHARE] = s[_CUT_WINDOW], s[_CUT_RATE_SHARE]
-            s[_FLOOR] = max(s[_FLOOR], share)
-            s[_CUT_WINDOW], s[_CUTTING] = 0.0, 0.0
-            return
-        s[_CUT_WINDOW] = 0.0
-        tolerated = max(THROTTLED_SHARE, NOISE_MARGIN * s[_FLOOR])
-        if share > tolerated:
-            factor = max(0.5, 1.0 - (share - s[_FLOOR]))
-            s[_CUT_WINDOW], s[_CUT_RATE_SHARE] = s[_WINDOW], s[_RATE_SHARE]
-            s[_CUT_GOODPUT], s[_CUT_SHARE], s[_CUT_FACTOR] = goodput, share, factor
-            s[_WINDOW] = max(float(self.workers), s[_WINDOW] * factor)
-            s[_RATE_SHARE] = max(MIN_RATE_SHARE, s[_RATE_SHARE] * factor)
-            s[_CUTTING] = 1.0
+    def count(self, state: PaceState, answers: int, throttled: int, now: float) -> PaceState:
+        """Count answers (``throttled`` of them 429); at an epoch's end, adjust the window and rate."""
+        state = replace(state, answers=state.answers + answers, throttled=state.throttled + throttled)
+        elapsed = now - state.epoch_start
+        if elapsed < EPOCH:
+            return state
+        if state.answers:
+            share, goodput = state.throttled / state.answers, (state.answers - state.throttled) / elapsed
+            state = self._end_epoch(state, share, goodput)
         else:
-            s[_CUTTING] = 0.0
-            if share == 0.0 or share <= NOISE_MARGIN * s[_FLOOR]:
-                self._grow()
-        s[_FLOOR] *= FLOOR_DECAY
+            state = self._grow(state)
+        return replace(state, epoch_start=now, answers=0.0, throttled=0.0)
 
-    def _cut_was_noise(self, share: float, goodput: float) -> bool:
-        """The last cut cost successes in proportion and left the 429 share where it was."""
-        s = self.shared
-        lost_goodput = goodput < s[_CUT_GOODPUT] * (1.0 + s[_CUT_FACTOR]) / 2
-        share_stayed = share > s[_CUT_SHARE] * 0.75
-        return lost_goodput and share_stayed
+    def _end_epoch(self, s: PaceState, share: float, goodput: float) -> PaceState:
+        if s.cut_window and _cut_was_noise(s, share, goodput):
+            return replace(
+                s,
+                window=s.cut_window,
+                rate_share=s.cut_rate_share,
+                floor=max(s.floor, share),
+                cut_window=0.0,
+                cutting=0.0,
+            )
+        s = replace(s, cut_window=0.0)
+        tolerated = max(THROTTLED_SHARE, NOISE_MARGIN * s.floor)
+        if share > tolerated:
+            factor = max(0.5, 1.0 - (share - s.floor))
+            s = replace(
+                s,
+                cut_window=s.window,
+                cut_rate_share=s.rate_share,
+                cut_goodput=goodput,
+                cut_share=share,
+                cut_factor=factor,
+                window=max(float(self.workers), s.window * factor),
+                rate_share=max(MIN_RATE_SHARE, s.rate_share * factor),
+                cutting=1.0,
+            )
+        else:
+            s = replace(s, cutting=0.0)
+            if share == 0.0 or share <= NOISE_MARGIN * s.floor:
+                s = self._grow(s)
+        return replace(s, floor=s.floor * FLOOR_DECAY)
 
-    def _grow(self) -> None:
-        s = self.shared
-        s[_WINDOW] = min(float(self.total), s[_WINDOW] + RECOVERY_PER_SECOND * self.total)
-        s[_RATE_SHARE] = min(1.0, s[_RATE_SHARE] + RECOVERY_PER_SECOND)
+    def _grow(self, s: PaceState) -> PaceState:
+        window = min(float(self.total), s.window + RECOVERY_PER_SECOND * self.total)
+        return replace(s, window=window, rate_share=min(1.0, s.rate_share + RECOVERY_PER_SECOND))
 
-    def in_flight_limit(self) -> int:
-        return int(self.view[_WINDOW])
+
+def _cut_was_noise(s: PaceState, share: float, goodput: float) -> bool:
+    """The last cut cost successes in proportion and left the 429 share where it was."""
+    lost_goodput = goodput < s.cut_goodput * (1.0 + s.cut_factor) / 2
+    share_stayed = share > s.cut_share * 0.75
+    return lost_goodput and share_stayed
+
+
+class Pacer:
+    """The pool's pacer: its state in shared memory, on the monotonic clock; create it with :meth:`create`."""
+
+    def __init__(self, state: SharedRecord[PaceState], settings: PacerSettings):
+        self.state = state
+        self.settings = settings
+
+    @classmethod
+    def create(cls, context, rate: float | None, workers: int, concurrency: int) -> Pacer:
+        settings = PacerSettings(rate, workers, concurrency)
+        return cls(SharedRecord.create(context, settings.initial(time.monotonic())), settings)
+
+    def acquire(self) -> float:
+        """0 if a transfer may start now (and it is counted), else the seconds to wait."""
+        if not self.settings.rate:
+            return 0.0
+        return self.state.step(self.settings.take_slot)
+
+    def window(self) -> int:
+        """Transfers in flight one worker may have now."""
+        return self.settings.window_of(self.state.read())
+
+    def report(self, answers: int, throttled: int) -> None:
+        """Count a worker's answers (and how many were 429) and adjust at each epoch's end."""
+        self.state.step(lambda state, now: (None, self.settings.count(state, answers, throttled, now)))
+
+    def rest_on_429(self) -> bool:
+        return self.settings.rest_on_429(self.state.read())
