@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import secrets
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -124,10 +125,9 @@ def pacers(request):
 
         def shared(rate: float | None, concurrency: int) -> Carried:
             pacer = Pacer.create(CONTEXT, rate, workers=1, concurrency=concurrency)
-            epoch_start = list(PaceState.__dataclass_fields__).index("epoch_start")
 
-            def end_epoch() -> None:
-                pacer.state.view[epoch_start] -= 1.0
+            def end_epoch() -> None:  # the epoch began a second earlier, written as a writer would
+                pacer.state.step(lambda state, now: (None, replace(state, epoch_start=state.epoch_start - 1.0)))
 
             return Carried(pacer, end_epoch)
 

@@ -146,9 +146,16 @@ class CircuitBreaker:
         return cls(SharedRecord.create(context, settings.initial()), settings)
 
     def allow(self) -> Permit:
+        state = self.state.read()
+        if state.mode is Mode.CLOSED and not state.held:  # the hot path: the rules' answer, no step
+            return Permit.GO
         return self.state.step(self.settings.allow)
 
     def record(self, answer: Answer) -> None:
+        if answer is Answer.UP:  # the hot path: a success that changes nothing is not a step
+            state = self.state.read()
+            if state.seen_up and not state.streak:
+                return
         self.state.step(lambda state, now: (None, self.settings.record(state, answer, now)))
 
     def is_open(self) -> bool:

@@ -38,42 +38,61 @@ Step = Callable[[S, float], tuple[T, S]]
 class SharedRecord(Generic[S]):
     """A :class:`Carried` record in a ``multiprocessing.Array('d')``; create it with :meth:`create`.
 
-    Reading one aligned double is atomic, so a step is first tried on a snapshot read without the
-    lock: when it would change nothing (the hot path: closed breaker, no rate) no lock is taken.
-    Otherwise the step runs again under the lock, on the state as it is, and its result is written.
-    The clock is the monotonic one: the same for every process of the pool. Each process keeps
-    the last record it decoded, so the hot path (a state that did not change) builds nothing.
+    The array holds a version, then the record's fields. A writer (under the lock) makes the
+    version odd, writes the fields, and makes it even again (a seqlock); a reader takes a
+    snapshot without the lock and keeps it only if the version was even and the same before
+    and after. Each process keeps the last record it decoded with its version, so the hot path
+    (nothing changed: closed breaker, no rate) reads one double and builds nothing. A step is
+    first tried on that snapshot: when it would change nothing no lock is taken; otherwise it
+    runs again under the lock, on the state as it is, and its result is written. The clock is
+    the monotonic one: the same for every process of the pool.
     """
 
     def __init__(self, shared, kind: type[S]):
         self.shared = shared
         self.kind = kind
         self.view = shared.get_obj()
-        self.seen: tuple[list[float], S] | None = None  # the raw values last decoded, and their record
+        self.seen: tuple[float, S] | None = None  # the version last decoded, and its record
 
     @classmethod
     def create(cls, context, initial: S) -> SharedRecord[S]:
-        return cls(context.Array("d", initial.encode()), type(initial))
+        return cls(context.Array("d", [0.0, *initial.encode()]), type(initial))
 
     def read(self) -> S:
-        """A snapshot (each field read atomically; consistent as a whole only under the lock)."""
-        raw = self.view[:]
-        if self.seen is None or self.seen[0] != raw:
-            self.seen = (raw, self.kind.decode(raw))
-        return self.seen[1]
+        """A consistent snapshot of the record."""
+        view, seen = self.view, self.seen
+        version = view[0]
+        if seen is not None and seen[0] == version:
+            return seen[1]
+        raw = view[1:]
+        if version % 2 or view[0] != version:  # a writer is at work: read under its lock
+            with self.shared.get_lock():
+                version, raw = view[0], view[1:]
+        record = self.kind.decode(raw)
+        self.seen = (version, record)
+        return record
 
     def step(self, step: Step[S, T]) -> T:
         """Run ``step`` on the state; store what it returns unless it is the same state."""
         seen = self.read()
         answer, after = step(seen, time.monotonic())
-        if after is seen or after == seen:
+        if after is seen:
             return answer
         with self.shared.get_lock():
             state = self.read()
             answer, after = step(state, time.monotonic())
-            if after != state:
-                self.view[:] = after.encode()
+            if after is not state:  # a step returns the very state it was given when nothing changes
+                self._write(after)
         return answer
+
+    def _write(self, record: S) -> None:
+        """Under the lock: the fields between an odd and an even version."""
+        view = self.view
+        version = view[0]
+        view[0] = version + 1
+        view[1:] = record.encode()
+        view[0] = version + 2
+        self.seen = (version + 2, record)
 
     def __getstate__(self):  # sent to a worker: the shared array travels, its view is rebuilt there
         state = self.__dict__.copy()
