@@ -7,6 +7,7 @@ import os
 import click
 
 from engine.cli.options import db_option, engine_errors
+from engine.extras import DASHBOARD, require
 
 
 @click.command()
@@ -31,6 +32,7 @@ def dashboard(db, host, port, allow_actions):
         python -m engine dashboard --db engine.db --allow-actions
         # then open http://127.0.0.1:8765/
     """
+    require(DASHBOARD)
     import uvicorn
 
     from engine.dashboard.actions import TOKEN_ENV, Guard, rerun_warning
