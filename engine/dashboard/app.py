@@ -206,7 +206,7 @@ def _charts(details: dict) -> list[str]:
     labels = [f"<{edge:g}" for edge in LATENCY_EDGES] + [f"≥{LATENCY_EDGES[-1]:g}"]
     since, per_bucket = details["since"], details["per_bucket"]
     starts = [since + n * RATE_BUCKET for n in range(int(RATE_WINDOW / RATE_BUCKET))]
-    answers = details["answers"]
+    answers = details["http_status"]
     return [
         bars(
             [round(per_bucket.get(t, 0) / RATE_BUCKET) for t in starts],
