@@ -17,9 +17,9 @@ import pytest
 from conftest import report_json, run_engine, status_counts
 from starlette.testclient import TestClient
 
-from engine.dashboard.actions import Guard
 from engine.dashboard.app import make_app
 from engine.dashboard.figures import LIVE_EVERY, Figures
+from engine.dashboard.guard import Guard
 from engine.ledger import open_store
 from engine.ledger.selection import RowFilter
 from engine.mock.process import MockProcess

@@ -35,8 +35,9 @@ def dashboard(db, host, port, allow_actions):
     require(DASHBOARD)
     import uvicorn
 
-    from engine.dashboard.actions import TOKEN_ENV, Guard, rerun_warning
     from engine.dashboard.app import make_app
+    from engine.dashboard.guard import TOKEN_ENV, Guard
+    from engine.dashboard.reruns import rerun_warning
 
     token = os.environ.get(TOKEN_ENV) or None
     if allow_actions and not token:
