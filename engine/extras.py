@@ -43,7 +43,7 @@ POSTGRES = Wing(
     frozenset({"psycopg", "psycopg_binary"}),
 )
 CLUSTER = Wing(
-    "worker nodes (--broker)",
+    "the worker nodes' backend (--broker)",
     "cluster",
     ("engine.cluster.app", "engine.cluster.node"),
     frozenset({"celery", "kombu", "billiard", "redis", "vine", "amqp"}),
