@@ -14,12 +14,12 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from conftest import run_engine, status_counts
+from conftest import report_json, run_engine, status_counts
 from starlette.testclient import TestClient
 
-from engine.dashboard.actions import Guard
 from engine.dashboard.app import make_app
 from engine.dashboard.figures import LIVE_EVERY, Figures
+from engine.dashboard.guard import Guard
 from engine.ledger import open_store
 from engine.ledger.selection import RowFilter
 from engine.mock.process import MockProcess
@@ -67,6 +67,24 @@ def test_every_page_shows_the_run(ledger):
     assert re.search(rf'"id": ?"{first_failed}"', row_page)  # its payload, and its one attempt:
     assert re.search(r"<td>1</td><td>failed</td><td>50[03]</td>", row_page)
     assert web.get("/runs/nope").status_code == 404
+
+
+def test_the_run_page_and_report_give_the_same_figures(ledger, run):
+    """One summary feeds both: on a finished run the page's live figures are the report's."""
+    web, deadline = client(ledger), time.monotonic() + 10
+    live = web.get("/runs/f/live.json").json()
+    while live["attempts"] is None and time.monotonic() < deadline:  # details are read in the background
+        time.sleep(0.1)
+        live = web.get("/runs/f/live.json").json()
+    summary = report_json(run, ledger, "f")
+    shared = ("total", "succeeded", "failed", "rejected", "unknown", "key_conflict", "pending", "done", "progress")
+    assert [live[key] for key in shared] == [summary[key] for key in shared]
+    assert (live["elapsed_s"], live["attempts"], live["latency_ms"]) == (
+        summary["elapsed_s"],
+        summary["attempts"],
+        summary["latency_ms"],
+    )
+    assert summary["attempts"] == 300 and summary["elapsed_s"] > 0
 
 
 def test_the_filter_returns_exactly_the_matching_rows_in_stable_pages(ledger):

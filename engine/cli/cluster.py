@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from engine.cli.options import broker_option, db_option, engine_errors
+from engine.extras import CLUSTER, require
 
 
 @click.command()
@@ -37,6 +38,7 @@ def worker(broker, db, chunks_in_flight, visibility_timeout):
         python -m engine worker --broker redis://queue.internal:6379/0 \\
             --db postgresql://billing@db.internal/billing --chunks-in-flight 4
     """
+    require(CLUSTER)
     from engine.cluster.app import VISIBILITY_TIMEOUT
     from engine.cluster.node import run_node
 

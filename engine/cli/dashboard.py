@@ -7,6 +7,7 @@ import os
 import click
 
 from engine.cli.options import db_option, engine_errors
+from engine.extras import DASHBOARD, require
 
 
 @click.command()
@@ -31,10 +32,12 @@ def dashboard(db, host, port, allow_actions):
         python -m engine dashboard --db engine.db --allow-actions
         # then open http://127.0.0.1:8765/
     """
+    require(DASHBOARD)
     import uvicorn
 
-    from engine.dashboard.actions import TOKEN_ENV, Guard, rerun_warning
     from engine.dashboard.app import make_app
+    from engine.dashboard.guard import TOKEN_ENV, Guard
+    from engine.dashboard.reruns import rerun_warning
 
     token = os.environ.get(TOKEN_ENV) or None
     if allow_actions and not token:

@@ -11,6 +11,7 @@ import click
 
 from engine.config import RunSettings, default_of, default_workers
 from engine.errors import EngineError
+from engine.extras import CLUSTER, MissingExtra, require
 from engine.ledger import BUSY_TIMEOUT
 from engine.ledger.selection import InvalidFilter, RowFilter
 from engine.run.runner import EXIT_INTERRUPTED
@@ -71,9 +72,15 @@ def db_option(command):
 
 
 def _broker_without_password(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A broker URL with no password typed on the command line, and the worker nodes' extra installed."""
     source = ctx.get_parameter_source(param.name or "broker")
     if value and source == click.core.ParameterSource.COMMANDLINE and urlsplit(value).password:
         raise click.BadParameter("a password typed here would be in the process list; set ENGINE_BROKER instead")
+    if value:
+        try:
+            require(CLUSTER)
+        except MissingExtra as err:
+            raise EngineClickError(str(err), err.exit_code) from None
     return value
 
 

@@ -1,150 +1,88 @@
-"""What the dashboard may change, and who may ask: reruns in the background, pause and resume.
+"""What the dashboard may change: pause, resume, and rerun (exactly the filtered rows, or every
+row not succeeded), each a POST the :class:`~engine.dashboard.guard.Guard` must allow first.
 
-Actions exist only when the dashboard was started with ``--allow-actions`` and
-``ENGINE_DASHBOARD_TOKEN`` is set. Each is a POST carrying that token and the page's CSRF
-token (an HMAC of a per-process secret: a page from another site cannot know it), from a
-page of this origin; a GET never changes anything.
+A refused action is 403; an unknown run 404; an invalid rerun filter 400, before anything
+starts; a rerun that cannot start here (a missing secret, one already running) 409. A done
+action goes back to the run's page, read afresh.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-import secrets
-import subprocess
-import sys
-import threading
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Awaitable, Callable
 
-from engine.errors import LedgerError
-from engine.ledger import open_store
-from engine.ledger.selection import RowFilter
-from engine.request.spec import ENV_REF
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-#: The environment variable holding the operators' action token.
-TOKEN_ENV = "ENGINE_DASHBOARD_TOKEN"
+from engine.dashboard.context import Dashboard, dashboard_of
+from engine.ledger import Store
+from engine.ledger.selection import InvalidFilter, RowFilter
+
+#: A rerun form's fields that are not the filter's.
+FORM_FIELDS = ("csrf", "token", "scope")
+
+#: An action: what it does to a run (the ledger open); a response only when it refuses.
+Action = Callable[[Dashboard, Store, str, FormData], Response | None]
 
 
-@dataclass(frozen=True)
-class Guard:
-    """The action token (None: actions are off) and the CSRF secret of this process."""
+def guarded(action: Action) -> Callable[[Request], Awaitable[Response]]:
+    """The POST handler of ``action``: refused unless the guard allows it, then back to the run's page."""
 
-    token: str | None
-    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.token)
-
-    def csrf(self, run_id: str) -> str:
-        """The CSRF token a page of ``run_id`` embeds in its forms."""
-        return hmac.new(self.secret, run_id.encode(), hashlib.sha256).hexdigest()
-
-    def refusal(self, run_id: str, token: str | None, csrf: str | None, origin: str | None, host: str) -> str | None:
-        """Why a POST is refused, or None if it may act."""
-        if not self.enabled:
-            return "actions are off: start the dashboard with --allow-actions and ENGINE_DASHBOARD_TOKEN set"
-        if origin and origin.split("://", 1)[-1] != host:
-            return "refused: the request came from another site"
-        if not csrf or not hmac.compare_digest(csrf, self.csrf(run_id)):
-            return "refused: the form is stale or forged (CSRF); reload the page"
-        if not token or not hmac.compare_digest(token.encode(), (self.token or "").encode()):
-            return "refused: wrong action token"
-        return None
-
-
-#: Lines of a rerun's output the pages show.
-OUTPUT_LINES = 20
-
-
-def unset_variables(options: dict, environ: Mapping[str, str]) -> list[str]:
-    """The ``${VAR}`` names a run's URL and headers need that ``environ`` lacks."""
-    texts = [options.get("url") or "", *(options.get("headers") or ())]
-    return sorted({name for text in texts for name in ENV_REF.findall(text) if name not in environ})
-
-
-@dataclass
-class Rerun:
-    """One ``python -m engine rerun`` started here: its process and the last lines it printed."""
-
-    process: subprocess.Popen
-    rows: str
-    output: deque[str] = field(default_factory=lambda: deque(maxlen=OUTPUT_LINES))
-
-    def read(self) -> None:
-        """Keep the last lines of its stdout and stderr (in a thread, until it exits)."""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line.rstrip("\n"))
-
-    def status(self) -> dict:
-        code = self.process.poll()
-        return {"running": code is None, "exit_code": code, "rows": self.rows, "output": list(self.output)}
-
-
-class Reruns:
-    """Reruns started from the dashboard: ``python -m engine rerun`` in the background, one per run,
-    in the dashboard's environment (its ``${VAR}`` secrets)."""
-
-    def __init__(self, db: str, environ: Mapping[str, str] = os.environ):
-        self.db = db
-        self.environ = environ
-        self.started: dict[str, Rerun] = {}
-
-    def blocked(self, run_id: str, options: dict) -> str | None:
-        """Why a rerun of ``run_id`` (stored settings ``options``) cannot start here, or None."""
-        missing = unset_variables(options, self.environ)
-        if missing:
-            names = ", ".join(f"${{{name}}}" for name in missing)
-            return f"rerun disabled: the dashboard's environment lacks {names}, which the requests of {run_id} need"
-        if self.active(run_id):
-            return f"a rerun of {run_id} is already running"
-        return None
-
-    def start(self, run_id: str, rows: RowFilter | None) -> None:
-        """Start a rerun of ``run_id``: of exactly ``rows`` if given (their opt-ins included)."""
-        command = [sys.executable, "-m", "engine", "rerun", run_id, "--db", self.db, "--quiet"]
-        if rows is not None:
-            command += rows.to_argv()
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=dict(self.environ),
-            start_new_session=True,
+    @functools.wraps(action)
+    async def handler(request: Request) -> Response:
+        dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
+        form = await request.form()
+        refusal = dashboard.guard.refusal(
+            run_id,
+            _text(form.get("token")),
+            _text(form.get("csrf")),
+            request.headers.get("origin"),
+            request.headers.get("host", ""),
         )
-        rerun = Rerun(process, "every row not yet succeeded" if rows is None else rows.sendable().describe())
-        self.started[run_id] = rerun
-        threading.Thread(target=rerun.read, daemon=True).start()
+        if refusal:
+            return PlainTextResponse(refusal, status_code=403)
+        with dashboard.open_ledger() as store:
+            store.get_run(run_id)  # an unknown run: 404
+            refused = action(dashboard, store, run_id, form)
+        if refused is not None:
+            return refused
+        dashboard.figures.forget(run_id)
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
-    def active(self, run_id: str) -> bool:
-        rerun = self.started.get(run_id)
-        return rerun is not None and rerun.process.poll() is None
-
-    def status(self, run_id: str) -> dict | None:
-        """The last rerun started here: running or its exit code, and its last lines of output."""
-        rerun = self.started.get(run_id)
-        return rerun.status() if rerun else None
+    return handler
 
 
-def rerun_warning(db: str, environ: Mapping[str, str] = os.environ) -> str | None:
-    """One line naming the ``${VAR}`` the runs of ``db`` need and ``environ`` lacks, or None (also
-    when there is no ledger yet)."""
-    needs: dict[str, list[str]] = {}
-    try:
-        with open_store(db, create=False) as store:
-            for run_id in store.run_ids():
-                for name in unset_variables(store.get_run(run_id)["options"], environ):
-                    needs.setdefault(name, []).append(run_id)
-    except LedgerError:
+@guarded
+def pause(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> None:
+    store.set_paused(run_id, True)
+
+
+@guarded
+def resume(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> None:
+    store.set_paused(run_id, False)
+
+
+@guarded
+def rerun(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> Response | None:
+    rows = _rerun_rows(form)  # an invalid filter: 400, before anything starts
+    reason = dashboard.reruns.blocked(run_id, store.get_run(run_id)["options"])
+    if reason:
+        return PlainTextResponse(reason, status_code=409)
+    dashboard.reruns.start(run_id, rows)
+    return None
+
+
+def _rerun_rows(form: FormData) -> RowFilter | None:
+    """The rows a rerun form names: exactly its filter ("filtered"), or every row not succeeded ("all")."""
+    scope = form.get("scope")
+    if scope == "all":
         return None
-    if not needs:
-        return None
-    missing = "; ".join(f"${{{name}}} (runs {', '.join(runs)})" for name, runs in sorted(needs.items()))
-    return f"warning: reruns from the dashboard are disabled where this environment lacks {missing}"
+    if scope != "filtered":
+        raise InvalidFilter(f"invalid filter: scope {scope!r} is neither 'filtered' nor 'all'")
+    fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]  # no file is a filter
+    return RowFilter.from_query(fields, ignore=FORM_FIELDS)
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None

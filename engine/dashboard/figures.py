@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 from engine.errors import LedgerError
 from engine.ledger import Store
-from engine.output.report import not_yet_sent
-from engine.states import FAILED, KEY_CONFLICT, REJECTED, SUCCEEDED, UNKNOWN
+from engine.output.report import scans, summarize
 
 LIVE_EVERY, DETAILS_EVERY = 1.0, 3.0
 LIVE_COST, DETAILS_COST = 20.0, 40.0
@@ -54,7 +53,8 @@ class Figures:
         self.done_at: dict[str, deque[tuple[float, int]]] = {}  # (wall time, rows done) of the last reads
 
     def live(self, run_id: str) -> dict:
-        """State, counts per state, progress, rows/s now, ETA, paused, passes: at most :data:`LIVE_EVERY` s old."""
+        """The live summary (state, counts per state, progress, paused, passes) with rows/s now and the
+        ETA: at most :data:`LIVE_EVERY` s old."""
         read = self._claim(self.live_reads, run_id, LIVE_EVERY, LIVE_COST)
         if read is not None:
             self._read(read, lambda: self._read_live(run_id))
@@ -65,7 +65,8 @@ class Figures:
         return value
 
     def details(self, run_id: str) -> dict | None:
-        """Latency, answers by status, attempts, requests/s over time: the last read (None before the
+        """The summary's :func:`~engine.output.report.scans` (attempts, latency, answers by HTTP status, ...)
+        and the charts' latency histogram and requests/s over time: the last read (None before the
         first); a read in the background starts when they are due."""
         read = self._claim(self.detail_reads, run_id, DETAILS_EVERY, DETAILS_COST)
         if read is not None:
@@ -108,37 +109,10 @@ class Figures:
 
     def _read_live(self, run_id: str) -> dict:
         with self.open_ledger() as store:
-            run = store.get_run(run_id)
-            counts = store.counts(run_id)
-            paused = store.is_paused(run_id)
-            passes = store.passes(run_id)
-        now = time.time()
-        elapsed = sum((p["finished_at"] or now) - p["started_at"] for p in passes)  # a running pass too
-        total = sum(counts.values())  # the rows loaded so far, while it loads
-        left = not_yet_sent(counts)
-        done = total - left
-        rate = self._rows_per_second(run_id, done)
-        return {
-            "run_id": run_id,
-            "state": run["state"],
-            "created_at": run["created_at"],
-            "total": total,
-            "succeeded": counts[SUCCEEDED],
-            "failed": counts[FAILED],
-            "rejected": counts[REJECTED],
-            "unknown": counts[UNKNOWN],
-            "key_conflict": counts[KEY_CONFLICT],
-            "pending": left,
-            "done": done,
-            "progress": round(done / total, 4) if total else 1.0,
-            "elapsed_s": round(elapsed, 1),
-            "average_rows_per_s": round(done / elapsed, 1) if elapsed > 0 else 0.0,
-            "rows_per_s": round(rate, 1),
-            "eta_s": round(left / rate) if rate and left else None,
-            "paused": paused,
-            "passes": passes,
-            "finished_at": passes[-1]["finished_at"] if passes else None,
-        }
+            summary = summarize(store, run_id, live=True)
+        rate = self._rows_per_second(run_id, summary["done"])
+        left = summary["pending"]
+        return {**summary, "rows_per_s": round(rate, 1), "eta_s": round(left / rate) if rate and left else None}
 
     def _rows_per_second(self, run_id: str, done: int) -> float:
         """Rows done per second over the last :data:`RECENT` s of reads (0 until two reads)."""
@@ -155,13 +129,8 @@ class Figures:
         with self.open_ledger() as store:
             since = time.time() - RATE_WINDOW
             return {
-                "latency_ms": {
-                    f"p{round(q * 100)}": None if value is None else round(value, 1)
-                    for q, value in store.latency_percentiles(run_id, (0.50, 0.95, 0.99)).items()
-                },
+                **scans(store, run_id),
                 "latency_histogram": store.latency_histogram(run_id, LATENCY_EDGES),
-                "answers": store.status_counts(run_id),
-                "attempts": store.attempt_count(run_id),
                 "per_bucket": dict(store.attempts_per_second(run_id, since, RATE_BUCKET)),
                 "since": since,
             }

@@ -9,6 +9,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from engine.dashboard.figures import LATENCY_EDGES, Figures
 from engine.ledger import Store
+from engine.output.report import per_second
 
 
 class LedgerCollector(Collector):
@@ -38,15 +39,14 @@ class LedgerCollector(Collector):
             details = self.figures.details(run_id)
             if details is None:  # the first read is under way: the next scrape has them
                 continue
-            for outcome, count in details["answers"].items():
+            for outcome, count in details["http_status"].items():
                 answers.add_metric([run_id, outcome], count)
             cumulative, buckets = 0, []
             for edge, count in zip((*LATENCY_EDGES, float("inf")), details["latency_histogram"], strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if edge == float("inf") else str(edge), cumulative))
             latency.add_metric([run_id], buckets, sum_value=None)
-            elapsed = live["elapsed_s"]
-            rate.add_metric([run_id], details["attempts"] / elapsed if elapsed > 0 else 0.0)
+            rate.add_metric([run_id], per_second(details["attempts"], live["elapsed_s"]))
         yield from (rows, answers, latency, rate, paused)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.extras import POSTGRES, require
 from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
 from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, RunExists, Store
 
@@ -22,7 +23,8 @@ __all__ = [
 def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:
     """The ledger ``--db`` names: a ``postgresql://`` URL, or else a SQLite file path (created if ``create``)."""
     if db.startswith(("postgresql://", "postgres://")):
-        from engine.ledger.postgres import PostgresStore  # psycopg is loaded only for a PostgreSQL ledger
+        require(POSTGRES)  # psycopg is loaded only for a PostgreSQL ledger, or its extra is named
+        from engine.ledger.postgres import PostgresStore
 
         return PostgresStore(db, create=create, busy_timeout=busy_timeout)
     return SQLiteStore(db, create=create, busy_timeout=busy_timeout)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import textwrap
+import time
 
 from engine.ledger import Store
 from engine.states import (
@@ -23,32 +24,73 @@ from engine.states import (
 REPORT_FORMATS = ("text", "json", "csv")
 
 
-def summarize(ledger: Store, run_id: str) -> dict:
-    """The figures of one run: counts per state, attempts, speed, latency, HTTP statuses."""
+#: The latency percentiles a summary gives.
+QUANTILES = (0.50, 0.95, 0.99)
+
+
+def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
+    """The figures of one run, for ``report`` and for the dashboard's pages alike.
+
+    ``live``: only what the ledger answers from its indexes (counts per state, progress, passes,
+    paused), which a page may read every second; a pass under way counts until now. Otherwise
+    also :func:`scans` of the run's rows and attempts (attempts, latency, HTTP statuses, the top
+    error, worker nodes' chunks) and requests/s; a pass with no recorded end counts nothing.
+    """
     run = ledger.get_run(run_id)
     counts = ledger.counts(run_id)
-    elapsed = ledger.elapsed(run_id)
-    attempts = ledger.attempt_count(run_id)
-    latency = ledger.latency_percentiles(run_id, (0.50, 0.95, 0.99))
-    return {
+    passes = ledger.passes(run_id)
+    elapsed = _elapsed(passes, until=time.time() if live else None)
+    total = sum(counts.values())  # the rows loaded so far, while it loads
+    left = not_yet_sent(counts)
+    done = total - left
+    summary = {
         "run_id": run_id,
         "state": run["state"],
-        "total": run["total"],
+        "created_at": run["created_at"],
+        "total": total,
         "succeeded": counts[SUCCEEDED],
         "failed": counts[FAILED],
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
         "key_conflict": counts[KEY_CONFLICT],
-        "pending": not_yet_sent(counts),
-        "attempts": attempts,
+        "pending": left,
+        "done": done,
+        "progress": round(done / total, 4) if total else 1.0,
         "elapsed_s": round(elapsed, 3),
-        "requests_per_s": round(attempts / elapsed, 1) if elapsed > 0 else 0.0,
-        "latency_ms": {f"p{int(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency.items()},
-        "http_status": ledger.status_counts(run_id),
+        "average_rows_per_s": round(per_second(done, elapsed), 1),
+        "paused": ledger.is_paused(run_id),
         "insecure": bool(run["options"].get("insecure")),
+        "passes": passes,
+        "finished_at": passes[-1]["finished_at"] if passes else None,
+    }
+    if live:
+        return summary
+    summary.update(scans(ledger, run_id))
+    summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
+    return summary
+
+
+def scans(ledger: Store, run_id: str) -> dict:
+    """The figures that scan a run's rows and attempts: attempts, latency, HTTP statuses, top error, chunks."""
+    latency = ledger.latency_percentiles(run_id, QUANTILES)
+    return {
+        "attempts": ledger.attempt_count(run_id),
+        "latency_ms": {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency.items()},
+        "http_status": ledger.status_counts(run_id),
         "top_error": _top_error(ledger, run_id),
         "chunks": ledger.chunk_summary(run_id),
     }
+
+
+def per_second(count: int, seconds: float) -> float:
+    """``count`` per second over ``seconds`` (0 before any time has passed)."""
+    return count / seconds if seconds > 0 else 0.0
+
+
+def _elapsed(passes: list[dict], until: float | None) -> float:
+    """Seconds spent sending: each pass from its start to its end, or to ``until`` if it has none yet
+    (None: a pass with no recorded end counts nothing, since it may have been cut off)."""
+    return sum((p["finished_at"] or until or p["started_at"]) - p["started_at"] for p in passes)
 
 
 def not_yet_sent(counts: dict[str, int]) -> int:
@@ -65,7 +107,9 @@ def render(summary: dict, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(summary, indent=2)
     if fmt == "csv":
-        flat = {k: v for k, v in summary.items() if not isinstance(v, dict) and k not in ("top_error", "chunks")}
+        flat = {
+            k: v for k, v in summary.items() if not isinstance(v, (dict, list)) and k not in ("top_error", "chunks")
+        }
         flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
         flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
         out = io.StringIO()

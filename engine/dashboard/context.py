@@ -1,0 +1,43 @@
+"""What every page and action of one dashboard shares, kept on the app (``app.state.dashboard``)
+so that the route table can name plain handler functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from engine.dashboard.figures import Figures
+from engine.dashboard.guard import Guard
+from engine.dashboard.reruns import Reruns
+from engine.ledger import Store
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """One dashboard: its ledger, the figures its pages share, who may act, the reruns it started."""
+
+    open_ledger: Callable[[], Store]
+    guard: Guard
+    figures: Figures
+    reruns: Reruns
+    templates: Jinja2Templates
+    #: Rows per page of failures.
+    page_size: int
+
+    def page(self, request: Request, name: str, **context) -> HTMLResponse:
+        """The template ``name`` filled with ``context`` (and whether actions are on)."""
+        return self.templates.TemplateResponse(request, name, {"actions": self.guard.enabled, **context})
+
+    def blocked(self, run_id: str) -> str | None:
+        """Why a rerun of ``run_id`` cannot start from here, or None."""
+        with self.open_ledger() as store:
+            return self.reruns.blocked(run_id, store.get_run(run_id)["options"])
+
+
+def dashboard_of(request: Request) -> Dashboard:
+    """The dashboard a request reached."""
+    return request.app.state.dashboard
