@@ -4,7 +4,8 @@ One file records every run, every request (one row per input row) and every
 attempt. It is written by one process, the coordinator, in batched transactions;
 WAL mode lets ``status`` and ``report`` read it while a run is going.
 
-sqlite-utils creates and migrates the schema (:mod:`engine.ledger.schema`); the
+sqlite-utils creates the declared schema (:mod:`engine.ledger.schema`, versioned by
+:mod:`engine.ledger.migrations`); the
 per-row paths (loading, recording, paging) use the standard library's ``executemany``
 on prepared statements, which costs a fraction of building a dict per row.
 """
@@ -25,7 +26,8 @@ from typing import NamedTuple
 import sqlite_utils
 
 from engine.errors import LedgerError, LedgerUnavailable
-from engine.ledger.schema import create_sqlite_schema
+from engine.ledger.ddl import SQLiteDialect
+from engine.ledger.migrations import migrate
 from engine.ledger.sql import SQLStore
 from engine.ledger.store import ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT, SUCCEEDED
@@ -108,7 +110,7 @@ class SQLiteStore(SQLStore):
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            create_sqlite_schema(self.db)
+            migrate(SQLiteDialect(self.db), path)
         except sqlite3.DatabaseError as err:
             if _cannot_record_now(err):
                 raise self.failure(err) from None
