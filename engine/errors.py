@@ -6,6 +6,7 @@
     ├── TemplateError           a URL/header/body template that cannot be rendered
     │   └── DestinationError    a rendered URL whose scheme/host/port is not allowed
     └── LedgerError             the ledger cannot be opened, written, or lacks a run
+        ├── LedgerTooNew        its schema version is newer than this code's: exit 2, nothing touched
         └── LedgerUnavailable   it cannot record now (disk full, locked, I/O error): exit 3
 
 Anything else reaching the CLI is a bug and is shown as such.
@@ -52,3 +53,7 @@ class LedgerUnavailable(LedgerError):
     """The ledger (or the log beside it) cannot record now: nothing more is sent until it can."""
 
     exit_code = 3
+
+
+class LedgerTooNew(LedgerError):
+    """The ledger's schema version is above what this code knows: a newer batch-engine wrote it."""

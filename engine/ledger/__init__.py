@@ -1,18 +1,28 @@
-"""The ledger: what happened to every request of every run, behind the :class:`Store` interface."""
+"""The ledger: what happened to every request of every run, behind the :class:`Store` interface.
+
+:class:`Store` is the union of four roles (:mod:`engine.ledger.roles`): :class:`RunBook`,
+:class:`PassLedger`, :class:`ChunkLedger` and :class:`LedgerReader`.
+"""
 
 from __future__ import annotations
 
 from engine.extras import POSTGRES, require
-from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
+from engine.ledger.roles import ChunkLedger, LedgerReader, PassLedger, RunBook
+from engine.ledger.sqlite import BUSY_TIMEOUT, MEMORY, SQLiteStore
 from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, RunExists, Store
 
 __all__ = [
     "BUSY_TIMEOUT",
     "EXPORT_COLUMNS",
+    "MEMORY",
+    "ChunkLedger",
     "DuplicateRow",
     "LeaseHeld",
     "LeaseLost",
+    "LedgerReader",
     "Page",
+    "PassLedger",
+    "RunBook",
     "RunExists",
     "SQLiteStore",
     "Store",
@@ -21,7 +31,8 @@ __all__ = [
 
 
 def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:
-    """The ledger ``--db`` names: a ``postgresql://`` URL, or else a SQLite file path (created if ``create``)."""
+    """The ledger ``--db`` names: a ``postgresql://`` URL, :data:`MEMORY` (``":memory:"``: SQLite in memory,
+    for unit tests), or else a SQLite file path (created if ``create``)."""
     if db.startswith(("postgresql://", "postgres://")):
         require(POSTGRES)  # psycopg is loaded only for a PostgreSQL ledger, or its extra is named
         from engine.ledger.postgres import PostgresStore

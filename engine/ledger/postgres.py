@@ -21,7 +21,8 @@ from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
 from engine.errors import LedgerError, UsageError
-from engine.ledger.schema import postgres_schema
+from engine.ledger.ddl import PostgresDialect
+from engine.ledger.migrations import migrate
 from engine.ledger.sql import SQLStore
 from engine.ledger.store import ledger_unavailable
 from engine.states import IN_FLIGHT
@@ -80,10 +81,7 @@ class PostgresStore(SQLStore):
         self.conn = self._connect()
         self._incoming_ready = False
         try:  # a database is made by its administrator; the tables are made here, whatever ``create`` says
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch-engine schema'))")
-                for statement in postgres_schema():
-                    self.conn.execute(statement)
+            migrate(PostgresDialect(self.conn), self.location)
         except psycopg.OperationalError as err:
             raise LedgerError(f"--db {self.location}: cannot use the ledger: {_first_line(err)}") from None
 

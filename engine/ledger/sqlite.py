@@ -4,7 +4,8 @@ One file records every run, every request (one row per input row) and every
 attempt. It is written by one process, the coordinator, in batched transactions;
 WAL mode lets ``status`` and ``report`` read it while a run is going.
 
-sqlite-utils creates and migrates the schema (:mod:`engine.ledger.schema`); the
+sqlite-utils creates the declared schema (:mod:`engine.ledger.schema`, versioned by
+:mod:`engine.ledger.migrations`); the
 per-row paths (loading, recording, paging) use the standard library's ``executemany``
 on prepared statements, which costs a fraction of building a dict per row.
 """
@@ -25,12 +26,16 @@ from typing import NamedTuple
 import sqlite_utils
 
 from engine.errors import LedgerError, LedgerUnavailable
-from engine.ledger.schema import create_sqlite_schema
+from engine.ledger.ddl import SQLiteDialect
+from engine.ledger.migrations import migrate
 from engine.ledger.sql import SQLStore
 from engine.ledger.store import ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT, SUCCEEDED
 from engine.wire import Attempt
 
+#: The ``--db`` of a ledger in memory: the same contract as a file, for a pass's unit tests; it is gone
+#: once closed, and only the process (the connection) that opened it sees it.
+MEMORY = ":memory:"
 #: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
 BUSY_TIMEOUT = 30.0
 #: Free disk space a pass needs before it sends anything: a reserve, plus this much per row to send.
@@ -94,12 +99,12 @@ def _cannot_record_now(err: sqlite3.Error) -> bool:
 
 
 class SQLiteStore(SQLStore):
-    """Open (creating if needed) the ledger file at ``path``."""
+    """Open (creating if needed) the ledger file at ``path``; :data:`MEMORY` holds it in memory instead."""
 
     def __init__(self, path: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
         self.path = self.location = path
         self.busy_timeout = busy_timeout
-        if not create and not os.path.exists(path):
+        if not create and path != MEMORY and not os.path.exists(path):
             raise LedgerError(f"no ledger at {path} (give its path with --db)")
         try:
             self.conn = sqlite3.connect(path, timeout=busy_timeout)
@@ -108,7 +113,7 @@ class SQLiteStore(SQLStore):
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            create_sqlite_schema(self.db)
+            migrate(SQLiteDialect(self.db), path)
         except sqlite3.DatabaseError as err:
             if _cannot_record_now(err):
                 raise self.failure(err) from None
@@ -145,6 +150,8 @@ class SQLiteStore(SQLStore):
 
     def check_space(self, rows: int) -> None:
         """Refuse to start sending ``rows`` when the ledger's disk clearly cannot record their answers."""
+        if self.path == MEMORY:
+            return
         folder = os.path.dirname(os.path.abspath(self.path))
         free = shutil.disk_usage(folder).free
         needed = SPACE_RESERVE + rows * SPACE_PER_ROW

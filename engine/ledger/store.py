@@ -1,50 +1,30 @@
-"""The :class:`Store` interface: every read and write of the ledger, whatever database holds it.
+"""The :class:`Store`: every read and write of the ledger, whatever database holds it.
 
-Everything above the ledger (runner, pass, reports, CLI) talks to this interface; the
-SQLite file (:class:`engine.ledger.sqlite.SQLiteStore`) is the first implementation. The
-tables, columns and states are the same in every store (:mod:`engine.ledger.schema`),
-and ``tests/test_ledger.py`` runs one contract against each.
-
-Rows travel in and out as :mod:`engine.wire` records: a page to send holds
-:class:`~engine.wire.Dispatch` rows, and :meth:`Store.record` takes attempt tuples as
-workers report them.
+Everything above the ledger (runner, pass, reports, CLI) talks to this interface; it is the
+union of the roles in :mod:`engine.ledger.roles` (runs and loading, a pass's writes, chunks,
+reading), which a caller or a test fake may name on their own. SQLite
+(:class:`engine.ledger.sqlite.SQLiteStore`, also in memory) and PostgreSQL implement it on the
+same tables (:mod:`engine.ledger.schema`), and ``tests/test_ledger.py`` runs one contract,
+role by role, against each.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
-from typing import NamedTuple
 
 from engine.errors import LedgerError, LedgerUnavailable
-from engine.ledger.claim import ChunkClaim
-from engine.ledger.lease import Hold, Holder
-from engine.ledger.selection import RowFilter
-from engine.wire import Dispatch
-
-#: Rows read at a time by :meth:`Store.iter_rows`.
-EXPORT_PAGE = 2000
-#: A row's outcome as ``export`` and the dashboard show it (an export's header, even when no row matches).
-EXPORT_COLUMNS = (
-    "row_id",
-    "line",
-    "status",
-    "attempts",
-    "http_status",
-    "curl_error",
-    "error",
-    "latency_ms",
-    "idempotency_key",
+from engine.ledger.roles import (
+    EXPORT_COLUMNS,
+    FOUND_COLUMNS,
+    ChunkLedger,
+    LedgerReader,
+    Page,
+    PassLedger,
+    RunBook,
 )
 
-
-class Page(NamedTuple):
-    """Rows to send, all of one priority ``level``, in rid order."""
-
-    level: float
-    rows: list[Dispatch]
+__all__ = ["EXPORT_COLUMNS", "FOUND_COLUMNS", "Page", "Store"]
 
 
 class DuplicateRow(LedgerError):
@@ -67,325 +47,10 @@ class LeaseLost(LedgerError):
     """This pass's lease was taken over (it looked dead to another process)."""
 
 
-class Store(ABC):
-    """One ledger: runs, their requests (one per input row), every attempt, passes and leases."""
+class Store(RunBook, PassLedger, ChunkLedger, LedgerReader):
+    """One ledger: runs, their requests (one per input row), every attempt, passes, leases and chunks."""
 
     EXPORT_COLUMNS = EXPORT_COLUMNS
-
-    #: What the user gave as ``--db`` (a path or a URL): rerun hints and messages name it.
-    location: str
-
-    # -- life ----------------------------------------------------------------
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def reconnect(self) -> None:
-        """Open the ledger again after its server broke the connection (a file-based one never does)."""
-        return None
-
-    def connection_lost(self, error: Exception) -> bool:
-        """Whether ``error`` means the ledger's server went away (restarted): :meth:`reconnect`, then retry."""
-        return False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @abstractmethod
-    def recording(self) -> AbstractContextManager:
-        """Within it, a write the database refuses for now (lock, full disk) raises one :class:`LedgerUnavailable`."""
-
-    @abstractmethod
-    def check_space(self, rows: int) -> None:
-        """Raise :class:`LedgerUnavailable` when recording ``rows`` answers clearly cannot fit."""
-
-    # -- runs ----------------------------------------------------------------
-
-    @abstractmethod
-    def create_run(
-        self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
-    ) -> None:
-        """A new run in state ``loading``."""
-
-    @abstractmethod
-    def claim_run(
-        self,
-        run_id: str,
-        holder: Holder,
-        *,
-        input: str,
-        url: str,
-        method: str,
-        options: dict,
-        not_before: float | None,
-        timeout: float,
-    ) -> None:
-        """Create run ``run_id`` in state ``loading``, held by ``holder`` (its lease), atomically.
-
-        :class:`LeaseHeld` if a live process holds a run of that id (loading or sending it);
-        :class:`RunExists` if one finished loading. A load whose holder died (nothing of a
-        ``loading`` run is ever sent) is taken over: its rows are removed first.
-        """
-
-    @abstractmethod
-    def drop_load(self, run_id: str, holder: Holder) -> bool:
-        """Remove the run if ``holder`` still holds it and nothing of it was ever sent; whether it did."""
-
-    @abstractmethod
-    def drop_abandoned_loads(self) -> int:
-        """Remove the runs left ``loading`` by a process that died (killed, or its disk was full);
-        how many."""
-
-    @abstractmethod
-    def sent_elsewhere(self, run_id: str, url: str, method: str) -> tuple[str, int] | None:
-        """The other run to ``method`` ``url`` holding most rows (same row ids) of ``run_id`` that
-        succeeded or may have been sent (any state but a never-attempted ``pending``), and how many;
-        None if there is none. One set-based query over the ``(run_id, row_id)`` index."""
-
-    @abstractmethod
-    def get_run(self, run_id: str) -> dict:
-        """The run's row, ``options`` decoded; :class:`LedgerError` if there is none."""
-
-    @abstractmethod
-    def has_run(self, run_id: str) -> bool: ...
-
-    @abstractmethod
-    def delete_run(self, run_id: str) -> None:
-        """The run and everything recorded of it."""
-
-    @abstractmethod
-    def finish_load(self, run_id: str, total: int, fingerprint: str) -> str | None:
-        """Mark a loaded run ``ready``, unless another run has the same fingerprint: return that one's id.
-
-        Atomic: of two identical commands loading at once, exactly one wins.
-        """
-
-    @abstractmethod
-    def list_runs(self) -> list[dict]:
-        """Every run, oldest first, with its counts per state."""
-
-    @abstractmethod
-    def run_ids(self) -> list[str]:
-        """Every run's id, oldest first."""
-
-    # -- loading -------------------------------------------------------------
-
-    @abstractmethod
-    def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
-        """Insert ``(line, row_id, priority, payload, idempotency_key)`` rows as ``pending``, all or none.
-
-        A duplicate id raises :class:`DuplicateRow` naming the row and the line seen first.
-        """
-
-    @abstractmethod
-    def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
-        """Two rows of a run with one idempotency key: ``(key, first line, second line)``, or None."""
-
-    # -- sending -------------------------------------------------------------
-
-    @abstractmethod
-    def iter_pages(self, run_id: str, states: Iterable[str], page: int = 1000) -> Iterator[Page]:
-        """Pages of rows in ``states``: highest priority first, then input order (keyset-paged, so
-        results can be recorded between pages)."""
-
-    @abstractmethod
-    def record(self, attempts: list[tuple]) -> None:
-        """Write a batch of attempt tuples and move their rows to each attempt's outcome, in one transaction."""
-
-    @abstractmethod
-    def mark_in_flight(self, rids: list[int]) -> None:
-        """Write ahead that these rows are being sent (runs without idempotency keys only)."""
-
-    @abstractmethod
-    def mark_state(self, run_id: str, states: Iterable[str], state: str) -> int:
-        """Rows of ``run_id`` in ``states`` move to ``state``; how many."""
-
-    @abstractmethod
-    def mark_unknown(self, run_id: str, states: Iterable[str], reason: str) -> int:
-        """Rows of ``run_id`` in ``states`` become ``unknown`` (they may have been sent); how many."""
-
-    @abstractmethod
-    def start_pass(self, run_id: str) -> int:
-        """Record a new pass (the run is ``running``); its number, from 1."""
-
-    @abstractmethod
-    def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
-        """Record the pass's end; the run takes ``state`` (``finished`` or ``interrupted``)."""
-
-    # -- the lease: one pass per run at a time ----------------------------------
-
-    @abstractmethod
-    def acquire_lease(self, run_id: str, holder: Holder, timeout: float) -> Hold | None:
-        """Take the run's lease; :class:`LeaseHeld` if another live process has it (``holder`` may
-        hold it already: the load that claimed the run).
-
-        A lease left by a pass that did not end cleanly is taken over, keeping its frontier,
-        and what that pass may still have in flight is returned as a :class:`Hold`.
-        """
-
-    @abstractmethod
-    def renew_lease(self, run_id: str, holder: Holder, frontier: tuple[float, int] | None = None) -> None:
-        """Heartbeat, and move the dispatch frontier forward; :class:`LeaseLost` if it was taken over."""
-
-    @abstractmethod
-    def release_lease(self, run_id: str, holder: Holder, clean: bool) -> None:
-        """Give the lease up; after an unclean end it stays, ownerless, so the next pass waits out
-        what may still be in progress."""
-
-    @abstractmethod
-    def lease(self, run_id: str) -> dict | None: ...
-
-    # -- chunks: runs sent through a broker to worker nodes ----------------------
-
-    @abstractmethod
-    def plan_chunks(self, run_id: str, pass_no: int, states: Iterable[str], size: int) -> list[int]:
-        """Split the rows of ``run_id`` in ``states`` into chunks of ``size`` rows, in dispatch order
-        (priority first, then input order); their ids, in that order."""
-
-    @abstractmethod
-    def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0) -> ChunkClaim | None:
-        """A node takes a chunk: its claim (rows to send, and a new fencing token: the chunk's generation,
-        incremented), or None when it is not waiting to be sent (done, dead, retired) or is being sent
-        by a node heard from within ``busy_for`` seconds; such a refused delivery is counted. A chunk
-        already delivered ``max_deliveries`` times becomes ``dead`` instead (its rows wait for a rerun).
-        Times are the database's clock: nodes' clocks may differ."""
-
-    @abstractmethod
-    def renew_chunk(self, claim: ChunkClaim) -> bool:
-        """The node sending the chunk is alive; False when the claim is no longer its own (the chunk was
-        queued again or claimed under a newer token): the node must stop sending it at once."""
-
-    @abstractmethod
-    def finish_chunk(self, claim: ChunkClaim, attempts: list[tuple], complete: bool = True) -> bool:
-        """Record the chunk's attempts and mark it done (``complete``: nothing of it was left unsent), in one
-        transaction before the broker's ack. Under a stale token the attempts are kept as ``superseded``
-        only (the rows are not touched) and the chunk is left alone; returns whether the claim held."""
-
-    @abstractmethod
-    def ledger_id(self) -> str:
-        """This ledger's identity, made once: a node whose ledger has another id must not serve the run."""
-
-    @abstractmethod
-    def chunk_counts(self, run_id: str, pass_no: int) -> dict[str, int]:
-        """The pass's chunks per state."""
-
-    @abstractmethod
-    def silent_chunks(self, run_id: str, pass_no: int, silent_for: float) -> list[int]:
-        """Chunks being sent whose node has not renewed them for ``silent_for`` seconds; they are
-        queued again (to be delivered again) and their ids returned."""
-
-    @abstractmethod
-    def waiting_chunks(self, run_id: str, pass_no: int, queued_for: float) -> list[int]:
-        """Chunks of the pass queued for ``queued_for`` seconds (the database's clock) and not taken by any
-        node yet (their broker message may be lost); their queue time becomes now."""
-
-    @abstractmethod
-    def retire_chunks(self, run_id: str, silent_for: float) -> int:
-        """End the chunks earlier passes left (called by a new pass holding the run's lease): those no
-        node took become ``retired`` (never sent), as do those whose node has been silent for
-        ``silent_for`` seconds; returns how many a live node is still sending (wait for them)."""
-
-    @abstractmethod
-    def chunk_summary(self, run_id: str) -> dict[str, int] | None:
-        """A run's chunks over all passes (None if it never used worker nodes): ``chunks``, ``dead``,
-        ``resent`` (delivered again after a node went silent) and ``refused`` (duplicate deliveries)."""
-
-    # -- reading ---------------------------------------------------------------
-
-    @abstractmethod
-    def counts(self, run_id: str) -> dict[str, int]:
-        """Rows per state (every state of :data:`engine.states.STATES`, zeros included)."""
-
-    @abstractmethod
-    def count_in(self, run_id: str, states: Iterable[str]) -> int: ...
-
-    @abstractmethod
-    def top_error(self, run_id: str) -> tuple[str, int] | None:
-        """The most common last error of the rows that did not succeed, and how many rows have it."""
-
-    @abstractmethod
-    def attempt_count(self, run_id: str) -> int: ...
-
-    @abstractmethod
-    def elapsed(self, run_id: str) -> float:
-        """Seconds spent sending, summed over the run's passes."""
-
-    @abstractmethod
-    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
-        """Nearest-rank percentiles of the latency of each row's last answered attempt, in constant memory."""
-
-    @abstractmethod
-    def status_counts(self, run_id: str) -> dict[str, int]:
-        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
-
-    def iter_rows(self, run_id: str, rows: RowFilter | Iterable[str]) -> Iterator[dict]:
-        """Every row matching ``rows`` (a filter, or the states to take), in input order, as dicts of
-        :data:`FOUND_COLUMNS`: read in pages, so memory stays flat on a run of millions."""
-        if not isinstance(rows, RowFilter):
-            rows = RowFilter(states=tuple(rows))
-        after = 0
-        while page := self.find_rows(run_id, rows, after_rid=after, limit=EXPORT_PAGE):
-            yield from page
-            after = page[-1]["rid"]
-
-    # -- operators: triage, selective replay, pause ----------------------------------
-
-    @abstractmethod
-    def find_rows(self, run_id: str, rows: RowFilter, after_rid: int = 0, limit: int = 100) -> list[dict]:
-        """Up to ``limit`` rows matching ``rows`` with ``rid`` above ``after_rid``, in rid order (keyset
-        paging: stable while the run goes on), as dicts of :data:`FOUND_COLUMNS`."""
-
-    @abstractmethod
-    def count_rows(self, run_id: str, rows: RowFilter) -> dict[str, int]:
-        """How many rows match ``rows``, per state (states without a match are left out)."""
-
-    @abstractmethod
-    def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
-        """Mark the rows matching ``rows`` (and, if given, whose id is in ``row_ids``) ``selected``
-        for the next pass; a row that succeeded is never selected. Returns how many."""
-
-    @abstractmethod
-    def row_attempts(self, rid: int) -> list[dict]:
-        """Every attempt of one row, in order."""
-
-    @abstractmethod
-    def set_paused(self, run_id: str, paused: bool) -> None:
-        """Ask the run's pass to stop starting requests (in-flight ones finish), or to go on."""
-
-    @abstractmethod
-    def is_paused(self, run_id: str) -> bool: ...
-
-    @abstractmethod
-    def pause_began(self, run_id: str, reason: str) -> None:
-        """Record that the run's current pass paused (``reason``: "endpoint down", "operator")."""
-
-    @abstractmethod
-    def pause_ended(self, run_id: str, reason: str) -> None:
-        """Record that its pause for ``reason`` ended (a pass that ends ends its pauses too)."""
-
-    @abstractmethod
-    def passes(self, run_id: str) -> list[dict]:
-        """Every pass of the run: number, started, finished, and its pauses (reason, started, ended)."""
-
-    @abstractmethod
-    def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
-        """Attempts with an HTTP answer per latency bucket (ms): ``< edges[0]``, ..., ``>= edges[-1]``."""
-
-    @abstractmethod
-    def attempts_per_second(self, run_id: str, since: float, bucket: float) -> list[tuple[float, int]]:
-        """Attempts started per ``bucket`` seconds from ``since``: (bucket start, count), oldest first."""
-
-
-#: What :meth:`Store.find_rows` gives for each row.
-FOUND_COLUMNS = (
-    "rid",
-    *EXPORT_COLUMNS,
-    "payload",
-    "excerpt",
-)
 
 
 def ledger_unavailable(location: str, why: str) -> LedgerUnavailable:

@@ -1,0 +1,136 @@
+"""The statements of :class:`~engine.ledger.roles.LedgerReader`: counts, figures, rows found by a filter,
+passes and their pauses. Reads only; the indexes they use are named where a condition must match."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader
+from engine.ledger.schema import SENT, UNSETTLED
+from engine.ledger.selection import RowFilter
+from engine.ledger.sql_base import SQLBase
+from engine.states import PENDING, STATES
+from engine.wire import Attempt
+
+
+class SQLReader(SQLBase, LedgerReader):
+    """What reports and the dashboard read, in SQL."""
+
+    def list_runs(self) -> list[dict]:
+        runs = self._run("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
+        return [{"run_id": r, "created_at": c, "state": s, "total": t, **self.counts(r)} for r, c, s, t in runs]
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(
+            self._run(
+                f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {SENT} GROUP BY status",
+                (run_id,),
+            ).fetchall()
+        )
+        loaded = self._run("SELECT total FROM runs WHERE run_id = ? AND state <> 'loading'", (run_id,)).fetchone()
+        total = loaded[0] if loaded else self._value("SELECT count(*) FROM requests WHERE run_id = ?", (run_id,))
+        counts[PENDING] = total - sum(counts.values())
+        return counts
+
+    def count_in(self, run_id: str, states: Iterable[str]) -> int:
+        membership, state_params = self._in(states)
+        return self._value(
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status {membership}", (run_id, *state_params)
+        )
+
+    def top_error(self, run_id: str) -> tuple[str, int] | None:
+        found = self._run(
+            "SELECT coalesce(error, 'HTTP ' || http_status), count(*) FROM requests WHERE run_id = ?"
+            f" AND {UNSETTLED} AND (error IS NOT NULL OR http_status IS NOT NULL)"  # the failures' index
+            " GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return None if found is None else tuple(found)
+
+    def attempt_count(self, run_id: str) -> int:
+        return int(self._value("SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)))
+
+    def elapsed(self, run_id: str) -> float:
+        return self._value(
+            "SELECT coalesce(sum(coalesce(finished_at, started_at) - started_at), 0) FROM passes WHERE run_id = ?",
+            (run_id,),
+        )
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        return dict(
+            self._run(
+                "SELECT coalesce(CAST(a.http_status AS TEXT), 'curl:' || a.curl_error), count(*)"
+                " FROM requests r JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ?"
+                " GROUP BY 1 ORDER BY 1",
+                (run_id,),
+            ).fetchall()
+        )
+
+    def find_rows(self, run_id: str, rows: RowFilter, after_rid: int = 0, limit: int = 100) -> list[dict]:
+        where, params = rows.where(self.LIKE)
+        found = self._run(
+            f"SELECT rid, {', '.join(EXPORT_COLUMNS)}, payload,"
+            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1)"
+            f" FROM requests WHERE run_id = ? AND rid > ? AND {where} ORDER BY rid LIMIT ?",
+            (run_id, after_rid, *params, limit),
+        ).fetchall()
+        return [_found(dict(zip(FOUND_COLUMNS, row, strict=True))) for row in found]
+
+    def count_rows(self, run_id: str, rows: RowFilter) -> dict[str, int]:
+        where, params = rows.where(self.LIKE)
+        counted = self._run(
+            f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {where} GROUP BY status", (run_id, *params)
+        ).fetchall()
+        return {status: count for status, count in counted}
+
+    def row_attempts(self, rid: int) -> list[dict]:
+        cursor = self._run(f"SELECT {', '.join(Attempt._fields)} FROM attempts WHERE rid = ? ORDER BY attempt", (rid,))
+        return [dict(zip(Attempt._fields, row, strict=True)) for row in cursor.fetchall()]
+
+    def passes(self, run_id: str) -> list[dict]:
+        cursor = self._run(
+            "SELECT pass_no, started_at, finished_at FROM passes WHERE run_id = ? ORDER BY pass_no", (run_id,)
+        )
+        passes = [
+            {"pass_no": number, "started_at": started, "finished_at": finished, "pauses": []}
+            for number, started, finished in cursor.fetchall()
+        ]
+        by_number = {p["pass_no"]: p for p in passes}
+        cursor = self._run(
+            "SELECT pass_no, reason, started_at, ended_at FROM pauses WHERE run_id = ? ORDER BY started_at", (run_id,)
+        )
+        for pass_no, reason, started_at, ended_at in cursor.fetchall():
+            if pass_no in by_number:
+                by_number[pass_no]["pauses"].append({"reason": reason, "started_at": started_at, "ended_at": ended_at})
+        return passes
+
+    def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
+        buckets = [f"sum(CASE WHEN latency_ms < {edges[0]} THEN 1 ELSE 0 END)"]
+        buckets += [
+            f"sum(CASE WHEN latency_ms >= {low} AND latency_ms < {high} THEN 1 ELSE 0 END)"
+            for low, high in zip(edges, edges[1:], strict=False)
+        ]
+        buckets.append(f"sum(CASE WHEN latency_ms >= {edges[-1]} THEN 1 ELSE 0 END)")
+        row = self._run(
+            f"SELECT {', '.join(buckets)} FROM requests WHERE run_id = ? AND http_status IS NOT NULL", (run_id,)
+        ).fetchone()
+        return [int(n or 0) for n in row]
+
+    def attempts_per_second(self, run_id: str, since: float, bucket: float) -> list[tuple[float, int]]:
+        low, high = self._run("SELECT min(rid), max(rid) FROM requests WHERE run_id = ?", (run_id,)).fetchone()
+        if low is None:
+            return []
+        # a run's rows are loaded together: their rids are one range, and attempts are keyed by rid
+        cursor = self._run(
+            "SELECT CAST((started_at - ?) / ? AS INTEGER), count(*) FROM attempts"
+            " WHERE rid BETWEEN ? AND ? AND started_at >= ? GROUP BY 1 ORDER BY 1",
+            (since, bucket, low, high, since),
+        )
+        return [(since + index * bucket, count) for index, count in cursor.fetchall()]
+
+
+def _found(row: dict) -> dict:
+    if row["latency_ms"] is not None:
+        row["latency_ms"] = round(row["latency_ms"], 3)
+    return row
