@@ -1,6 +1,6 @@
 """The seam between a pass and whatever sends its rows: the :class:`Backend` interface.
 
-A pass (:class:`engine.run.passes.Pass`) decides *what* is sent and records what came
+A pass (:class:`engine.run.passes.LocalPass`) decides *what* is sent and records what came
 back; a backend owns *who* sends it: numbered workers that ask for rows, report
 finished attempts, and may die or stall. The local process pool
 (:class:`engine.local.pool.LocalBackend`) is the first implementation; the tests drive
@@ -20,6 +20,12 @@ class Backend(ABC):
     """Workers ``0 .. size-1`` that send rows and report every attempt."""
 
     size: int
+
+    @property
+    @abstractmethod
+    def window(self) -> int:
+        """Rows its workers can have in flight at once: a pass hands out no reserve once the rows
+        left fit in it."""
 
     @abstractmethod
     def events(self, timeout: float) -> tuple[list[Report], list[int]]:

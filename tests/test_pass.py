@@ -1,4 +1,4 @@
-"""The pass's scheduling, driven through the Backend interface by an in-process fake.
+"""The local pass's scheduling, driven through the Backend interface by an in-process fake.
 
 No processes and no network: the fake's workers answer every row they are handed at the
 next ``events`` call, and a test can make one die holding rows. What is checked is the
@@ -17,17 +17,19 @@ from engine.config import RunSettings
 from engine.errors import EngineError
 from engine.ledger import open_store
 from engine.ledger.lease import HOLD_MARGIN, Holder
-from engine.run.passes import MAX_DEATHS_PER_WORKER, Pass
+from engine.run.passes import MAX_DEATHS_PER_WORKER, LocalPass
+from engine.run.supervisor import PassSupervisor
 from engine.states import PENDING, SUCCEEDED, UNKNOWN
 from engine.wire import Attempt, Dispatch, Report, attempt_record
 
 
 class FakeBackend(Backend):
-    """``size`` workers that each ask for ``want`` rows (``free`` of them free slots) and answer
-    every row at the next ``events`` call with ``outcome``."""
+    """``size`` workers of ``slots`` slots each that ask for ``want`` rows (``free`` of them free
+    slots) and answer every row at the next ``events`` call with ``outcome``."""
 
-    def __init__(self, size: int, want: int, free: int | None = None, outcome: str = SUCCEEDED):
+    def __init__(self, size: int, want: int, free: int | None = None, outcome: str = SUCCEEDED, slots: int = 10):
         self.size, self.want, self.free, self.outcome = size, want, want if free is None else free, outcome
+        self.slots = slots
         self.held: dict[int, list[Dispatch]] = {worker: [] for worker in range(size)}
         self.asking = set(range(size))
         self.handed: list[tuple[int, list[Dispatch]]] = []  # every send_rows call, in order
@@ -36,6 +38,10 @@ class FakeBackend(Backend):
         self.replaced: list[int] = []
         self.outage_at: float | None = None
         self.stopped = self.closed = self.drained = False
+
+    @property
+    def window(self) -> int:
+        return self.size * self.slots
 
     def events(self, timeout: float) -> tuple[list[Report], list[int]]:
         reports, died = [], []
@@ -102,31 +108,37 @@ def ledger(tmp_path):
         yield store
 
 
-def new_pass(ledger, backend: FakeBackend, rows: int, **settings) -> Pass:
+def new_pass(ledger, backend: FakeBackend, rows: int, **settings) -> LocalPass:
     settings = RunSettings(url="http://127.0.0.1:9/c/{id}", workers=backend.size, **settings)
     ledger.create_run("r", input="in.csv", url=settings.url, method="POST", options={}, not_before=None)
     ledger.insert_requests("r", [(n + 2, f"c{n}", 0.0, "{}", f"k{n}") for n in range(rows)])
     holder = Holder.this_process()
     ledger.acquire_lease("r", holder, settings.timeout)
-    return Pass(ledger, "r", settings, (PENDING,), backend, total=rows, holder=holder)
+    supervisor = PassSupervisor(ledger, "r", settings, holder=holder)
+    return LocalPass(supervisor, (PENDING,), backend, total=rows)
+
+
+def run(sender: LocalPass):
+    """The pass, supervised to its end."""
+    return sender.supervisor.run(sender)
 
 
 def test_every_row_is_sent_once_and_recorded(ledger):
     backend = FakeBackend(size=2, want=30)
     sender = new_pass(ledger, backend, rows=250, concurrency=10)
-    tally = sender.run()
+    tally = run(sender)
     sent = [row.row_id for _, rows in backend.handed for row in rows]
     assert sorted(sent) == sorted(f"c{n}" for n in range(250)) and len(set(sent)) == 250
     assert (tally.attempts, tally.succeeded) == (250, 250)
     assert ledger.counts("r")[SUCCEEDED] == 250
-    assert sender.clean and backend.stopped and not backend.closed  # the backend's owner closes it
+    assert sender.supervisor.clean and backend.stopped and not backend.closed  # the backend's owner closes it
 
 
 def test_near_the_end_a_worker_gets_only_its_free_slots_not_a_reserve(ledger):
     # 2 workers x 10 slots: once the rows left fit in that window, a worker asking for 30
     # (10 slots + a reserve of 20) gets only its 10 free slots, so no row queues behind it
     backend = FakeBackend(size=2, want=30, free=10)
-    new_pass(ledger, backend, rows=100, concurrency=10).run()
+    run(new_pass(ledger, backend, rows=100, concurrency=10))
     sizes = [len(rows) for _, rows in backend.handed]
     assert sizes[:2] == [30, 30]  # 100 rows left > window of 20: the reserve is granted
     assert all(size <= 10 for size in sizes[3:]), sizes
@@ -150,7 +162,7 @@ def test_a_dead_workers_rows_go_out_again_no_sooner_than_a_timeout_later(ledger)
     died_at = time.time()
     sender._handle_events(0)  # worker 0 dies holding its rows; worker 1 answers and asks again
     assert backend.replaced == [0]
-    sender.run()
+    run(sender)
     resent = [row for _, rows in backend.handed[2:] for row in rows if row.rid in lost]
     assert {row.rid for row in resent} == lost and len(resent) == len(lost) == 10
     assert all(row.not_before >= died_at + 7.0 + HOLD_MARGIN - 0.5 for row in resent)
@@ -163,7 +175,7 @@ def test_without_idempotency_keys_a_dead_workers_rows_become_unknown(ledger):
     sender._handle_events(0)
     lost = {row.rid for row in backend.held[0]}
     backend.dying.add(0)
-    sender.run()
+    run(sender)
     assert ledger.counts("r")[UNKNOWN] == len(lost) == 10
     assert ledger.counts("r")[SUCCEEDED] == 30
     errors = {row["error"] for row in ledger.iter_rows("r", (UNKNOWN,))}
@@ -183,10 +195,10 @@ def test_too_many_deaths_stop_the_pass_with_the_rerun_command_and_keep_what_was_
 
     backend.events = every_third_call_it_dies
     with pytest.raises(EngineError, match=f"rerun r --db {ledger.location}"):
-        sender.run()
+        run(sender)
     assert sender.deaths == MAX_DEATHS_PER_WORKER + 1
     recorded = sum(count for state, count in ledger.counts("r").items() if state != PENDING)
-    assert recorded == sender.tally.attempts > 0
+    assert recorded == sender.tally().attempts > 0
 
 
 def test_an_outage_longer_than_max_pause_ends_the_pass(ledger):
@@ -196,9 +208,9 @@ def test_an_outage_longer_than_max_pause_ends_the_pass(ledger):
     backend.want = 0  # paused workers ask for nothing
     backend.asking.clear()
     started = time.monotonic()
-    sender.run()
-    assert "stayed down" in sender.gave_up and time.monotonic() - started < 5
-    assert not sender.interrupted
+    run(sender)
+    assert "stayed down" in sender.supervisor.gave_up and time.monotonic() - started < 5
+    assert not sender.supervisor.interrupted
 
 
 def test_attempts_travel_as_plain_tuples_in_attempt_order():

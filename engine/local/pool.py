@@ -86,6 +86,10 @@ class LocalBackend(Backend):
             settings.workers, WorkerConfig.for_run(settings, spec), rate=settings.rate, breaker=settings.breaker()
         )
 
+    @property
+    def window(self) -> int:
+        return self.size * self.config.concurrency
+
     def _start(self, index: int) -> _Slot:
         return _Slot(index, self.config, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
 

@@ -1,7 +1,8 @@
 """A pass sent through a broker: chunk ids go to Celery, worker nodes send and record, the coordinator watches.
 
-The coordinator plans the pass's chunks in the ledger, enqueues their ids (never payloads
-or secrets), and then only reads the ledger: progress, chunks done, chunks dead-lettered.
+The coordinator (a :class:`~engine.run.supervisor.PassSupervisor` around a :class:`BrokerPass`)
+plans the pass's chunks in the ledger, enqueues their ids (never payloads or secrets), and then
+only reads the ledger: progress, chunks done, chunks dead-lettered.
 A chunk whose node went silent is queued again, but no sooner than an attempt its node
 sent just before going silent would have timed out (its heartbeat + the node's stall
 limit + ``--timeout`` + 1 s), so a request is never resent while it may be in progress.
@@ -9,23 +10,19 @@ limit + ``--timeout`` + 1 s), so a request is never resent while it may be in pr
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from engine import __version__
 from engine.cluster.app import SEND_CHUNK, make_app, redis_client
 from engine.cluster.link import RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.cluster.roster import Roster
-from engine.config import RunSettings
 from engine.errors import LedgerError
-from engine.ledger import Store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
+from engine.ledger.lease import HEARTBEAT_INTERVAL, chunk_silent_for
 from engine.ledger.store import ledger_unavailable
-from engine.output.events import EventLog
-from engine.output.progress import Progress
-from engine.run.passes import DRAIN_GRACE, PassTally
-from engine.run.pause import OperatorPause, PauseClock, PausePeriods
-from engine.run.signals import StopRequest
+from engine.run.supervisor import PassSupervisor, PassTally
 from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
 
 #: How often the coordinator reads the ledger (s).
@@ -39,135 +36,136 @@ QUEUE_KEY, UNACKED_KEY = "celery", "unacked"
 
 
 class BrokerPass:
-    """One pass of a run over worker nodes; same ending fields as a local :class:`~engine.run.passes.Pass`."""
+    """One pass of a run over worker nodes: chunks planned and enqueued, then watched in the ledger."""
 
-    def __init__(
-        self,
-        ledger: Store,
-        run_id: str,
-        pass_no: int,
-        settings: RunSettings,
-        states: tuple[str, ...],
-        broker: str,
-        *,
-        progress: Progress,
-        events: EventLog,
-        stop: StopRequest,
-        holder: Holder,
-        hold: Hold | None = None,
-    ):
-        self.ledger, self.run_id, self.pass_no, self.settings = ledger, run_id, pass_no, settings
-        self.states = states
+    def __init__(self, supervisor: PassSupervisor, pass_no: int, states: tuple[str, ...], broker: str):
+        self.supervisor, self.pass_no, self.states = supervisor, pass_no, states
+        self.ledger, self.run_id, self.settings = supervisor.ledger, supervisor.run_id, supervisor.settings
         self.app = make_app(broker)
-        self.link = RedisLink(redis_client(broker), settings.max_pause)
-        self.signals = PassSignals(self.link, run_id, pass_no)
-        self.breaker = SharedBreaker(self.link, run_id, pass_no, settings.breaker())
+        self.link = RedisLink(redis_client(broker), self.settings.max_pause)
+        self.signals = PassSignals(self.link, self.run_id, pass_no)
+        self.breaker = SharedBreaker(self.link, self.run_id, pass_no, self.settings.breaker())
         self.told_nodes = False
-        self.stop_at: float | None = None  # the nodes were told to stop; wait for them until then
-        periods = PausePeriods(ledger, run_id)
-        self.pause = PauseClock(settings.max_pause, periods)
-        self.operator = OperatorPause(ledger, run_id, periods)
-        self.progress, self.events, self.stop, self.holder = progress, events, stop, holder
+        self.before: dict[str, int] = {}  # the run's counts when the pass began
         self.attempts_before = 0
-        self.hold = hold
-        self.interrupted = False
-        self.gave_up: str | None = None
-        self.clean = False
-        self.dead_chunks = 0
-        self.silent_for = 0.0
-        self.beat = 0.0
+        self.counts: dict[str, int] = {}  # the pass's chunks by state, at the last look
+        self.silent_for = chunk_silent_for(self.settings.stall_timeout, self.settings.timeout)
         self.ledger_down_since: float | None = None
         self.roster = Roster(self.link.client)
-        self.ledger_identity = ledger.ledger_id()
+        self.ledger_identity = self.ledger.ledger_id()
         self.refused: dict[str, str] = {}  # node name → why it refuses this pass's chunks
 
-    def run(self) -> PassTally:
-        before = self.ledger.counts(self.run_id)
+    # -- the Distribution protocol ------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Wait out an earlier pass's requests, then plan this pass's chunks and enqueue them."""
+        self.before = self.ledger.counts(self.run_id)
         self.attempts_before = self.ledger.attempt_count(self.run_id)
         if not self._wait_out_hold():
-            self.interrupted = True
-            return self._tally(before)
+            return False
         for chunk_id in self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks):
             self._enqueue(chunk_id)
-        self.silent_for = chunk_silent_for(self.settings.stall_timeout, self.settings.timeout)
-        while True:
-            try:
-                counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
-                if self._watch(counts, before):
-                    break
-                self.ledger_down_since = None
-            except Exception as err:
-                if not self.ledger.connection_lost(err):
-                    raise
-                if not self._ledger_back():
-                    raise ledger_unavailable(
-                        self.ledger.location, f"could not be reached for {self.settings.max_pause:.0f} s (--max-pause)"
-                    ) from None
-            time.sleep(WATCH_INTERVAL)
-        self.dead_chunks = counts[CHUNK_DEAD]
-        if self.dead_chunks and not self.gave_up:
-            self.gave_up = (
-                f"{self.dead_chunks} chunks were delivered too many times and set aside (dead-lettered);"
+        return True
+
+    def step(self) -> None:
+        time.sleep(WATCH_INTERVAL)
+        self.counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
+        self.supervisor.progress.update(self.tally())
+
+    def finished(self) -> bool:
+        return self.counts[CHUNK_QUEUED] + self.counts[CHUNK_RUNNING] == 0  # nothing of it in flight anywhere
+
+    def outage_since(self) -> float | None:
+        return self.breaker.outage_since()
+
+    def watch(self) -> None:
+        """The broker, refusing nodes, and chunks that went silent or whose message was lost."""
+        self._watch_broker()
+        self._watch_refusals()
+        if not self.supervisor.stopping:
+            for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, self.silent_for):
+                self.supervisor.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
+                self._enqueue(chunk_id)
+            self._enqueue_lost(self.counts[CHUNK_QUEUED])
+
+    def hold_back(self, paused: bool) -> None:
+        """An operator's pause reaches every node through the pass's breaker in Redis."""
+        if paused != self.breaker.held():
+            self.breaker.hold(paused)
+
+    def drain(self) -> None:
+        """Every node stops starting requests and records what is in flight."""
+        self.told_nodes = self.signals.request_stop()
+
+    def drained(self) -> bool:
+        return False  # the nodes say nothing when they are done: the chunks' states do
+
+    @contextlib.contextmanager
+    def outlast(self) -> Iterator[None]:
+        """The ledger's server went away (restarted): the nodes keep their results until it is back;
+        the pass waits for it up to ``--max-pause``, then fails with the ledger's error."""
+        try:
+            yield
+        except Exception as err:
+            if not self.ledger.connection_lost(err):
+                raise
+            if not self._ledger_back():
+                raise ledger_unavailable(
+                    self.ledger.location, f"could not be reached for {self.settings.max_pause:.0f} s (--max-pause)"
+                ) from None
+        else:
+            self.ledger_down_since = None
+
+    def end(self, complete: bool) -> bool:
+        """Chunks delivered too many times were set aside: the pass says so."""
+        dead = self.counts.get(CHUNK_DEAD, 0)
+        if dead and self.supervisor.gave_up is None:
+            self.supervisor.give_up(
+                f"{dead} chunks were delivered too many times and set aside (dead-lettered);"
                 " their rows wait for a rerun"
             )
-            self.events.emit("chunks_dead", run_id=self.run_id, chunks=self.dead_chunks)
-        return self._tally(before)
+            self.supervisor.events.emit("chunks_dead", run_id=self.run_id, chunks=dead)
+        return complete
 
-    def _watch(self, counts: dict[str, int], before: dict[str, int]) -> bool:
-        """One look at the pass: progress, stop, outage, broker, silent and lost chunks; True when it is over."""
-        self.progress.update(self._tally(before))
-        if counts[CHUNK_QUEUED] + counts[CHUNK_RUNNING] == 0:
-            self.clean = True  # nothing of this pass is in flight anywhere
-            return True
-        if self._stopping_done():
-            return True
-        self._watch_outage()
-        self._watch_broker()
-        self._watch_operator()
-        self._watch_refusals(counts)
-        if self.stop_at is None:
-            for chunk_id in self.ledger.silent_chunks(self.run_id, self.pass_no, self.silent_for):
-                self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id)
-                self._enqueue(chunk_id)
-            self._enqueue_lost(counts[CHUNK_QUEUED])
-        if time.monotonic() - self.beat >= HEARTBEAT_INTERVAL:
-            self.ledger.renew_lease(self.run_id, self.holder)
-            self.beat = time.monotonic()
-        return False
+    def tally(self) -> PassTally:
+        """This pass's figures, from the ledger: what the nodes recorded since it began."""
+        now = self.ledger.counts(self.run_id)
+        succeeded = now[SUCCEEDED] - self.before[SUCCEEDED]
+        finished = sum(now[state] - self.before[state] for state in now if state not in self.states)
+        return PassTally(
+            attempts=self.ledger.attempt_count(self.run_id) - self.attempts_before,
+            succeeded=succeeded,
+            not_succeeded=max(0, finished - succeeded),
+        )
 
-    def _watch_refusals(self, counts: dict[str, int]) -> None:
+    # -- distribution -------------------------------------------------------------------------
+
+    def _watch_refusals(self) -> None:
         """Name each node that refuses this pass's chunks, and why, as soon as it does; when every live
         node refuses, nobody will send them: the pass ends, with their reasons."""
         refusals: dict[str, str] = self.link.call(lambda: self.roster.refusals(self.run_id, self.pass_no), {})
         for node, why in refusals.items():
             if node not in self.refused:
                 self.refused[node] = why
-                self.progress.alert(f"node {node} refuses this run's chunks: {why}")
-                self.events.emit("node_refused", run_id=self.run_id, node=node, reason=why)
-        if not refusals or self.stop_at is not None:
+                self.supervisor.progress.alert(f"node {node} refuses this run's chunks: {why}")
+                self.supervisor.events.emit("node_refused", run_id=self.run_id, node=node, reason=why)
+        if not refusals or self.supervisor.stopping:
             return
         live: dict[str, dict] = self.link.call(self.roster.live, {})
         if live and set(live) <= set(refusals):
             reasons = "; ".join(f"node {node}: {refusals[node]}" for node in sorted(live))
-            self.gave_up = f"no live node can send this run's chunks ({reasons})"
-            self.events.emit("no_node_can_send", run_id=self.run_id, nodes=sorted(live))
-            self._stop_nodes()
-            if not counts[CHUNK_RUNNING]:  # nothing in flight anywhere: nothing to wait for
-                self.stop_at = time.monotonic()
-
-    def _watch_operator(self) -> None:
-        """An operator's pause reaches every node through the pass's breaker in Redis."""
-        if self.operator.check(self._say) != self.breaker.held():
-            self.breaker.hold(self.operator.paused)
+            self.supervisor.give_up(f"no live node can send this run's chunks ({reasons})")
+            self.supervisor.events.emit("no_node_can_send", run_id=self.run_id, nodes=sorted(live))
+            if not self.counts[CHUNK_RUNNING]:  # nothing in flight anywhere: nothing to wait for
+                self.supervisor.stop_now()
 
     def _ledger_back(self) -> bool:
-        """The ledger's server went away (restarted): the nodes keep their results until it is back;
-        wait for it up to ``--max-pause``. False: give up (the caller raises the ledger's error)."""
+        """Wait for the ledger's server while ``--max-pause`` allows; False: give up."""
         if self.ledger_down_since is None:
             self.ledger_down_since = time.monotonic()
-            self.events.emit("ledger_unreachable", run_id=self.run_id)
-        self.progress.note("the ledger cannot be reached; waiting")
-        if self.stop.count >= 2 or time.monotonic() - self.ledger_down_since > self.settings.max_pause:
+            self.supervisor.events.emit("ledger_unreachable", run_id=self.run_id)
+        self.supervisor.progress.note("the ledger cannot be reached; waiting")
+        if self.supervisor.stop.count >= 2 or time.monotonic() - self.ledger_down_since > self.settings.max_pause:
             return False
         try:
             self.ledger.reconnect()
@@ -175,35 +173,21 @@ class BrokerPass:
             pass
         return True
 
-    def _stopping_done(self) -> bool:
-        """Ctrl-C: every node stops starting requests and records what is in flight; a second one leaves now."""
-        if self.stop.count and self.stop_at is None:
-            self.interrupted = True
-            self._stop_nodes()
-        if self.stop.count >= 2:
-            return True
-        return self.stop_at is not None and time.monotonic() > self.stop_at
-
-    def _stop_nodes(self) -> None:
-        self.told_nodes = self.signals.request_stop()
-        self.stop_at = time.monotonic() + self.settings.timeout + DRAIN_GRACE
-
     def _watch_broker(self) -> None:
         """Say when the broker cannot be reached; past ``--max-pause`` the pass ends (the nodes stop
         on their own after as long); a stop the nodes could not be told yet is told again."""
-        if self.stop_at is not None and not self.told_nodes:
+        if self.supervisor.stopping and not self.told_nodes:
             self.told_nodes = self.signals.request_stop()
         if self.link.down_since is not None:
             self.link.call(self.link.client.ping, False)
         if self.link.down_since is not None:
-            self.progress.note(f"the broker {self.link.describe()} cannot be reached; waiting")
-        if self.link.gave_up() and self.stop_at is None:
-            self.gave_up = (
+            self.supervisor.progress.note(f"the broker {self.link.describe()} cannot be reached; waiting")
+        if self.link.gave_up() and not self.supervisor.stopping:
+            self.supervisor.give_up(
                 f"the broker {self.link.describe()} could not be reached for {self.settings.max_pause:.0f} s"
                 " (--max-pause); its chunks wait for a rerun"
             )
-            self.events.emit("broker_unreachable", run_id=self.run_id)
-            self._stop_nodes()
+            self.supervisor.events.emit("broker_unreachable", run_id=self.run_id)
 
     def _enqueue_lost(self, queued: int) -> None:
         """Chunks whose broker message was lost (Redis restarted without it) are enqueued again."""
@@ -214,28 +198,18 @@ class BrokerPass:
         if held is None or held >= queued:
             return
         for chunk_id in self.ledger.waiting_chunks(self.run_id, self.pass_no, LOST_AFTER):
-            self.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id, why="broker lost it")
+            self.supervisor.events.emit("chunk_requeued", run_id=self.run_id, chunk=chunk_id, why="broker lost it")
             self._enqueue(chunk_id)
-
-    def _watch_outage(self) -> None:
-        """Say when the nodes pause because the endpoint is down, and when they resume; bound the pause."""
-        reason = self.pause.observe(self.breaker.outage_since(), self._say)
-        if reason and self.stop_at is None:
-            self.gave_up = reason
-            self._stop_nodes()
-
-    def _say(self, note: str, event: str, **fields) -> None:
-        self.progress.note(note)
-        self.events.emit(event, run_id=self.run_id, **fields)
 
     def _wait_out_hold(self) -> bool:
         """An earlier pass died with requests that may be in progress: send nothing before they time out."""
-        while self.hold is not None and time.time() < self.hold.until:
-            if self.stop.count:
+        supervisor, hold = self.supervisor, self.supervisor.hold
+        while hold is not None and time.time() < hold.until:
+            if supervisor.stop.count:
                 return False
-            self.progress.note("waiting for the requests of a pass that died to time out")
-            self.ledger.renew_lease(self.run_id, self.holder)
-            time.sleep(min(HEARTBEAT_INTERVAL, max(0.0, self.hold.until - time.time())))
+            supervisor.progress.note("waiting for the requests of a pass that died to time out")
+            supervisor.renew()
+            time.sleep(min(HEARTBEAT_INTERVAL, max(0.0, hold.until - time.time())))
         return True
 
     def _enqueue(self, chunk_id: int) -> None:
@@ -251,15 +225,4 @@ class BrokerPass:
                 retry_policy={"max_retries": 1},
             ),
             None,
-        )
-
-    def _tally(self, before: dict[str, int]) -> PassTally:
-        """This pass's figures, from the ledger: what the nodes recorded since it began."""
-        now = self.ledger.counts(self.run_id)
-        succeeded = now[SUCCEEDED] - before[SUCCEEDED]
-        finished = sum(now[state] - before[state] for state in now if state not in self.states)
-        return PassTally(
-            attempts=self.ledger.attempt_count(self.run_id) - self.attempts_before,
-            succeeded=succeeded,
-            not_succeeded=max(0, finished - succeeded),
         )

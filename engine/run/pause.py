@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from engine.errors import LedgerError
 from engine.ledger import Store
 
 #: ``say(note, event, **fields)``: a progress note and an event-log line.
 Say = Callable[..., None]
+
+
+class Clock(Protocol):
+    """The two clocks a pass reads (the :mod:`time` module, or a test's fake)."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
 
 
 #: Why a pass paused, as its pause periods in the ledger say.
@@ -38,15 +47,15 @@ class PauseClock:
     """Says when the senders pause because the endpoint is down and when they resume, and bounds the
     pause of a pass to ``max_pause`` seconds in all."""
 
-    def __init__(self, max_pause: float, periods: PausePeriods):
-        self.max_pause, self.periods = max_pause, periods
+    def __init__(self, max_pause: float, periods: PausePeriods, clock: Clock = time):
+        self.max_pause, self.periods, self.clock = max_pause, periods, clock
         self.paused_since: float | None = None  # monotonic
         self.paused_total = 0.0
         self.gave_up: str | None = None
 
     def observe(self, down_since: float | None, say: Say) -> str | None:
         """Look at the outage state (wall time it began, or None); the reason to give up, once it is time."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if down_since is not None and self.paused_since is None:
             self.paused_since = now
             since = time.strftime("%H:%M:%S", time.localtime(down_since))
@@ -72,15 +81,15 @@ class OperatorPause:
 
     LOOK_EVERY = 0.5
 
-    def __init__(self, ledger: Store, run_id: str, periods: PausePeriods):
-        self.ledger, self.run_id, self.periods = ledger, run_id, periods
+    def __init__(self, ledger: Store, run_id: str, periods: PausePeriods, clock: Clock = time):
+        self.ledger, self.run_id, self.periods, self.clock = ledger, run_id, periods, clock
         self.paused = False
         self.looked_at = float("-inf")
 
     def check(self, say: Say) -> bool:
         """Whether the run is paused now; ``say(note, event)`` when that changes."""
-        if time.monotonic() - self.looked_at >= self.LOOK_EVERY:
-            self.looked_at = time.monotonic()
+        if self.clock.monotonic() - self.looked_at >= self.LOOK_EVERY:
+            self.looked_at = self.clock.monotonic()
             paused = self.ledger.is_paused(self.run_id)
             if paused != self.paused:
                 self.paused = paused

@@ -1,7 +1,7 @@
 """The library entry points behind the CLI: ``bill`` a new run, ``rerun`` an existing one.
 
-Each opens the ledger, sends one pass, and returns a :class:`RunResult`; the CLI
-only parses options and prints.
+Each opens the ledger, sends one pass (:func:`engine.run.pass_plan.send_pass`), and returns a
+:class:`RunResult`; the CLI only parses options and prints.
 
 A ``bill`` first claims its run id (:meth:`Store.claim_run`: insert or fail, naming the
 live process that holds it); nothing but that claimer, and only while nothing of the
@@ -25,58 +25,30 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from engine.backend import Backend
 from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, RunExists, Store, open_store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
+from engine.ledger.lease import HEARTBEAT_INTERVAL, Holder
 from engine.ledger.selection import Selection, opted_in
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.output.report import summarize
 from engine.request.inputs import detect_format, read_rows
-from engine.request.spec import RequestSpec
 from engine.request.template import CompiledRequest
 from engine.run.loading import load_rows
-from engine.run.passes import Pass, PassTally, rerun_command
-from engine.run.signals import StopRequest, sigterm_interrupts
-from engine.states import IN_FLIGHT, PENDING, REJECTED, RESEND_STATES, RETRYING, SELECTED, UNKNOWN
+from engine.run.pass_plan import PassPlan, send_pass, start_backend
+from engine.run.result import EXIT_INTERRUPTED, RunResult
+from engine.run.signals import sigterm_interrupts
+from engine.run.supervisor import rerun_command
+from engine.states import PENDING, REJECTED, RESEND_STATES, SELECTED, UNKNOWN
 
-#: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_INTERRUPTED", "RunResult", "bill", "new_run_id", "rerun", "resend_states"]
+
 #: Characters of the request fingerprint in a default idempotency key.
 KEY_PREFIX_CHARS = 16
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """How a pass ended: the run's summary, whether it was interrupted, and anything to tell."""
-
-    run_id: str
-    db: str
-    summary: dict
-    interrupted: bool = False
-    #: Why the pass stopped before every row was final (e.g. the endpoint stayed down).
-    gave_up: str | None = None
-    #: This command had been run before: the summary is of that earlier run; nothing was sent.
-    already_billed: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return self.summary["succeeded"] == self.summary["total"]
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return 0 if self.complete else 1
-
-    @property
-    def rerun_command(self) -> str:
-        return rerun_command(self.run_id, self.db)
 
 
 def new_run_id() -> str:
@@ -148,7 +120,7 @@ def bill(
             return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
         plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, broker)
-        return _send_pass(plan, backend, holder)
+        return send_pass(plan, backend, holder)
 
 
 def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
@@ -159,17 +131,6 @@ def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
         raise UsageError("--broker needs a ledger every node can reach: --db postgresql://user@host/dbname")
     if not settings.idempotency:
         raise UsageError("--broker needs idempotency keys: a chunk whose node dies is delivered again")
-
-
-def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
-    """The workers that will send a run's rows (today: a local process pool).
-
-    Imported here, when a pass is about to send: ``status``, ``report`` and ``--help``
-    never load libcurl.
-    """
-    from engine.local.pool import LocalBackend
-
-    return LocalBackend.for_run(settings, spec)
 
 
 def _claim_run(ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before) -> None:
@@ -257,7 +218,7 @@ def rerun(
         events.emit("rerun_start", run_id=run_id, states=list(states))
         spec = settings.request_spec()
         plan = PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker, selection)
-        return _send_pass(plan)
+        return send_pass(plan)
 
 
 def resend_states(include_rejected: bool = False, include_unknown: bool = False) -> tuple[str, ...]:
@@ -273,183 +234,3 @@ def _opt_in(selection: Selection, include_rejected: bool, include_unknown: bool)
         include_unknown=selection.rows.include_unknown or include_unknown,
     )
     return replace(selection, rows=rows.sendable())
-
-
-@dataclass(frozen=True)
-class PassPlan:
-    """What one pass of a run needs, from the ledger it records in to whether it may print."""
-
-    ledger: Store
-    run_id: str
-    settings: RunSettings
-    spec: RequestSpec
-    states: tuple[str, ...]
-    not_before: float | None
-    events: EventLog
-    quiet: bool
-    #: The Celery broker worker nodes take chunks from; None: the local process pool sends.
-    broker: str | None = None
-    #: The rows an operator chose to send (marked ``selected`` once the pass holds the run).
-    selection: Selection | None = None
-
-
-def _send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | None = None) -> RunResult:
-    """Take the run's lease, send one pass, give the lease back. ``backend``, if given, was started
-    while the input loaded; its owner ends it. ``holder``: the claim of the ``bill`` that loaded the run."""
-    ledger, run_id = plan.ledger, plan.run_id
-    holder = holder or Holder.this_process()
-    hold = ledger.acquire_lease(run_id, holder, plan.settings.timeout)
-    clean = False
-    try:
-        _settle_in_flight(ledger, run_id, plan.settings, hold, plan.events)
-        if plan.selection is not None:
-            chosen = ledger.select_rows(run_id, plan.selection.rows, plan.selection.row_ids)
-            plan.events.emit("selected", run_id=run_id, rows=chosen, filter=plan.selection.rows.describe())
-        sender, interrupted = _run_pass(plan, backend, holder, hold)
-        clean = sender.clean if sender is not None else hold is None or hold.until <= time.time()
-    finally:
-        ledger.release_lease(run_id, holder, clean)
-    summary = summarize(ledger, run_id)
-    plan.events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
-    return RunResult(run_id, ledger.location, summary, interrupted, gave_up=sender.gave_up if sender else None)
-
-
-def _run_pass(plan: PassPlan, backend: Backend | None, holder: Holder, hold: Hold | None) -> tuple[Pass | None, bool]:
-    ledger, run_id, events = plan.ledger, plan.run_id, plan.events
-    with StopRequest() as stop:
-        if not _wait_for_earlier_chunks(plan, stop, lambda: ledger.renew_lease(run_id, holder)):
-            return None, True
-        to_send = ledger.count_in(run_id, plan.states)
-        if to_send and plan.not_before:
-            if not _wait_until(plan.not_before, stop, plan.quiet, lambda: ledger.renew_lease(run_id, holder)):
-                return None, True
-        if not to_send:
-            return None, False
-        ledger.check_space(to_send)
-        pass_no = ledger.start_pass(run_id)
-        events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
-        with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
-            if plan.broker is not None:
-                sender = _broker_pass(plan, pass_no, progress, stop, holder, hold)
-                try:
-                    return sender, _finish_pass(plan, pass_no, sender, sender.run())
-                finally:
-                    ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
-            if backend is None:
-                backend = backend_scope.enter_context(start_backend(plan.settings, plan.spec))
-            sender = Pass(
-                ledger,
-                run_id,
-                plan.settings,
-                plan.states,
-                backend,
-                progress=progress,
-                events=events,
-                stop=stop,
-                total=to_send,
-                holder=holder,
-                hold=hold,
-            )
-            try:
-                tally = sender.run()
-            finally:
-                ledger.end_pass(run_id, pass_no, "interrupted" if sender.interrupted else "finished")
-        return sender, _finish_pass(plan, pass_no, sender, tally)
-
-
-def _finish_pass(plan: PassPlan, pass_no: int, sender, tally: PassTally) -> bool:
-    plan.events.emit(
-        "pass_end",
-        run_id=plan.run_id,
-        pass_no=pass_no,
-        attempts=tally.attempts,
-        succeeded=tally.succeeded,
-        not_succeeded=tally.not_succeeded,
-        interrupted=sender.interrupted,
-        gave_up=sender.gave_up,
-    )
-    return sender.interrupted
-
-
-def _broker_pass(
-    plan: PassPlan, pass_no: int, progress: Progress, stop: StopRequest, holder: Holder, hold: Hold | None
-):
-    """The pass for worker nodes; celery is imported only for it."""
-    from engine.run.broker_pass import BrokerPass
-
-    assert plan.broker is not None
-    return BrokerPass(
-        plan.ledger,
-        plan.run_id,
-        pass_no,
-        plan.settings,
-        plan.states,
-        plan.broker,
-        progress=progress,
-        events=plan.events,
-        stop=stop,
-        holder=holder,
-        hold=hold,
-    )
-
-
-def _settle_in_flight(ledger: Store, run_id: str, settings: RunSettings, hold: Hold | None, events: EventLog) -> None:
-    """Rows of a run without keys that an earlier pass handed out and never saw answered.
-
-    After a clean end they were never sent (a drained worker's queue) and are pending again.
-    After a crash nobody knows: they, and rows whose retry was scheduled, become ``unknown``.
-    """
-    if settings.idempotency:
-        return
-    if hold is None:
-        ledger.mark_state(run_id, (IN_FLIGHT,), PENDING)
-        return
-    count = ledger.mark_unknown(
-        run_id, (IN_FLIGHT, RETRYING), "outcome unknown: the pass sending it stopped before an answer was recorded"
-    )
-    if count:
-        events.emit("marked_unknown", run_id=run_id, rows=count)
-
-
-def _clock(when: float) -> str:
-    """``HH:MM:SS``, with the date when it is not today."""
-    same_day = time.localtime(when)[:3] == time.localtime()[:3]
-    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(when))
-
-
-def _wait_for_earlier_chunks(plan: PassPlan, stop: StopRequest, heartbeat) -> bool:
-    """Chunks an earlier pass gave worker nodes (a coordinator killed mid-run): those not taken are
-    retired, and a chunk a live node is still sending is waited for, so no row goes out twice at
-    once. False if the user stopped the wait (nothing was sent)."""
-    settings = plan.settings
-    silent_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
-    said = 0
-    with Progress(0, "waiting", plan.quiet) as progress:
-        while sending := plan.ledger.retire_chunks(plan.run_id, silent_for):
-            if stop.count:
-                return False
-            if sending != said:
-                progress.note(f"waiting for {sending} chunks worker nodes are still sending for an earlier pass")
-                said = sending
-            heartbeat()
-            time.sleep(HEARTBEAT_INTERVAL)
-    return True
-
-
-def _wait_until(when: float, stop: StopRequest, quiet: bool, heartbeat) -> bool:
-    """Count down to ``when``; False if the user stopped the wait (nothing was sent)."""
-    with Progress(0, "waiting", quiet) as progress:
-        last_shown = None
-        beat = time.monotonic()
-        while (left := when - time.time()) > 0:
-            if stop.count:
-                return False
-            shown = int(left)
-            if shown != last_shown and (progress.tty or shown % 10 == 0 or last_shown is None):
-                progress.note(f"nothing is sent before {_clock(when)}: {shown} s left")
-                last_shown = shown
-            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
-                heartbeat()
-                beat = time.monotonic()
-            time.sleep(min(0.2, left))
-    return True

@@ -1,0 +1,38 @@
+"""How a run's command ended, as the CLI, the dashboard and scripts read it: :class:`RunResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.run.supervisor import rerun_command
+
+#: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a pass ended: the run's summary, whether it was interrupted, and anything to tell."""
+
+    run_id: str
+    db: str
+    summary: dict
+    interrupted: bool = False
+    #: Why the pass stopped before every row was final (e.g. the endpoint stayed down).
+    gave_up: str | None = None
+    #: This command had been run before: the summary is of that earlier run; nothing was sent.
+    already_billed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.summary["succeeded"] == self.summary["total"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return 0 if self.complete else 1
+
+    @property
+    def rerun_command(self) -> str:
+        return rerun_command(self.run_id, self.db)
