@@ -6,25 +6,26 @@ import multiprocessing
 from collections import Counter
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
-from engine.delivery.chunk import ChunkSender
 from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.ratelimit import Pacer
-from engine.delivery.transport import TransportOptions
+from engine.delivery.sender import Sender
 from engine.mock.process import MockProcess
 from engine.request.spec import RequestSpec
+from engine.sender_parts import SenderParts, TransportOptions
 from engine.states import FAILED, RETRYING, SUCCEEDED
 from engine.wire import Attempt, Dispatch
 
 CONTEXT = multiprocessing.get_context("spawn")
 
 
-def sender(url: str, max_attempts: int = 5) -> ChunkSender:
+def sender(url: str, max_attempts: int = 5) -> Sender:
     policy = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_cap=0.05)
     gate = Gate(CircuitBreaker.create(CONTEXT, BreakerSettings()), Pacer.create(CONTEXT, None, 1, 20))
     options = TransportOptions(connect_timeout=5, timeout=10)
-    return ChunkSender(RequestSpec.build(url), "id", policy, options, 20, gate)
+    parts = SenderParts(spec=RequestSpec.build(url), policy=policy, transport=options, window=20, chunk_size=100)
+    return Sender(parts, gate)
 
 
 def chunk(count: int, attempts: int = 0) -> list[Dispatch]:

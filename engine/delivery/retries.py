@@ -12,10 +12,10 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from engine.delivery.capture import Finished
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.records import finished_record
-from engine.delivery.transport import Finished
 from engine.states import RETRYING
 from engine.wire import Dispatch
 

@@ -169,7 +169,7 @@ def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
     """
     from engine.local.pool import LocalBackend
 
-    return LocalBackend.for_run(settings, spec)
+    return LocalBackend(settings.workers, settings.sender_parts(spec))
 
 
 def _claim_run(ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before) -> None:
