@@ -1,6 +1,6 @@
 """After each answer: the row's next state, its retry scheduled in a heap, the gate told, the record made.
 
-Shared by the local worker loop and a worker node's chunk sender, so both decide, wait
+Owned by the :class:`~engine.delivery.sender.Sender` that local workers and worker nodes share, so both decide, wait
 and count alike. Nothing here sleeps: a retry waits in the heap until it is due.
 """
 
