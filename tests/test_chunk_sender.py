@@ -82,3 +82,22 @@ def test_a_claim_not_renewed_within_its_lease_starts_nothing_more():
         records = sending.send(chunk(20), fence=Fence(1.0, lambda: None))
         sending.close()
     assert 2 <= len(records) <= 5 and sending.dropped == 20 - len(records)
+
+
+def test_a_chunk_cut_short_by_an_error_leaves_nothing_for_the_next_chunk():
+    """Rows not started and records not handed on belong to their own claim: the next chunk sends
+    and records only its rows (and what was already in flight, which ends and is recorded)."""
+
+    def broken() -> bool:
+        raise RuntimeError("the pass's stop flag could not be read")
+
+    with MockProcess(latency=0.2) as api:
+        sending = sender(api.charge_url())  # a window of 20
+        try:
+            sending.send(chunk(100), stopped=broken)
+        except RuntimeError:
+            pass
+        records = [Attempt._make(record) for record in sending.send([Dispatch(999, "cus_999", "{}", "k:999", 0)])]
+        sending.close()
+    rids = {record.rid for record in records}
+    assert 999 in rids and rids <= set(range(1, 21)) | {999}, sorted(rids)

@@ -105,7 +105,9 @@ class Sender:
         recorded, and the rows not started are left as they are (for a rerun).
         """
         ready, retries = self.ready, self.retries
+        ready.clear()  # nothing of a chunk whose send was cut short (an error) goes out under this claim
         ready.extend(rows)
+        self.records = []
         self.dropped = 0
         while ready or retries.waiting or self.transport.active:
             if fence is not None:
