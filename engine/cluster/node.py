@@ -113,14 +113,15 @@ class Node:
         if self._pass != (run_id, pass_no) or self._sender is None or self._signals is None:
             settings = RunSettings.from_dict(self.with_ledger(lambda store: store.get_run(run_id))["options"])
             link = RedisLink(self.redis, settings.max_pause)
-            spec = settings.request_spec()  # the first thing that needs this node's environment
+            # the request spec is the first thing that needs this node's environment
+            parts = settings.sender_parts(settings.request_spec())
             gate = Gate(
-                SharedBreaker(link, run_id, pass_no, settings.breaker()),
-                NodePacer(link, run_id, settings.rate, settings.concurrency),
+                SharedBreaker(link, run_id, pass_no, parts.breaker),
+                NodePacer(link, run_id, parts.rate, parts.window),
             )
             if self._sender is not None:  # one pass at a time per process: free the last one's sockets
                 self._sender.close()
-            self._sender = Sender(settings.sender_parts(spec), gate)
+            self._sender = Sender(parts, gate)
             self._signals = PassSignals(link, run_id, pass_no)
             self._lease = settings.stall_timeout
             self._busy_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
