@@ -20,11 +20,14 @@ from engine.delivery.policy import RetryPolicy
 from engine.errors import UsageError
 from engine.request.fieldtypes import parse_field_types
 from engine.request.spec import ENV_REF, IDEMPOTENCY_HEADER, RequestSpec, split_header
+from engine.sender_parts import SenderParts, TransportOptions
 
 #: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 #: The only literal words a secret header's value may hold beside its ``${VAR}``.
 SCHEME_WORDS = frozenset({"bearer", "basic", "token", "digest", "apikey"})
+#: The environment variable holding the passphrase of the --key of mutual TLS.
+CLIENT_KEY_PASSWORD_ENV = "ENGINE_CLIENT_KEY_PASSWORD"
 #: Open files a worker needs besides its sockets (libraries, pipes, the epoll descriptor…).
 FILES_BESIDES_SOCKETS = 64
 
@@ -184,6 +187,36 @@ class RunSettings:
             backoff_cap=self.backoff_cap,
             retry_after_cap=self.retry_after_cap,
             idempotent=self.idempotency,
+        )
+
+    def transport_options(self) -> TransportOptions:
+        """The handles' limits and TLS settings; the key's passphrase from this process's environment."""
+        return TransportOptions(
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            verify_tls=not self.insecure,
+            ca_bundle=self.ca_bundle,
+            resend_harmless=self.idempotency,
+            http2=self.http2,
+            max_host_connections=self.max_host_connections,
+            proxy=self.proxy,
+            client_cert=self.client_cert,
+            client_key=self.client_key,
+            client_key_password=os.environ.get(CLIENT_KEY_PASSWORD_ENV) or None,
+        )
+
+    def sender_parts(self, spec: RequestSpec) -> SenderParts:
+        """What every sending process needs (a local worker, a node's pool process), built here once;
+        ``spec`` is the request built from these settings in the process that will send or hand it on."""
+        return SenderParts(
+            spec=spec,
+            policy=self.policy(),
+            transport=self.transport_options(),
+            window=self.concurrency,
+            chunk_size=self.chunks,
+            id_field=self.id_field,
+            rate=self.rate,
+            breaker=self.breaker(),
         )
 
     def fit_open_files(self, limit: int) -> tuple[RunSettings, str | None]:

@@ -251,3 +251,11 @@ def test_jsonl_text_in_a_typed_field_is_converted_like_csv(tmp_path, api, db, ru
     result = run("bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int")
     assert result.exit_code == 0, result.output
     assert ledger_rows(db, "SELECT payload FROM requests WHERE line = 2") == [('{"id":2,"amount":5}',)]
+
+
+@pytest.mark.parametrize("command", ["bill", "rerun"])
+def test_workers_with_broker_is_refused_not_ignored(customers, api, db, run, command):
+    """--workers sizes the local pool only: with --broker it is refused in one line, before anything else."""
+    first = [customers(3), "--url", api.charge_url()] if command == "bill" else ["run-1"]
+    result = run(command, *first, "--db", db, "--broker", "redis://127.0.0.1:6379/15", "--workers", 3)
+    assert_refused(result, api, "--workers applies to the local pool only", "--chunks-in-flight")

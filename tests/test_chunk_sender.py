@@ -6,25 +6,26 @@ import multiprocessing
 from collections import Counter
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
-from engine.delivery.chunk import ChunkSender
 from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.ratelimit import Pacer
-from engine.delivery.transport import TransportOptions
+from engine.delivery.sender import Sender
 from engine.mock.process import MockProcess
 from engine.request.spec import RequestSpec
+from engine.sender_parts import SenderParts, TransportOptions
 from engine.states import FAILED, RETRYING, SUCCEEDED
 from engine.wire import Attempt, Dispatch
 
 CONTEXT = multiprocessing.get_context("spawn")
 
 
-def sender(url: str, max_attempts: int = 5) -> ChunkSender:
+def sender(url: str, max_attempts: int = 5) -> Sender:
     policy = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_cap=0.05)
     gate = Gate(CircuitBreaker.create(CONTEXT, BreakerSettings()), Pacer.create(CONTEXT, None, 1, 20))
     options = TransportOptions(connect_timeout=5, timeout=10)
-    return ChunkSender(RequestSpec.build(url), "id", policy, options, 20, gate)
+    parts = SenderParts(spec=RequestSpec.build(url), policy=policy, transport=options, window=20, chunk_size=100)
+    return Sender(parts, gate)
 
 
 def chunk(count: int, attempts: int = 0) -> list[Dispatch]:
@@ -81,3 +82,22 @@ def test_a_claim_not_renewed_within_its_lease_starts_nothing_more():
         records = sending.send(chunk(20), fence=Fence(1.0, lambda: None))
         sending.close()
     assert 2 <= len(records) <= 5 and sending.dropped == 20 - len(records)
+
+
+def test_a_chunk_cut_short_by_an_error_leaves_nothing_for_the_next_chunk():
+    """Rows not started and records not handed on belong to their own claim: the next chunk sends
+    and records only its rows (and what was already in flight, which ends and is recorded)."""
+
+    def broken() -> bool:
+        raise RuntimeError("the pass's stop flag could not be read")
+
+    with MockProcess(latency=0.2) as api:
+        sending = sender(api.charge_url())  # a window of 20
+        try:
+            sending.send(chunk(100), stopped=broken)
+        except RuntimeError:
+            pass
+        records = [Attempt._make(record) for record in sending.send([Dispatch(999, "cus_999", "{}", "k:999", 0)])]
+        sending.close()
+    rids = {record.rid for record in records}
+    assert 999 in rids and rids <= set(range(1, 21)) | {999}, sorted(rids)

@@ -143,6 +143,21 @@ def test_three_nodes_send_every_chunk_once_through_faults(customers, postgres_ur
     assert len(nodes_used) == 3  # every node took chunks
 
 
+def test_a_node_logs_one_line_per_chunk_it_claims_and_finishes(customers, postgres_url, broker, nodes, tmp_path):
+    """Through Python logging, on the stderr the worker command chose (Celery redirects its own)."""
+    with open(tmp_path / "node.log", "w") as log:
+        nodes(1, log=log)
+        with MockProcess() as api:
+            result = run_engine(
+                *bill_args(customers(300), api, postgres_url, broker, "logged"), "--chunks", 100, "--quiet", timeout=120
+            )
+            assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "node.log").read_text().splitlines()
+    for chunk in range(1, 4):
+        said = [line for line in lines if line.startswith(f"batch-engine node: chunk {chunk} of run logged: ")]
+        assert [line.split(": ")[2].split(",")[0] for line in said] == ["claimed", "done"], lines
+
+
 def test_a_node_killed_mid_chunk_loses_nothing_and_charges_nobody_twice(
     customers, postgres_url, broker, nodes, start_engine
 ):

@@ -22,7 +22,8 @@ from urllib.parse import quote, unquote
 import pytest
 
 from engine.delivery.policy import UNKNOWN, RetryPolicy
-from engine.delivery.transport import EXCERPT_BYTES, HEADER_BYTES, Transport, TransportOptions
+from engine.delivery.transport import EXCERPT_BYTES, HEADER_BYTES, Transport
+from engine.sender_parts import TransportOptions
 
 MB = 1024 * 1024
 #: 199 ASCII bytes then a two-byte character across the excerpt's end, sent in three pieces.

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from engine.config import RunSettings, default_of, default_workers
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
 from engine.extras import CLUSTER, MissingExtra, require
 from engine.ledger import BUSY_TIMEOUT
 from engine.ledger.selection import InvalidFilter, RowFilter
@@ -61,6 +61,15 @@ def engine_errors(command):
     return wrapper
 
 
+def refuse_workers_with_broker(broker: str | None, workers: int | None) -> None:
+    """--workers sizes the local pool only: with --broker it would be silently ignored, so it is refused."""
+    if broker and workers is not None:
+        raise UsageError(
+            "--workers applies to the local pool only; with --broker each node sends with its own"
+            " --chunks-in-flight processes (python -m engine worker --chunks-in-flight N)"
+        )
+
+
 def db_option(command):
     return click.option(
         "--db",
@@ -107,14 +116,16 @@ def pool_options(command):
                 type=int,
                 default=None,
                 metavar="N",
-                help=f"Worker processes, each with one CurlMulti [default: CPU count, {default_workers()}].",
+                help=f"Worker processes, each with one CurlMulti [default: CPU count, {default_workers()}]."
+                " Local pool only: refused with --broker (a node's processes are its --chunks-in-flight).",
             ),
             click.option(
                 "--concurrency",
                 type=int,
                 default=None,
                 metavar="N",
-                help=f"Transfers in flight per worker [default: {run_default('concurrency')}].",
+                help="Transfers in flight per sending process: a local worker, or each of a node's"
+                f" --chunks-in-flight processes [default: {run_default('concurrency')}].",
             ),
             click.option(
                 "--chunks",

@@ -15,6 +15,7 @@ from engine.cli.options import (
     names_rows,
     pool_options,
     read_row_ids,
+    refuse_workers_with_broker,
     row_filter,
     row_filter_options,
     run_default,
@@ -178,6 +179,7 @@ def bill(
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
     """
+    refuse_workers_with_broker(broker, overrides.get("workers"))
     settings = RunSettings.from_dict(
         dict(
             url=url,
@@ -272,6 +274,7 @@ def rerun(
         python -m engine rerun run-20261123-101500-ab12 --row-id cus_42 --include-unknown
         python -m engine rerun run-20261123-101500-ab12 --rows customers-to-retry.txt
     """
+    refuse_workers_with_broker(broker, overrides.get("workers"))
     selection = None
     named = {
         "states": states,

@@ -4,7 +4,8 @@ Several chunk tasks run at once per node (``--chunks-in-flight`` pool processes,
 prefork pool, so a node uses every core), and a slow request at one chunk's tail idles only
 that chunk's slots while the others go on. A pool process that dies has its chunk given back
 to the queue at once (``task_reject_on_worker_lost``). Each process keeps its own ledger
-connection and, per pass, its own :class:`ChunkSender`; the request is built from the run's
+connection and, per pass, its own :class:`~engine.delivery.sender.Sender` (the start loop the
+local workers run too); the request is built from the run's
 stored settings and this node's environment (``${VAR}`` secrets never leave the node).
 
 A claim is fenced (:mod:`engine.ledger.claim`, :class:`~engine.delivery.fence.Fence`): rows
@@ -12,14 +13,17 @@ start only while the claim was renewed within the lease by this node's own clock
 frozen past it sends nothing another node now owns. A node that cannot serve a pass (a
 variable it lacks, another ledger, another version) refuses its chunks unclaimed and says
 why (:mod:`engine.cluster.roster`); the main process announces the node every few seconds.
+
+Each chunk gets one log line (logger ``engine.cluster.node``): claimed, done, refused, and why;
+the ``worker`` command chooses where the lines go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,10 +37,9 @@ from engine.cluster.outage import PassSignals, SharedBreaker
 from engine.cluster.pacing import NodePacer
 from engine.cluster.roster import NodeCard, Roster, keep_announcing
 from engine.config import RunSettings
-from engine.delivery.chunk import ChunkSender
 from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
-from engine.delivery.transport import TransportOptions
+from engine.delivery.sender import Sender
 from engine.errors import LedgerError, UnknownRun, UsageError
 from engine.ledger import Store, open_store
 from engine.ledger.claim import ChunkClaim
@@ -53,6 +56,8 @@ MAX_BOUNCES = 300
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 class Node:
     """What one pool process knows: its ledger connection, its Redis, and its sender for the current pass."""
@@ -64,7 +69,7 @@ class Node:
         self.redis = redis_client(broker)
         self._store: Store | None = None
         self._pass: tuple[str, int] | None = None
-        self._sender: ChunkSender | None = None
+        self._sender: Sender | None = None
         self._signals: PassSignals | None = None
         self._lease = self._busy_for = 0.0
         self._refused: dict[tuple[str, int], str | None] = {}
@@ -101,28 +106,22 @@ class Node:
             return False
         return isinstance(error, LedgerError) or (self._store is not None and self._store.connection_lost(error))
 
-    def sender(self, run_id: str, pass_no: int) -> tuple[ChunkSender, PassSignals]:
+    def sender(self, run_id: str, pass_no: int) -> tuple[Sender, PassSignals]:
         """This process's sender for a pass (its own CurlMulti, the pass's shared outage pause and
         rate) and the pass's stop flag. UsageError when this node cannot build the run's request
         (a ``${VAR}`` it lacks, a file it does not have)."""
         if self._pass != (run_id, pass_no) or self._sender is None or self._signals is None:
             settings = RunSettings.from_dict(self.with_ledger(lambda store: store.get_run(run_id))["options"])
             link = RedisLink(self.redis, settings.max_pause)
-            spec = settings.request_spec()  # the first thing that needs this node's environment
+            # the request spec is the first thing that needs this node's environment
+            parts = settings.sender_parts(settings.request_spec())
             gate = Gate(
-                SharedBreaker(link, run_id, pass_no, settings.breaker()),
-                NodePacer(link, run_id, settings.rate, settings.concurrency),
+                SharedBreaker(link, run_id, pass_no, parts.breaker),
+                NodePacer(link, run_id, parts.rate, parts.window),
             )
             if self._sender is not None:  # one pass at a time per process: free the last one's sockets
                 self._sender.close()
-            self._sender = ChunkSender(
-                spec,
-                settings.id_field,
-                settings.policy(),
-                TransportOptions.for_run(settings),
-                settings.concurrency,
-                gate,
-            )
+            self._sender = Sender(parts, gate)
             self._signals = PassSignals(link, run_id, pass_no)
             self._lease = settings.stall_timeout
             self._busy_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
@@ -148,16 +147,22 @@ class Node:
         asked = time.monotonic()  # the lease runs from before the claim was asked for
         claim = self.with_ledger(lambda store: store.claim_chunk(chunk_id, self.name(), MAX_DELIVERIES, self._busy_for))
         if claim is None:
+            log.info(
+                "chunk %s of run %s: not claimed (done, taken by another node, or dead-lettered)", chunk_id, run_id
+            )
             return
+        log.info("chunk %s of run %s: claimed, %d rows", chunk_id, run_id, len(claim.rows))
         fence = Fence(self._lease, lambda: self._renew(claim), renewed_at=asked)
         records = sender.send(claim.rows, fence=fence, stopped=signals.stop_requested)
         complete = not sender.dropped
         if not self.with_ledger(lambda store: store.finish_chunk(claim, records, complete=complete)):
-            say(f"chunk {chunk_id} of run {run_id}: another node took it over while this one was stalled;"
-                f" its {len(records)} results are kept as superseded")  # fmt: skip
+            log.warning("chunk %s of run %s: another node took it over while this one was stalled;"
+                        " its %d results are kept as superseded", chunk_id, run_id, len(records))  # fmt: skip
         elif not complete:
-            say(f"chunk {chunk_id} of run {run_id}: its claim could not be renewed in time;"
-                f" {sender.dropped} rows left for another delivery")  # fmt: skip
+            log.warning("chunk %s of run %s: its claim could not be renewed in time;"
+                        " %d rows left for another delivery", chunk_id, run_id, sender.dropped)  # fmt: skip
+        else:
+            log.info("chunk %s of run %s: done, %d attempts recorded", chunk_id, run_id, len(records))
 
     def name(self) -> str:
         """This pool process, as a chunk's holder names it: host, node pid, process pid."""
@@ -191,7 +196,9 @@ class Node:
         node = f"{socket.gethostname()}:{self.node_pid}"
         if (run_id, pass_no) not in self._said:
             self._said.add((run_id, pass_no))
-            say(f"node {node} refuses the chunks of run {run_id}: {reason}")
+            log.warning("node %s refuses the chunks of run %s: %s", node, run_id, reason)
+        else:
+            log.info("chunk %s of run %s: refused (%s)", chunk_id, run_id, reason)
         with contextlib.suppress(*UNREACHABLE):
             Roster(self.redis).refuse(run_id, pass_no, node, reason)
         time.sleep(REFUSE_PAUSE)  # leaves the other nodes time to take the chunk first
@@ -210,11 +217,6 @@ class Node:
                 raise
             self.forget_store()
             return None
-
-
-def say(line: str) -> None:
-    """One line on the node's stderr, its log (a worker node is a command: the CLI's handler is stderr)."""
-    print(f"batch-engine node: {line}", file=sys.stderr, flush=True)
 
 
 def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: float) -> None:

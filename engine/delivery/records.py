@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from engine.delivery.capture import Finished  # plain Python: the coordinator writes records too
 from engine.request.spec import redact
 from engine.states import FAILED
 from engine.wire import Dispatch, attempt_record
-
-if TYPE_CHECKING:  # the coordinator writes records too, and never loads libcurl
-    from engine.delivery.transport import Finished
 
 
 def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, secrets: Iterable[str]) -> tuple:

@@ -1,6 +1,6 @@
 """After each answer: the row's next state, its retry scheduled in a heap, the gate told, the record made.
 
-Shared by the local worker loop and a worker node's chunk sender, so both decide, wait
+Owned by the :class:`~engine.delivery.sender.Sender` that local workers and worker nodes share, so both decide, wait
 and count alike. Nothing here sleeps: a retry waits in the heap until it is due.
 """
 
@@ -12,10 +12,10 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from engine.delivery.capture import Finished
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.records import finished_record
-from engine.delivery.transport import Finished
 from engine.states import RETRYING
 from engine.wire import Dispatch
 

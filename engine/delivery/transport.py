@@ -8,23 +8,17 @@ configure, add; ``perform``; read what finished; return the handle; ``select``.
 
 from __future__ import annotations
 
-import os
 import select
 import time
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 import pycurl
 
-from engine.config import RunSettings
+from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, Capture, Finished
 from engine.delivery.policy import Outcome
+from engine.sender_parts import TransportOptions
 
-#: Longest response excerpt kept per attempt (bytes); the rest of an answer is dropped as it arrives.
-EXCERPT_BYTES = 200
-#: Most response-header bytes taken per attempt; past them the transfer is aborted (curl error 23).
-#: Headers are never kept, but libcurl holds up to 300 KB of them per answer: on every handle of a
-#: large window a hostile server could make that hundreds of MB.
-HEADER_BYTES = 64 * 1024
+__all__ = ["EXCERPT_BYTES", "HEADER_BYTES", "Finished", "Transport", "configure", "harvest"]
+
 #: Above this many handles per process the epoll loop is used: ``perform`` + ``select``
 #: is cheaper per request for small windows, but libcurl's fdset skips descriptors
 #: at or above FD_SETSIZE (1024), which a large window reaches.
@@ -36,116 +30,12 @@ _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 TLS_WARMUP = 0.5
 #: Seconds a connection may sit idle and still be reused by a run without keys.
 UNKEYED_MAX_IDLE = 2
-#: The environment variable holding the passphrase of the --key of mutual TLS.
-CLIENT_KEY_PASSWORD_ENV = "ENGINE_CLIENT_KEY_PASSWORD"
 
 
-@dataclass(frozen=True, kw_only=True)
-class TransportOptions:
-    """Per-attempt limits and TLS settings shared by every handle (built from a run's settings)."""
-
-    connect_timeout: float
-    timeout: float
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-    user_agent: str = "batch-engine"
-    #: libcurl silently sends a request again when the reused connection it went out on turns
-    #: out dead with no answer. With an Idempotency-Key that is harmless; without one it could
-    #: charge twice, so such runs hand libcurl each body through a read callback it cannot
-    #: rewind: the resend fails instead (curl error 65), and connections are still reused.
-    resend_harmless: bool = True
-    http2: bool = False
-    max_host_connections: int = 0
-    proxy: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    client_key_password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def for_run(cls, settings: RunSettings) -> TransportOptions:
-        return cls(
-            connect_timeout=settings.connect_timeout,
-            timeout=settings.timeout,
-            verify_tls=not settings.insecure,
-            ca_bundle=settings.ca_bundle,
-            resend_harmless=settings.idempotency,
-            http2=settings.http2,
-            max_host_connections=settings.max_host_connections,
-            proxy=settings.proxy,
-            client_cert=settings.client_cert,
-            client_key=settings.client_key,
-            client_key_password=os.environ.get(CLIENT_KEY_PASSWORD_ENV) or None,
-        )
-
-
-class Finished(NamedTuple):
-    """A transfer that ended: whose it was, what came back, and when it started."""
-
-    token: Any
-    outcome: Outcome
-    started_at: float
-    duration_ms: float
-    excerpt: str | None
-    error: str | None
-
-
-class _Capture:
-    """Per-handle state of one transfer: whose it is, when it started, the answer's first bytes.
-
-    Memory per transfer is bounded whatever the server sends: EXCERPT_BYTES of body, a
-    count of header bytes.
-    """
-
-    __slots__ = ("body", "body_taken", "chunks", "header_bytes", "kept", "started_at", "token")
-
-    def __init__(self):
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.header_bytes = 0
-        self.token = None
-        self.started_at = 0.0
-        self.body = b""  # the body libcurl reads through ``read`` (runs without keys), until it is taken
-        self.body_taken = 0
-
-    def reset(self, token) -> None:
-        self.chunks.clear()
-        self.kept = 0
-        self.header_bytes = 0
-        self.body_taken = 0
-        self.token = token
-        self.started_at = time.time()
-
-    def release(self) -> None:
-        """Drop what the ended transfer held (its row, its excerpt) while the handle waits for another."""
-        self.token = None
-        self.chunks.clear()
-        self.body = b""
-
-    def read(self, size: int) -> bytes:
-        """libcurl's read callback: the body, once. With no seek callback libcurl cannot rewind it,
-        so it cannot send the request a second time on its own."""
-        start = self.body_taken
-        piece = self.body if start == 0 and len(self.body) <= size else self.body[start : start + size]
-        self.body_taken = start + len(piece)
-        return piece
-
-    def write(self, data: bytes) -> None:
-        """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
-        if self.kept < EXCERPT_BYTES:
-            piece = data[: EXCERPT_BYTES - self.kept]
-            self.chunks.append(piece)
-            self.kept += len(piece)
-
-    def header(self, line: bytes) -> int | None:
-        """libcurl's header callback: count the bytes, keep none; returning 0 past HEADER_BYTES aborts."""
-        self.header_bytes += len(line)
-        return 0 if self.header_bytes > HEADER_BYTES else None
-
-
-def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _Capture]:
+def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, Capture]:
     """A handle set up for every request of a run, and the capture its callbacks write into."""
     handle = pycurl.Curl()
-    capture = _Capture()
+    capture = Capture()
     if method == "HEAD":
         handle.setopt(pycurl.NOBODY, 1)
     elif method not in ("GET", "POST"):
@@ -184,7 +74,7 @@ def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, _C
     return handle, capture
 
 
-def configure(handle: pycurl.Curl, capture: _Capture, url: str, headers: list[str], body: bytes | None) -> None:
+def configure(handle: pycurl.Curl, capture: Capture, url: str, headers: list[str], body: bytes | None) -> None:
     """Point a reusable handle at one request (the method was set when the handle was made)."""
     handle.setopt(pycurl.URL, url)
     handle.setopt(pycurl.HTTPHEADER, headers)
@@ -193,7 +83,7 @@ def configure(handle: pycurl.Curl, capture: _Capture, url: str, headers: list[st
 
 
 def configure_unrepeatable(
-    handle: pycurl.Curl, capture: _Capture, url: str, headers: list[str], body: bytes | None
+    handle: pycurl.Curl, capture: Capture, url: str, headers: list[str], body: bytes | None
 ) -> None:
     """:func:`configure` for a run without keys: libcurl takes the body through ``capture.read``
     once and cannot send it again. A request without a body gets a connection of its own (no
@@ -209,7 +99,7 @@ def configure_unrepeatable(
         handle.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
 
 
-def harvest(handle: pycurl.Curl, capture: _Capture, curl_error: int | None, message: str | None) -> Finished:
+def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, message: str | None) -> Finished:
     """What a finished handle (and its ``capture``) says about its transfer."""
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
     chunks = capture.chunks
@@ -340,7 +230,7 @@ class Transport:
         self.loop = loop(self.multi, wake_fd)
         self.free: list[pycurl.Curl] = []
         # each handle's capture: a dict lookup costs 15 ns, an attribute set on a pycurl handle 320
-        self.captures: dict[pycurl.Curl, _Capture] = {}
+        self.captures: dict[pycurl.Curl, Capture] = {}
         self.active = 0
         self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
 

@@ -17,11 +17,10 @@ import time
 from multiprocessing.connection import wait
 
 from engine.backend import Backend
-from engine.config import RunSettings
-from engine.delivery.breaker import BreakerSettings, CircuitBreaker
+from engine.delivery.breaker import CircuitBreaker
 from engine.delivery.ratelimit import Pacer
-from engine.local.worker import WorkerConfig, run_worker
-from engine.request.template import RequestSpec
+from engine.local.worker import run_worker
+from engine.sender_parts import SenderParts
 from engine.wire import DRAIN_COMMAND, STOP_COMMAND, Dispatch, Report, decode_report, rows_command
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -43,14 +42,14 @@ def _pipe():
 
 
 class _Slot:
-    def __init__(self, index: int, config: WorkerConfig, shared: tuple, heartbeats):
+    def __init__(self, index: int, parts: SenderParts, shared: tuple, heartbeats):
         self.index = index
         inbox_reader, self.inbox = _pipe()
         self.results, results_writer = _pipe()
         heartbeats[index] = time.monotonic() + STARTUP_GRACE
         self.process = _CONTEXT.Process(
             target=run_worker,
-            args=(index, config, inbox_reader, results_writer, *shared),
+            args=(index, parts, inbox_reader, results_writer, *shared),
             name=f"engine-worker-{index}",
             daemon=True,
         )
@@ -69,29 +68,20 @@ class LocalBackend(Backend):
     alive but makes no progress is found.
     """
 
-    def __init__(
-        self, size: int, config: WorkerConfig, rate: float | None = None, breaker: BreakerSettings | None = None
-    ):
+    def __init__(self, size: int, parts: SenderParts):
         self.size = size
-        self.config = config
-        self.breaker = CircuitBreaker.create(_CONTEXT, breaker or BreakerSettings())
-        self.pacer = Pacer.create(_CONTEXT, rate, size, config.concurrency)
+        self.parts = parts
+        self.breaker = CircuitBreaker.create(_CONTEXT, parts.breaker)
+        self.pacer = Pacer.create(_CONTEXT, parts.rate, size, parts.window)
         self.heartbeats = _CONTEXT.Array("d", size, lock=False)
         self.slots = [self._start(index) for index in range(size)]
 
-    @classmethod
-    def for_run(cls, settings: RunSettings, spec: RequestSpec) -> LocalBackend:
-        """The workers for a run; they start (imports, curl handles) while the caller goes on."""
-        return cls(
-            settings.workers, WorkerConfig.for_run(settings, spec), rate=settings.rate, breaker=settings.breaker()
-        )
-
     @property
     def window(self) -> int:
-        return self.size * self.config.concurrency
+        return self.size * self.parts.window
 
     def _start(self, index: int) -> _Slot:
-        return _Slot(index, self.config, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
+        return _Slot(index, self.parts, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
 
     def events(self, timeout: float) -> tuple[list[Report], list[int]]:
         """Messages that arrived within ``timeout`` seconds, and the workers that died."""
@@ -150,7 +140,7 @@ class LocalBackend(Backend):
 
     def send_rows(self, index: int, rows: list[Dispatch]) -> None:
         """Hand one worker the rows it asked for, in one message of whole chunks."""
-        self._send(self.slots[index], rows_command(rows, self.config.chunk_size))
+        self._send(self.slots[index], rows_command(rows, self.parts.chunk_size))
 
     def outage_since(self) -> float | None:
         return self.breaker.opened_at() if self.breaker.is_open() else None

@@ -52,7 +52,7 @@ def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
     """
     from engine.local.pool import LocalBackend
 
-    return LocalBackend.for_run(settings, spec)
+    return LocalBackend(settings.workers, settings.sender_parts(spec))
 
 
 def send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | None = None) -> RunResult:
