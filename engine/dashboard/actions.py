@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -33,22 +34,15 @@ def guarded(action: Action) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
         form = await request.form()
-        refusal = dashboard.guard.refusal(
-            run_id,
-            _text(form.get("token")),
-            _text(form.get("csrf")),
-            request.headers.get("origin"),
-            request.headers.get("host", ""),
-        )
-        if refusal:
-            return PlainTextResponse(refusal, status_code=403)
+        dashboard.guard.actor(request, run_id, _text(form.get("token")), _text(form.get("csrf")))
         with dashboard.open_ledger() as store:
             store.get_run(run_id)  # an unknown run: 404
             refused = action(dashboard, store, run_id, form)
         if refused is not None:
             return refused
         dashboard.figures.forget(run_id)
-        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+        root = request.scope.get("root_path", "").rstrip("/")
+        return RedirectResponse(f"{root}/runs/{quote(run_id)}", status_code=303)
 
     return handler
 
