@@ -201,6 +201,9 @@ def test_logins_roles_sessions_and_the_throttle_on_wrong_passwords(ledger, users
         assert "vic (viewer)" in page and 'id="resume"' not in page
         refused = web.post("/runs/f/resume", data={"csrf": csrf})
         assert refused.status_code == 403 and "viewer" in refused.text
+        audit = re.search(r'<table id="audit">.*?</table>', web.get("/runs/f").text, re.S).group(0)
+        assert re.search(r"<td>olga</td><td>pause</td><td>the whole run</td><td>done</td>", audit)
+        assert "resume" not in audit  # refused before it was taken: no row (anyone could fill the log)
         with open_store(ledger) as store:
             assert store.is_paused("f")
         web.post("/logout")

@@ -33,11 +33,15 @@ def runs(request: Request) -> HTMLResponse:
 
 def run(request: Request) -> HTMLResponse:
     dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
+    live = _live(dashboard, run_id)
+    with dashboard.open_ledger() as store:
+        audit = store.audit(run_id)
     return dashboard.page(
         request,
         "run.html",
         run_id=run_id,
-        live=_live(dashboard, run_id),
+        live=live,
+        audit=audit,
         csrf=dashboard.guard.csrf(run_id),
         blocked=dashboard.blocked(run_id),
     )
