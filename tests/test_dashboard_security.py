@@ -257,3 +257,24 @@ def test_actions_work_behind_a_default_nginx_under_a_path(ledger, tmp_path):
         dashboard.wait(10)
         nginx.terminate()
         nginx.wait(10)
+
+
+def test_on_postgresql_a_nul_byte_is_a_400_and_actions_are_audited(customers, postgres_url):
+    """PostgreSQL refuses a NUL byte in any text: the filter codec refuses it first."""
+    from starlette.testclient import TestClient
+
+    from engine.dashboard.app import make_app
+    from engine.dashboard.guard import Guard
+
+    with MockProcess(seed=3) as api:
+        result = run_engine("bill", customers(5), "--url", api.charge_url(), "--db", postgres_url, "--run-id", "pg")
+    assert result.returncode == 0, result.stderr
+    web = TestClient(make_app(postgres_url, Guard(TOKEN)), base_url="http://127.0.0.1:8765")
+    for path in ("/runs/pg/failures?error=a%00b", "/runs/pg/failures?row_id=%00", "/runs/pg/rows/a%00", "/runs/a%00"):
+        refused = web.get(path)
+        assert refused.status_code == 400 and "NUL" in refused.text, path
+    csrf = csrf_of(web.get("/runs/pg").text)
+    assert web.post("/runs/pg/pause", data={"csrf": csrf, "token": TOKEN}, follow_redirects=False).status_code == 303
+    with open_store(postgres_url) as store:
+        assert [(a["who"], a["action"], a["outcome"]) for a in store.audit("pg")] == [("token", "pause", "done")]
+    assert re.search(r"<td>token</td><td>pause</td><td>the whole run</td><td>done</td>", web.get("/runs/pg").text)
