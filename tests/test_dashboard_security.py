@@ -278,3 +278,14 @@ def test_on_postgresql_a_nul_byte_is_a_400_and_actions_are_audited(customers, po
     with open_store(postgres_url) as store:
         assert [(a["who"], a["action"], a["outcome"]) for a in store.audit("pg")] == [("token", "pause", "done")]
     assert re.search(r"<td>token</td><td>pause</td><td>the whole run</td><td>done</td>", web.get("/runs/pg").text)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_cookie_is_secure_when_a_trusted_proxy_says_https_and_only_then(ledger, trusted):
+    args = ["--login", *(["--trusted-proxy", "127.0.0.1"] if trusted else [])]
+    with serving(ledger, *args) as web:
+        said_https = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.9"}
+        answer = web.post("/login", data={"name": "x", "password": TOKEN}, headers=said_https)
+        assert answer.status_code == 303
+        assert ("; secure" in answer.headers["set-cookie"].lower()) is trusted
+        assert answer.headers["location"] == "/"
