@@ -202,8 +202,8 @@ def test_every_page_reads_a_postgresql_ledger(api, customers, postgres_url):
 
 
 @contextmanager
-def serving(db: str, **environ: str | None):
-    """``python -m engine dashboard --allow-actions`` for ``db`` on a free port, with ``environ``
+def serving(db: str, *args: str, **environ: str | None):
+    """``python -m engine dashboard --allow-actions ARGS`` for ``db`` on a free port, with ``environ``
     changed (None: unset); an HTTP client on it, and the process (its stderr)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -212,7 +212,7 @@ def serving(db: str, **environ: str | None):
     for name in [k for k, v in environ.items() if v is None]:
         env.pop(name, None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions"],
+        [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions", *args],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ENGINE, run_engine
+from test_dashboard import TOKEN
+from test_dashboard import serving as dashboard_process
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -23,7 +25,6 @@ from engine.mock.process import MockProcess
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from common import start_nginx  # noqa: E402
 
-TOKEN = "s3cret-action-token"
 OPERATOR_PASSWORD = "operator-password-0123"
 VIEWER_PASSWORD = "viewer-password-456789"
 
@@ -36,28 +37,10 @@ def free_port() -> int:
 
 @contextmanager
 def serving(db: str, *args: str, token: str | None = TOKEN):
-    """``python -m engine dashboard --allow-actions ARGS`` on a free port; a client on it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ENGINE_DASHBOARD_TOKEN"}
-    if token:
-        env["ENGINE_DASHBOARD_TOKEN"] = token
-    command = [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions"]
-    process = subprocess.Popen([*command, *args], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as web:
-            deadline = time.monotonic() + 20
-            while True:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                try:
-                    web.get("/static/style.css")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the dashboard did not answer"
-                    time.sleep(0.2)
-            yield web
-    finally:
-        process.terminate()
-        process.wait(10)
+    """``python -m engine dashboard --allow-actions ARGS`` on a free port (``token``: the one in
+    ``ENGINE_DASHBOARD_TOKEN``, None: none); a client on it."""
+    with dashboard_process(db, *args, ENGINE_DASHBOARD_TOKEN=token) as (web, _):
+        yield web
 
 
 @pytest.fixture

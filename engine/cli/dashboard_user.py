@@ -26,7 +26,13 @@ def dashboard_user():
 
 @dashboard_user.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["viewer", "operator"]), default="viewer", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator"]),
+    default="viewer",
+    show_default=True,
+    help="A viewer reads; an operator may also pause, resume and rerun.",
+)
 @click.option("--users", "users_file", required=True, metavar="FILE", help=USERS_HELP)
 @engine_errors
 def add(name, role, users_file):
