@@ -159,6 +159,14 @@ def test_listening_beyond_this_machine_needs_a_login_and_a_long_secret(ledger, u
     assert listed.stdout.split() == ["olga", "operator", "vic", "viewer"]
 
 
+def test_a_scraper_reads_metrics_with_the_token_as_a_bearer(ledger):
+    with serving(ledger, "--login") as web:
+        assert web.get("/metrics").status_code == 401
+        assert web.get("/metrics", headers={"authorization": "Bearer not-the-token-at-all"}).status_code == 401
+        scraped = web.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+        assert scraped.status_code == 200 and 'batch_engine_rows{run="f"' in scraped.text
+
+
 def test_logins_roles_sessions_and_the_throttle_on_wrong_passwords(ledger, users):
     with serving(ledger, "--users", users, "--login", token=None) as web:
         first = web.get("/runs/f", follow_redirects=False)

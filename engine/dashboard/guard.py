@@ -61,7 +61,14 @@ class Guard:
         return self.allow_actions if self.allow_actions is not None else bool(self.token)
 
     def user(self, request: Request) -> User | None:
-        """Who is logged in on ``request`` (their role as it is now), or None."""
+        """Who is logged in on ``request`` (their role as it is now), or None. A scraper (Prometheus)
+        logs in with ``Authorization: Bearer`` and the token instead of a cookie, throttled as a login."""
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and bearer:
+            try:
+                return self.login_with(request, "", bearer.strip())
+            except Refused:
+                return None
         name = self.sessions.user(request.cookies.get(COOKIE))
         role = self.accounts.role_of(name) if name else None
         return User(name, role) if name and role else None
