@@ -59,7 +59,7 @@ def add(name, role, users_file):
 @click.option("--users", "users_file", required=True, metavar="FILE", help=USERS_HELP)
 @engine_errors
 def remove(name, users_file):
-    """Remove NAME: their session ends at their next page.
+    """Remove NAME: once the dashboard is restarted, their session ends at their next page.
 
     \b
     Example:

@@ -3,7 +3,8 @@ passwords.
 
 The cookie is ``name.expiry.signature`` (HMAC-SHA256 of a secret from ``ENGINE_DASHBOARD_SECRET``,
 or made at start: then a restart logs everyone out). Nothing is stored server-side; the user's
-role is looked up afresh on each request, so a removed user is out at once.
+role is looked up on each request in the users read at start, so a user removed (and the dashboard
+restarted) is out at their next page, whatever cookie they hold.
 """
 
 from __future__ import annotations
