@@ -134,3 +134,78 @@ def _open_when_the_run_exists(page, url: str, bill: subprocess.Popen, limit: flo
         assert bill.poll() is None, bill.stderr.read() if bill.stderr else "bill exited"
         time.sleep(0.2)
     raise AssertionError(f"{url} did not show the run within {limit:g} s")
+
+
+OPERATOR_PASSWORD = "operator-password-0123"
+VIEWER_PASSWORD = "viewer-password-456789"
+
+
+@pytest.fixture
+def users(tmp_path) -> str:
+    """A users file with the operator ``olga`` and the viewer ``vic``."""
+    path = str(tmp_path / "users.txt")
+    for name, role, password in (("olga", "operator", OPERATOR_PASSWORD), ("vic", "viewer", VIEWER_PASSWORD)):
+        subprocess.run(
+            [sys.executable, "-m", "engine", "dashboard-user", "add", name, "--role", role, "--users", path],
+            input=password + "\n", text=True, check=True, capture_output=True,
+        )  # fmt: skip
+    return path
+
+
+def _log_in(page, base: str, name: str, password: str) -> None:
+    page.goto(f"{base}/runs/small")
+    expect(page.locator("#login")).to_be_visible()  # reading needs a login: the page sends us here
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
+    page.click("#log-in")
+    expect(page.locator("#who")).to_contain_text(name)
+
+
+def test_a_viewer_reads_and_cannot_rerun_an_operator_reruns_after_a_confirmation(customers, db, users, browser):
+    with MockProcess(p500=0.3, seed=4) as api:
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", "bill", customers(40), "--url", api.charge_url(), "--db", db,
+             "--run-id", "small", "--max-attempts", "1", "--quiet"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        failed = status_counts(db, "small")["failed"]
+        api.configure(p500=0.0)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "ENGINE_DASHBOARD_TOKEN"}
+        command = [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port)]
+        process = subprocess.Popen(
+            [*command, "--allow-actions", "--users", users, "--login"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_until_serving(base, process)
+            page = browser.new_page()
+            blocked: list[str] = []  # anything the Content-Security-Policy stopped
+            page.on(
+                "console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text)
+            )
+            _log_in(page, base, "vic", VIEWER_PASSWORD)
+            expect(page.locator("#who")).to_have_text("vic (viewer)")
+            expect(page.locator("#failed")).to_have_text(str(failed))
+            assert page.locator("#rerun-failed").count() == 0 and page.locator("#pause").count() == 0
+            page.goto(f"{base}/runs/small/failures")
+            assert page.locator("#rerun-filtered").count() == 0  # a viewer has no rerun button
+            page.click("#logout")
+
+            _log_in(page, base, "olga", OPERATOR_PASSWORD)
+            page.goto(f"{base}/runs/small/failures")
+            assert page.locator("#rerun-form input[name=token]").count() == 0  # logged in: no token to type
+            asked: list[str] = []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+            page.click("#rerun-filtered")
+            expect(page.locator("#rerun-outcome")).to_have_text("exit code 0", timeout=60_000)
+            assert asked == [f"Send {failed} rows of small again?"]
+            expect(page.locator("#failed")).to_have_text("0")
+            expect(page.locator("#audit")).to_contain_text("olga")
+            expect(page.locator("#audit tr").nth(1)).to_contain_text("rerun")
+            assert blocked == []
+        finally:
+            process.terminate()
+            process.wait(10)
+    assert status_counts(db, "small").get("failed", 0) == 0

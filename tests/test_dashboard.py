@@ -127,6 +127,7 @@ def test_pause_and_resume_from_the_page(ledger):
     assert web.post("/runs/f/pause", data={"token": TOKEN, "csrf": csrf}, follow_redirects=False).status_code == 303
     with open_store(ledger) as store:
         assert store.is_paused("f")
+        assert [(a["who"], a["action"], a["outcome"]) for a in store.audit("f")] == [("token", "pause", "done")]
     assert web.get("/runs/f/live.json").json()["paused"] is True
     web.post("/runs/f/resume", data={"token": TOKEN, "csrf": csrf})
     with open_store(ledger) as store:
@@ -201,8 +202,8 @@ def test_every_page_reads_a_postgresql_ledger(api, customers, postgres_url):
 
 
 @contextmanager
-def serving(db: str, **environ: str | None):
-    """``python -m engine dashboard --allow-actions`` for ``db`` on a free port, with ``environ``
+def serving(db: str, *args: str, **environ: str | None):
+    """``python -m engine dashboard --allow-actions ARGS`` for ``db`` on a free port, with ``environ``
     changed (None: unset); an HTTP client on it, and the process (its stderr)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -211,7 +212,7 @@ def serving(db: str, **environ: str | None):
     for name in [k for k, v in environ.items() if v is None]:
         env.pop(name, None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions"],
+        [sys.executable, "-m", "engine", "dashboard", "--db", db, "--port", str(port), "--allow-actions", *args],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -349,3 +350,7 @@ def test_a_missing_secret_variable_is_said_at_start_up_and_disables_the_rerun_bu
         button = re.search(r'<button id="rerun-(failed|filtered)"[^>]*>', page).group(0)
         assert "disabled" in button and "BILLING_TOKEN" in html.unescape(button)
     assert refused.status_code == 409 and "BILLING_TOKEN" in refused.text
+    with open_store(db) as store:  # the refused rerun is in the audit log, with its reason
+        (audit,) = store.audit("s")
+    assert (audit["action"], audit["rows"]) == ("rerun", "every row not yet succeeded")
+    assert audit["outcome"].startswith("refused: rerun disabled") and "BILLING_TOKEN" in audit["outcome"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 import sys
 from urllib.parse import urlsplit
 
@@ -18,6 +19,8 @@ from engine.run.runner import EXIT_INTERRUPTED
 from engine.states import STATES
 
 DEFAULT_DB = "engine.db"
+#: A new run id: shell-safe in a printed command and safe in a URL (old ledgers' ids are still read).
+RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 #: A certificate or key file: it must exist, and is stored with the run as an absolute path, so a
 #: ``rerun`` from another directory finds it.
 PEM_FILE = click.Path(exists=True, dir_okay=False, resolve_path=True)
@@ -68,6 +71,13 @@ def refuse_workers_with_broker(broker: str | None, workers: int | None) -> None:
             "--workers applies to the local pool only; with --broker each node sends with its own"
             " --chunks-in-flight processes (python -m engine worker --chunks-in-flight N)"
         )
+
+
+def safe_run_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A new ``--run-id``: letters, digits and ``. _ : -`` only, at most 100 (else exit 2)."""
+    if value is not None and not RUN_ID.fullmatch(value):
+        raise click.BadParameter("a run id is 1 to 100 of the characters A-Z a-z 0-9 . _ : -")
+    return value
 
 
 def db_option(command):

@@ -19,6 +19,7 @@ from engine.cli.options import (
     row_filter,
     row_filter_options,
     run_default,
+    safe_run_id,
     seconds_option,
 )
 from engine.config import RunSettings
@@ -82,7 +83,9 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     metavar="FIELD",
     help="Numeric column: higher values are sent first; ties keep input order.",
 )
-@click.option("--run-id", default=None, help="Name of this run [default: run-<date>-<time>-<random>].")
+@click.option(
+    "--run-id", default=None, callback=safe_run_id, help="Name of this run [default: run-<date>-<time>-<random>]."
+)
 @click.option(
     "--not-before",
     default=None,

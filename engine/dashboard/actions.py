@@ -10,67 +10,74 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from engine.dashboard.context import Dashboard, dashboard_of
+from engine.dashboard.reruns import described
 from engine.ledger import Store
 from engine.ledger.selection import InvalidFilter, RowFilter
 
 #: A rerun form's fields that are not the filter's.
 FORM_FIELDS = ("csrf", "token", "scope")
 
-#: An action: what it does to a run (the ledger open); a response only when it refuses.
-Action = Callable[[Dashboard, Store, str, FormData], Response | None]
+#: An action: what it does to a run (the ledger open); the rows it names, in words, and a response
+#: only when it refuses.
+Action = Callable[[Dashboard, Store, str, FormData], tuple[str, Response | None]]
+#: What pause and resume name.
+WHOLE_RUN = "the whole run"
 
 
 def guarded(action: Action) -> Callable[[Request], Awaitable[Response]]:
-    """The POST handler of ``action``: refused unless the guard allows it, then back to the run's page."""
+    """The POST handler of ``action``: refused unless the guard allows it, recorded in the ledger's
+    audit log (who, what, which rows, how it ended), then back to the run's page."""
 
     @functools.wraps(action)
     async def handler(request: Request) -> Response:
         dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
         form = await request.form()
-        refusal = dashboard.guard.refusal(
-            run_id,
-            _text(form.get("token")),
-            _text(form.get("csrf")),
-            request.headers.get("origin"),
-            request.headers.get("host", ""),
-        )
-        if refusal:
-            return PlainTextResponse(refusal, status_code=403)
+        who = dashboard.guard.actor(request, run_id, _text(form.get("token")), _text(form.get("csrf")))
         with dashboard.open_ledger() as store:
             store.get_run(run_id)  # an unknown run: 404
-            refused = action(dashboard, store, run_id, form)
+            try:
+                rows, refused = action(dashboard, store, run_id, form)
+            except InvalidFilter as invalid:
+                store.record_action(run_id, who, action.__name__, "-", f"refused: {invalid}")
+                raise
+            outcome = "done" if refused is None else f"refused: {bytes(refused.body).decode()}"
+            store.record_action(run_id, who, action.__name__, rows, outcome)
         if refused is not None:
             return refused
         dashboard.figures.forget(run_id)
-        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+        root = request.scope.get("root_path", "").rstrip("/")
+        return RedirectResponse(f"{root}/runs/{quote(run_id)}", status_code=303)
 
     return handler
 
 
 @guarded
-def pause(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> None:
+def pause(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, None]:
     store.set_paused(run_id, True)
+    return WHOLE_RUN, None
 
 
 @guarded
-def resume(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> None:
+def resume(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, None]:
     store.set_paused(run_id, False)
+    return WHOLE_RUN, None
 
 
 @guarded
-def rerun(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> Response | None:
+def rerun(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, Response | None]:
     rows = _rerun_rows(form)  # an invalid filter: 400, before anything starts
     reason = dashboard.reruns.blocked(run_id, store.get_run(run_id)["options"])
     if reason:
-        return PlainTextResponse(reason, status_code=409)
+        return described(rows), PlainTextResponse(reason, status_code=409)
     dashboard.reruns.start(run_id, rows)
-    return None
+    return described(rows), None
 
 
 def _rerun_rows(form: FormData) -> RowFilter | None:

@@ -9,13 +9,17 @@ import os
 import time
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.templating import Jinja2Templates
 
 from engine.dashboard.context import Dashboard
 from engine.dashboard.figures import Figures
-from engine.dashboard.guard import Guard
+from engine.dashboard.guard import Guard, Refused
+from engine.dashboard.headers import SecurityHeaders
+from engine.dashboard.login import RequireLogin
 from engine.dashboard.reruns import Reruns
 from engine.dashboard.routes import ROUTES
 from engine.errors import LedgerError, UnknownRun
@@ -33,13 +37,26 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
     templates = Jinja2Templates(directory=TEMPLATES)
     templates.env.filters["clock"] = _clock
     open_ledger = functools.partial(open_store, db, create=False)
-    app = Starlette(routes=ROUTES, exception_handlers={LedgerError: _ledger_error, InvalidFilter: _invalid_filter})
+    middleware = [
+        Middleware(SecurityHeaders),  # outermost: even a refused Host gets the headers
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(guard.allowed_hosts)),
+        Middleware(RequireLogin),
+    ]
+    app = Starlette(
+        routes=ROUTES,
+        middleware=middleware,
+        exception_handlers={LedgerError: _ledger_error, InvalidFilter: _invalid_filter, Refused: _refused},
+    )
     app.state.dashboard = Dashboard(open_ledger, guard, Figures(open_ledger), Reruns(db), templates, page_size)
     return app
 
 
 def _ledger_error(request: Request, error: Exception) -> PlainTextResponse:
     return PlainTextResponse(str(error), status_code=404 if isinstance(error, UnknownRun) else 503)
+
+
+def _refused(request: Request, error: Exception) -> PlainTextResponse:
+    return PlainTextResponse(str(error), status_code=getattr(error, "status", 403))
 
 
 def _invalid_filter(request: Request, error: Exception) -> PlainTextResponse:

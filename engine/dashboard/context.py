@@ -13,6 +13,7 @@ from starlette.templating import Jinja2Templates
 from engine.dashboard.figures import Figures
 from engine.dashboard.guard import Guard
 from engine.dashboard.reruns import Reruns
+from engine.dashboard.users import OPERATOR
 from engine.ledger import Store
 
 
@@ -29,8 +30,15 @@ class Dashboard:
     page_size: int
 
     def page(self, request: Request, name: str, **context) -> HTMLResponse:
-        """The template ``name`` filled with ``context`` (and whether actions are on)."""
-        return self.templates.TemplateResponse(request, name, {"actions": self.guard.enabled, **context})
+        """The template ``name`` filled with ``context``, whether actions are on and who may take
+        them, who is logged in, and the path the dashboard is served under."""
+        user = self.guard.user(request)
+        shared = {
+            "actions": self.guard.enabled and (user is None or user.role == OPERATOR),
+            "user": user,
+            "root": request.scope.get("root_path", "").rstrip("/"),
+        }
+        return self.templates.TemplateResponse(request, name, {**shared, **context})
 
     def blocked(self, run_id: str) -> str | None:
         """Why a rerun of ``run_id`` cannot start from here, or None."""

@@ -5,6 +5,7 @@ They read the ledger through the Store interface (a SQLite file or PostgreSQL) a
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import urlencode
 
@@ -16,8 +17,11 @@ from engine.dashboard.charts import bars
 from engine.dashboard.context import Dashboard, dashboard_of
 from engine.dashboard.figures import LATENCY_EDGES, RATE_BUCKET, RATE_WINDOW
 from engine.dashboard.metrics import registry
-from engine.ledger.selection import OPT_INS, RISKS, InvalidFilter, RowFilter
+from engine.ledger.selection import MAX_TEXT, OPT_INS, RISKS, InvalidFilter, RowFilter
 from engine.states import STATES, SUCCEEDED
+
+#: A row number (``after``): ASCII digits that fit in a signed 64-bit integer (a database's).
+_ROW_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 def runs(request: Request) -> HTMLResponse:
@@ -29,11 +33,15 @@ def runs(request: Request) -> HTMLResponse:
 
 def run(request: Request) -> HTMLResponse:
     dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
+    live = _live(dashboard, run_id)
+    with dashboard.open_ledger() as store:
+        audit = store.audit(run_id)
     return dashboard.page(
         request,
         "run.html",
         run_id=run_id,
-        live=_live(dashboard, run_id),
+        live=live,
+        audit=audit,
         csrf=dashboard.guard.csrf(run_id),
         blocked=dashboard.blocked(run_id),
     )
@@ -83,8 +91,9 @@ def failures(request: Request) -> HTMLResponse:
 def row(request: Request) -> Response:
     dashboard = dashboard_of(request)
     run_id, row_id = request.path_params["run_id"], request.path_params["row_id"]
+    rows = RowFilter.from_options(states=STATES, row_ids=(row_id,))  # a hostile id: 400
     with dashboard.open_ledger() as store:
-        found = store.find_rows(run_id, RowFilter(states=STATES, row_ids=(row_id,)), limit=1)
+        found = store.find_rows(run_id, rows, limit=1)
         if not found:
             return PlainTextResponse(f"no row {row_id!r} in run {run_id!r}", status_code=404)
         attempts = store.row_attempts(found[0]["rid"])
@@ -145,6 +154,6 @@ def _after(values: list[str]) -> int:
     """The page's ``after`` (the last row id of the page before): a number, or 400."""
     if not values:
         return 0
-    if len(values) > 1 or not values[0].isdigit():
-        raise InvalidFilter(f"invalid page: after={values[-1]!r} is not a row number")
+    if len(values) > 1 or not _ROW_NUMBER.fullmatch(values[0]):
+        raise InvalidFilter(f"invalid page: after={values[-1][:MAX_TEXT]!r} is not a row number")
     return int(values[0])

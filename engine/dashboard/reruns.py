@@ -26,6 +26,11 @@ def unset_variables(options: dict, environ: Mapping[str, str]) -> list[str]:
     return sorted({name for text in texts for name in ENV_REF.findall(text) if name not in environ})
 
 
+def described(rows: RowFilter | None) -> str:
+    """The rows a rerun sends, in words (None: every row not yet succeeded)."""
+    return "every row not yet succeeded" if rows is None else rows.sendable().describe()
+
+
 @dataclass
 class Rerun:
     """One ``python -m engine rerun`` started here: its process and the last lines it printed."""
@@ -79,7 +84,7 @@ class Reruns:
             env=dict(self.environ),
             start_new_session=True,
         )
-        rerun = Rerun(process, "every row not yet succeeded" if rows is None else rows.sendable().describe())
+        rerun = Rerun(process, described(rows))
         self.started[run_id] = rerun
         threading.Thread(target=rerun.read, daemon=True).start()
 

@@ -8,7 +8,7 @@ import os
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from engine.dashboard import actions, pages
+from engine.dashboard import actions, login, pages
 
 #: The stylesheet and the script the pages load.
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -21,6 +21,9 @@ ROUTES: list[BaseRoute] = [
     Route("/runs/{run_id}/failures", pages.failures),
     Route("/runs/{run_id}/rows/{row_id}", pages.row),
     Route("/metrics", pages.metrics),
+    Route("/login", login.login_page),
+    Route("/login", login.login, methods=["POST"]),
+    Route("/logout", login.logout, methods=["POST"]),
     Route("/runs/{run_id}/pause", actions.pause, methods=["POST"]),
     Route("/runs/{run_id}/resume", actions.resume, methods=["POST"]),
     Route("/runs/{run_id}/rerun", actions.rerun, methods=["POST"]),

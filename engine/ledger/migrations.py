@@ -106,6 +106,7 @@ MIGRATIONS = (
         "partial indexes of sent and of unsettled rows (PostgreSQL ledgers lacked them)",
         (AddIndex("requests_sent"), AddIndex("requests_unsettled")),
     ),
+    Migration(5, "the audit log of the dashboard's actions", (AddTable("audit"), AddIndex("idx_audit_run_id"))),
 )
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version

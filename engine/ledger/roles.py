@@ -166,6 +166,10 @@ class RunBook(Ledger):
         """Mark the rows matching ``rows`` (and, if given, whose id is in ``row_ids``) ``selected``
         for the next pass; a row that succeeded is never selected. Returns how many."""
 
+    @abstractmethod
+    def record_action(self, run_id: str, who: str, action: str, rows: str, outcome: str) -> None:
+        """Append to the audit log: ``who`` did ``action`` on ``rows`` of ``run_id`` now, and its ``outcome``."""
+
 
 class PassLedger(Ledger):
     """A pass's writes: the pages it sends, the answers it records, its lease, its pauses."""
@@ -356,6 +360,10 @@ class LedgerReader(Ledger):
     @abstractmethod
     def row_attempts(self, rid: int) -> list[dict]:
         """Every attempt of one row, in order."""
+
+    @abstractmethod
+    def audit(self, run_id: str, limit: int = 50) -> list[dict]:
+        """The run's last ``limit`` actions, newest first: ``at``, ``who``, ``action``, ``rows``, ``outcome``."""
 
     @abstractmethod
     def passes(self, run_id: str) -> list[dict]:

@@ -178,11 +178,19 @@ CHUNKS = Table(
     pk=("chunk_id",),
     identity=True,
 )
+#: One row per action an operator took from the dashboard (pause, resume, rerun): who, when, what,
+#: which rows, and how it ended, refused ones included.
+AUDIT = Table(
+    "audit",
+    _columns({"audit_id": int, "run_id": str, "at": float, "who": str, "action": str, "rows": str, "outcome": str}),
+    pk=("audit_id",),
+    identity=True,
+)
 #: Facts about the ledger itself, written once: its ``ledger_id`` (which nodes compare).
 META = Table("meta", _columns({"key": str, "value": str}), pk=("key",))
 #: One row per migration applied to this ledger (:mod:`engine.ledger.migrations`): its version is the highest.
 SCHEMA_VERSION = Table("schema_version", _columns({"version": int, "applied_at": float, "why": str}), pk=("version",))
-TABLES = {table.name: table for table in (RUNS, REQUESTS, ATTEMPTS, PASSES, PAUSES, LEASES, CHUNKS, META)}
+TABLES = {table.name: table for table in (RUNS, REQUESTS, ATTEMPTS, PASSES, PAUSES, LEASES, CHUNKS, META, AUDIT)}
 
 #: Two partial indexes of requests, and the condition a query repeats word for word to use one:
 #: rows that were sent, by run and state (counts per state, as the dashboard reads them every
@@ -198,6 +206,7 @@ INDEXES = {
         Index("idx_requests_run_id_priority_rid", "requests", ("run_id", "priority", "rid")),
         Index("idx_runs_fingerprint", "runs", ("fingerprint",)),
         Index("idx_chunks_run_id_state", "chunks", ("run_id", "state")),
+        Index("idx_audit_run_id", "audit", ("run_id", "audit_id")),
         # rows of a chunk; partial: rows never chunked (every local run) cost nothing to load
         Index("requests_chunk", "requests", ("chunk_id",), where="chunk_id IS NOT NULL"),
         Index("requests_sent", "requests", ("run_id", "status"), where=SENT),

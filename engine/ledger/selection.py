@@ -47,6 +47,10 @@ _FLAGS = ("include_unknown", "include_rejected")
 _REPEATED = ("status", "row_id")
 _TRUE = ("1", "on", "true", "yes")
 _DIGITS = re.compile(r"[0-9]{1,9}")
+#: The longest text a filter value may be (an error text, a row id): longer is refused, not cut.
+MAX_TEXT = 200
+#: The most values a repeated field (``row_id``, ``status``) may carry.
+MAX_VALUES = 100
 
 
 class InvalidFilter(UsageError):
@@ -106,7 +110,7 @@ class RowFilter:
             if not isinstance(value, str):
                 raise InvalidFilter(f"invalid filter: {name} must be text")
             if value != "":
-                values.setdefault(name, []).append(value)
+                values.setdefault(name, []).append(_text(name, value))
         return cls.from_options(
             states=values.get("status", ()),
             http_status=_one(values, "http_status"),
@@ -152,6 +156,9 @@ class RowFilter:
         """The filter the command line's options name (their values as typed); ``default_states``
         when no state is named."""
         named = tuple(states)
+        ids = tuple(_text("row_id", row_id) for row_id in row_ids)
+        if len(named) > MAX_VALUES or len(ids) > MAX_VALUES:
+            raise InvalidFilter(f"invalid filter: more than {MAX_VALUES} values of status or row_id")
         for state in named:
             if state not in STATES:
                 raise InvalidFilter(f"invalid filter: status {state!r} is not one of {', '.join(STATES)}")
@@ -159,8 +166,8 @@ class RowFilter:
             states=named or tuple(default_states),
             http_status=_number("http_status", http_status, 100, 599),
             curl_error=_number("curl_error", curl_error, 1, 199),
-            error_contains=error_contains or None,
-            row_ids=tuple(row_ids),
+            error_contains=_text("error", error_contains) if error_contains else None,
+            row_ids=ids,
             include_unknown=bool(include_unknown),
             include_rejected=bool(include_rejected),
         )
@@ -231,6 +238,16 @@ def _number(name: str, value: str | int | None, low: int, high: int) -> int | No
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise InvalidFilter(f"invalid filter: {name} {str(value)!r} is not a number from {low} to {high}")
     return int(text)
+
+
+def _text(name: str, value: str) -> str:
+    """``value`` if it is a sane filter text: at most :data:`MAX_TEXT` characters, and no NUL byte
+    (PostgreSQL refuses it in a query: a 500, not the operator's mistake)."""
+    if len(value) > MAX_TEXT:
+        raise InvalidFilter(f"invalid filter: {name} is {len(value)} characters long (at most {MAX_TEXT})")
+    if "\0" in value:
+        raise InvalidFilter(f"invalid filter: {name} {value!r} holds a NUL byte")
+    return value
 
 
 def _escape_like(text: str) -> str:

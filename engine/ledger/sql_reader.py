@@ -12,6 +12,9 @@ from engine.ledger.sql_base import SQLBase
 from engine.states import PENDING, STATES
 from engine.wire import Attempt
 
+#: What :meth:`SQLReader.audit` gives of each action.
+AUDIT_COLUMNS = ("at", "who", "action", "rows", "outcome")
+
 
 class SQLReader(SQLBase, LedgerReader):
     """What reports and the dashboard read, in SQL."""
@@ -87,6 +90,13 @@ class SQLReader(SQLBase, LedgerReader):
     def row_attempts(self, rid: int) -> list[dict]:
         cursor = self._run(f"SELECT {', '.join(Attempt._fields)} FROM attempts WHERE rid = ? ORDER BY attempt", (rid,))
         return [dict(zip(Attempt._fields, row, strict=True)) for row in cursor.fetchall()]
+
+    def audit(self, run_id: str, limit: int = 50) -> list[dict]:
+        cursor = self._run(
+            "SELECT at, who, action, rows, outcome FROM audit WHERE run_id = ? ORDER BY audit_id DESC LIMIT ?",
+            (run_id, limit),
+        )
+        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
     def passes(self, run_id: str) -> list[dict]:
         cursor = self._run(

@@ -140,6 +140,13 @@ class SQLRunBook(SQLBase, RunBook):
             )
         return None
 
+    def record_action(self, run_id: str, who: str, action: str, rows: str, outcome: str) -> None:
+        with self._transaction():
+            self._run(
+                "INSERT INTO audit (run_id, at, who, action, rows, outcome) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, time.time(), who, action, rows, outcome),
+            )
+
     def run_ids(self) -> list[str]:
         return [run_id for (run_id,) in self._run("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
 

@@ -14,10 +14,11 @@
   const live = document.getElementById("live");
   if (!live) return;
   const run = live.dataset.run;
+  const root = document.querySelector("main").dataset.root || "";
   const set = (id, value) => { const el = document.getElementById(id); if (el) el.textContent = value; };
   async function refresh() {
     try {
-      const r = await fetch(`/runs/${encodeURIComponent(run)}/live.json`, {cache: "no-store"});
+      const r = await fetch(`${root}/runs/${encodeURIComponent(run)}/live.json`, {cache: "no-store"});
       if (!r.ok) return;
       const s = await r.json();
       for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "key_conflict", "pending"]) set(k, s[k]);
