@@ -106,6 +106,16 @@ MIGRATIONS = (
         "partial indexes of sent and of unsettled rows (PostgreSQL ledgers lacked them)",
         (AddIndex("requests_sent"), AddIndex("requests_unsettled")),
     ),
+    Migration(
+        5,
+        "--capture values per row and attempt; answers the API marked Idempotent-Replayed",
+        (
+            AddColumn("requests", "captured"),
+            AddColumn("requests", "replayed"),
+            AddColumn("attempts", "captured"),
+            AddColumn("attempts", "replayed"),
+        ),
+    ),
 )
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version
