@@ -134,3 +134,18 @@ def test_worker_nodes_capture_from_the_runs_stored_settings(customers, postgres_
     found = ledger_rows(postgres_url, "SELECT captured FROM requests WHERE run_id = 'nodes'")
     ids = {orjson.loads(captured)["values"]["charge_id"] for (captured,) in found}
     assert len(ids) == 150 and all(i.startswith("ch_") for i in ids)
+
+
+def test_a_captured_secret_is_redacted_like_an_excerpt(customers, db, run):
+    """An API that quotes the request's headers back: the token never reaches the ledger through a capture."""
+    token = "sk_live_capture_secret_123456"
+    with MockProcess(echo_headers=True) as api:
+        billed = run(
+            "bill", customers(3), "--url", api.charge_url(), "--db", db, "--run-id", "s",
+            "--header", "Authorization: Bearer ${API_TOKEN}", "--capture", "auth=$.headers.authorization",
+            env={"API_TOKEN": token},
+        )  # fmt: skip
+        assert billed.exit_code == 0, billed.output
+    captured = [row[0] for row in ledger_rows(db, "SELECT captured FROM requests")]
+    assert len(captured) == 3 and all(token not in text for text in captured), captured
+    assert all(orjson.loads(text)["values"]["auth"] == "Bearer [redacted]" for text in captured), captured
