@@ -17,7 +17,6 @@ import asyncio
 import base64
 import dataclasses
 import json
-import math
 import random
 import re
 import time
@@ -26,6 +25,7 @@ from collections import Counter, deque
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from engine.mock.config import MockConfig
+from engine.mock.quota import Quota
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {
@@ -59,24 +59,7 @@ class BillingState:
         self.recent: deque = deque()
         self.max_per_second = 0
         self.refused: set[str] = set()  # customers whose first request got --refuse-first
-        self.window_index, self.window_used = -1, 0  # the --ratelimit quota's current window
-
-    def take_quota(self, now: float) -> tuple[bool, str]:
-        """Count a request against the --ratelimit quota: whether it is allowed, and the headers saying
-        what is left (``r``) and in how many seconds the window resets (``t``)."""
-        c = self.config
-        if not c.ratelimit:
-            return True, ""
-        index = int((now - self.started) // c.ratelimit_window)
-        if index != self.window_index:
-            self.window_index, self.window_used = index, 0
-        allowed = self.window_used < c.ratelimit
-        self.window_used += allowed
-        reset = max(1, math.ceil(self.started + (index + 1) * c.ratelimit_window - now))
-        return allowed, (
-            f'RateLimit-Policy: "default";q={c.ratelimit};w={c.ratelimit_window:g}\r\n'
-            f'RateLimit: "default";r={c.ratelimit - self.window_used};t={reset}\r\n'
-        )
+        self.quota = Quota(self.config, self.started)
 
     def stats(self) -> dict:
         twice = [c for c, n in self.charges.items() if n > 1]
@@ -240,7 +223,7 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     state.counters["requests"] += 1
     now = time.monotonic()
     state.count_arrival(now)
-    allowed, quota = state.take_quota(now)
+    allowed, quota = state.quota.take(now)
     if not allowed:
         status, body, extra = 429, b'{"error":"rate limit exceeded"}', ""
     else:
