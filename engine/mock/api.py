@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import itertools
 import json
 import random
 import re
@@ -47,6 +48,7 @@ class BillingState:
         self.config = config
         self.rng = random.Random(config.seed)
         self.started = time.monotonic()
+        self.charge_ids = itertools.count(1)  # never reset: a charge id stays unique while the server runs
         self.reset()
 
     def reset(self) -> None:
@@ -334,8 +336,7 @@ async def _charge_after_latency(state: BillingState, customer: str, key: str | N
     if state.customer_fails(customer):
         return 503, b'{"error":"billing backend unavailable for this customer"}', ""
     state.charges[customer] += 1
-    state.counters["charge_ids"] += 1
-    charge_id = f"ch_{state.counters['charge_ids']:08d}"
+    charge_id = f"ch_{next(state.charge_ids):08d}"
     body = json.dumps({"id": charge_id, "charged": customer, "charge": state.charges[customer]}).encode()
     if key is not None:
         state.keys[key] = (200, body)
