@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.delivery.breaker import BreakerSettings
+from engine.delivery.extract import CAPTURE_BODY_BYTES, capture_names
 from engine.delivery.policy import RetryPolicy
 from engine.errors import UsageError
 from engine.request.fieldtypes import parse_field_types
@@ -85,6 +86,8 @@ class RunSettings:
     pause_after: int = BreakerSettings.threshold
     max_pause: float = 300.0
     stall_timeout: float = 15.0
+    #: ``NAME=JSONPATH``: values kept from each 2xx JSON answer (--capture charge_id=$.id).
+    captures: tuple[str, ...] = ()
 
     #: The settings that decide what a request is: same values, same request (and same keys).
     REQUEST_FIELDS = (
@@ -113,6 +116,7 @@ class RunSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
         if self.max_host_connections < 0:
             raise UsageError("--max-host-connections must not be negative")
+        capture_names(self.captures)
         self._check_proxy()
         self._check_secret_headers()
         parse_field_types(self.field_types)
@@ -203,6 +207,7 @@ class RunSettings:
             client_cert=self.client_cert,
             client_key=self.client_key,
             client_key_password=os.environ.get(CLIENT_KEY_PASSWORD_ENV) or None,
+            capture_bytes=CAPTURE_BODY_BYTES if self.captures else 0,
         )
 
     def sender_parts(self, spec: RequestSpec) -> SenderParts:
@@ -217,6 +222,7 @@ class RunSettings:
             id_field=self.id_field,
             rate=self.rate,
             breaker=self.breaker(),
+            captures=self.captures,
         )
 
     def fit_open_files(self, limit: int) -> tuple[RunSettings, str | None]:

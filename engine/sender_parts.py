@@ -35,6 +35,8 @@ class TransportOptions:
     client_cert: str | None = None
     client_key: str | None = None
     client_key_password: str | None = field(default=None, repr=False)
+    #: Bytes of each answer kept to capture values from (0: only the excerpt; ``--capture`` sets it).
+    capture_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,3 +55,5 @@ class SenderParts:
     id_field: str = "id"
     rate: float | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    #: ``--capture NAME=JSONPATH`` texts: compiled and evaluated by each sending process.
+    captures: tuple[str, ...] = ()

@@ -40,6 +40,10 @@ class Attempt(NamedTuple):
     excerpt: str | None
     started_at: float
     duration_ms: float
+    #: ``--capture`` values of a 2xx answer, as JSON text (:mod:`engine.delivery.extract`), or None.
+    captured: str | None = None
+    #: 1 when the API answered ``Idempotent-Replayed: true``: an earlier attempt's answer, not a new charge.
+    replayed: int = 0
 
 
 def attempt_record(
@@ -53,9 +57,11 @@ def attempt_record(
     excerpt: str | None = None,
     started_at: float,
     duration_ms: float = 0.0,
+    captured: str | None = None,
+    replayed: int = 0,
 ) -> tuple:
     """An :class:`Attempt` as the plain tuple that travels (``Attempt._make`` reads it back)."""
-    return (rid, attempt, outcome, http_status, curl_error, error, excerpt, started_at, duration_ms)
+    return (rid, attempt, outcome, http_status, curl_error, error, excerpt, started_at, duration_ms, captured, replayed)
 
 
 #: Where each field sits in an attempt tuple, for the coordinator's hot path.

@@ -226,4 +226,6 @@ def test_attempts_travel_as_plain_tuples_in_attempt_order():
         "excerpt": None,
         "started_at": 1.0,
         "duration_ms": 2.0,
+        "captured": None,
+        "replayed": 0,
     }

@@ -8,7 +8,7 @@ import click
 
 from engine.cli.options import _broker_without_password, db_option, engine_errors, row_filter, row_filter_options
 from engine.ledger import open_store
-from engine.output.export import EXPORT_FORMATS, write_export
+from engine.output.export import EXPORT_FORMATS, run_captures, write_export
 from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
 from engine.states import FAILED
 
@@ -132,7 +132,7 @@ def report(run_id, fmt, db):
 @db_option
 @engine_errors
 def export(run_id, fmt, output, db, **filter_options):
-    """The rows of RUN_ID that match, with payload, attempts, last status, error and excerpt.
+    """The rows of RUN_ID that match, with payload, attempts, last status, error, excerpt and --capture values.
 
     Without --status: the rows that failed. CSV has a header row even when nothing matches;
     jsonl is one JSON object per row. An invalid filter value is refused (exit 2).
@@ -145,5 +145,5 @@ def export(run_id, fmt, output, db, **filter_options):
     """
     rows = row_filter(filter_options, default_states=(FAILED,))
     with open_store(db, create=False) as ledger:
-        ledger.get_run(run_id)
-        write_export(ledger.iter_rows(run_id, rows), fmt, output)
+        run = ledger.get_run(run_id)
+        write_export(ledger.iter_rows(run_id, rows), fmt, output, run_captures(run))

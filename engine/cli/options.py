@@ -116,6 +116,19 @@ def broker_option(command):
     )(command)
 
 
+def capture_option(command):
+    """--capture NAME=JSONPATH (repeatable): values kept from each 2xx JSON answer, stored with the run."""
+    return click.option(
+        "--capture",
+        "captures",
+        multiple=True,
+        metavar="NAME=JSONPATH",
+        help="Keep a value of each 2xx JSON answer (answers up to 64 KiB), shown by export, report and the"
+        " dashboard; one missing from an answer is recorded as missing, not as an error: "
+        "--capture charge_id=$.id --capture status=$.status.",
+    )(command)
+
+
 def pool_options(command):
     """--workers, --concurrency, --chunks: how much is in flight at once."""
     return _apply(

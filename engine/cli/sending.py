@@ -9,6 +9,7 @@ import click
 from engine.cli.options import (
     PEM_FILE,
     broker_option,
+    capture_option,
     connection_options,
     db_option,
     engine_errors,
@@ -128,6 +129,7 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     default=None,
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
+@capture_option
 @connection_options
 @db_option
 @broker_option
@@ -178,7 +180,7 @@ def bill(
 
     \b
     Example:
-        python -m engine bill customers.csv --chunks 100 --run-id 2026-12 \\
+        python -m engine bill customers.csv --chunks 100 --run-id 2026-12 --capture charge_id=$.id \\
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
     """

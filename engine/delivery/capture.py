@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from engine.delivery.hints import HINT_HEADERS, HINT_INITIALS
 from engine.delivery.policy import Outcome
 
 #: Longest response excerpt kept per attempt (bytes); the rest of an answer is dropped as it arrives.
@@ -29,20 +30,29 @@ class Finished(NamedTuple):
     duration_ms: float
     excerpt: str | None
     error: str | None
+    #: The body of a 2xx answer when ``--capture`` is given (None past the bound it is kept to).
+    body: bytes | None = None
+    #: The answer said ``Idempotent-Replayed: true``.
+    replayed: bool = False
+    #: Seconds until the API's quota resets, when its ``RateLimit`` headers say none is left.
+    quota_rest: float | None = None
 
 
 class Capture:
     """Per-handle state of one transfer: whose it is, when it started, the answer's first bytes.
 
-    Memory per transfer is bounded whatever the server sends: EXCERPT_BYTES of body, a
-    count of header bytes.
+    Memory per transfer is bounded whatever the server sends: ``keep`` bytes of body (EXCERPT_BYTES,
+    or more to capture values from), a count of header bytes, the few hint headers' values.
     """
 
-    __slots__ = ("body", "body_taken", "chunks", "header_bytes", "kept", "started_at", "token")
+    __slots__ = ("body", "body_taken", "chunks", "header_bytes", "hints", "keep", "kept", "over", "started_at", "token")
 
-    def __init__(self):
+    def __init__(self, keep: int = EXCERPT_BYTES):
         self.chunks: list[bytes] = []
+        self.keep = max(keep, EXCERPT_BYTES)
         self.kept = 0
+        self.over = False  # the answer had more than ``keep`` bytes
+        self.hints: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.token = None
         self.started_at = 0.0
@@ -52,6 +62,8 @@ class Capture:
     def reset(self, token) -> None:
         self.chunks.clear()
         self.kept = 0
+        self.over = False
+        self.hints.clear()
         self.header_bytes = 0
         self.body_taken = 0
         self.token = token
@@ -72,13 +84,25 @@ class Capture:
         return piece
 
     def write(self, data: bytes) -> None:
-        """libcurl's write callback: keep the first EXCERPT_BYTES, discard the rest as it arrives."""
-        if self.kept < EXCERPT_BYTES:
-            piece = data[: EXCERPT_BYTES - self.kept]
+        """libcurl's write callback: keep the first ``keep`` bytes, discard the rest as it arrives."""
+        if self.kept < self.keep:
+            piece = data[: self.keep - self.kept]
             self.chunks.append(piece)
             self.kept += len(piece)
+            if len(piece) < len(data):
+                self.over = True
+        elif data:
+            self.over = True
 
     def header(self, line: bytes) -> int | None:
-        """libcurl's header callback: count the bytes, keep none; returning 0 past HEADER_BYTES aborts."""
+        """libcurl's header callback: count the bytes, keep only the hints' values
+        (:mod:`engine.delivery.hints`); returning 0 past HEADER_BYTES aborts."""
         self.header_bytes += len(line)
-        return 0 if self.header_bytes > HEADER_BYTES else None
+        if self.header_bytes > HEADER_BYTES:
+            return 0
+        if line and line[0] in HINT_INITIALS:
+            name, colon, value = line.partition(b":")
+            name = name.strip().lower()
+            if colon and name in HINT_HEADERS:
+                self.hints[name] = value.strip()
+        return None

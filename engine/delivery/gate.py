@@ -21,6 +21,9 @@ GO, PROBE, WAIT = Permit.GO, Permit.PROBE, Permit.WAIT
 #: While answers arrive, a gate tells the pacer about them at least this often (s), so that every
 #: sender adapts to 429s, also one whose loop never calls :meth:`Gate.report` (a node's chunk sender).
 REPORT_EVERY = 0.25
+#: Longest a ``RateLimit`` hint rests a worker (s): a far reset (a daily quota) is left to 429s and
+#: their Retry-After rather than stalling a pass that can say nothing meanwhile.
+QUOTA_REST_CAP = 60.0
 
 
 class Breaker(Protocol):
@@ -56,6 +59,7 @@ class Gate:
         self.failed_down: set[int] = set()  # rows that got a "down" answer in this pass
         self.cooling: list[float] = []  # release times (monotonic) of slots resting after a 429
         self.paced_until = 0.0
+        self.quota_until = 0.0  # monotonic: the API said its quota is spent until then
         self.answers = self.throttled = 0  # since the last report to the pacer
         self.reported_at = time.monotonic()
 
@@ -68,6 +72,9 @@ class Gate:
 
     def permit(self) -> Permit:
         """:data:`GO` (counted by the pacer), :data:`PROBE` (send one row as the outage probe) or :data:`WAIT`."""
+        if self.quota_until and time.monotonic() < self.quota_until:
+            self.paced_until = self.quota_until  # before the breaker: a probe it grants is never left unsent
+            return WAIT
         allowed = self.breaker.allow()
         if allowed is not GO:
             return allowed
@@ -112,6 +119,12 @@ class Gate:
         """A slot that got a 429 rests until its row's retry (monotonic ``until``), unless 429s are noise."""
         if self.pacer.rest_on_429():
             heapq.heappush(self.cooling, until)
+
+    def rest_all(self, until: float) -> None:
+        """The API's ``RateLimit`` headers say nothing is left until ``until`` (monotonic, capped at
+        QUOTA_REST_CAP from now): no transfer of this worker starts before then. The pacer still
+        applies after it, so a hint can slow a worker below ``--rate``, never speed it up."""
+        self.quota_until = max(self.quota_until, min(until, time.monotonic() + QUOTA_REST_CAP))
 
     def report(self) -> None:
         """Tell the pacer how many answers were throttled since the last report."""

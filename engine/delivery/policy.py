@@ -9,6 +9,10 @@ reset after the request went out may already have charged the customer; with an
 ``Idempotency-Key`` the server deduplicates it, so it is retried too; without one
 the outcome is ``unknown`` and left for a person to reconcile.
 
+An API's ``Stripe-Should-Retry`` header, parsed into :attr:`Outcome.should_retry`, is heeded
+within these rules: ``false`` stops retrying, ``true`` retries a refused answer, but only with a
+key (:meth:`RetryPolicy.heed`).
+
 Without a key an HTTP answer is judged by the same question. Only 429 and a 503 that
 says when to come back (``Retry-After``) prove the request was turned away unprocessed;
 a 502 or 504 usually comes from a gateway whose upstream *did* get the request, and a
@@ -92,6 +96,8 @@ class Outcome(NamedTuple):
     body_taken: bool = False
     #: The first bytes of the answer's body (what says why a 400 or 422 refused the request).
     excerpt: str | None = None
+    #: The answer's ``Stripe-Should-Retry`` header (None: absent): the API's own word on retrying it.
+    should_retry: bool | None = None
 
 
 class Decision(NamedTuple):
@@ -142,7 +148,20 @@ class RetryPolicy:
 
     def classify(self, outcome: Outcome) -> str:
         """``succeeded``, ``rejected``, ``key_conflict``, ``unknown``, ``failed`` (cannot work) or ``retrying``,
-        ignoring attempts."""
+        ignoring attempts; the API's ``Stripe-Should-Retry`` weighed in (:meth:`heed`)."""
+        state = self._classify(outcome)
+        return state if outcome.should_retry is None else self.heed(state, outcome.should_retry)
+
+    def heed(self, state: str, should_retry: bool) -> str:
+        """``state`` after the API's ``Stripe-Should-Retry``. ``false``: a retry is not sent in this pass
+        (``failed``: a later rerun may). ``true``: a refused answer is retried, with a key only; without
+        one the no-key rule wins and nothing that may have charged is resent (an ``unknown`` stays
+        ``unknown``, a ``rejected`` stays ``rejected``). A key conflict is final either way."""
+        if not should_retry:
+            return FAILED if state == RETRYING else state
+        return RETRYING if state == REJECTED and self.idempotent else state
+
+    def _classify(self, outcome: Outcome) -> str:
         status = outcome.http_status
         if outcome.curl_error is None and status is not None:
             if 200 <= status < 300:

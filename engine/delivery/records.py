@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from engine.delivery.capture import Finished  # plain Python: the coordinator writes records too
 from engine.request.spec import redact
 from engine.states import FAILED
 from engine.wire import Dispatch, attempt_record
 
+if TYPE_CHECKING:
+    from engine.delivery.extract import Extractor
 
-def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, secrets: Iterable[str]) -> tuple:
+
+def finished_record(
+    row: Dispatch, attempt: int, state: str, done: Finished, secrets: Iterable[str], extractor: Extractor | None = None
+) -> tuple:
     """The record of the row's ``attempt``-th attempt of this pass (numbered after its earlier ones).
 
     An API that echoes the request must not put a token into the ledger or the log: the
-    error and the excerpt are redacted.
+    error, the excerpt and the captured values are redacted. Values are captured from 2xx
+    answers only, here in the sending process: only they cross to the coordinator.
     """
     error, excerpt = done.error, done.excerpt
+    status = done.outcome.http_status
+    captured = extractor.extract(done.body) if extractor and status and 200 <= status < 300 else None
     if secrets:
-        error, excerpt = redact(error, secrets), redact(excerpt, secrets)
+        error, excerpt, captured = redact(error, secrets), redact(excerpt, secrets), redact(captured, secrets)
     return attempt_record(
         rid=row.rid,
         attempt=row.attempts + attempt,
@@ -30,6 +39,8 @@ def finished_record(row: Dispatch, attempt: int, state: str, done: Finished, sec
         excerpt=excerpt,
         started_at=done.started_at,
         duration_ms=done.duration_ms,
+        captured=captured,
+        replayed=int(done.replayed),
     )
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from engine.delivery.capture import Finished
+from engine.delivery.extract import Extractor
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
 from engine.delivery.records import finished_record
@@ -23,8 +24,9 @@ from engine.wire import Dispatch
 class Retries:
     """Rows waiting to be sent again (or held until their ``not_before``), and each row's attempts this pass."""
 
-    def __init__(self, policy: RetryPolicy, gate: Gate, secrets: Iterable[str]):
+    def __init__(self, policy: RetryPolicy, gate: Gate, secrets: Iterable[str], extractor: Extractor | None = None):
         self.policy, self.gate, self.secrets = policy, gate, tuple(secrets)
+        self.extractor = extractor or None  # ``--capture``: compiled once, in this sending process
         self.waiting: list[tuple[float, int, Dispatch]] = []  # (due, rid, row), monotonic
         self.tries: dict[int, int] = {}  # rid -> attempts in this pass, for rows being retried
         self.rng = random.Random()
@@ -47,6 +49,8 @@ class Retries:
         row: Dispatch = done.token
         outcome = done.outcome
         self.gate.settle(row.rid, outcome)
+        if done.quota_rest is not None:
+            self.gate.rest_all(time.monotonic() + done.quota_rest)  # the API's quota is spent until its reset
         attempt = self.tries.get(row.rid, 0) + 1 if self.tries else 1
         decision = self.policy.decide(outcome, attempt, self.rng)
         if decision.state == RETRYING:
@@ -58,7 +62,7 @@ class Retries:
         else:
             self.tries.pop(row.rid, None)
             self.gate.forget(row.rid)
-        return finished_record(row, attempt, decision.state, done, self.secrets)
+        return finished_record(row, attempt, decision.state, done, self.secrets, self.extractor)
 
     def drop(self) -> None:
         """Forget every waiting row (they stay as the ledger has them, for a later pass)."""

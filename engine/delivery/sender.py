@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from engine.delivery.extract import Extractor
 from engine.delivery.fence import Fence
 from engine.delivery.gate import PROBE, WAIT, Gate
 from engine.delivery.records import unsendable_record
@@ -43,7 +44,8 @@ class Sender:
         self.requests = RowRequests(parts.spec, parts.id_field)
         self.transport = Transport(parts.window, parts.transport, parts.spec.method, wake_fd)
         self.gate = gate
-        self.retries = Retries(parts.policy, gate, parts.spec.secrets)  # retries and held rows wait here
+        # retries and held rows wait here
+        self.retries = Retries(parts.policy, gate, parts.spec.secrets, Extractor(parts.captures))
         self.ready: deque[Dispatch] = deque()
         self.records: list[tuple] = []  # attempt records not yet handed on
         self.dropped = 0  # rows of the last chunk not started because its claim may be gone

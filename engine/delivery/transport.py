@@ -14,6 +14,7 @@ import time
 import pycurl
 
 from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, Capture, Finished
+from engine.delivery.hints import read_hints
 from engine.delivery.policy import Outcome
 from engine.sender_parts import TransportOptions
 
@@ -35,7 +36,7 @@ UNKEYED_MAX_IDLE = 2
 def _new_handle(options: TransportOptions, method: str) -> tuple[pycurl.Curl, Capture]:
     """A handle set up for every request of a run, and the capture its callbacks write into."""
     handle = pycurl.Curl()
-    capture = Capture()
+    capture = Capture(options.capture_bytes)
     if method == "HEAD":
         handle.setopt(pycurl.NOBODY, 1)
     elif method not in ("GET", "POST"):
@@ -103,7 +104,8 @@ def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, messa
     """What a finished handle (and its ``capture``) says about its transfer."""
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
     chunks = capture.chunks
-    excerpt = (chunks[0] if len(chunks) == 1 else b"".join(chunks)).decode("utf-8", "replace") if chunks else None
+    kept = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
+    excerpt = kept[:EXCERPT_BYTES].decode("utf-8", "replace") if chunks else None
     if curl_error is not None:
         # a body libcurl took went out: an error after that, even a connect error (libcurl
         # reconnecting to send it again), may follow a request the server received
@@ -118,8 +120,18 @@ def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, messa
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-    outcome = Outcome(http_status=status, retry_after=float(retry_after) if retry_after > 0 else None, excerpt=excerpt)
-    return Finished(capture.token, outcome, capture.started_at, duration_ms, excerpt, None)
+    hints = read_hints(capture.hints)
+    outcome = Outcome(
+        http_status=status,
+        retry_after=float(retry_after) if retry_after > 0 else None,
+        excerpt=excerpt,
+        should_retry=hints.should_retry,
+    )
+    # the whole body, to capture from: only when --capture keeps more than an excerpt, of a 2xx answer
+    body = kept if capture.keep > EXCERPT_BYTES and 200 <= status < 300 and not capture.over else None
+    return Finished(
+        capture.token, outcome, capture.started_at, duration_ms, excerpt, None, body, hints.replayed, hints.quota_rest
+    )
 
 
 class _SelectLoop:

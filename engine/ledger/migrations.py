@@ -107,6 +107,16 @@ MIGRATIONS = (
         (AddIndex("requests_sent"), AddIndex("requests_unsettled")),
     ),
     Migration(5, "the audit log of the dashboard's actions", (AddTable("audit"), AddIndex("idx_audit_run_id"))),
+    Migration(
+        6,
+        "--capture values per row and attempt; answers the API marked Idempotent-Replayed",
+        (
+            AddColumn("requests", "captured"),
+            AddColumn("requests", "replayed"),
+            AddColumn("attempts", "captured"),
+            AddColumn("attempts", "replayed"),
+        ),
+    ),
 )
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version

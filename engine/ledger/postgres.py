@@ -41,6 +41,7 @@ _INSERT_INCOMING = (
 _UPDATE_FROM_INCOMING = (
     "UPDATE requests SET attempts = i.attempt, status = i.outcome, http_status = i.http_status,"
     " curl_error = i.curl_error, error = i.error, latency_ms = i.duration_ms,"
+    " captured = i.captured, replayed = i.replayed,"
     " updated_at = i.started_at + i.duration_ms / 1000.0"
     " FROM (SELECT DISTINCT ON (rid) * FROM incoming ORDER BY rid, attempt DESC) AS i"
     " WHERE requests.rid = i.rid AND requests.status <> 'succeeded'"
@@ -124,6 +125,7 @@ class PostgresStore(SQLStore):
     #: The server's clock, read at each statement (``now()`` would be the transaction's start).
     NOW = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
     LIKE = "ILIKE"
+    HAS_CAPTURE = "jsonb_exists(CAST(captured AS jsonb) -> 'values', ?)"
 
     def _transaction(self):
         return self.conn.transaction()

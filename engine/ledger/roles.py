@@ -42,6 +42,7 @@ FOUND_COLUMNS = (
     *EXPORT_COLUMNS,
     "payload",
     "excerpt",
+    "captured",
 )
 
 
@@ -325,6 +326,14 @@ class LedgerReader(Ledger):
     @abstractmethod
     def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
         """Nearest-rank percentiles of the latency of each row's last answered attempt, in constant memory."""
+
+    @abstractmethod
+    def capture_counts(self, run_id: str, names: Iterable[str]) -> dict[str, int]:
+        """How many rows have each ``--capture`` value."""
+
+    @abstractmethod
+    def replay_count(self, run_id: str) -> int:
+        """Succeeded rows whose success was an ``Idempotent-Replayed`` answer (an earlier attempt's charge)."""
 
     @abstractmethod
     def status_counts(self, run_id: str) -> dict[str, int]:

@@ -98,8 +98,13 @@ REQUESTS = Table(
             "latency_ms": float,
             "updated_at": float,
             "chunk_id": int,
+            # the --capture values of the row's last answer (JSON text), and whether the API marked that
+            # answer Idempotent-Replayed (a success replayed: an earlier attempt's charge, not a new one)
+            "captured": str,
+            "replayed": int,
         },
         not_null=("run_id", "row_id"),
+        zero=("replayed",),
     ),
     pk=("rid",),
     identity=True,
@@ -119,7 +124,10 @@ ATTEMPTS = Table(
             "excerpt": str,
             "started_at": float,
             "duration_ms": float,
-        }
+            "captured": str,
+            "replayed": int,
+        },
+        zero=("replayed",),
     ),
     pk=("rid", "attempt"),
     # appended in (rid, attempt) order: the cheapest insert there is

@@ -34,6 +34,9 @@ class SQLBase:
     #: nodes whose clocks differ by seconds still agree on who holds what.
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
+    #: Whether a row's ``captured`` JSON has a value named by the bound parameter (a --capture name).
+    HAS_CAPTURE = "json_type(captured, '$.values.' || ?) IS NOT NULL"
+
     conn: Any
     #: What the user gave as ``--db``.
     location: str

@@ -9,7 +9,7 @@ from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader
 from engine.ledger.schema import SENT, UNSETTLED
 from engine.ledger.selection import RowFilter
 from engine.ledger.sql_base import SQLBase
-from engine.states import PENDING, STATES
+from engine.states import PENDING, STATES, SUCCEEDED
 from engine.wire import Attempt
 
 #: What :meth:`SQLReader.audit` gives of each action.
@@ -60,6 +60,22 @@ class SQLReader(SQLBase, LedgerReader):
             (run_id,),
         )
 
+    def capture_counts(self, run_id: str, names: Iterable[str]) -> dict[str, int]:
+        names = tuple(names)
+        if not names:
+            return {}
+        counted = self._run(
+            f"SELECT {', '.join(f'sum(CASE WHEN {self.HAS_CAPTURE} THEN 1 ELSE 0 END)' for _ in names)}"
+            " FROM requests WHERE run_id = ? AND captured IS NOT NULL",
+            (*names, run_id),
+        ).fetchone()
+        return {name: int(count or 0) for name, count in zip(names, counted, strict=True)}
+
+    def replay_count(self, run_id: str) -> int:
+        return self._value(
+            f"SELECT count(*) FROM requests WHERE run_id = ? AND status = '{SUCCEEDED}' AND replayed = 1", (run_id,)
+        )
+
     def status_counts(self, run_id: str) -> dict[str, int]:
         return dict(
             self._run(
@@ -74,7 +90,7 @@ class SQLReader(SQLBase, LedgerReader):
         where, params = rows.where(self.LIKE)
         found = self._run(
             f"SELECT rid, {', '.join(EXPORT_COLUMNS)}, payload,"
-            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1)"
+            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1), captured"
             f" FROM requests WHERE run_id = ? AND rid > ? AND {where} ORDER BY rid LIMIT ?",
             (run_id, after_rid, *params, limit),
         ).fetchall()

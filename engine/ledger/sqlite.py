@@ -47,7 +47,7 @@ CACHE_KIB = 65_536
 #: The fields of an attempt that may be absent. Binding Python's None costs sqlite3 a failed
 #: adapter lookup (about 0.3 µs a value, measured: a successful attempt has three), so each
 #: pattern of absent fields gets statements with NULL written in and binds only what is present.
-_OPTIONAL = tuple(Attempt._fields.index(name) for name in ("http_status", "curl_error", "error", "excerpt"))
+_OPTIONAL = tuple(Attempt._fields.index(name) for name in ("http_status", "curl_error", "error", "excerpt", "captured"))
 
 
 class _AttemptStatements(NamedTuple):
@@ -69,7 +69,8 @@ def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
     update = (
         f"UPDATE requests SET attempts = {value['attempt']}, status = {value['outcome']},"
         f" http_status = {value['http_status']}, curl_error = {value['curl_error']}, error = {value['error']},"
-        f" latency_ms = {value['duration_ms']}, updated_at = {value['started_at']} + {value['duration_ms']} / 1000.0"
+        f" latency_ms = {value['duration_ms']}, captured = {value['captured']}, replayed = {value['replayed']},"
+        f" updated_at = {value['started_at']} + {value['duration_ms']} / 1000.0"
         f" WHERE rid = {value['rid']} AND status != '{SUCCEEDED}'"  # a late or repeated result never undoes a success
         # nor does an older attempt overwrite a newer one, unless it succeeded (a charge is what counts)
         f" AND (coalesce(attempts, 0) <= {value['attempt']} OR {value['outcome']} = '{SUCCEEDED}')"
@@ -79,7 +80,7 @@ def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
 
 def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tuple]]:
     """The attempts grouped by which optional fields they lack (a batch has two or three patterns)."""
-    http_status, curl_error, error, excerpt = _OPTIONAL
+    http_status, curl_error, error, excerpt, captured = _OPTIONAL
     groups: dict[tuple[bool, ...], list[tuple]] = {}
     for attempt in attempts:
         absent = (
@@ -87,6 +88,7 @@ def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tupl
             attempt[curl_error] is None,
             attempt[error] is None,
             attempt[excerpt] is None,
+            attempt[captured] is None,
         )
         groups.setdefault(absent, []).append(attempt)
     return groups

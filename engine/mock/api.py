@@ -5,7 +5,8 @@ of connections on one core. ``POST`` to any path charges a customer, named by th
 path (``/customers/<id>/...``) or by the body's ``customer`` or ``id`` field. A
 request whose ``Idempotency-Key`` already succeeded is replayed, not charged again;
 one whose key is still being processed gets 409 (or, with ``lock_keys`` off, is
-charged again, as by many real APIs). ``GET /stats`` returns counters,
+charged again, as by many real APIs). A charge's answer carries its id (``"id": "ch_..."``);
+knobs add ``Stripe-Should-Retry`` and an IETF ``RateLimit`` quota. ``GET /stats`` returns counters,
 including the customers charged more than once; ``POST /admin/config`` changes the
 fault knobs while it runs, ``POST /admin/reset`` clears the counters.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import itertools
 import json
 import random
 import re
@@ -24,6 +26,7 @@ from collections import Counter, deque
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from engine.mock.config import MockConfig
+from engine.mock.quota import Quota
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {
@@ -45,6 +48,7 @@ class BillingState:
         self.config = config
         self.rng = random.Random(config.seed)
         self.started = time.monotonic()
+        self.charge_ids = itertools.count(1)  # never reset: a charge id stays unique while the server runs
         self.reset()
 
     def reset(self) -> None:
@@ -56,6 +60,8 @@ class BillingState:
         self.max_seen_inflight = 0
         self.recent: deque = deque()
         self.max_per_second = 0
+        self.refused: set[str] = set()  # customers whose first request got --refuse-first
+        self.quota = Quota(self.config, self.started)
 
     def stats(self) -> dict:
         twice = [c for c, n in self.charges.items() if n > 1]
@@ -215,9 +221,22 @@ def _customer(request: Request) -> str | None:
 
 
 async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, str]:
-    config = state.config
+    """A charge's answer, with the quota's RateLimit headers and the knobs' Stripe-Should-Retry."""
     state.counters["requests"] += 1
-    state.count_arrival(time.monotonic())
+    now = time.monotonic()
+    state.count_arrival(now)
+    allowed, quota = state.quota.take(now)
+    if not allowed:
+        status, body, extra = 429, b'{"error":"rate limit exceeded"}', ""
+    else:
+        status, body, extra = await _answer(state, request)
+    if state.config.should_retry and not 200 <= status < 300:
+        extra += f"Stripe-Should-Retry: {state.config.should_retry}\r\n"
+    return status, body, quota + extra
+
+
+async def _answer(state: BillingState, request: Request) -> tuple[int, bytes, str]:
+    config = state.config
     key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None
     remembered = state.keys.get(key) if key is not None else None
     if remembered is not None:
@@ -235,6 +254,9 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     customer = _customer(request)
     if customer is None:
         return 400, b'{"error":"no customer in path or body"}', ""
+    if config.refuse_first and customer not in state.refused:
+        state.refused.add(customer)
+        return config.refuse_first, json.dumps({"error": f"injected {config.refuse_first}"}).encode(), ""
     if key is not None:
         state.keys[key] = None
     state.inflight += 1
@@ -314,7 +336,8 @@ async def _charge_after_latency(state: BillingState, customer: str, key: str | N
     if state.customer_fails(customer):
         return 503, b'{"error":"billing backend unavailable for this customer"}', ""
     state.charges[customer] += 1
-    body = json.dumps({"charged": customer, "charge": state.charges[customer]}).encode()
+    charge_id = f"ch_{next(state.charge_ids):08d}"
+    body = json.dumps({"id": charge_id, "charged": customer, "charge": state.charges[customer]}).encode()
     if key is not None:
         state.keys[key] = (200, body)
     if roll < config.p_drop_after:

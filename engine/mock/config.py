@@ -58,6 +58,19 @@ class MockConfig:
         "Quote the Authorization header's value first in every answer's body, in turn JSON-escaped, "
         "URL-encoded (upper/lower-case hex, + for space) and base64 (alone, and as Basic user:token).",
     )
+    refuse_first: int = knob(
+        0, "Answer each customer's first request with this HTTP status, charging nothing (0: never).", "STATUS"
+    )
+    should_retry: str = knob(
+        "", "Send Stripe-Should-Retry with this value (true or false) on every answer that is not 2xx.", "WORD"
+    )
+    ratelimit: int = knob(
+        0,
+        "Allow N requests per --ratelimit-window, 429 beyond; every answer says what is left in IETF"
+        " RateLimit and RateLimit-Policy headers (0: no quota).",
+        "N",
+    )
+    ratelimit_window: float = knob(1.0, "The quota window of --ratelimit.", "S")
 
     #: The type of each knob whose default is None.
     OPTIONAL_TYPES = {"outage_at": float, "seed": int}

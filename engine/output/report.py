@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from engine.ledger import Store
+from engine.output.export import run_captures
 from engine.states import (
     FAILED,
     IN_FLIGHT,
@@ -66,6 +67,7 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     if live:
         return summary
     summary.update(scans(ledger, run_id))
+    summary.update(answers(ledger, run_id, run))
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
     return summary
 
@@ -79,6 +81,15 @@ def scans(ledger: Store, run_id: str) -> dict:
         "http_status": ledger.status_counts(run_id),
         "top_error": _top_error(ledger, run_id),
         "chunks": ledger.chunk_summary(run_id),
+    }
+
+
+def answers(ledger: Store, run_id: str, run: dict) -> dict:
+    """What the answers said: successes the API replayed (``Idempotent-Replayed``: an earlier attempt's
+    charge, not a new one) and, per ``--capture`` name, how many rows have a value."""
+    return {
+        "replays": ledger.replay_count(run_id),
+        "captured": ledger.capture_counts(run_id, run_captures(run)),
     }
 
 
@@ -112,6 +123,7 @@ def render(summary: dict, fmt: str = "text") -> str:
         }
         flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
         flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
+        flat.update({f"captured_{k}": v for k, v in summary.get("captured", {}).items()})
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(flat))
         writer.writeheader()
@@ -123,15 +135,19 @@ def render(summary: dict, fmt: str = "text") -> str:
 def _text(s: dict) -> str:
     lat = s["latency_ms"]
     statuses = ", ".join(f"{code}: {n}" for code, n in s["http_status"].items()) or "none"
+    replays = f" ({s['replays']} of them replays of an earlier attempt)" if s.get("replays") else ""
     lines = [
         f"run {s['run_id']} ({s['state']})",
-        f"  rows       {s['total']}: {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"  rows       {s['total']}: {s['succeeded']} succeeded{replays}, {s['failed']} failed, "
         f"{s['rejected']} rejected, {s['unknown']} unknown, {s.get('key_conflict', 0)} key conflicts,"
         f" {s['pending']} not yet sent",
         f"  attempts   {s['attempts']} in {s['elapsed_s']:.1f} s ({s['requests_per_s']:.0f} requests/s)",
         f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
         f"  responses  {statuses}",
     ]
+    if s.get("captured"):
+        kept = ", ".join(f"{name} {count}" for name, count in s["captured"].items())
+        lines.append(f"  captured   rows with a value: {kept}")
     if s.get("top_error") and s["succeeded"] < s["total"]:
         top = s["top_error"]
         lines.append(f"  last error {top['error']} ({top['rows']} rows)")
