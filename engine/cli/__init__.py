@@ -9,6 +9,7 @@ from engine.cli.cluster import worker
 from engine.cli.dashboard import dashboard
 from engine.cli.ledger import export, pause, report, resume, status
 from engine.cli.mock import demo, mock_api
+from engine.cli.reconcile import reconcile
 from engine.cli.sending import bill, rerun
 
 
@@ -26,5 +27,5 @@ def cli():
     """
 
 
-for command in (bill, rerun, worker, status, report, export, pause, resume, dashboard, mock_api, demo):
+for command in (bill, rerun, reconcile, worker, status, report, export, pause, resume, dashboard, mock_api, demo):
     cli.add_command(command)

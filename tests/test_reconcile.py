@@ -1,0 +1,136 @@
+"""``reconcile``: unknown rows settled by asking the mock API, then a plain ``rerun`` sends only the rows
+it never charged; nobody is charged twice, everyone once."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from conftest import ledger_rows, run_engine, status_counts
+
+from engine.ledger import open_store
+from engine.ledger.lease import Holder
+from engine.mock.process import MockProcess
+from engine.states import FAILED, PENDING, SUCCEEDED, UNKNOWN
+
+ROWS = 60
+
+
+def _bill(api: MockProcess, customers, db: str, *extra) -> None:
+    """Bill ROWS customers as run ``u``, one attempt each: the dropped connections are left unsettled."""
+    result = run_engine(
+        "bill", customers(ROWS), "--url", api.charge_url(), "--db", db, "--run-id", "u",
+        "--max-attempts", 1, "--quiet", *extra,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    api.configure(p_drop_after=0.0, p_drop_before=0.0)
+
+
+@pytest.fixture
+def unknowns(customers, any_db):
+    """A ``--no-idempotency`` run ``u`` whose dropped connections (some after charging, some before)
+    left ``unknown`` rows; the mock API, still running and no longer dropping."""
+    with MockProcess(p_drop_after=0.15, p_drop_before=0.15, seed=7) as api:
+        _bill(api, customers, any_db, "--no-idempotency")
+        stats = api.stats()
+        assert stats["dropped_after"] >= 3 and stats["dropped_before"] >= 3
+        assert status_counts(any_db, "u")[UNKNOWN] == stats["dropped_after"] + stats["dropped_before"]
+        yield api
+
+
+def _reconcile(db: str, url: str, *extra):
+    return run_engine("reconcile", "u", "--db", db, "--lookup-url", url, *extra)
+
+
+def _lookup_attempts(db: str) -> int:
+    return ledger_rows(db, "SELECT count(*) FROM attempts WHERE error LIKE ?", "lookup: %")[0][0]
+
+
+def test_reconcile_then_rerun_charges_the_uncharged_once_and_resends_none_found_charged(any_db, unknowns):
+    before = unknowns.stats()
+    url = f"{unknowns.base_url}/v1/customers/{{id}}/charges"
+    result = _reconcile(any_db, url)
+    assert result.returncode == 0, result.stderr
+    charged, not_charged = before["dropped_after"], before["dropped_before"]
+    assert f"{charged} found charged (succeeded), {not_charged} not charged (pending), 0 still" in result.stdout
+    assert "python -m engine rerun u" in result.stdout
+    assert status_counts(any_db, "u") == {SUCCEEDED: ROWS - not_charged, PENDING: not_charged}
+    assert _lookup_attempts(any_db) == charged + not_charged
+    assert unknowns.stats()["requests"] == before["requests"]  # a lookup charges nobody
+
+    rerun = run_engine("rerun", "u", "--db", any_db, "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    stats = unknowns.stats()
+    assert stats["requests"] == before["requests"] + not_charged  # none of the rows found charged
+    assert stats["customers_charged"] == ROWS and stats["customers_charged_more_than_once"] == 0
+    assert status_counts(any_db, "u") == {SUCCEEDED: ROWS}
+
+
+def test_a_dry_run_asks_and_counts_but_changes_nothing(any_db, unknowns):
+    counts = status_counts(any_db, "u")
+    attempts = ledger_rows(any_db, "SELECT count(*) FROM attempts")
+    result = _reconcile(any_db, f"{unknowns.base_url}/v1/customers/{{id}}/charges", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    stats = unknowns.stats()
+    assert f"{stats['dropped_after']} found charged" in result.stdout and "dry run" in result.stdout
+    assert status_counts(any_db, "u") == counts
+    assert ledger_rows(any_db, "SELECT count(*) FROM attempts") == attempts
+    assert ledger_rows(any_db, "SELECT count(*) FROM leases") == [(0,)]
+
+
+def test_a_lookup_by_idempotency_key_settles_rows_of_a_keyed_run(customers, db):
+    """The mock knows a key its request carried: ``{key}`` (URL-encoded) finds the charge made under it."""
+    with MockProcess(p_drop_after=0.15, p_drop_before=0.15, seed=3) as api:
+        _bill(api, customers, db)
+        with open_store(db) as store:  # one attempt each: dropped rows failed; say they are unknown
+            dropped = store.mark_unknown("u", (FAILED,), "as if the answer was lost")
+        before = api.stats()
+        assert dropped == before["dropped_after"] + before["dropped_before"] > 0
+        result = _reconcile(db, f"{api.base_url}/v1/charges/by-key/{{key}}")
+        assert result.returncode == 0, result.stderr
+        assert status_counts(db, "u") == {SUCCEEDED: ROWS - before["dropped_before"], PENDING: before["dropped_before"]}
+        assert run_engine("rerun", "u", "--db", db, "--quiet").returncode == 0
+        stats = api.stats()
+        assert stats["requests"] == before["requests"] + before["dropped_before"]
+        assert stats["customers_charged"] == ROWS and stats["customers_charged_more_than_once"] == 0
+
+
+def test_a_lookup_without_an_answer_leaves_the_rows_unknown_and_records_it(any_db, unknowns):
+    db = any_db
+    with socket.socket() as closed:  # a port nobody listens on: every lookup fails to connect
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unknown = status_counts(db, "u")[UNKNOWN]
+    url = f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges"
+    refused = _reconcile(db, url)
+    assert refused.returncode == 2 and f"--allow-host 127.0.0.1:{port}" in refused.stderr
+    assert _lookup_attempts(db) == 0
+    result = _reconcile(db, url, "--allow-host", f"127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert f"0 found charged (succeeded), 0 not charged (pending), {unknown} still unsettled" in result.stdout
+    assert status_counts(db, "u")[UNKNOWN] == unknown
+    errors = ledger_rows(db, "SELECT error FROM requests WHERE status = 'unknown'")
+    assert all(error.startswith("lookup: ") and error.endswith("still unknown") for (error,) in errors)
+
+
+def test_reconcile_refuses_while_a_pass_holds_the_run(any_db, unknowns):
+    holder = Holder.this_process()
+    with open_store(any_db) as store:
+        store.acquire_lease("u", holder, 30.0)
+        try:
+            result = _reconcile(any_db, f"{unknowns.base_url}/v1/customers/{{id}}/charges")
+        finally:
+            store.release_lease("u", holder, True)
+    assert result.returncode == 2 and holder.host in result.stderr and str(holder.pid) in result.stderr
+    assert _lookup_attempts(any_db) == 0
+
+
+@pytest.mark.parametrize("option", [["--status", "succeeded"], ["--status", "pending"]])
+def test_only_rows_whose_charge_is_in_doubt_are_reconciled(any_db, unknowns, option):
+    result = _reconcile(any_db, f"{unknowns.base_url}/v1/customers/{{id}}/charges", *option)
+    assert result.returncode == 2 and "reconcile settles only" in result.stderr
+
+
+def test_reconcile_has_help_with_an_example(run):
+    result = run("reconcile", "--help")
+    assert result.exit_code == 0 and "Example:" in result.output and "--lookup-url" in result.output
