@@ -125,10 +125,30 @@ def test_reconcile_refuses_while_a_pass_holds_the_run(any_db, unknowns):
     assert _lookup_attempts(any_db) == 0
 
 
-@pytest.mark.parametrize("option", [["--status", "succeeded"], ["--status", "pending"]])
-def test_only_rows_whose_charge_is_in_doubt_are_reconciled(any_db, unknowns, option):
+@pytest.mark.parametrize(
+    "option, said",
+    [
+        (["--status", "succeeded"], "reconcile settles only unknown, key_conflict, rejected rows, not succeeded"),
+        (["--status", "pending"], "not pending"),
+        (["--lookup-url", "charges/{key}"], "--lookup-url 'charges/{key}': expected an absolute"),
+        (["--lookup-url", "http://127.0.0.1/{key:>3}"], "--lookup-url: use plain {field} placeholders"),
+    ],
+)
+def test_only_rows_in_doubt_are_reconciled_and_a_bad_lookup_url_is_one_line(any_db, unknowns, option, said):
     result = _reconcile(any_db, f"{unknowns.base_url}/v1/customers/{{id}}/charges", *option)
-    assert result.returncode == 2 and "reconcile settles only" in result.stderr
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.splitlines()) == 1
+    assert _lookup_attempts(any_db) == 0
+
+
+def test_a_secret_in_the_lookup_url_is_never_printed(any_db, unknowns, monkeypatch):
+    monkeypatch.setenv("LOOKUP_TOKEN", "s3cr3t-lookup-token")
+    url = "http://127.0.0.1:9/v1/charges/{key}?token=${LOOKUP_TOKEN}"
+    refused = _reconcile(any_db, url)
+    assert refused.returncode == 2 and "[redacted]" in refused.stderr and "s3cr3t" not in refused.stderr
+    unsettled = _reconcile(any_db, url, "--allow-host", "127.0.0.1:9")
+    assert unsettled.returncode == 1 and "s3cr3t" not in unsettled.stdout + unsettled.stderr
+    errors = ledger_rows(any_db, "SELECT error, excerpt FROM attempts WHERE error LIKE ?", "lookup: %")
+    assert errors and "s3cr3t" not in repr(errors)
 
 
 def test_reconcile_has_help_with_an_example(run):

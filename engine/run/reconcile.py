@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from engine.config import RunSettings
-from engine.errors import DestinationError, UsageError
+from engine.errors import DestinationError, TemplateError, UsageError
 from engine.ledger import BUSY_TIMEOUT, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, STALE_AFTER, Hold, Holder
 from engine.ledger.selection import RowFilter
@@ -120,13 +120,16 @@ def reconcile(
 def lookup_spec(settings: RunSettings, url: str, allow_hosts: Iterable[str]) -> RequestSpec:
     """``GET url`` with the run's headers and secrets, no body and no idempotency header; its host
     must be one the run may reach (its URL's, its ``--allow-host``) or one of ``allow_hosts``."""
-    allow_hosts = tuple(allow_hosts)
-    spec = RequestSpec.build(
-        url, method="GET", header_lines=settings.headers, allow_hosts=settings.allow_hosts, idempotency_header=None
-    )
+    try:
+        spec = RequestSpec.build(
+            url, method="GET", header_lines=settings.headers, allow_hosts=settings.allow_hosts, idempotency_header=None
+        )
+        dynamic = CompiledRequest(spec).host_is_dynamic
+    except (UsageError, TemplateError) as err:  # the spec's errors name the option they usually come from
+        raise type(err)(str(err).replace("--url", "--lookup-url", 1)) from None
     scheme = origin_of(spec.url)[0]
     allowed = settings.request_spec().allowed_origins | {parse_allowed_host(host, scheme) for host in allow_hosts}
-    if not CompiledRequest(spec).host_is_dynamic:  # else each rendered URL is checked against ``allowed``
+    if not dynamic:  # else each rendered URL is checked against ``allowed`` as it is sent
         origin = origin_of(spec.url)
         if origin not in allowed:
             shown = redact(spec.url, spec.secrets)
