@@ -125,6 +125,24 @@ def test_reconcile_refuses_while_a_pass_holds_the_run(any_db, unknowns):
     assert _lookup_attempts(any_db) == 0
 
 
+def test_after_a_dead_pass_reconcile_waits_out_its_requests_and_leaves_its_lease_for_the_next_pass(any_db, unknowns):
+    """A lookup of a charge still being made would answer 404; the next pass must still see the dead
+    pass's lease to settle what it had in flight."""
+    dead = Holder.this_process()
+    with open_store(any_db) as store:
+        store.acquire_lease("u", dead, 1.0)
+        store.renew_lease("u", dead, (0.0, 10**9))
+        store.release_lease("u", dead, False)  # as a pass that did not end cleanly leaves it
+        left = store.lease("u")
+    result = _reconcile(any_db, f"{unknowns.base_url}/v1/customers/{{id}}/charges")
+    assert result.returncode == 0, result.stderr
+    first = ledger_rows(any_db, "SELECT min(started_at) FROM attempts WHERE error LIKE ?", "lookup: %")[0][0]
+    assert first >= left["heartbeat_at"] + left["timeout"]
+    with open_store(any_db) as store:
+        lease = store.lease("u")
+    assert lease is not None and lease["pid"] == 0 and lease["frontier_rid"] == 10**9
+
+
 @pytest.mark.parametrize(
     "option, said",
     [
