@@ -4,6 +4,7 @@ it never charged; nobody is charged twice, everyone once."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from conftest import ledger_rows, run_engine, status_counts
@@ -40,6 +41,13 @@ def unknowns(customers, any_db):
 
 def _reconcile(db: str, url: str, *extra):
     return run_engine("reconcile", "u", "--db", db, "--lookup-url", url, *extra)
+
+
+def _closed_port() -> int:
+    """A port nobody listens on: every lookup sent there fails to connect."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return closed.getsockname()[1]
 
 
 def _lookup_attempts(db: str) -> int:
@@ -97,9 +105,7 @@ def test_a_lookup_by_idempotency_key_settles_rows_of_a_keyed_run(customers, db):
 
 def test_a_lookup_without_an_answer_leaves_the_rows_unknown_and_records_it(any_db, unknowns):
     db = any_db
-    with socket.socket() as closed:  # a port nobody listens on: every lookup fails to connect
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = _closed_port()
     unknown = status_counts(db, "u")[UNKNOWN]
     url = f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges"
     refused = _reconcile(db, url)
@@ -111,6 +117,29 @@ def test_a_lookup_without_an_answer_leaves_the_rows_unknown_and_records_it(any_d
     assert status_counts(db, "u")[UNKNOWN] == unknown
     errors = ledger_rows(db, "SELECT error FROM requests WHERE status = 'unknown'")
     assert all(error.startswith("lookup: ") and error.endswith("still unknown") for (error,) in errors)
+
+
+def test_a_lookup_endpoint_that_goes_down_ends_the_lookups_after_max_pause(customers, db, api, start_engine):
+    """The outage pause bounds a reconcile as it bounds a pass: the rows not settled stay unknown."""
+    bill = run_engine(
+        "bill", customers(40), "--url", api.charge_url(), "--db", db, "--run-id", "u", "--no-idempotency",
+        "--workers", 1, "--concurrency", 1, "--pause-after", 2, "--max-pause", 1, "--quiet",
+    )  # fmt: skip
+    assert bill.returncode == 0, bill.stderr
+    with open_store(db) as store:  # as if every answer was lost
+        store.mark_unknown("u", (SUCCEEDED,), "as if the answer was lost")
+    api.reset()  # the API forgot every charge: each lookup answers 404
+    api.configure(latency=0.2)  # one lookup at a time: 8 s for all of them
+    process = start_engine("reconcile", "u", "--db", db, "--lookup-url", f"{api.base_url}/v1/customers/{{id}}/charges")
+    deadline = time.monotonic() + 60
+    while api.stats()["http_status"].get("404", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the endpoint was seen up
+    api.configure(outage_at=0.0, outage_for=600.0)  # down from now on
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "the endpoint stayed down" in err, err
+    counts = status_counts(db, "u")
+    assert 2 <= counts[PENDING] < 40 and counts[PENDING] + counts[UNKNOWN] == 40
+    assert f"{counts[PENDING]} not charged (pending), {counts[UNKNOWN]} still unsettled" in out
 
 
 def test_reconcile_refuses_while_a_pass_holds_the_run(any_db, unknowns):

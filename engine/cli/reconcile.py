@@ -71,5 +71,7 @@ def _report(result: ReconcileResult) -> None:
         click.echo("dry run: nothing was changed in the ledger")
     elif result.not_charged:
         click.echo(f"send the rows not charged with: {rerun_command(result.run_id, result.db)}")
+    if result.gave_up:
+        click.echo(f"{result.gave_up}; the rows not settled stay as they were", err=True)
     if result.interrupted:
         click.echo("interrupted; the rows not looked up are as they were", err=True)

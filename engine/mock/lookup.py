@@ -32,6 +32,8 @@ async def lookup(state: BillingState, request: Request) -> tuple[int, bytes, str
         return None
     if state.config.latency > 0:
         await asyncio.sleep(state.config.latency)
+    if state.in_outage():
+        return 503, b'{"error":"down for maintenance"}', ""
     if by_key is not None:
         key = unquote(by_key.group(1).decode("utf-8", "replace"))
         if key in state.keys and state.keys[key] is None:

@@ -31,6 +31,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.config import RunSettings
 from engine.errors import DestinationError, TemplateError, UsageError
@@ -40,11 +41,15 @@ from engine.ledger.selection import RowFilter
 from engine.ledger.store import LeaseLost
 from engine.request.spec import RequestSpec, origin_of, parse_allowed_host, redact
 from engine.request.template import CompiledRequest
+from engine.run.pause import PauseClock, PausePeriods
 from engine.run.result import EXIT_INTERRUPTED
 from engine.run.signals import StopRequest
 from engine.sender_parts import SenderParts
 from engine.states import KEY_CONFLICT, PENDING, REJECTED, SUCCEEDED, UNKNOWN
 from engine.wire import Attempt, Dispatch
+
+if TYPE_CHECKING:
+    from engine.delivery.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +78,15 @@ class ReconcileResult:
     still_unknown: int = 0
     dry_run: bool = False
     interrupted: bool = False
+    #: Why the lookups stopped before every row was asked (the endpoint stayed down).
+    gave_up: str | None = None
 
     @property
     def exit_code(self) -> int:
-        """130 when interrupted, 1 while some rows stay unsettled, else 0."""
+        """130 when interrupted, 1 while some rows stay unsettled (or unasked), else 0."""
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return 1 if self.still_unknown else 0
+        return 1 if self.still_unknown or self.gave_up else 0
 
 
 def reconcile(
@@ -110,7 +117,7 @@ def reconcile(
                 renew = _renewal(ledger, run_id, holder)
                 result.interrupted = not _wait_out(hold, stop, renew)
                 if not result.interrupted:
-                    _look_up(ledger, run_id, rows, parts, renew, stop, result)
+                    _look_up(ledger, run_id, rows, parts, renew, stop, settings.max_pause, result)
         finally:
             # a dead pass's lease stays ownerless: the next pass settles what that pass had in flight
             ledger.release_lease(run_id, holder, clean=hold is None)
@@ -122,7 +129,11 @@ def lookup_spec(settings: RunSettings, url: str, allow_hosts: Iterable[str]) -> 
     must be one the run may reach (its URL's, its ``--allow-host``) or one of ``allow_hosts``."""
     try:
         spec = RequestSpec.build(
-            url, method="GET", header_lines=settings.headers, allow_hosts=settings.allow_hosts, idempotency_header=None
+            url,
+            method="GET",
+            header_lines=settings.headers,
+            allow_hosts=(*settings.allow_hosts, *allow_hosts),
+            idempotency_header=None,
         )
         dynamic = CompiledRequest(spec).host_is_dynamic
     except (UsageError, TemplateError) as err:  # the spec's errors name the option they usually come from
@@ -182,23 +193,25 @@ def _look_up(
     parts: SenderParts,
     renew: Callable[[], bool],
     stop: StopRequest,
+    max_pause: float,
     result: ReconcileResult,
 ) -> None:
     """Page by page: look the rows up, settle them, record (unless a dry run), count."""
-    from engine.delivery.breaker import CircuitBreaker  # libcurl is loaded only when something is sent
+    from engine.delivery.breaker import CircuitBreaker
     from engine.delivery.fence import Fence
     from engine.delivery.gate import Gate
     from engine.delivery.ratelimit import Pacer
-    from engine.delivery.sender import Sender
+    from engine.delivery.sender import Sender  # libcurl is loaded only when something is sent
 
-    gate = Gate(CircuitBreaker.create(_CONTEXT, parts.breaker), Pacer.create(_CONTEXT, parts.rate, 1, parts.window))
-    sender = Sender(parts, gate)
+    breaker = CircuitBreaker.create(_CONTEXT, parts.breaker)
+    sender = Sender(parts, Gate(breaker, Pacer.create(_CONTEXT, parts.rate, 1, parts.window)))
+    ending = _Ending(stop, breaker, max_pause)
     fence = Fence(STALE_AFTER, renew)
     after = 0
     try:
-        while not stop.count and (page := ledger.find_rows(run_id, rows, after_rid=after, limit=PAGE)):
+        while not ending() and (page := ledger.find_rows(run_id, rows, after_rid=after, limit=PAGE)):
             after = page[-1]["rid"]
-            records = sender.send([_dispatch(row) for row in page], fence, lambda: stop.count > 0)
+            records = sender.send([_dispatch(row) for row in page], fence, ending)
             if fence.lost:
                 raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
             settled = settle(records, {row["rid"]: row["status"] for row in page})
@@ -208,6 +221,7 @@ def _look_up(
     finally:
         sender.close()
     result.interrupted = bool(stop.count)
+    result.gave_up = ending.gave_up
 
 
 def _dispatch(row: dict) -> Dispatch:
@@ -242,3 +256,35 @@ def _count(settled: list[tuple], looked_up: int, result: ReconcileResult) -> Non
     result.charged += charged
     result.not_charged += not_charged
     result.still_unknown += looked_up - charged - not_charged
+
+
+class _Ending:
+    """Whether the lookups should stop: Ctrl-C/SIGTERM, or the endpoint down (the outage pause open)
+    longer than ``--max-pause`` in all, bounded by the pass's own :class:`PauseClock` (rows not asked
+    stay as they are)."""
+
+    def __init__(self, stop: StopRequest, breaker: CircuitBreaker, max_pause: float):
+        self.stop, self.breaker = stop, breaker
+        self.pause = PauseClock(max_pause, _Unrecorded())
+        self.gave_up: str | None = None
+
+    def __call__(self) -> bool:
+        if self.stop.count or self.gave_up:
+            return True
+        down_since = self.breaker.opened_at() if self.breaker.is_open() else None
+        self.gave_up = self.pause.observe(down_since, _log_note)
+        return self.gave_up is not None
+
+
+class _Unrecorded(PausePeriods):
+    """A reconcile's pauses are not a pass's: they are logged, not written to the ledger."""
+
+    def __init__(self):
+        pass
+
+    def note(self, reason: str, paused: bool) -> None:
+        pass
+
+
+def _log_note(note: str, event: str, **fields) -> None:
+    log.info("%s", note)
