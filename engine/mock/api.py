@@ -6,7 +6,9 @@ path (``/customers/<id>/...``) or by the body's ``customer`` or ``id`` field. A
 request whose ``Idempotency-Key`` already succeeded is replayed, not charged again;
 one whose key is still being processed gets 409 (or, with ``lock_keys`` off, is
 charged again, as by many real APIs). A charge's answer carries its id (``"id": "ch_..."``);
-knobs add ``Stripe-Should-Retry`` and an IETF ``RateLimit`` quota. ``GET /stats`` returns counters,
+knobs add ``Stripe-Should-Retry`` and an IETF ``RateLimit`` quota. ``GET /v1/charges/by-key/<key>`` and
+``GET /v1/customers/<id>/charges`` look a charge up without charging (what ``engine
+reconcile`` asks). ``GET /stats`` returns counters,
 including the customers charged more than once; ``POST /admin/config`` changes the
 fault knobs while it runs, ``POST /admin/reset`` clears the counters.
 """
@@ -26,9 +28,9 @@ from collections import Counter, deque
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from engine.mock.config import MockConfig
+from engine.mock.lookup import CUSTOMER_PATH, lookup
 from engine.mock.quota import Quota
 
-_CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {
     200: "OK",
     201: "Created",
@@ -188,6 +190,8 @@ async def handle(state: BillingState, request: Request) -> tuple[int, bytes, str
         return 200, json.dumps(state.stats()).encode(), ""
     if request.method == b"POST" and request.path.startswith(b"/admin/"):
         return _admin(state, request)
+    if request.method == b"GET" and (found := await lookup(state, request)) is not None:
+        return found
     return await _charge(state, request)
 
 
@@ -203,7 +207,7 @@ def _admin(state: BillingState, request: Request) -> tuple[int, bytes, str]:
 
 
 def _customer(request: Request) -> str | None:
-    match = _CUSTOMER_PATH.search(request.path)
+    match = CUSTOMER_PATH.search(request.path)
     if match:
         return match.group(1).decode("utf-8", "replace")
     content_type = request.headers.get(b"content-type", b"")
