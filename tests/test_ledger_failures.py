@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
 
+from engine.errors import LedgerError
 from engine.mock.process import MockProcess
 
 
@@ -103,7 +104,7 @@ def ledger_rows_or_none(db: str, sql: str, at_least: int) -> bool:
     """Whether the count ``sql`` reads has reached ``at_least`` (False while the file is being made)."""
     try:
         return ledger_rows(db, sql)[0][0] >= at_least
-    except sqlite3.Error:
+    except (sqlite3.Error, LedgerError):  # not made yet
         return False
 
 
@@ -129,7 +130,7 @@ def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(c
             20,
             "--quiet",
         )
-        wait_for_attempts(db, 100)
+        wait_for_attempts(api, db, 100)
         filler = fill(disk)
         out, err = engine.communicate(timeout=120)
         assert_one_line(subprocess.CompletedProcess([], engine.returncode, out, err), "disk is full")
@@ -179,9 +180,9 @@ def test_sigterm_while_loading_stops_cleanly(customers, db, start_engine):
     with MockProcess() as api:
         engine = start_engine("bill", customers(400_000), "--url", api.charge_url(), "--db", db, "--quiet")
         deadline = time.monotonic() + 30
-        while not Path(db).exists() and time.monotonic() < deadline:
+        while not ledger_rows_or_none(db, "SELECT count(*) FROM requests", at_least=1):  # the load is under way
+            assert time.monotonic() < deadline, "no row loaded after 30 s"
             time.sleep(0.05)
-        time.sleep(0.3)
         assert engine.poll() is None, "the load ended before the signal: make the input bigger"
         engine.send_signal(signal.SIGTERM)
         _, err = engine.communicate(timeout=60)
