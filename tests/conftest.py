@@ -301,6 +301,15 @@ def worker_pids(pid: int) -> list[int]:
     return [c for c in children(pid) if b"spawn_main" in _proc_read(Path(f"/proc/{c}/cmdline"))]
 
 
+def kill_a_worker_and_finish(engine: subprocess.Popen, meanwhile: Callable[[], object] = lambda: None) -> None:
+    """kill -9 one of a pass's worker processes; the pass must replace it and still end well (exit 0).
+    ``meanwhile`` runs while it does (the mock API made quick again, say)."""
+    os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
+    meanwhile()
+    _, err = engine.communicate(timeout=120)
+    assert engine.returncode == 0, err
+
+
 def wait_for_attempts(api: MockProcess, db: str, count: int, limit: float = 60) -> None:
     """Until the ledger holds ``count`` attempts. It is read only once the mock API has seen a request: the
     engine has made its ledger by then, and opening a store (which creates what is missing) could race

@@ -23,6 +23,7 @@ from conftest import (
     SENDERS,
     assert_everyone_charged_once,
     bill_args,
+    kill_a_worker_and_finish,
     kill_then_rerun,
     ledger_rows,
     run_engine,
@@ -151,9 +152,7 @@ def test_a_killed_worker_is_not_resent_while_its_requests_may_run(customers, db,
             *bill_args(customers(rows), api, db, "kw", *SENDERS, 100, "--timeout", 3, "--log-file", log, "--quiet")
         )
         wait_for_attempts(api, db, 300)
-        os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
-        _, err = engine.communicate(timeout=120)
-        assert engine.returncode == 0, err
+        kill_a_worker_and_finish(engine)
         assert_everyone_charged_once(api, db, "kw", rows)
     assert '"event":"worker_died"' in log.read_text()
 
