@@ -8,16 +8,18 @@ import os
 import re
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
+from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
 
@@ -53,28 +55,6 @@ POSTGRES_ADMIN = (
 REDIS_SERVER = re.sub(r"/\d*$", "", os.environ.get("ENGINE_TEST_REDIS_URL") or "redis://127.0.0.1:6379")
 
 
-@pytest.fixture
-def broker():
-    """A Redis database of this test's own: claimed in db 0 (so concurrent test sessions never share
-    one), flushed before and after."""
-    import redis
-
-    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    try:
-        claims.ping()
-    except redis.ConnectionError as err:
-        pytest.skip(f"no Redis at {REDIS_SERVER} (.ci/run starts one): {err}")
-    token = f"{os.getpid()}:{time.time()}"
-    number = next((n for n in range(1, 16) if claims.set(f"batch-engine-test:db:{n}", token, nx=True, ex=900)), None)
-    if number is None:
-        pytest.fail("all 15 Redis test databases are claimed by other test sessions")
-    client = redis.Redis.from_url(f"{REDIS_SERVER}/{number}")
-    client.flushdb()
-    yield f"{REDIS_SERVER}/{number}"
-    client.flushdb()
-    claims.delete(f"batch-engine-test:db:{number}")
-
-
 @pytest.fixture(scope="session")
 def postgres_db():
     """A database of this test session's own on the local server, dropped at the end."""
@@ -89,6 +69,62 @@ def postgres_db():
     yield POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name
     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()
+
+
+#: The Redis databases the tests take turns on, one a test at a time (database 0 holds the claims)
+REDIS_TEST_DATABASES = range(1, 16)
+#: The claims' key prefix in database 0, and the key that marks a database as a test's own
+REDIS_CLAIM = "batch-engine-test:db:"
+REDIS_MARK = "batch-engine-test:mark"
+#: Seconds a claim lasts unrenewed: longer than any test may run (``timeout`` in setup.cfg), so that the
+#: claims of a killed session lapse by themselves
+REDIS_CLAIM_SECONDS = 900
+#: Seconds a test waits for a database while all are claimed (by other xdist workers or sessions)
+REDIS_CLAIM_WAIT = 120
+
+
+@pytest.fixture
+def broker():
+    """A Redis database of this test's own, on the server ``ENGINE_TEST_REDIS_URL`` names.
+
+    It is claimed in database 0 with ``SET NX EX`` (so xdist workers and concurrent sessions never share
+    one, and a killed session's claims lapse), and taken only if it is empty or holds the mark a test
+    left there: a database with keys and no mark is someone's own, and is passed over, never flushed.
+    Flushed before (what a killed test left) and after, and then released, only while the claim is ours.
+    """
+    import redis
+
+    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+    try:
+        claims.ping()
+    except redis.ConnectionError as err:
+        pytest.skip(f"no Redis at {REDIS_SERVER} (.ci/run starts one): {err}")
+    token = f"{os.getpid()}:{secrets.token_hex(4)}"
+    client = _claim_redis_database(claims, token)
+    number = client.connection_pool.connection_kwargs["db"]
+    yield f"{REDIS_SERVER}/{number}"
+    if claims.get(f"{REDIS_CLAIM}{number}") == token.encode():
+        client.flushdb()
+        claims.delete(f"{REDIS_CLAIM}{number}")
+
+
+def _claim_redis_database(claims, token: str):
+    """A client of the first free test database, claimed, marked and emptied; waits while all are taken."""
+    import redis
+
+    deadline = time.monotonic() + REDIS_CLAIM_WAIT
+    while time.monotonic() < deadline:
+        for number in REDIS_TEST_DATABASES:
+            if not claims.set(f"{REDIS_CLAIM}{number}", token, nx=True, ex=REDIS_CLAIM_SECONDS):
+                continue
+            client = redis.Redis.from_url(f"{REDIS_SERVER}/{number}")
+            if client.dbsize() == 0 or client.exists(REDIS_MARK):
+                client.flushdb()
+                client.set(REDIS_MARK, token)
+                return client
+            claims.delete(f"{REDIS_CLAIM}{number}")  # someone's own database: not ours to use
+        time.sleep(1)
+    pytest.fail(f"every Redis test database ({REDIS_CLAIM}*) was claimed for {REDIS_CLAIM_WAIT} s")
 
 
 @pytest.fixture
@@ -130,18 +166,20 @@ def run():
 
 
 def ledger_rows(db: str, sql: str, *params):
-    """Rows of ``sql`` (``?`` placeholders) read straight from a SQLite file or a PostgreSQL URL."""
-    if db.startswith(("postgresql://", "postgres://")):
-        import psycopg
+    """Rows of ``sql`` (``?`` placeholders) read through the store of a SQLite file or a PostgreSQL URL."""
+    with open_store(db, create=False) as store:
+        return _query(store, sql, params)
 
-        with psycopg.connect(db) as conn:
-            return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, params).fetchall()
+
+def _query(store, sql: str, params: tuple = ()) -> list[tuple]:
+    """``sql`` on the store's own connection, its ``?`` placeholders written the store's way."""
+    return [tuple(row) for row in store.conn.execute(sql.replace("?", store.PARAM), params).fetchall()]
 
 
 def status_counts(db: str, run_id: str) -> dict:
-    return dict(ledger_rows(db, "SELECT status, count(*) FROM requests WHERE run_id = ? GROUP BY status", run_id))
+    """Rows per state of the run, the states it has none in left out."""
+    with open_store(db, create=False) as store:
+        return {state: count for state, count in store.counts(run_id).items() if count}
 
 
 def report_json(run, db: str, run_id: str) -> dict:
@@ -182,6 +220,64 @@ def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
     return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def bill_args(csv_path: str, api: MockProcess, db: str, run_id: str, *options, broker: str | None = None) -> tuple:
+    """``bill`` of ``csv_path`` to the mock API into ``db`` as ``run_id`` (through ``broker``'s nodes if
+    given), then ``options``."""
+    through = ("--broker", broker) if broker else ()
+    return ("bill", csv_path, "--url", api.charge_url(), "--db", db, "--run-id", run_id, *through, *options)
+
+
+#: Two worker processes, then ``--concurrency`` (the number that follows): the fault tests' senders
+SENDERS = ("--workers", 2, "--concurrency")
+#: Seconds between two signals of one stop: a second Ctrl-C comes after the first has been taken in.
+SIGNAL_GAP = 0.3
+#: Seconds a signalled pass may take to end (a drain finishes what is in flight).
+STOP_LIMIT = 60
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a pass that a test signalled ended."""
+
+    returncode: int
+    stderr: str
+    #: from the last signal until the coordinator had exited and its workers were gone
+    seconds: float
+
+
+def kill_then_rerun(
+    engine: subprocess.Popen,
+    db: str,
+    run_id: str,
+    *signals: int,
+    group: bool = False,
+    meanwhile: Callable[[], object] = lambda: None,
+    rerun: tuple = (),
+    rerun_exit: int = 0,
+) -> Stopped:
+    """Stop a pass under way as a crash, the OOM killer, systemd or an operator would, then rerun it: the
+    scenario every fault test shares. ``signals`` (SIGKILL if none) go in turn to the coordinator, or to
+    its whole process group if ``group`` (start it with ``new_session=True``); no worker may outlive the
+    stop. ``meanwhile`` runs between the stop and the rerun (checks of what the stop left, or the mock API
+    made quick again); the rerun, with ``rerun`` options, must exit ``rerun_exit``."""
+    workers = worker_pids(engine.pid)
+    for number, sent in enumerate(signals or (signal.SIGKILL,)):
+        if number:
+            time.sleep(SIGNAL_GAP)
+        if group:
+            os.killpg(engine.pid, sent)
+        else:
+            engine.send_signal(sent)
+    signalled = time.monotonic()
+    _, err = engine.communicate(timeout=STOP_LIMIT)
+    wait_gone(workers)
+    stopped = Stopped(engine.returncode, err, time.monotonic() - signalled)
+    meanwhile()
+    result = run_engine("rerun", run_id, "--db", db, "--quiet", *rerun)
+    assert result.returncode == rerun_exit, result.stderr
+    return stopped
+
+
 def _proc_read(path: Path) -> bytes:
     """A /proc file's bytes, or nothing if its process or thread has just exited."""
     try:
@@ -205,16 +301,29 @@ def worker_pids(pid: int) -> list[int]:
     return [c for c in children(pid) if b"spawn_main" in _proc_read(Path(f"/proc/{c}/cmdline"))]
 
 
-def wait_for_attempts(db: str, count: int, limit: float = 60) -> None:
+def kill_a_worker_and_finish(engine: subprocess.Popen, meanwhile: Callable[[], object] = lambda: None) -> None:
+    """kill -9 one of a pass's worker processes; the pass must replace it and still end well (exit 0).
+    ``meanwhile`` runs while it does (the mock API made quick again, say)."""
+    os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
+    meanwhile()
+    _, err = engine.communicate(timeout=120)
+    assert engine.returncode == 0, err
+
+
+def wait_for_attempts(api: MockProcess, db: str, count: int, limit: float = 60) -> None:
+    """Until the ledger holds ``count`` attempts. It is read only once the mock API has seen a request: the
+    engine has made its ledger by then, and opening a store (which creates what is missing) could race
+    the engine's own creation of a new SQLite file."""
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if ledger_rows(db, "SELECT count(*) FROM attempts")[0][0] >= count:
-                return
-        except Exception:
-            pass
+    while api.stats()["requests"] == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request reached the mock API after {limit} s")
         time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} attempts after {limit} s")
+    with open_store(db, create=False) as store:
+        while _query(store, "SELECT count(*) FROM attempts")[0][0] < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} attempts after {limit} s")
+            time.sleep(0.05)
 
 
 def wait_for_charges(api: MockProcess, count: int, limit: float = 60) -> None:

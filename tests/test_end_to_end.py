@@ -1,27 +1,13 @@
 """Whole runs through the CLI against the real mock API on 127.0.0.1."""
 
-from conftest import ledger_rows, report_json, status_counts
+from conftest import bill_args, ledger_rows, report_json, status_counts
 
 ATTEMPTS_OF_RUN = "SELECT count(*) FROM attempts JOIN requests USING (rid) WHERE run_id = ?"
 
 
 def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
     path = customers(5000)
-    result = run(
-        "bill",
-        path,
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "r1",
-        "--workers",
-        2,
-        "--concurrency",
-        200,
-        "--quiet",
-    )
+    result = run(*bill_args(path, api, db, "r1", "--workers", 2, "--concurrency", 200, "--quiet"))
     assert result.exit_code == 0, result.output
     assert status_counts(db, "r1") == {"succeeded": 5000}
     stats = api.stats()
@@ -36,21 +22,7 @@ def test_5000_rows_each_charged_exactly_once(api, customers, db, run):
 def test_failed_rows_are_rerun_after_the_api_heals(api, customers, db, run):
     api.configure(fail_rate=0.05)
     path = customers(1000)
-    result = run(
-        "bill",
-        path,
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "r2",
-        "--max-attempts",
-        2,
-        "--backoff-base",
-        0.01,
-        "--quiet",
-    )
+    result = run(*bill_args(path, api, db, "r2", "--max-attempts", 2, "--backoff-base", 0.01, "--quiet"))
     assert result.exit_code == 1, result.output
     assert "python -m engine rerun r2" in result.output
     counts = status_counts(db, "r2")
@@ -108,21 +80,9 @@ def _template(tmp_path, text):
 def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
     api.configure(p500=0.2, p503=0.1, retry_after=0)
     result = run(
-        "bill",
-        customers(500),
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "r4",
-        "--max-attempts",
-        8,
-        "--backoff-base",
-        0.01,
-        "--backoff-cap",
-        0.05,
-        "--quiet",
+        *bill_args(
+            customers(500), api, db, "r4", "--max-attempts", 8, "--backoff-base", 0.01, "--backoff-cap", 0.05, "--quiet"
+        )
     )
     assert result.exit_code == 0, result.output
     assert status_counts(db, "r4") == {"succeeded": 500}
@@ -135,23 +95,21 @@ def test_priority_field_sends_higher_priority_first(api, tmp_path, db, run):
     path = tmp_path / "prio.csv"
     path.write_text("id,prio\n" + "".join(f"c{n},{n % 3}\n" for n in range(30)))
     result = run(
-        "bill",
-        str(path),
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "p",
-        "--priority-field",
-        "prio",
-        "--workers",
-        1,
-        "--concurrency",
-        1,
-        "--chunks",
-        1,
-        "--quiet",
+        *bill_args(
+            str(path),
+            api,
+            db,
+            "p",
+            "--priority-field",
+            "prio",
+            "--workers",
+            1,
+            "--concurrency",
+            1,
+            "--chunks",
+            1,
+            "--quiet",
+        )
     )
     assert result.exit_code == 0, result.output
     order = [
@@ -168,9 +126,7 @@ def test_delay_sends_nothing_before_its_time(api, customers, db, run):
     import time
 
     before = time.time()
-    result = run(
-        "bill", customers(20), "--url", api.charge_url(), "--db", db, "--run-id", "d", "--delay", 1.5, "--quiet"
-    )
+    result = run(*bill_args(customers(20), api, db, "d", "--delay", 1.5, "--quiet"))
     assert result.exit_code == 0, result.output
     first = ledger_rows(db, "SELECT min(started_at) FROM attempts")[0][0]
     assert first >= before + 1.5
@@ -181,23 +137,21 @@ def test_secrets_never_reach_the_ledger_or_the_log(api, customers, db, run, tmp_
     log = tmp_path / "events.jsonl"
     api.configure(p500=0.3)
     result = run(
-        "bill",
-        customers(50),
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "s",
-        "--header",
-        "Authorization: Bearer ${BILLING_TOKEN}",
-        "--log-file",
-        log,
-        "--backoff-base",
-        0.01,
-        "--max-attempts",
-        10,
-        "--quiet",
+        *bill_args(
+            customers(50),
+            api,
+            db,
+            "s",
+            "--header",
+            "Authorization: Bearer ${BILLING_TOKEN}",
+            "--log-file",
+            log,
+            "--backoff-base",
+            0.01,
+            "--max-attempts",
+            10,
+            "--quiet",
+        ),
         env={"BILLING_TOKEN": secret},
     )
     assert result.exit_code == 0, result.output
@@ -233,22 +187,7 @@ def test_rerun_script_finishes_a_run(api, customers, db, run):
     from pathlib import Path
 
     api.configure(fail_rate=0.2)
-    assert (
-        run(
-            "bill",
-            customers(100),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "sc",
-            "--max-attempts",
-            1,
-            "--quiet",
-        ).exit_code
-        == 1
-    )
+    assert run(*bill_args(customers(100), api, db, "sc", "--max-attempts", 1, "--quiet")).exit_code == 1
     api.configure(fail_rate=0.0)
     script = Path(__file__).resolve().parent.parent / "scripts" / "rerun_failed.py"
     done = subprocess.run(
@@ -269,7 +208,7 @@ def test_a_load_cut_short_is_loaded_again_by_the_same_bill(api, customers, db, r
         ledger.insert_requests("cut", [(2, "cus_1", 0.0, '{"id":"cus_1"}', "cut:cus_1")])
     result = run("rerun", "cut", "--db", db)
     assert result.exit_code == 2 and "never finished loading" in result.output
-    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "cut", "--quiet")
+    result = run(*bill_args(path, api, db, "cut", "--quiet"))
     assert result.exit_code == 0, result.output
     assert status_counts(db, "cut") == {"succeeded": 50}
     assert api.stats()["customers_charged_more_than_once"] == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
 
+from engine.errors import LedgerError
 from engine.mock.process import MockProcess
 
 
@@ -99,11 +100,18 @@ def test_a_disk_that_fills_while_loading_leaves_no_run_loading_and_the_same_bill
         assert_everyone_charged_once(api, db, run_id, rows)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``signum`` (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (signum - 1)))
+
+
 def ledger_rows_or_none(db: str, sql: str, at_least: int) -> bool:
     """Whether the count ``sql`` reads has reached ``at_least`` (False while the file is being made)."""
     try:
         return ledger_rows(db, sql)[0][0] >= at_least
-    except sqlite3.Error:
+    except (sqlite3.Error, LedgerError):  # not made yet
         return False
 
 
@@ -129,7 +137,7 @@ def test_a_disk_that_fills_mid_pass_stops_the_pass_and_a_rerun_waits_for_space(c
             20,
             "--quiet",
         )
-        wait_for_attempts(db, 100)
+        wait_for_attempts(api, db, 100)
         filler = fill(disk)
         out, err = engine.communicate(timeout=120)
         assert_one_line(subprocess.CompletedProcess([], engine.returncode, out, err), "disk is full")
@@ -179,7 +187,8 @@ def test_sigterm_while_loading_stops_cleanly(customers, db, start_engine):
     with MockProcess() as api:
         engine = start_engine("bill", customers(400_000), "--url", api.charge_url(), "--db", db, "--quiet")
         deadline = time.monotonic() + 30
-        while not Path(db).exists() and time.monotonic() < deadline:
+        while not catches(engine.pid, signal.SIGTERM):  # the load is under way: SIGTERM is the engine's to handle
+            assert time.monotonic() < deadline, "the engine did not begin loading within 30 s"
             time.sleep(0.05)
         time.sleep(0.3)
         assert engine.poll() is None, "the load ended before the signal: make the input bigger"

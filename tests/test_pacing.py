@@ -161,7 +161,11 @@ def admitted_in(pacer, seconds: float) -> int:
 
 def test_rate_admits_about_rate_per_second(pacers):
     carried = pacers(100, concurrency=10)
-    assert 30 <= admitted_in(carried.pacer, 0.5) <= 55  # never above the rate; below only if descheduled
+    cpu_before = time.process_time()
+    admitted = admitted_in(carried.pacer, 0.5)
+    ran = time.process_time() - cpu_before  # this loop spins: the time it ran, less what other processes took
+    assert admitted <= 55  # never above the rate
+    assert admitted >= min(30, 60 * ran) * 0.8  # below the rate only while descheduled (or waiting on Redis)
 
 
 def test_no_rate_means_no_wait(pacers):

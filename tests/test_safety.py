@@ -20,7 +20,11 @@ import zlib
 from pathlib import Path
 
 from conftest import (
+    SENDERS,
     assert_everyone_charged_once,
+    bill_args,
+    kill_a_worker_and_finish,
+    kill_then_rerun,
     ledger_rows,
     run_engine,
     status_counts,
@@ -145,28 +149,10 @@ def test_a_killed_worker_is_not_resent_while_its_requests_may_run(customers, db,
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=1.0, jitter=0.5, lock_keys=False) as api:
         engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "kw",
-            "--workers",
-            2,
-            "--concurrency",
-            100,
-            "--timeout",
-            3,
-            "--log-file",
-            log,
-            "--quiet",
+            *bill_args(customers(rows), api, db, "kw", *SENDERS, 100, "--timeout", 3, "--log-file", log, "--quiet")
         )
-        wait_for_attempts(db, 300)
-        os.kill(worker_pids(engine.pid)[0], signal.SIGKILL)
-        _, err = engine.communicate(timeout=120)
-        assert engine.returncode == 0, err
+        wait_for_attempts(api, db, 300)
+        kill_a_worker_and_finish(engine)
         assert_everyone_charged_once(api, db, "kw", rows)
     assert '"event":"worker_died"' in log.read_text()
 
@@ -175,50 +161,18 @@ def test_a_killed_pass_rerun_at_once_waits_for_what_may_still_run(customers, db,
     rows = 2000
     with MockProcess(latency=1.0, jitter=0.5, lock_keys=False) as api:
         engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "k9",
-            "--workers",
-            2,
-            "--concurrency",
-            100,
-            "--timeout",
-            3,
-            "--quiet",
-            new_session=True,
+            *bill_args(customers(rows), api, db, "k9", *SENDERS, 100, "--timeout", 3, "--quiet"), new_session=True
         )
-        wait_for_attempts(db, 300)
-        os.killpg(engine.pid, signal.SIGKILL)  # coordinator and workers, as a crash or the OOM killer would
-        engine.wait(10)
-        result = run_engine("rerun", "k9", "--db", db, "--quiet")
-        assert result.returncode == 0, result.stderr
+        wait_for_attempts(api, db, 300)
+        kill_then_rerun(engine, db, "k9", group=True)  # coordinator and workers, as a crash or the OOM killer would
         assert_everyone_charged_once(api, db, "k9", rows)
 
 
 def test_a_second_pass_of_a_running_run_is_refused(customers, db, start_engine):
     rows = 2000
     with MockProcess(latency=0.5, lock_keys=False) as api:
-        engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "busy",
-            "--workers",
-            2,
-            "--concurrency",
-            50,
-            "--quiet",
-        )
-        wait_for_attempts(db, 100)
+        engine = start_engine(*bill_args(customers(rows), api, db, "busy", *SENDERS, 50, "--quiet"))
+        wait_for_attempts(api, db, 100)
         second = run_engine("rerun", "busy", "--db", db, "--quiet")
         assert second.returncode == 2, second.stderr
         assert "Traceback" not in second.stderr
@@ -233,28 +187,11 @@ def test_sigterm_to_the_process_group_without_keys_charges_nobody_twice(customer
     rows = 2000
     with MockProcess(latency=0.5) as api:
         engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "term",
-            "--no-idempotency",
-            "--workers",
-            2,
-            "--concurrency",
-            50,
-            "--quiet",
-            new_session=True,
+            *bill_args(customers(rows), api, db, "term", "--no-idempotency", *SENDERS, 50, "--quiet"), new_session=True
         )
-        wait_for_attempts(db, 200)
-        os.killpg(engine.pid, signal.SIGTERM)  # what `systemctl stop` does
-        _, err = engine.communicate(timeout=60)
-        assert engine.returncode != 0 and "Traceback" not in err
-        result = run_engine("rerun", "term", "--db", db, "--quiet")
-        assert result.returncode == 0, result.stderr
+        wait_for_attempts(api, db, 200)
+        stopped = kill_then_rerun(engine, db, "term", signal.SIGTERM, group=True)  # what `systemctl stop` does
+        assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
         assert_everyone_charged_once(api, db, "term", rows)
 
 
@@ -262,29 +199,11 @@ def test_a_crash_without_keys_leaves_in_flight_rows_unknown(customers, db, start
     rows = 2000
     with MockProcess(latency=0.5) as api:
         engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "crash",
-            "--no-idempotency",
-            "--workers",
-            2,
-            "--concurrency",
-            50,
-            "--timeout",
-            2,
-            "--quiet",
+            *bill_args(customers(rows), api, db, "crash", "--no-idempotency", *SENDERS, 50, "--timeout", 2, "--quiet"),
             new_session=True,
         )
-        wait_for_attempts(db, 200)
-        os.killpg(engine.pid, signal.SIGKILL)
-        engine.wait(10)
-        result = run_engine("rerun", "crash", "--db", db, "--quiet")
-        assert result.returncode == 1, result.stderr  # unknown rows are left for a person
+        wait_for_attempts(api, db, 200)
+        kill_then_rerun(engine, db, "crash", group=True, rerun_exit=1)  # unknown rows are left for a person
         counts = status_counts(db, "crash")
         assert counts.get("unknown", 0) > 0 and counts["succeeded"] + counts["unknown"] == rows, counts
         stats = api.stats()
@@ -296,27 +215,23 @@ def test_a_stopped_worker_is_replaced_and_the_pass_ends(customers, db, tmp_path,
     log = tmp_path / "events.jsonl"
     with MockProcess(latency=0.2, lock_keys=False) as api:
         engine = start_engine(
-            "bill",
-            customers(rows),
-            "--url",
-            api.charge_url(),
-            "--db",
-            db,
-            "--run-id",
-            "stop",
-            "--workers",
-            2,
-            "--concurrency",
-            50,
-            "--timeout",
-            3,
-            "--stall-timeout",
-            3,
-            "--log-file",
-            log,
-            "--quiet",
+            *bill_args(
+                customers(rows),
+                api,
+                db,
+                "stop",
+                *SENDERS,
+                50,
+                "--timeout",
+                3,
+                "--stall-timeout",
+                3,
+                "--log-file",
+                log,
+                "--quiet",
+            )
         )
-        wait_for_attempts(db, 200)
+        wait_for_attempts(api, db, 200)
         os.kill(worker_pids(engine.pid)[0], signal.SIGSTOP)  # alive, silent: a deadlock in a C library
         _, err = engine.communicate(timeout=90)
         assert engine.returncode == 0, err
