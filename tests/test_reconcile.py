@@ -17,11 +17,15 @@ from engine.states import FAILED, PENDING, SUCCEEDED, UNKNOWN
 ROWS = 60
 
 
+#: The runs' --timeout (s): a 404 settles a row only once its last attempt cannot be in progress.
+TIMEOUT = 1
+
+
 def _bill(api: MockProcess, customers, db: str, *extra) -> None:
     """Bill ROWS customers as run ``u``, one attempt each: the dropped connections are left unsettled."""
     result = run_engine(
         "bill", customers(ROWS), "--url", api.charge_url(), "--db", db, "--run-id", "u",
-        "--max-attempts", 1, "--quiet", *extra,
+        "--max-attempts", 1, "--timeout", TIMEOUT, "--quiet", *extra,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     api.configure(p_drop_after=0.0, p_drop_before=0.0)
@@ -36,6 +40,7 @@ def unknowns(customers, any_db):
         stats = api.stats()
         assert stats["dropped_after"] >= 3 and stats["dropped_before"] >= 3
         assert status_counts(any_db, "u")[UNKNOWN] == stats["dropped_after"] + stats["dropped_before"]
+        time.sleep(TIMEOUT + 1.2)  # no attempt of the run can still be in progress at the API
         yield api
 
 
@@ -92,6 +97,7 @@ def test_a_lookup_by_idempotency_key_settles_rows_of_a_keyed_run(customers, db):
         _bill(api, customers, db)
         with open_store(db) as store:  # one attempt each: dropped rows failed; say they are unknown
             dropped = store.mark_unknown("u", (FAILED,), "as if the answer was lost")
+        time.sleep(TIMEOUT + 1.2)  # no attempt of the run can still be in progress at the API
         before = api.stats()
         assert dropped == before["dropped_after"] + before["dropped_before"] > 0
         result = _reconcile(db, f"{api.base_url}/v1/charges/by-key/{{key}}")
@@ -123,11 +129,12 @@ def test_a_lookup_endpoint_that_goes_down_ends_the_lookups_after_max_pause(custo
     """The outage pause bounds a reconcile as it bounds a pass: the rows not settled stay unknown."""
     bill = run_engine(
         "bill", customers(40), "--url", api.charge_url(), "--db", db, "--run-id", "u", "--no-idempotency",
-        "--workers", 1, "--concurrency", 1, "--pause-after", 2, "--max-pause", 1, "--quiet",
+        "--workers", 1, "--concurrency", 1, "--pause-after", 2, "--max-pause", 1, "--timeout", TIMEOUT, "--quiet",
     )  # fmt: skip
     assert bill.returncode == 0, bill.stderr
     with open_store(db) as store:  # as if every answer was lost
         store.mark_unknown("u", (SUCCEEDED,), "as if the answer was lost")
+    time.sleep(TIMEOUT + 1.2)  # no attempt of the run can still be in progress at the API
     api.reset()  # the API forgot every charge: each lookup answers 404
     api.configure(latency=0.2)  # one lookup at a time: 8 s for all of them
     process = start_engine("reconcile", "u", "--db", db, "--lookup-url", f"{api.base_url}/v1/customers/{{id}}/charges")
@@ -201,3 +208,25 @@ def test_a_secret_in_the_lookup_url_is_never_printed(any_db, unknowns, monkeypat
 def test_reconcile_has_help_with_an_example(run):
     result = run("reconcile", "--help")
     assert result.exit_code == 0 and "Example:" in result.output and "--lookup-url" in result.output
+
+
+def test_a_404_while_the_last_attempt_may_still_be_in_progress_settles_nothing(customers, db):
+    """A charge still being made answers 404 to a lookup too: before the run's --timeout has passed
+    since a row's last attempt, a 404 leaves it unknown (a rerun would charge it twice)."""
+    with MockProcess(p_drop_after=0.15, p_drop_before=0.15, seed=7) as api:
+        run = run_engine(
+            "bill", customers(ROWS), "--url", api.charge_url(), "--db", db, "--run-id", "u",
+            "--max-attempts", 1, "--timeout", 30, "--no-idempotency", "--quiet",
+        )  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        api.configure(p_drop_after=0.0, p_drop_before=0.0)
+        stats = api.stats()
+        result = _reconcile(db, f"{api.base_url}/v1/customers/{{id}}/charges")
+        assert result.returncode == 1, result.stderr
+        assert f"{stats['dropped_after']} found charged (succeeded), 0 not charged" in result.stdout
+        assert status_counts(db, "u")[UNKNOWN] == stats["dropped_before"]
+        (error,) = {row[0] for row in ledger_rows(db, "SELECT error FROM requests WHERE status = 'unknown'")}
+        assert "may still be in progress; reconcile again after" in error
+        rerun = run_engine("rerun", "u", "--db", db, "--quiet")
+        assert api.stats()["requests"] == stats["requests"]  # nothing in doubt was resent
+        assert rerun.returncode in (0, 1)

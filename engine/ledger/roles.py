@@ -43,6 +43,7 @@ FOUND_COLUMNS = (
     "payload",
     "excerpt",
     "captured",
+    "updated_at",
 )
 
 

@@ -90,7 +90,8 @@ class SQLReader(SQLBase, LedgerReader):
         where, params = rows.where(self.LIKE)
         found = self._run(
             f"SELECT rid, {', '.join(EXPORT_COLUMNS)}, payload,"
-            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1), captured"
+            " (SELECT excerpt FROM attempts a WHERE a.rid = requests.rid ORDER BY a.attempt DESC LIMIT 1),"
+            " captured, updated_at"
             f" FROM requests WHERE run_id = ? AND rid > ? AND {where} ORDER BY rid LIMIT ?",
             (run_id, after_rid, *params, limit),
         ).fetchall()

@@ -18,7 +18,7 @@ from engine.ledger.store import FOUND_COLUMNS
 
 EXPORT_FORMATS = ("csv", "jsonl")
 #: The columns written: every found column but the ledger's internal row number and the raw captures.
-WRITTEN_COLUMNS = tuple(column for column in FOUND_COLUMNS if column not in ("rid", "captured"))
+WRITTEN_COLUMNS = tuple(column for column in FOUND_COLUMNS if column not in ("rid", "captured", "updated_at"))
 
 
 def run_captures(run: dict) -> tuple[str, ...]:

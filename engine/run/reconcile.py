@@ -9,7 +9,10 @@ sends (its headers and ``${VAR}`` secrets, its rate, retries and outage pause) t
 so every retryable failure is retried with back-off. The answer settles the row:
 
 - 2xx: the API has the charge: ``succeeded``;
-- 404: never charged: ``pending``, so a plain ``rerun`` sends it, and only such rows;
+- 404: never charged: ``pending``, so a plain ``rerun`` sends it, and only such rows — but only
+  once the row's last attempt can no longer be in progress at the API (its last change plus the
+  run's ``--timeout`` + 1 s): a charge still being made answers 404 too, so a 404 before then
+  leaves the row as it was ("reconcile again after HH:MM:SS");
 - anything else (a timeout, a 5xx after its retries, a 401...): left as it was.
 
 Each lookup is recorded as an attempt of its row, its error starting with :data:`LOOKUP`. Reconcile
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING
 from engine.config import RunSettings
 from engine.errors import DestinationError, TemplateError, UsageError
 from engine.ledger import BUSY_TIMEOUT, Store, open_store
-from engine.ledger.lease import HEARTBEAT_INTERVAL, STALE_AFTER, Hold, Holder
+from engine.ledger.lease import HEARTBEAT_INTERVAL, HOLD_MARGIN, STALE_AFTER, Hold, Holder
 from engine.ledger.selection import RowFilter
 from engine.ledger.store import LeaseLost
 from engine.request.spec import RequestSpec, origin_of, parse_allowed_host, redact
@@ -117,7 +120,7 @@ def reconcile(
                 renew = _renewal(ledger, run_id, holder)
                 result.interrupted = not _wait_out(hold, stop, renew)
                 if not result.interrupted:
-                    _look_up(ledger, run_id, rows, parts, renew, stop, settings.max_pause, result)
+                    _look_up(ledger, run_id, rows, parts, renew, stop, settings, result)
         finally:
             # a dead pass's lease stays ownerless: the next pass settles what that pass had in flight
             ledger.release_lease(run_id, holder, clean=hold is None)
@@ -193,7 +196,7 @@ def _look_up(
     parts: SenderParts,
     renew: Callable[[], bool],
     stop: StopRequest,
-    max_pause: float,
+    settings: RunSettings,
     result: ReconcileResult,
 ) -> None:
     """Page by page: look the rows up, settle them, record (unless a dry run), count."""
@@ -205,7 +208,8 @@ def _look_up(
 
     breaker = CircuitBreaker.create(_CONTEXT, parts.breaker)
     sender = Sender(parts, Gate(breaker, Pacer.create(_CONTEXT, parts.rate, 1, parts.window)))
-    ending = _Ending(stop, breaker, max_pause)
+    ending = _Ending(stop, breaker, settings.max_pause)
+    quiet_after = settings.timeout + HOLD_MARGIN  # a row's last attempt can be in progress until then
     fence = Fence(STALE_AFTER, renew)
     after = 0
     try:
@@ -214,7 +218,11 @@ def _look_up(
             records = sender.send([_dispatch(row) for row in page], fence, ending)
             if fence.lost:
                 raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
-            settled = settle(records, {row["rid"]: row["status"] for row in page})
+            settled = settle(
+                records,
+                {row["rid"]: row["status"] for row in page},
+                {row["rid"]: (row["updated_at"] or 0.0) + quiet_after for row in page},
+            )
             if not result.dry_run:
                 ledger.record(settled)
             _count(settled, len(page), result)
@@ -231,14 +239,22 @@ def _dispatch(row: dict) -> Dispatch:
     return Dispatch(row["rid"], row["row_id"], json.dumps(fields), row["idempotency_key"], row["attempts"] or 0)
 
 
-def settle(records: list[tuple], states: dict[int, str]) -> list[tuple]:
+def settle(records: list[tuple], states: dict[int, str], quiet_from: dict[int, float]) -> list[tuple]:
     """The lookup's attempt records, each with its row's new state (``states``: each row's state
-    before the lookup, kept unless the answer settles it) and an error saying it was a lookup."""
+    before the lookup, kept unless the answer settles it) and an error saying it was a lookup.
+    A 404 settles a row only if it was asked once nothing of the row can still be in progress at
+    the API (``quiet_from``: when that is, per row)."""
     settled = []
     for attempt in map(Attempt._make, records):
         status = attempt.http_status
         if attempt.outcome == SUCCEEDED:
             state, error = SUCCEEDED, f"{LOOKUP}charged (HTTP {status})"
+        elif attempt.outcome == REJECTED and status == NOT_FOUND and attempt.started_at < quiet_from[attempt.rid]:
+            state = states[attempt.rid]
+            after = time.strftime("%H:%M:%S", time.localtime(quiet_from[attempt.rid]))
+            error = (
+                f"{LOOKUP}not found yet, but its last attempt may still be in progress; reconcile again after {after}"
+            )
         elif attempt.outcome == REJECTED and status == NOT_FOUND:
             state, error = PENDING, f"{LOOKUP}not charged (HTTP {status})"
         else:
