@@ -10,8 +10,8 @@ import json
 
 import orjson
 import pytest
-from conftest import ledger_rows, report_json, run_engine, status_counts
-from test_cluster import bill_args, nodes  # noqa: F401 (the nodes fixture)
+from conftest import bill_args, ledger_rows, report_json, run_engine, status_counts
+from test_cluster import nodes  # noqa: F401 (the nodes fixture)
 
 from engine.delivery.extract import CAPTURE_BODY_BYTES, NO_MATCH, NOT_JSON, TOO_LARGE, Extractor, parse_capture
 from engine.errors import UsageError
@@ -129,7 +129,9 @@ def test_the_dashboard_row_page_shows_what_was_captured(customers, db, run):
 def test_worker_nodes_capture_from_the_runs_stored_settings(customers, postgres_url, broker, nodes):  # noqa: F811
     nodes(1)
     with MockProcess() as api:
-        result = run_engine(*bill_args(customers(150), api, postgres_url, broker, "nodes"), *CHARGE_ID, timeout=120)
+        result = run_engine(
+            *bill_args(customers(150), api, postgres_url, "nodes", broker=broker), *CHARGE_ID, timeout=120
+        )
         assert result.returncode == 0, result.stderr
     found = ledger_rows(postgres_url, "SELECT captured FROM requests WHERE run_id = 'nodes'")
     ids = {orjson.loads(captured)["values"]["charge_id"] for (captured,) in found}

@@ -115,6 +115,8 @@ def kill_tree(node: subprocess.Popen) -> None:
 
 def charged_once(api: MockProcess, rows: int) -> bool:
     stats = api.stats()
+    print("mock API:", {key: stats[key] for key in ("customers_charged", "customers_charged_more_than_once")})
+    print("charged twice, a sample:", stats.get("double_charged_sample"))
     return stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
 
 
@@ -144,7 +146,11 @@ def test_a_node_logs_one_line_per_chunk_it_claims_and_finishes(customers, postgr
         nodes(1, log=log)
         with MockProcess() as api:
             result = run_engine(
-                *bill_args(customers(300), api, postgres_url, broker, "logged"), "--chunks", 100, "--quiet", timeout=120
+                *bill_args(customers(300), api, postgres_url, "logged", broker=broker),
+                "--chunks",
+                100,
+                "--quiet",
+                timeout=120,
             )
             assert result.returncode == 0, result.stderr
     lines = (tmp_path / "node.log").read_text().splitlines()
