@@ -12,7 +12,9 @@ from engine.cli.options import (
     connection_options,
     db_option,
     engine_errors,
+    kill_switch_options,
     names_rows,
+    notify_options,
     pool_options,
     read_row_ids,
     row_filter,
@@ -22,9 +24,12 @@ from engine.cli.options import (
 )
 from engine.config import RunSettings
 from engine.ledger.selection import RISKS, Selection
+from engine.output.notify import Notice
 from engine.output.report import render
 from engine.request.inputs import FORMATS
-from engine.run.runner import RunResult
+from engine.run.dryrun import dry_run as dry_run_preview
+from engine.run.killswitch import BILL_MAX_FAILURE_RATE, KillSwitch
+from engine.run.runner import RunResult, go_on, key_prefix_for
 from engine.run.runner import bill as bill_run
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
@@ -124,6 +129,29 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     default=None,
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate every row as a real run would, print the row count, the hosts and the first request "
+    "(secrets redacted), then exit 0: nothing is sent, no run is recorded.",
+)
+@click.option(
+    "--sum-field",
+    "sum_fields",
+    multiple=True,
+    metavar="FIELD",
+    help="With --dry-run: print the total of this numeric field (repeatable).",
+)
+@click.option(
+    "--canary",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Send only the first N rows (priority order), print their outcomes and the rerun command that "
+    "sends the rest with the same keys, exit 4; on a terminal, offer to send the rest at once.",
+)
+@kill_switch_options(BILL_MAX_FAILURE_RATE)
+@notify_options
 @connection_options
 @db_option
 @broker_option
@@ -154,6 +182,14 @@ def bill(
     allow_hosts,
     insecure,
     ca_bundle,
+    dry_run,
+    sum_fields,
+    canary,
+    max_failure_rate,
+    min_sample,
+    notify_url,
+    notify_headers,
+    notify_command,
     db,
     broker,
     busy_timeout,
@@ -165,7 +201,8 @@ def bill(
 
     Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
     printed), 2 on bad usage or bad input (nothing is sent), 3 when the ledger cannot record
-    (disk full, locked: nothing more is sent), 130 when interrupted.
+    (disk full, locked: nothing more is sent), 4 when stopped on purpose (--canary, the
+    --max-failure-rate kill switch; the rest stays pending for rerun), 130 when interrupted.
 
     Running the same command again charges nobody twice: the idempotency keys derive from
     the request templates and each row's id, and on the same ledger the earlier run is
@@ -177,6 +214,8 @@ def bill(
         python -m engine bill customers.csv --chunks 100 --run-id 2026-12 \\
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
+        python -m engine bill customers.csv --url ... --dry-run --sum-field amount
+        python -m engine bill customers.csv --url ... --canary 10 --notify-url "$SLACK_WEBHOOK"
     """
     settings = RunSettings.from_dict(
         dict(
@@ -202,6 +241,20 @@ def bill(
         ),
         **overrides,
     )
+    if dry_run:
+        preview = dry_run_preview(
+            input_path=input_path,
+            settings=settings,
+            key_prefix=key_prefix_for(settings, run_id),
+            fmt=fmt,
+            sum_fields=sum_fields,
+        )
+        click.echo(preview.render())
+        return
+    if sum_fields:
+        raise click.UsageError("--sum-field is shown by --dry-run only")
+    kill_switch = KillSwitch.from_option(max_failure_rate, min_sample, BILL_MAX_FAILURE_RATE)
+    notice = Notice.build(notify_url, notify_headers, notify_command)
     result = bill_run(
         db=db,
         input_path=input_path,
@@ -213,7 +266,22 @@ def bill(
         quiet=quiet,
         busy_timeout=busy_timeout,
         broker=broker,
+        kill_switch=kill_switch,
+        canary=canary,
+        notice=notice,
     )
+    if canary is not None and _go_on_after_canary(result):
+        _report_notice(result)
+        result = go_on(
+            db=db,
+            run_id=result.run_id,
+            log_file=log_file,
+            quiet=quiet,
+            busy_timeout=busy_timeout,
+            broker=broker,
+            kill_switch=kill_switch,
+            notice=notice,
+        )
     _finish(result)
 
 
@@ -233,6 +301,8 @@ def bill(
     metavar="FILE",
     help="Only rows whose id is listed in FILE (one per line; a CSV's first column).",
 )
+@kill_switch_options(None)
+@notify_options
 @connection_options
 @db_option
 @broker_option
@@ -243,6 +313,11 @@ def rerun(
     include_rejected,
     include_unknown,
     rows_file,
+    max_failure_rate,
+    min_sample,
+    notify_url,
+    notify_headers,
+    notify_command,
     db,
     broker,
     busy_timeout,
@@ -271,6 +346,7 @@ def rerun(
         python -m engine rerun run-20261123-101500-ab12 --http-status 503
         python -m engine rerun run-20261123-101500-ab12 --row-id cus_42 --include-unknown
         python -m engine rerun run-20261123-101500-ab12 --rows customers-to-retry.txt
+        python -m engine rerun run-20261123-101500-ab12 --max-failure-rate 0.2 --notify-command 'mail -s run ops'
     """
     selection = None
     named = {
@@ -296,12 +372,31 @@ def rerun(
         **overrides,
         busy_timeout=busy_timeout,
         broker=broker,
+        kill_switch=KillSwitch.from_option(max_failure_rate, min_sample, None),
+        notice=Notice.build(notify_url, notify_headers, notify_command),
     )
     _finish(result)
 
 
+def _go_on_after_canary(result: RunResult) -> bool:
+    """On a terminal, after a canary that ended as planned: ask whether to send the rest now."""
+    if not result.stopped or result.gave_up:  # a kill switch tripped by the canary: no offer
+        return False
+    left = result.summary["pending"]
+    if not left or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    click.echo(render(result.summary))
+    return click.confirm(f"Send the remaining {left:,}?", default=False, err=True)
+
+
+def _report_notice(result: RunResult) -> None:
+    if result.notice_error:
+        click.echo(f"notice not delivered (the run's exit status is unchanged): {result.notice_error}", err=True)
+
+
 def _finish(result: RunResult) -> None:
     click.echo(render(result.summary))
+    _report_notice(result)
     if result.already_billed:
         left = result.summary["total"] - result.summary["succeeded"]
         state = result.summary["state"]
@@ -320,7 +415,9 @@ def _finish(result: RunResult) -> None:
                 err=True,
             )
         sys.exit(result.exit_code)
-    if result.gave_up:
+    if result.stopped and not result.interrupted:
+        click.echo(f"{result.stopped}; send the rest with: {result.rerun_command}", err=True)
+    elif result.gave_up:
         click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
     elif result.interrupted:
         click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
