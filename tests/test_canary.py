@@ -1,0 +1,50 @@
+"""``bill --canary N``: the first N rows in priority order, exit 4, and ``rerun`` sends the rest, nobody twice."""
+
+from conftest import ledger_rows, status_counts
+
+from engine.run.result import EXIT_STOPPED
+
+
+def test_canary_charges_n_then_rerun_charges_the_rest_once(api, customers, any_db, run):
+    path = customers(200)
+    result = run("bill", path, "--url", api.charge_url(), "--db", any_db, "--run-id", "c1", "--canary", 10, "--quiet")
+    assert result.exit_code == EXIT_STOPPED == 4, result.output
+    assert status_counts(any_db, "c1") == {"succeeded": 10, "pending": 190}
+    assert api.stats()["customers_charged"] == 10
+    assert "canary: the first 10 rows were sent; the other 190 wait" in result.output
+    assert f"python -m engine rerun c1 --db {any_db}" in result.output
+    assert "10 succeeded" in result.output
+    keys_before = dict(ledger_rows(any_db, "SELECT row_id, idempotency_key FROM requests WHERE run_id = 'c1'"))
+
+    again = run("rerun", "c1", "--db", any_db, "--quiet")
+    assert again.exit_code == 0, again.output
+    assert status_counts(any_db, "c1") == {"succeeded": 200}
+    stats = api.stats()
+    assert stats["customers_charged"] == 200 and stats["customers_charged_more_than_once"] == 0
+    assert stats["charges"] == 200
+    assert dict(ledger_rows(any_db, "SELECT row_id, idempotency_key FROM requests WHERE run_id = 'c1'")) == keys_before
+
+
+def test_canary_takes_the_highest_priority_rows_first(api, tmp_path, db, run):
+    path = tmp_path / "prio.csv"
+    path.write_text("id,rank\n" + "".join(f"cus_{n},{n % 7}\n" for n in range(1, 51)))
+    result = run(
+        "bill", path, "--url", api.charge_url(), "--db", db, "--run-id", "c2", "--priority-field", "rank",
+        "--canary", 5, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 4, result.output
+    sent = {row for (row,) in ledger_rows(db, "SELECT row_id FROM requests WHERE status = 'succeeded'")}
+    assert sent == {"cus_6", "cus_13", "cus_20", "cus_27", "cus_34"}  # rank 6, in input order
+
+
+def test_canary_larger_than_the_input_sends_everything_and_still_stops_on_purpose(api, customers, db, run):
+    result = run("bill", customers(3), "--url", api.charge_url(), "--db", db, "--canary", 10, "--quiet")
+    assert result.exit_code == 4, result.output
+    assert api.stats()["charges"] == 3
+    assert "the other 0 wait" in result.output
+
+
+def test_canary_must_be_positive(api, customers, db, run):
+    result = run("bill", customers(3), "--url", api.charge_url(), "--db", db, "--canary", 0)
+    assert result.exit_code == 2 and "--canary must be at least 1" in result.output
+    assert api.stats()["requests"] == 0
