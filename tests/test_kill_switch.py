@@ -69,3 +69,17 @@ def test_failed_rows_count_too_and_off_lets_the_run_finish(customers, db, run):
         )  # fmt: skip
         assert finished.exit_code == 1, finished.output
         assert "pending" not in status_counts(db, "k2")
+
+
+def test_nothing_listening_stops_a_bill_once_the_sample_has_failed(customers, db, run):
+    """The default of ``bill`` (0.5): a wrong URL fails the sample, not the whole input."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges"
+    result = run("bill", customers(2000), "--url", url, "--db", db, "--run-id", "k3", "--quiet")
+    assert result.exit_code == 4, result.output
+    counts = status_counts(db, "k3")
+    assert counts.get("pending", 0) + counts.get("retrying", 0) > 1000 and counts["failed"] >= 50, counts
