@@ -23,6 +23,7 @@ from engine.request.inputs import Row, detect_format, read_rows
 from engine.request.spec import RequestSpec, redact
 from engine.request.template import CompiledRequest, RowRequests
 from engine.run.loading import load_rows
+from engine.run.runner import claim_new_run
 from engine.states import PENDING
 
 #: The run id of the in-memory ledger's only run (the real keys derive as a ``bill``'s would).
@@ -68,16 +69,7 @@ def dry_run(
     source = "<stdin>" if input_path == "-" else input_path
     watch = _Watch(request, tuple(sum_fields), source)
     with open_store(MEMORY) as ledger:
-        ledger.claim_run(
-            DRY_RUN_ID,
-            Holder.this_process(),
-            input=input_path,
-            url=settings.url,
-            method=settings.method,
-            options=settings.to_dict(),
-            not_before=None,
-            timeout=settings.timeout,
-        )
+        claim_new_run(ledger, DRY_RUN_ID, Holder.this_process(), input_path, settings, None)
         rows = watch.through(read_rows(input_path, fmt, settings.id_field))
         total = load_rows(
             ledger, DRY_RUN_ID, rows, settings, request, source, key_prefix=key_prefix, digest=hashlib.sha256()

@@ -48,7 +48,17 @@ from engine.run.signals import sigterm_interrupts
 from engine.run.supervisor import rerun_command
 from engine.states import PENDING, REJECTED, RESEND_STATES, SELECTED, UNKNOWN
 
-__all__ = ["EXIT_INTERRUPTED", "RunResult", "bill", "go_on", "key_prefix_for", "new_run_id", "rerun", "resend_states"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "RunResult",
+    "bill",
+    "claim_new_run",
+    "go_on",
+    "key_prefix_for",
+    "new_run_id",
+    "rerun",
+    "resend_states",
+]
 
 #: Characters of the request fingerprint in a default idempotency key.
 KEY_PREFIX_CHARS = 16
@@ -100,7 +110,7 @@ def bill(
         EventLog(log_file) as events,
         contextlib.ExitStack() as backend_scope,
     ):
-        _claim_run(ledger, run_id, holder, input_path, settings, not_before)
+        claim_new_run(ledger, run_id, holder, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         early = not_before is None and broker is None
@@ -159,7 +169,9 @@ def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
         raise UsageError("--broker needs idempotency keys: a chunk whose node dies is delivered again")
 
 
-def _claim_run(ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before) -> None:
+def claim_new_run(
+    ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before
+) -> None:
     """Claim ``run_id`` before anything is loaded (:class:`LeaseHeld` names a live holder)."""
     try:
         ledger.claim_run(
