@@ -1,8 +1,11 @@
 """``bill --canary N``: the first N rows in priority order, exit 4, and ``rerun`` sends the rest, nobody twice."""
 
-from conftest import ledger_rows, status_counts
+import test_cluster
+from conftest import ledger_rows, run_engine, status_counts
 
 from engine.run.result import EXIT_STOPPED
+
+nodes = test_cluster.nodes  # the fixture that starts worker nodes
 
 
 def test_canary_charges_n_then_rerun_charges_the_rest_once(api, customers, any_db, run):
@@ -48,3 +51,20 @@ def test_canary_must_be_positive(api, customers, db, run):
     result = run("bill", customers(3), "--url", api.charge_url(), "--db", db, "--canary", 0)
     assert result.exit_code == 2 and "--canary must be at least 1" in result.output
     assert api.stats()["requests"] == 0
+
+
+def test_a_canary_through_worker_nodes_then_rerun_charges_everyone_once(customers, postgres_url, broker, nodes):
+    from test_cluster import bill_args, charged_once
+
+    from engine.mock.process import MockProcess
+
+    nodes(2)
+    with MockProcess(latency=0.01) as api:
+        path = customers(300)
+        first = run_engine(*bill_args(path, api, postgres_url, broker, "cn"), "--canary", 10, "--quiet", timeout=120)
+        assert first.returncode == 4, first.stderr
+        assert status_counts(postgres_url, "cn") == {"succeeded": 10, "pending": 290}
+        assert api.stats()["customers_charged"] == 10
+        rest = run_engine("rerun", "cn", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
+        assert rest.returncode == 0, rest.stderr
+        assert charged_once(api, 300)

@@ -1,10 +1,13 @@
 """``--max-failure-rate``: a run whose rows are refused stops early, exit 4, the rest ``pending``."""
 
 import pytest
-from conftest import status_counts
+import test_cluster
+from conftest import run_engine, status_counts
 
 from engine.errors import UsageError
 from engine.run.killswitch import KillSwitch
+
+nodes = test_cluster.nodes  # the fixture that starts worker nodes
 
 
 def test_the_switch_trips_only_past_the_sample_and_the_share():
@@ -83,3 +86,20 @@ def test_nothing_listening_stops_a_bill_once_the_sample_has_failed(customers, db
     assert result.exit_code == 4, result.output
     counts = status_counts(db, "k3")
     assert counts.get("pending", 0) + counts.get("retrying", 0) > 1000 and counts["failed"] >= 50, counts
+
+
+def test_the_kill_switch_stops_every_worker_node(customers, postgres_url, broker, nodes):
+    from test_cluster import bill_args
+
+    from engine.mock.process import MockProcess
+
+    nodes(2)
+    with MockProcess(latency=0.02, refuse_rate=0.5) as api:
+        path = customers(6000)
+        args = bill_args(path, api, postgres_url, broker, "kn")
+        result = run_engine(*args, "--chunks", 20, "--max-failure-rate", 0.2, "--quiet", timeout=120)
+        assert result.returncode == 4, result.stderr
+        assert "stopped by the kill switch" in result.stderr
+        counts = status_counts(postgres_url, "kn")
+        assert counts["pending"] > 3000, counts
+        assert api.stats()["requests"] < 3000

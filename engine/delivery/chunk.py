@@ -62,10 +62,12 @@ class ChunkSender:
             if (ready or self.retries.waiting) and not fence.valid():
                 self.dropped += len(ready) + len(self.retries.waiting)
                 self._drop(ready)
+            if (
+                ready or self.retries.waiting
+            ) and stopped():  # before starting: a chunk taken after the stop sends nothing
+                self._drop(ready)
             wait = self._start_ready(ready, records, fence)
             records.extend(map(self.retries.settle, self.transport.poll(self.retries.due_in(wait))))
-            if (ready or self.retries.waiting) and stopped():
-                self._drop(ready)
         return records
 
     def _drop(self, ready: deque[Dispatch]) -> None:
