@@ -68,3 +68,26 @@ def test_a_canary_through_worker_nodes_then_rerun_charges_everyone_once(customer
         rest = run_engine("rerun", "cn", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
         assert rest.returncode == 0, rest.stderr
         assert charged_once(api, 300)
+
+
+def test_on_a_terminal_yes_sends_the_rest_in_the_same_run(api, customers, db, run, monkeypatch):
+    monkeypatch.setattr("engine.cli.sending.on_terminal", lambda: True)
+    result = run(
+        "bill", customers(60), "--url", api.charge_url(), "--db", db, "--run-id", "c3", "--canary", 10, "--quiet",
+        input="y\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Send the remaining 50? [y/N]" in result.output
+    assert status_counts(db, "c3") == {"succeeded": 60}
+    assert api.stats()["charges"] == 60
+    assert ledger_rows(db, "SELECT count(*) FROM passes WHERE run_id = 'c3'") == [(2,)]
+
+
+def test_on_a_terminal_no_leaves_the_rest_pending(api, customers, db, run, monkeypatch):
+    monkeypatch.setattr("engine.cli.sending.on_terminal", lambda: True)
+    result = run(
+        "bill", customers(60), "--url", api.charge_url(), "--db", db, "--run-id", "c4", "--canary", 10, "--quiet",
+        input="\n",
+    )  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert status_counts(db, "c4") == {"succeeded": 10, "pending": 50}

@@ -99,7 +99,7 @@ def test_the_kill_switch_stops_every_worker_node(customers, postgres_url, broker
         args = bill_args(path, api, postgres_url, broker, "kn")
         result = run_engine(*args, "--chunks", 20, "--max-failure-rate", 0.2, "--quiet", timeout=120)
         assert result.returncode == 4, result.stderr
-        assert "stopped by the kill switch" in result.stderr
+        assert "stopped by the kill switch" in result.stdout
         counts = status_counts(postgres_url, "kn")
         assert counts["pending"] > 3000, counts
         assert api.stats()["requests"] < 3000

@@ -378,12 +378,17 @@ def rerun(
     _finish(result)
 
 
+def on_terminal() -> bool:
+    """Someone is there to answer: stdin and stderr are both a terminal."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def _go_on_after_canary(result: RunResult) -> bool:
     """On a terminal, after a canary that ended as planned: ask whether to send the rest now."""
     if not result.stopped or result.gave_up:  # a kill switch tripped by the canary: no offer
         return False
     left = result.summary["pending"]
-    if not left or not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if not left or not on_terminal():
         return False
     click.echo(render(result.summary))
     return click.confirm(f"Send the remaining {left:,}?", default=False, err=True)
@@ -416,7 +421,7 @@ def _finish(result: RunResult) -> None:
             )
         sys.exit(result.exit_code)
     if result.stopped and not result.interrupted:
-        click.echo(f"{result.stopped}; send the rest with: {result.rerun_command}", err=True)
+        click.echo(f"stopped on purpose; send the rest with: {result.rerun_command}", err=True)
     elif result.gave_up:
         click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
     elif result.interrupted:

@@ -84,6 +84,8 @@ def send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | N
     stopped = supervisor.stopped if supervisor else None
     if plan.canary is not None and not interrupted and gave_up is None:
         stopped = f"canary: the first {plan.canary} rows were sent; the other {summary['pending']} wait"
+    if stopped:
+        summary["stopped"] = stopped  # the summary says why the pass stopped on purpose
     return RunResult(run_id, ledger.location, summary, interrupted, gave_up=gave_up, stopped=stopped)
 
 
