@@ -71,7 +71,7 @@ def test_a_canary_through_worker_nodes_then_rerun_charges_everyone_once(customer
 
 
 def test_on_a_terminal_yes_sends_the_rest_in_the_same_run(api, customers, db, run, monkeypatch):
-    monkeypatch.setattr("engine.cli.sending.on_terminal", lambda: True)
+    monkeypatch.setattr("engine.cli.ending.on_terminal", lambda: True)
     result = run(
         "bill", customers(60), "--url", api.charge_url(), "--db", db, "--run-id", "c3", "--canary", 10, "--quiet",
         input="y\n",
@@ -84,7 +84,7 @@ def test_on_a_terminal_yes_sends_the_rest_in_the_same_run(api, customers, db, ru
 
 
 def test_on_a_terminal_no_leaves_the_rest_pending(api, customers, db, run, monkeypatch):
-    monkeypatch.setattr("engine.cli.sending.on_terminal", lambda: True)
+    monkeypatch.setattr("engine.cli.ending.on_terminal", lambda: True)
     result = run(
         "bill", customers(60), "--url", api.charge_url(), "--db", db, "--run-id", "c4", "--canary", 10, "--quiet",
         input="\n",

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from engine.cli.ending import finish, go_on_after_canary, report_notice
 from engine.cli.options import (
     PEM_FILE,
     broker_option,
@@ -25,12 +24,11 @@ from engine.cli.options import (
 from engine.config import RunSettings
 from engine.ledger.selection import RISKS, Selection
 from engine.output.notify import Notice
-from engine.output.report import render
 from engine.request.inputs import FORMATS
 from engine.run.dryrun import dry_run as dry_run_preview
 from engine.run.killswitch import BILL_MAX_FAILURE_RATE, KillSwitch
-from engine.run.runner import RunResult, go_on, key_prefix_for
 from engine.run.runner import bill as bill_run
+from engine.run.runner import go_on, key_prefix_for
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
 from engine.states import REJECTED, RESEND_STATES, UNKNOWN
@@ -270,8 +268,8 @@ def bill(
         canary=canary,
         notice=notice,
     )
-    if canary is not None and _go_on_after_canary(result):
-        _report_notice(result)
+    if canary is not None and go_on_after_canary(result):
+        report_notice(result)
         result = go_on(
             db=db,
             run_id=result.run_id,
@@ -282,7 +280,7 @@ def bill(
             kill_switch=kill_switch,
             notice=notice,
         )
-    _finish(result)
+    finish(result)
 
 
 @click.command()
@@ -375,58 +373,4 @@ def rerun(
         kill_switch=KillSwitch.from_option(max_failure_rate, min_sample, None),
         notice=Notice.build(notify_url, notify_headers, notify_command),
     )
-    _finish(result)
-
-
-def on_terminal() -> bool:
-    """Someone is there to answer: stdin and stderr are both a terminal."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def _go_on_after_canary(result: RunResult) -> bool:
-    """On a terminal, after a canary that ended as planned: ask whether to send the rest now."""
-    if not result.stopped or result.gave_up:  # a kill switch tripped by the canary: no offer
-        return False
-    left = result.summary["pending"]
-    if not left or not on_terminal():
-        return False
-    click.echo(render(result.summary))
-    return click.confirm(f"Send the remaining {left:,}?", default=False, err=True)
-
-
-def _report_notice(result: RunResult) -> None:
-    if result.notice_error:
-        click.echo(f"notice not delivered (the run's exit status is unchanged): {result.notice_error}", err=True)
-
-
-def _finish(result: RunResult) -> None:
-    click.echo(render(result.summary))
-    _report_notice(result)
-    if result.already_billed:
-        left = result.summary["total"] - result.summary["succeeded"]
-        state = result.summary["state"]
-        if left:
-            click.echo(
-                f"this input was already billed with the same request as run {result.run_id} ({state}, "
-                f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
-                "(or give a new --run-id to bill everyone again on purpose)",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"this input was already billed with the same request as run {result.run_id} ({state}); "
-                "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
-                "purpose)",
-                err=True,
-            )
-        sys.exit(result.exit_code)
-    if result.stopped and not result.interrupted:
-        click.echo(f"stopped on purpose; send the rest with: {result.rerun_command}", err=True)
-    elif result.gave_up:
-        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
-    elif result.interrupted:
-        click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
-    elif not result.complete:
-        missing = result.summary["total"] - result.summary["succeeded"]
-        click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
-    sys.exit(result.exit_code)
+    finish(result)
