@@ -71,7 +71,12 @@ def test_a_finished_run_posts_its_summary(api, customers, any_db, run, receiver)
     assert message["run_id"] == "n1" and message["ending"] == "finished" and message["exit_code"] == 0
     assert message["counts"]["succeeded"] == message["total"] == 20
     assert message["counts"]["pending"] == 0 and message["rerun_command"] is None
-    assert message["duration_s"] >= 0 and "rows_per_s" in message and message["first_errors"] == []
+    assert (
+        message["duration_s"] >= 0
+        and "rows_per_s" in message
+        and message["first_errors"] == []
+        and message["top_error"] is None
+    )
     assert message["text"].startswith("batch-engine run n1 finished: 20 of 20 succeeded")
 
 
@@ -89,7 +94,9 @@ def test_a_kill_switch_stop_is_told_with_its_reason_and_rerun_command(customers,
     assert "kill switch" in message["reason"] and "kill switch" in message["text"]
     assert message["rerun_command"] == f"python -m engine rerun n2 --db {db}"
     assert message["counts"]["rejected"] > 0 and message["counts"]["pending"] > 0
-    assert message["first_errors"][0]["error"] == "HTTP 402"
+    assert message["top_error"]["error"] == "HTTP 402" and f"{message['top_error']['rows']} rows" in message["text"]
+    assert 1 <= len(message["first_errors"]) <= 5
+    assert all(e["state"] == "rejected" and "402" in e["error"] for e in message["first_errors"])
 
 
 def test_the_notice_is_retried_with_back_off(api, customers, db, run):

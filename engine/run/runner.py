@@ -156,7 +156,7 @@ def bill(
             kill_switch=kill_switch,
             canary=canary,
         )
-        return tell(notice, send_pass(plan, backend, holder))
+        return tell(notice, send_pass(plan, backend, holder), ledger)
 
 
 def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
@@ -270,7 +270,7 @@ def rerun(
             selection,
             kill_switch=kill_switch,
         )
-        return tell(notice, send_pass(plan))
+        return tell(notice, send_pass(plan), ledger)
 
 
 def go_on(**rerun_args) -> RunResult:
