@@ -26,6 +26,9 @@ from engine.run.signals import StopRequest
 from engine.run.supervisor import Distribution, PassSupervisor, PassTally
 from engine.states import IN_FLIGHT, PENDING, RETRYING, SELECTED
 
+#: Rows read per page while choosing a canary's rows.
+CANARY_PAGE = 1000
+
 
 @dataclass(frozen=True)
 class PassPlan:
@@ -95,7 +98,7 @@ def canary_plan(plan: PassPlan) -> PassPlan:
     state for ``rerun``, which sends them with the same keys."""
     assert plan.canary is not None
     ids: list[str] = []
-    for page in plan.ledger.iter_pages(plan.run_id, plan.states, page=max(1, plan.canary)):
+    for page in plan.ledger.iter_pages(plan.run_id, plan.states, page=min(plan.canary, CANARY_PAGE)):
         ids.extend(row.row_id for row in page.rows[: plan.canary - len(ids)])
         if len(ids) >= plan.canary:
             break
@@ -172,6 +175,7 @@ def _finish_pass(plan: PassPlan, pass_no: int, supervisor: PassSupervisor, tally
         not_succeeded=tally.not_succeeded,
         interrupted=supervisor.interrupted,
         gave_up=supervisor.gave_up,
+        stopped=supervisor.stopped,
     )
     return supervisor.interrupted
 
