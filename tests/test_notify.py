@@ -3,6 +3,7 @@ changes the exit status."""
 
 import json
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -151,3 +152,21 @@ def test_bad_notice_options_are_refused_before_anything_is_sent(api, customers, 
     assert api.stats()["requests"] == 0
     with pytest.raises(UsageError):
         Notice.build(None, ("X-A: b",))
+
+
+def test_an_interrupted_run_is_told_too(customers, db, start_engine, receiver):
+    from conftest import wait_for_charges
+
+    from engine.mock.process import MockProcess
+
+    with MockProcess(latency=0.3) as api:
+        args = ("bill", customers(3000), "--url", api.charge_url(), "--db", db, "--run-id", "n4", "--quiet")
+        engine = start_engine(*args, "--workers", 1, "--concurrency", 20, "--notify-url", receiver.url)
+        wait_for_charges(api, 20)
+        engine.send_signal(signal.SIGINT)
+        _, err = engine.communicate(timeout=60)
+    assert engine.returncode == 130, err
+    [(_, message)] = receiver.received
+    assert message["ending"] == "interrupted" and message["exit_code"] == 130
+    assert message["counts"]["pending"] > 0 and "interrupted" in message["text"]
+    assert message["rerun_command"] == f"python -m engine rerun n4 --db {db}"
