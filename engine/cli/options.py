@@ -15,6 +15,7 @@ from engine.errors import EngineError, UsageError
 from engine.extras import CLUSTER, MissingExtra, require
 from engine.ledger import BUSY_TIMEOUT
 from engine.ledger.selection import InvalidFilter, RowFilter
+from engine.run.killswitch import DEFAULT_MIN_SAMPLE
 from engine.run.runner import EXIT_INTERRUPTED
 from engine.states import STATES
 
@@ -222,6 +223,60 @@ def pool_options(command):
                 help="Append one JSON line per run event and per failed attempt here.",
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress output; the summary is still printed."),
+        ],
+    )
+
+
+def notify_options(command):
+    """--notify-url, --notify-header, --notify-command: who is told when a pass ends."""
+    return _apply(
+        command,
+        [
+            click.option(
+                "--notify-url",
+                default=None,
+                metavar="URL",
+                help="When a pass ends, POST a JSON summary here (a 'text' field reads well: a Slack "
+                "incoming-webhook URL works as is); retried with back-off, and a failure never changes "
+                "the exit status.",
+            ),
+            click.option(
+                "--notify-header",
+                "notify_headers",
+                multiple=True,
+                metavar="'NAME: VALUE'",
+                help="Header of the notice (repeatable); ${VAR} from the environment, as in --header.",
+            ),
+            click.option(
+                "--notify-command",
+                default=None,
+                metavar="CMD",
+                help="When a pass ends, run CMD (no shell) with the JSON summary on stdin.",
+            ),
+        ],
+    )
+
+
+def kill_switch_options(default: float | None):
+    """--max-failure-rate and --min-sample: stop a pass whose rows are refused (the kill switch)."""
+    shown = f"{default:g}" if default else "off"
+    return lambda command: _apply(
+        command,
+        [
+            click.option(
+                "--max-failure-rate",
+                default=None,
+                metavar="P|off",
+                help="Stop the pass (exit 4) once the share of rejected plus failed rows among those with an "
+                f"outcome exceeds P; 0 or 'off' never stops [default: {shown}].",
+            ),
+            click.option(
+                "--min-sample",
+                type=int,
+                default=None,
+                metavar="N",
+                help=f"Rows with an outcome before --max-failure-rate applies [default: {DEFAULT_MIN_SAMPLE}].",
+            ),
         ],
     )
 

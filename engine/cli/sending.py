@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from engine.cli.ending import finish, go_on_after_canary, report_notice
 from engine.cli.options import (
     PEM_FILE,
     broker_option,
@@ -13,7 +12,9 @@ from engine.cli.options import (
     connection_options,
     db_option,
     engine_errors,
+    kill_switch_options,
     names_rows,
+    notify_options,
     pool_options,
     read_row_ids,
     refuse_workers_with_broker,
@@ -25,10 +26,12 @@ from engine.cli.options import (
 )
 from engine.config import RunSettings
 from engine.ledger.selection import RISKS, Selection
-from engine.output.report import render
+from engine.output.notify import Notice
 from engine.request.inputs import FORMATS
-from engine.run.runner import RunResult
+from engine.run.dryrun import dry_run as dry_run_preview
+from engine.run.killswitch import BILL_MAX_FAILURE_RATE, KillSwitch
 from engine.run.runner import bill as bill_run
+from engine.run.runner import go_on, key_prefix_for
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
 from engine.states import REJECTED, RESEND_STATES, UNKNOWN
@@ -130,6 +133,29 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
 @capture_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate every row as a real run would, print the row count, the hosts and the first request "
+    "(secrets redacted), then exit 0: nothing is sent, no run is recorded.",
+)
+@click.option(
+    "--sum-field",
+    "sum_fields",
+    multiple=True,
+    metavar="FIELD",
+    help="With --dry-run: print the total of this numeric field (repeatable).",
+)
+@click.option(
+    "--canary",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Send only the first N rows (priority order), print their outcomes and the rerun command that "
+    "sends the rest with the same keys, exit 4; on a terminal, offer to send the rest at once.",
+)
+@kill_switch_options(BILL_MAX_FAILURE_RATE)
+@notify_options
 @connection_options
 @db_option
 @broker_option
@@ -160,6 +186,14 @@ def bill(
     allow_hosts,
     insecure,
     ca_bundle,
+    dry_run,
+    sum_fields,
+    canary,
+    max_failure_rate,
+    min_sample,
+    notify_url,
+    notify_headers,
+    notify_command,
     db,
     broker,
     busy_timeout,
@@ -171,7 +205,8 @@ def bill(
 
     Exit status: 0 when every row succeeded, 1 when some did not (the rerun command is
     printed), 2 on bad usage or bad input (nothing is sent), 3 when the ledger cannot record
-    (disk full, locked: nothing more is sent), 130 when interrupted.
+    (disk full, locked: nothing more is sent), 4 when stopped on purpose (--canary, the
+    --max-failure-rate kill switch; the rest stays pending for rerun), 130 when interrupted.
 
     Running the same command again charges nobody twice: the idempotency keys derive from
     the request templates and each row's id, and on the same ledger the earlier run is
@@ -183,6 +218,8 @@ def bill(
         python -m engine bill customers.csv --chunks 100 --run-id 2026-12 --capture charge_id=$.id \\
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
+        python -m engine bill customers.csv --url ... --dry-run --sum-field amount
+        python -m engine bill customers.csv --url ... --canary 10 --notify-url "$SLACK_WEBHOOK"
     """
     refuse_workers_with_broker(broker, overrides.get("workers"))
     settings = RunSettings.from_dict(
@@ -209,6 +246,20 @@ def bill(
         ),
         **overrides,
     )
+    if dry_run:
+        preview = dry_run_preview(
+            input_path=input_path,
+            settings=settings,
+            key_prefix=key_prefix_for(settings, run_id),
+            fmt=fmt,
+            sum_fields=sum_fields,
+        )
+        click.echo(preview.render())
+        return
+    if sum_fields:
+        raise click.UsageError("--sum-field is shown by --dry-run only")
+    kill_switch = KillSwitch.from_option(max_failure_rate, min_sample, BILL_MAX_FAILURE_RATE)
+    notice = Notice.build(notify_url, notify_headers, notify_command)
     result = bill_run(
         db=db,
         input_path=input_path,
@@ -220,8 +271,23 @@ def bill(
         quiet=quiet,
         busy_timeout=busy_timeout,
         broker=broker,
+        kill_switch=kill_switch,
+        canary=canary,
+        notice=notice,
     )
-    _finish(result)
+    if canary is not None and go_on_after_canary(result):
+        report_notice(result)
+        result = go_on(
+            db=db,
+            run_id=result.run_id,
+            log_file=log_file,
+            quiet=quiet,
+            busy_timeout=busy_timeout,
+            broker=broker,
+            kill_switch=kill_switch,
+            notice=notice,
+        )
+    finish(result)
 
 
 @click.command()
@@ -240,6 +306,8 @@ def bill(
     metavar="FILE",
     help="Only rows whose id is listed in FILE (one per line; a CSV's first column).",
 )
+@kill_switch_options(None)
+@notify_options
 @connection_options
 @db_option
 @broker_option
@@ -250,6 +318,11 @@ def rerun(
     include_rejected,
     include_unknown,
     rows_file,
+    max_failure_rate,
+    min_sample,
+    notify_url,
+    notify_headers,
+    notify_command,
     db,
     broker,
     busy_timeout,
@@ -278,6 +351,7 @@ def rerun(
         python -m engine rerun run-20261123-101500-ab12 --http-status 503
         python -m engine rerun run-20261123-101500-ab12 --row-id cus_42 --include-unknown
         python -m engine rerun run-20261123-101500-ab12 --rows customers-to-retry.txt
+        python -m engine rerun run-20261123-101500-ab12 --max-failure-rate 0.2 --notify-command 'mail -s run ops'
     """
     refuse_workers_with_broker(broker, overrides.get("workers"))
     selection = None
@@ -304,35 +378,7 @@ def rerun(
         **overrides,
         busy_timeout=busy_timeout,
         broker=broker,
+        kill_switch=KillSwitch.from_option(max_failure_rate, min_sample, None),
+        notice=Notice.build(notify_url, notify_headers, notify_command),
     )
-    _finish(result)
-
-
-def _finish(result: RunResult) -> None:
-    click.echo(render(result.summary))
-    if result.already_billed:
-        left = result.summary["total"] - result.summary["succeeded"]
-        state = result.summary["state"]
-        if left:
-            click.echo(
-                f"this input was already billed with the same request as run {result.run_id} ({state}, "
-                f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
-                "(or give a new --run-id to bill everyone again on purpose)",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"this input was already billed with the same request as run {result.run_id} ({state}); "
-                "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
-                "purpose)",
-                err=True,
-            )
-        sys.exit(result.exit_code)
-    if result.gave_up:
-        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
-    elif result.interrupted:
-        click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
-    elif not result.complete:
-        missing = result.summary["total"] - result.summary["succeeded"]
-        click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
-    sys.exit(result.exit_code)
+    finish(result)

@@ -118,10 +118,10 @@ class Sender:
             if (ready or retries.waiting) and fence is not None and not fence.valid():
                 self.dropped += len(ready) + len(retries.waiting)
                 self.drop()
+            if (ready or retries.waiting) and stopped():  # before starting: a chunk taken after a stop sends nothing
+                self.drop()
             wait = POLL if self.start(fence) else min(POLL, self.gate.pace_ends_in()) or POLL
             self.poll(retries.due_in(wait))
-            if (ready or retries.waiting) and stopped():
-                self.drop()
         return self.take_records()
 
     def drop(self) -> None:

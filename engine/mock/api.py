@@ -100,8 +100,16 @@ class BillingState:
 
     def customer_fails(self, customer: str) -> bool:
         """A fixed share of customers (by hash) whose charges fail while ``fail_rate`` is set."""
-        rate = self.config.fail_rate
-        return rate > 0 and (zlib.crc32(customer.encode()) % 10_000) < rate * 10_000
+        return _share_of_customers(customer, self.config.fail_rate)
+
+    def customer_refused(self, customer: str) -> bool:
+        """A fixed share of customers (by hash) refused for good (402) while ``refuse_rate`` is set."""
+        return _share_of_customers(customer, self.config.refuse_rate)
+
+
+def _share_of_customers(customer: str, rate: float) -> bool:
+    """Whether ``customer`` is among a fixed ``rate`` share of all customers (by a hash of the id)."""
+    return rate > 0 and (zlib.crc32(customer.encode()) % 10_000) < rate * 10_000
 
 
 class Request:
@@ -339,6 +347,8 @@ async def _charge_after_latency(state: BillingState, customer: str, key: str | N
         roll -= p
     if state.customer_fails(customer):
         return 503, b'{"error":"billing backend unavailable for this customer"}', ""
+    if state.customer_refused(customer):
+        return 402, b'{"error":{"code":"card_declined","message":"Your card was declined."}}', ""
     state.charges[customer] += 1
     charge_id = f"ch_{next(state.charge_ids):08d}"
     body = json.dumps({"id": charge_id, "charged": customer, "charge": state.charges[customer]}).encode()

@@ -158,6 +158,8 @@ def _text(s: dict) -> str:
             f" {c['refused']} duplicate deliveries refused, {c['dead']} dead-lettered"
             + (" (their rows wait for a rerun)" if c["dead"] else "")
         )
+    if s.get("stopped"):
+        lines.append(f"  stopped    {s['stopped']}")
     lines.extend(_advice(s))
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")

@@ -23,7 +23,7 @@ from engine.errors import LedgerError
 from engine.ledger.lease import HEARTBEAT_INTERVAL, chunk_silent_for
 from engine.ledger.store import ledger_unavailable
 from engine.run.supervisor import PassSupervisor, PassTally
-from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, SUCCEEDED
+from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, FAILED, REJECTED, SUCCEEDED
 
 #: How often the coordinator reads the ledger (s).
 WATCH_INTERVAL = 0.5
@@ -49,6 +49,7 @@ class BrokerPass:
         self.before: dict[str, int] = {}  # the run's counts when the pass began
         self.attempts_before = 0
         self.counts: dict[str, int] = {}  # the pass's chunks by state, at the last look
+        self.latest = PassTally()  # the pass's figures, at the last look
         self.silent_for = chunk_silent_for(self.settings.stall_timeout, self.settings.timeout)
         self.ledger_down_since: float | None = None
         self.roster = Roster(self.link.client)
@@ -70,7 +71,8 @@ class BrokerPass:
     def step(self) -> None:
         time.sleep(WATCH_INTERVAL)
         self.counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
-        self.supervisor.progress.update(self.tally())
+        self.latest = self._measure()  # read once per look: progress and the kill switch share it
+        self.supervisor.progress.update(self.latest)
 
     def finished(self) -> bool:
         return self.counts[CHUNK_QUEUED] + self.counts[CHUNK_RUNNING] == 0  # nothing of it in flight anywhere
@@ -128,6 +130,10 @@ class BrokerPass:
         return complete
 
     def tally(self) -> PassTally:
+        """This pass's figures at the last look."""
+        return self.latest
+
+    def _measure(self) -> PassTally:
         """This pass's figures, from the ledger: what the nodes recorded since it began."""
         now = self.ledger.counts(self.run_id)
         succeeded = now[SUCCEEDED] - self.before[SUCCEEDED]
@@ -136,6 +142,7 @@ class BrokerPass:
             attempts=self.ledger.attempt_count(self.run_id) - self.attempts_before,
             succeeded=succeeded,
             not_succeeded=max(0, finished - succeeded),
+            refused=sum(now[state] - self.before[state] for state in (REJECTED, FAILED) if state not in self.states),
         )
 
     # -- distribution -------------------------------------------------------------------------

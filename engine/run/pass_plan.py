@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.backend import Backend
 from engine.config import RunSettings
 from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
-from engine.ledger.selection import Selection
+from engine.ledger.selection import RowFilter, Selection
 from engine.output.events import EventLog
 from engine.output.progress import Progress
 from engine.output.report import summarize
 from engine.request.spec import RequestSpec
+from engine.run.killswitch import KillSwitch
 from engine.run.passes import LocalPass
 from engine.run.result import RunResult
 from engine.run.signals import StopRequest
 from engine.run.supervisor import Distribution, PassSupervisor, PassTally
-from engine.states import IN_FLIGHT, PENDING, RETRYING
+from engine.states import IN_FLIGHT, PENDING, RETRYING, SELECTED
+
+#: Rows read per page while choosing a canary's rows.
+CANARY_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class PassPlan:
     broker: str | None = None
     #: The rows an operator chose to send (marked ``selected`` once the pass holds the run).
     selection: Selection | None = None
+    #: Stop the pass when too many rows are refused (None: never).
+    kill_switch: KillSwitch | None = None
+    #: Send only the first N rows of ``states`` in dispatch order, then stop on purpose (None: all).
+    canary: int | None = None
 
 
 def start_backend(settings: RunSettings, spec: RequestSpec) -> Backend:
@@ -64,6 +72,8 @@ def send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | N
     clean = False
     try:
         _settle_in_flight(ledger, run_id, plan.settings, hold, plan.events)
+        if plan.canary is not None:
+            plan = canary_plan(plan)
         if plan.selection is not None:
             chosen = ledger.select_rows(run_id, plan.selection.rows, plan.selection.row_ids)
             plan.events.emit("selected", run_id=run_id, rows=chosen, filter=plan.selection.rows.describe())
@@ -74,7 +84,28 @@ def send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | N
     summary = summarize(ledger, run_id)
     plan.events.emit("finish", run_id=run_id, **{k: summary[k] for k in ("succeeded", "failed", "rejected", "pending")})
     gave_up = supervisor.gave_up if supervisor else None
-    return RunResult(run_id, ledger.location, summary, interrupted, gave_up=gave_up)
+    stopped = supervisor.stopped if supervisor else None
+    if plan.canary is not None and not interrupted and gave_up is None:
+        stopped = f"canary: the first {plan.canary} rows were sent; the other {summary['pending']} wait"
+    if stopped:
+        summary["stopped"] = stopped  # the summary says why the pass stopped on purpose
+    return RunResult(run_id, ledger.location, summary, interrupted, gave_up=gave_up, stopped=stopped)
+
+
+def canary_plan(plan: PassPlan) -> PassPlan:
+    """The plan of a canary pass: the first ``plan.canary`` rows of its states, in the order a full
+    pass would send them (priority, then input order), chosen as a selection; the rest keep their
+    state for ``rerun``, which sends them with the same keys."""
+    assert plan.canary is not None
+    ids: list[str] = []
+    for page in plan.ledger.iter_pages(plan.run_id, plan.states, page=min(plan.canary, CANARY_PAGE)):
+        ids.extend(row.row_id for row in page.rows[: plan.canary - len(ids)])
+        if len(ids) >= plan.canary:
+            break
+    rows = RowFilter.from_options(states=plan.states)
+    chosen = plan.ledger.select_rows(plan.run_id, rows, ids) if ids else 0
+    plan.events.emit("canary", run_id=plan.run_id, rows=chosen)
+    return replace(plan, states=(SELECTED,), selection=None)
 
 
 def _run_pass(
@@ -96,7 +127,15 @@ def _run_pass(
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
         with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
             supervisor = PassSupervisor(
-                ledger, run_id, plan.settings, progress=progress, events=events, stop=stop, holder=holder, hold=hold
+                ledger,
+                run_id,
+                plan.settings,
+                progress=progress,
+                events=events,
+                stop=stop,
+                holder=holder,
+                hold=hold,
+                kill_switch=plan.kill_switch,
             )
             distribution = distribute(plan, supervisor, pass_no, to_send, backend, backend_scope)
             try:
@@ -136,6 +175,7 @@ def _finish_pass(plan: PassPlan, pass_no: int, supervisor: PassSupervisor, tally
         not_succeeded=tally.not_succeeded,
         interrupted=supervisor.interrupted,
         gave_up=supervisor.gave_up,
+        stopped=supervisor.stopped,
     )
     return supervisor.interrupted
 

@@ -8,6 +8,8 @@ from engine.run.supervisor import rerun_command
 
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
+#: Exit code of a run stopped on purpose, nothing wrong with the engine: a canary sent, the kill switch.
+EXIT_STOPPED = 4
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class RunResult:
     gave_up: str | None = None
     #: This command had been run before: the summary is of that earlier run; nothing was sent.
     already_billed: bool = False
+    #: Why the pass stopped on purpose (a canary, the kill switch): exit 4.
+    stopped: str | None = None
+    #: A notice (--notify-url/--notify-command) that could not be delivered: one line to tell.
+    notice_error: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -31,6 +37,8 @@ class RunResult:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.stopped:
+            return EXIT_STOPPED
         return 0 if self.complete else 1
 
     @property

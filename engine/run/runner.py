@@ -31,21 +31,34 @@ from engine.config import RunSettings
 from engine.errors import LedgerUnavailable, UsageError
 from engine.ledger import BUSY_TIMEOUT, RunExists, Store, open_store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Holder
-from engine.ledger.selection import Selection, opted_in
+from engine.ledger.selection import RowFilter, Selection, opted_in
 from engine.local.limits import fit_open_files
 from engine.output.events import EventLog
+from engine.output.notify import Notice
 from engine.output.progress import Progress
 from engine.output.report import summarize
 from engine.request.inputs import detect_format, read_rows
 from engine.request.template import CompiledRequest
+from engine.run.killswitch import KillSwitch
 from engine.run.loading import load_rows
+from engine.run.notices import tell
 from engine.run.pass_plan import PassPlan, send_pass, start_backend
 from engine.run.result import EXIT_INTERRUPTED, RunResult
 from engine.run.signals import sigterm_interrupts
 from engine.run.supervisor import rerun_command
 from engine.states import PENDING, REJECTED, RESEND_STATES, SELECTED, UNKNOWN
 
-__all__ = ["EXIT_INTERRUPTED", "RunResult", "bill", "new_run_id", "rerun", "resend_states"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "RunResult",
+    "bill",
+    "claim_new_run",
+    "go_on",
+    "key_prefix_for",
+    "new_run_id",
+    "rerun",
+    "resend_states",
+]
 
 #: Characters of the request fingerprint in a default idempotency key.
 KEY_PREFIX_CHARS = 16
@@ -53,6 +66,11 @@ KEY_PREFIX_CHARS = 16
 
 def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def key_prefix_for(settings: RunSettings, run_id: str | None) -> str:
+    """What each row's default idempotency key starts with: the run id given, else the destination's digest."""
+    return run_id or settings.destination_fingerprint()[:KEY_PREFIX_CHARS]
 
 
 def bill(
@@ -67,16 +85,22 @@ def bill(
     quiet: bool = False,
     busy_timeout: float = BUSY_TIMEOUT,
     broker: str | None = None,
+    kill_switch: KillSwitch | None = None,
+    canary: int | None = None,
+    notice: Notice | None = None,
 ) -> RunResult:
     """Load ``input_path`` into a new run (write-ahead), then send every row once (through worker
-    nodes when ``broker`` names one)."""
+    nodes when ``broker`` names one). ``canary``: send only the first N rows, then stop on purpose;
+    ``notice``: told when the pass ends."""
+    if canary is not None and canary < 1:
+        raise UsageError("--canary must be at least 1")
     _check_broker(broker, db, settings)
     fmt = detect_format(input_path, fmt)
     settings = fit_open_files(settings)
     spec = settings.request_spec()  # template and environment errors surface before the ledger is touched
     request = CompiledRequest(spec)
     fingerprint = settings.request_fingerprint()
-    key_prefix = run_id or settings.destination_fingerprint()[:KEY_PREFIX_CHARS]
+    key_prefix = key_prefix_for(settings, run_id)
     on_purpose = run_id is not None  # an explicit --run-id bills its rows, whatever was sent before
     run_id = run_id or new_run_id()
     holder = Holder.this_process()
@@ -86,7 +110,7 @@ def bill(
         EventLog(log_file) as events,
         contextlib.ExitStack() as backend_scope,
     ):
-        _claim_run(ledger, run_id, holder, input_path, settings, not_before)
+        claim_new_run(ledger, run_id, holder, input_path, settings, not_before)
         source = "<stdin>" if input_path == "-" else input_path
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         early = not_before is None and broker is None
@@ -119,8 +143,20 @@ def bill(
             ledger.drop_load(run_id, holder)
             return RunResult(earlier, ledger.location, summarize(ledger, earlier), already_billed=True)
         events.emit("run_start", run_id=run_id, total=total, url=settings.url, method=settings.method)
-        plan = PassPlan(ledger, run_id, settings, spec, (PENDING,), not_before, events, quiet, broker)
-        return send_pass(plan, backend, holder)
+        plan = PassPlan(
+            ledger,
+            run_id,
+            settings,
+            spec,
+            (PENDING,),
+            not_before,
+            events,
+            quiet,
+            broker,
+            kill_switch=kill_switch,
+            canary=canary,
+        )
+        return tell(notice, send_pass(plan, backend, holder), ledger)
 
 
 def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
@@ -133,7 +169,9 @@ def _check_broker(broker: str | None, db: str, settings: RunSettings) -> None:
         raise UsageError("--broker needs idempotency keys: a chunk whose node dies is delivered again")
 
 
-def _claim_run(ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before) -> None:
+def claim_new_run(
+    ledger: Store, run_id: str, holder: Holder, input_path: str, settings: RunSettings, not_before
+) -> None:
     """Claim ``run_id`` before anything is loaded (:class:`LeaseHeld` names a live holder)."""
     try:
         ledger.claim_run(
@@ -193,6 +231,8 @@ def rerun(
     quiet: bool = False,
     busy_timeout: float = BUSY_TIMEOUT,
     broker: str | None = None,
+    kill_switch: KillSwitch | None = None,
+    notice: Notice | None = None,
     **overrides,
 ) -> RunResult:
     """The later pass: send every row of ``run_id`` that has not succeeded (see RESEND_STATES), or
@@ -217,8 +257,26 @@ def rerun(
         states = (SELECTED,) if selection is not None else resend_states(include_rejected, include_unknown)
         events.emit("rerun_start", run_id=run_id, states=list(states))
         spec = settings.request_spec()
-        plan = PassPlan(ledger, run_id, settings, spec, states, run["not_before"], events, quiet, broker, selection)
-        return send_pass(plan)
+        plan = PassPlan(
+            ledger,
+            run_id,
+            settings,
+            spec,
+            states,
+            run["not_before"],
+            events,
+            quiet,
+            broker,
+            selection,
+            kill_switch=kill_switch,
+        )
+        return tell(notice, send_pass(plan), ledger)
+
+
+def go_on(**rerun_args) -> RunResult:
+    """After a canary, the same run's next pass: exactly the rows it left ``pending``, with their keys."""
+    pending = Selection(RowFilter.from_options(states=(PENDING,), default_states=(PENDING,)))
+    return rerun(selection=pending, **rerun_args)
 
 
 def resend_states(include_rejected: bool = False, include_unknown: bool = False) -> tuple[str, ...]:

@@ -22,9 +22,10 @@ from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder
 from engine.output.events import EventLog
 from engine.output.progress import Progress
+from engine.run.killswitch import KillSwitch
 from engine.run.pause import Clock, OperatorPause, PauseClock, PausePeriods
 from engine.run.signals import StopRequest
-from engine.states import RETRYING, SUCCEEDED
+from engine.states import FAILED, REJECTED, RETRYING, SUCCEEDED
 
 #: Extra time, beyond --timeout, that senders get to finish in-flight transfers on Ctrl-C (s).
 DRAIN_GRACE = 5.0
@@ -40,6 +41,13 @@ class PassTally:
     succeeded: int = 0
     not_succeeded: int = 0
     retries: int = 0
+    #: Rows that ended ``rejected`` or ``failed`` in this pass: what the kill switch weighs.
+    refused: int = 0
+
+    @property
+    def definitive(self) -> int:
+        """Rows of this pass with an outcome (anything but a scheduled retry)."""
+        return self.succeeded + self.not_succeeded
 
     def add(self, outcomes: Counter) -> None:
         """Count a batch of attempts, given as outcome -> how many."""
@@ -48,6 +56,7 @@ class PassTally:
         total = sum(outcomes.values())
         self.attempts += total
         self.retries += retries
+        self.refused += outcomes.get(REJECTED, 0) + outcomes.get(FAILED, 0)
         self.succeeded += succeeded
         self.not_succeeded += total - retries - succeeded
 
@@ -110,6 +119,7 @@ class PassSupervisor:
         stop: StopRequest | None = None,
         holder: Holder | None = None,
         hold: Hold | None = None,
+        kill_switch: KillSwitch | None = None,
         clock: Clock = time,
     ):
         self.ledger, self.run_id, self.settings, self.clock = ledger, run_id, settings, clock
@@ -118,6 +128,7 @@ class PassSupervisor:
         self.stop = stop or StopRequest()
         self.holder = holder or Holder.this_process()
         self.hold = hold
+        self.kill_switch = kill_switch
         self.renewed_at = clock.monotonic()
         periods = PausePeriods(ledger, run_id)
         self.pause = PauseClock(settings.max_pause, periods, clock)
@@ -125,6 +136,7 @@ class PassSupervisor:
         self.stop_at: float | None = None  # stopping (drain) began; it ends by this monotonic time
         self.interrupted = False
         self.gave_up: str | None = None  # why the pass ended before every row was final
+        self.stopped: str | None = None  # why it was stopped on purpose (the kill switch): exit 4
         self.clean = False
         self.distribution: Distribution  # the one :meth:`run` was given
         self.looking = False  # between the first look and the last
@@ -170,6 +182,7 @@ class PassSupervisor:
                     return True
                 if self._stopped():
                     return False
+                self._watch_failure_rate()
                 self._watch_outage()
                 distribution.watch()
                 distribution.hold_back(self.operator.check(self.say))
@@ -195,6 +208,23 @@ class PassSupervisor:
             self.gave_up = reason
         if self.looking and not self.stopping:
             self._begin_stopping()
+
+    def stop_on_purpose(self, reason: str) -> None:
+        """End the pass because a rule the operator set says so (the kill switch): the senders drain,
+        as on Ctrl-C, and the run's command exits 4."""
+        if self.stopped is None and self.gave_up is None:
+            self.stopped = reason
+            self.say(reason, "stopped", reason=reason)
+        self.give_up(reason)
+
+    def _watch_failure_rate(self) -> None:
+        """The kill switch, once per look: on nodes too the tally is the ledger's, so it stops every sender."""
+        if self.kill_switch is None or self.stopping:
+            return
+        tally = self.distribution.tally()
+        reason = self.kill_switch.tripped(tally.refused, tally.definitive)
+        if reason:
+            self.stop_on_purpose(reason)
 
     def stop_now(self) -> None:
         """Nothing is in flight anywhere: the drain has nothing to wait for."""

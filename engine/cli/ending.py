@@ -1,0 +1,65 @@
+"""How a sending command ends on the terminal: the summary, the one line that says what to do next,
+the canary's offer to go on, a notice that could not be delivered, and the exit status."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from engine.output.report import render
+from engine.run.result import RunResult
+
+
+def on_terminal() -> bool:
+    """Someone is there to answer: stdin and stderr are both a terminal."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def go_on_after_canary(result: RunResult) -> bool:
+    """On a terminal, after a canary that ended as planned: ask whether to send the rest now."""
+    if not result.stopped or result.gave_up:  # a kill switch tripped by the canary: no offer
+        return False
+    left = result.summary["pending"]
+    if not left or not on_terminal():
+        return False
+    click.echo(render(result.summary))
+    return click.confirm(f"Send the remaining {left:,}?", default=False, err=True)
+
+
+def report_notice(result: RunResult) -> None:
+    if result.notice_error:
+        click.echo(f"notice not delivered (the run's exit status is unchanged): {result.notice_error}", err=True)
+
+
+def finish(result: RunResult) -> None:
+    click.echo(render(result.summary))
+    report_notice(result)
+    if result.already_billed:
+        left = result.summary["total"] - result.summary["succeeded"]
+        state = result.summary["state"]
+        if left:
+            click.echo(
+                f"this input was already billed with the same request as run {result.run_id} ({state}, "
+                f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
+                "(or give a new --run-id to bill everyone again on purpose)",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"this input was already billed with the same request as run {result.run_id} ({state}); "
+                "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
+                "purpose)",
+                err=True,
+            )
+        sys.exit(result.exit_code)
+    if result.stopped and not result.interrupted:
+        click.echo(f"stopped on purpose; send the rest with: {result.rerun_command}", err=True)
+    elif result.gave_up:
+        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
+    elif result.interrupted:
+        click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
+    elif not result.complete:
+        missing = result.summary["total"] - result.summary["succeeded"]
+        click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
+    sys.exit(result.exit_code)
