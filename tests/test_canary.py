@@ -55,14 +55,17 @@ def test_canary_must_be_positive(api, customers, db, run):
 
 
 def test_a_canary_through_worker_nodes_then_rerun_charges_everyone_once(customers, postgres_url, broker, nodes):
-    from test_cluster import bill_args, charged_once
+    from conftest import bill_args
+    from test_cluster import charged_once
 
     from engine.mock.process import MockProcess
 
     nodes(2)
     with MockProcess(latency=0.01) as api:
         path = customers(300)
-        first = run_engine(*bill_args(path, api, postgres_url, broker, "cn"), "--canary", 10, "--quiet", timeout=120)
+        first = run_engine(
+            *bill_args(path, api, postgres_url, "cn", broker=broker), "--canary", 10, "--quiet", timeout=120
+        )
         assert first.returncode == 4, first.stderr
         assert status_counts(postgres_url, "cn") == {"succeeded": 10, "pending": 290}
         assert api.stats()["customers_charged"] == 10

@@ -89,14 +89,14 @@ def test_nothing_listening_stops_a_bill_once_the_sample_has_failed(customers, db
 
 
 def test_the_kill_switch_stops_every_worker_node(customers, postgres_url, broker, nodes):
-    from test_cluster import bill_args
+    from conftest import bill_args
 
     from engine.mock.process import MockProcess
 
     nodes(2)
     with MockProcess(latency=0.02, refuse_rate=0.5) as api:
         path = customers(6000)
-        args = bill_args(path, api, postgres_url, broker, "kn")
+        args = bill_args(path, api, postgres_url, "kn", broker=broker)
         result = run_engine(*args, "--chunks", 20, "--max-failure-rate", 0.2, "--quiet", timeout=120)
         assert result.returncode == 4, result.stderr
         assert "stopped by the kill switch" in result.stdout
