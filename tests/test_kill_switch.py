@@ -57,6 +57,22 @@ def test_a_run_with_half_its_customers_refused_stops_early(customers, any_db, ru
         assert api.stats()["customers_charged_more_than_once"] == 0
 
 
+def test_customers_that_keep_failing_with_503_trip_it_before_their_attempts_run_out(customers, db, run):
+    """Half the customers answered 503 every time (the mock's ``--fail-rate``): a row answered "try
+    again" a second time weighs as refused, so the switch does not wait for 5 attempts each."""
+    from engine.mock.process import MockProcess
+
+    with MockProcess(latency=0.02, fail_rate=0.5) as api:
+        result = _bill(run, api, customers(3000), db, "--max-failure-rate", 0.2, "--backoff-base", 0.05)
+        assert result.exit_code == 4, result.output
+        assert "stopped by the kill switch" in result.output
+        requests = api.stats()["requests"]
+        assert requests < 600, requests  # within the first few hundred requests
+        counts = status_counts(db, "k1")
+        assert counts["pending"] >= 2400
+        assert api.stats()["customers_charged_more_than_once"] == 0
+
+
 def test_failed_rows_count_too_and_off_lets_the_run_finish(customers, db, run):
     from engine.mock.process import MockProcess
 
@@ -85,7 +101,8 @@ def test_nothing_listening_stops_a_bill_once_the_sample_has_failed(customers, db
     result = run("bill", customers(2000), "--url", url, "--db", db, "--run-id", "k3", "--quiet")
     assert result.exit_code == 4, result.output
     counts = status_counts(db, "k3")
-    assert counts.get("pending", 0) + counts.get("retrying", 0) > 1000 and counts["failed"] >= 50, counts
+    waiting = counts.get("pending", 0) + counts.get("retrying", 0)
+    assert waiting > 1000 and counts.get("failed", 0) + counts.get("retrying", 0) >= 50, counts
 
 
 def test_the_kill_switch_stops_every_worker_node(customers, postgres_url, broker, nodes):

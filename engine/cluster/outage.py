@@ -84,7 +84,7 @@ class PassSignals:
     """
 
     #: How long a node trusts its last look at the flag (s).
-    LOOK_EVERY = 0.5
+    LOOK_EVERY = 0.1
 
     def __init__(self, link: RedisLink, run_id: str, pass_no: int):
         self.link = link

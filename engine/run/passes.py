@@ -155,6 +155,7 @@ class LocalPass:
             self._write_ledger()
         outcomes = Counter(attempt[OUTCOME] for attempt in attempts)
         self._tally.add(outcomes)
+        self._tally.weigh(attempts)
         outstanding = self.outstanding[worker]
         for attempt in attempts:
             if attempt[OUTCOME] != RETRYING:

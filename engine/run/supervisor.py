@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections import Counter
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.config import RunSettings
@@ -26,6 +26,7 @@ from engine.run.killswitch import KillSwitch
 from engine.run.pause import Clock, OperatorPause, PauseClock, PausePeriods
 from engine.run.signals import StopRequest
 from engine.states import FAILED, REJECTED, RETRYING, SUCCEEDED
+from engine.wire import ATTEMPT, OUTCOME, RID
 
 #: Extra time, beyond --timeout, that senders get to finish in-flight transfers on Ctrl-C (s).
 DRAIN_GRACE = 5.0
@@ -43,11 +44,27 @@ class PassTally:
     retries: int = 0
     #: Rows that ended ``rejected`` or ``failed`` in this pass: what the kill switch weighs.
     refused: int = 0
+    #: Rows answered "try again" a second time in this pass and not final yet: a customer that keeps
+    #: failing (not a blip, which the first retry rides out) weighs as refused until its row ends.
+    doubted: set[int] = field(default_factory=set)
 
     @property
     def definitive(self) -> int:
         """Rows of this pass with an outcome (anything but a scheduled retry)."""
         return self.succeeded + self.not_succeeded
+
+    def weigh(self, attempts: list[tuple]) -> None:
+        """Follow the rows that keep failing (see :attr:`doubted`), from a batch of attempt records."""
+        for attempt in attempts:
+            if attempt[OUTCOME] == RETRYING:
+                if attempt[ATTEMPT] >= 2:
+                    self.doubted.add(attempt[RID])
+            else:
+                self.doubted.discard(attempt[RID])
+
+    def failing(self) -> tuple[int, int]:
+        """What the kill switch weighs: rows refused or still failing, out of rows with an outcome or still failing."""
+        return self.refused + len(self.doubted), self.definitive + len(self.doubted)
 
     def add(self, outcomes: Counter) -> None:
         """Count a batch of attempts, given as outcome -> how many."""
@@ -222,7 +239,7 @@ class PassSupervisor:
         if self.kill_switch is None or self.stopping:
             return
         tally = self.distribution.tally()
-        reason = self.kill_switch.tripped(tally.refused, tally.definitive)
+        reason = self.kill_switch.tripped(*tally.failing())
         if reason:
             self.stop_on_purpose(reason)
 
