@@ -107,6 +107,11 @@ MIGRATIONS = (
         (AddIndex("requests_sent"), AddIndex("requests_unsettled")),
     ),
     Migration(5, "the audit log of the dashboard's actions", (AddTable("audit"), AddIndex("idx_audit_run_id"))),
+    Migration(
+        6,
+        "retention: payloads dropped once sent, purged runs' summaries",
+        (AddColumn("runs", "keep_payload"), AddColumn("runs", "purged_at"), AddColumn("runs", "summary")),
+    ),
 )
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version

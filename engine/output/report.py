@@ -65,7 +65,9 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     }
     if live:
         return summary
-    summary.update(scans(ledger, run_id))
+    stored = run.get("summary")  # purged: its rows and attempts are gone, their figures were kept
+    summary.update(stored["scans"] if stored else scans(ledger, run_id))
+    summary["purged_at"] = run.get("purged_at")
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
     return summary
 
@@ -141,6 +143,10 @@ def _text(s: dict) -> str:
             f"  chunks     {c['chunks']} sent by worker nodes: {c['resent']} sent again after a node went silent,"
             f" {c['refused']} duplicate deliveries refused, {c['dead']} dead-lettered"
             + (" (their rows wait for a rerun)" if c["dead"] else "")
+        )
+    if s.get("purged_at"):
+        lines.append(
+            f"  purged     rows and attempts deleted on {time.strftime('%Y-%m-%d', time.gmtime(s['purged_at']))}"
         )
     lines.extend(_advice(s))
     if s.get("insecure"):
