@@ -19,6 +19,7 @@ from engine.delivery.breaker import BreakerSettings
 from engine.delivery.extract import CAPTURE_BODY_BYTES, capture_names
 from engine.delivery.policy import RetryPolicy
 from engine.errors import UsageError
+from engine.ledger.retention import KEEP_FAILED, KEEP_PAYLOAD_MODES
 from engine.request.fieldtypes import parse_field_types
 from engine.request.spec import ENV_REF, IDEMPOTENCY_HEADER, RequestSpec, split_header
 from engine.sender_parts import SenderParts, TransportOptions
@@ -83,6 +84,9 @@ class RunSettings:
     #: ENGINE_CLIENT_KEY_PASSWORD, never from the command line.
     client_cert: str | None = None
     client_key: str | None = None
+    #: Which stored payloads a recorded answer drops (engine.ledger.retention): all kept, those of rows
+    #: that succeeded dropped (a rerun needs the others), or also those of rows refused for good.
+    keep_payload: str = KEEP_FAILED
     pause_after: int = BreakerSettings.threshold
     max_pause: float = 300.0
     stall_timeout: float = 15.0
@@ -114,6 +118,8 @@ class RunSettings:
         for name in ("connect_timeout", "timeout", "stall_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.keep_payload not in KEEP_PAYLOAD_MODES:
+            raise UsageError(f"--keep-payload must be one of {', '.join(KEEP_PAYLOAD_MODES)}")
         if self.max_host_connections < 0:
             raise UsageError("--max-host-connections must not be negative")
         capture_names(self.captures)

@@ -220,6 +220,8 @@ def test_typed_fields_are_sent_as_json_types(tmp_path, api, db, run):
         "vip:bool",
         "--field",
         "rate:float",
+        "--keep-payload",  # read back below, after the rows succeeded
+        "all",
     )
     assert result.exit_code == 0, result.output
     payloads = [json.loads(text) for (text,) in ledger_rows(db, "SELECT payload FROM requests ORDER BY line")]
@@ -248,7 +250,9 @@ def test_a_typed_field_that_does_not_parse_is_refused(tmp_path, api, db, run, co
 def test_jsonl_text_in_a_typed_field_is_converted_like_csv(tmp_path, api, db, run):
     path = tmp_path / "in.jsonl"
     path.write_text('{"id": 1, "amount": 5}\n{"id": 2, "amount": "5"}\n')
-    result = run("bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int")
+    result = run(
+        "bill", path, "--url", api.charge_url(), "--db", db, "--quiet", "--field", "amount:int", "--keep-payload", "all"
+    )
     assert result.exit_code == 0, result.output
     assert ledger_rows(db, "SELECT payload FROM requests WHERE line = 2") == [('{"id":2,"amount":5}',)]
 

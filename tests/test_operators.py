@@ -54,7 +54,7 @@ def test_export_and_rerun_take_exactly_the_filtered_rows(customers, db):
         assert exported.returncode == 0, exported.stderr
         with_503 = [json.loads(line) for line in exported.stdout.splitlines()]
         assert with_503 and all(row["http_status"] == 503 and row["status"] == "failed" for row in with_503)
-        assert all(json.loads(row["payload"])["id"] == row["row_id"] for row in with_503)
+        assert all(row["payload"]["id"] == row["row_id"] for row in with_503)
         failed_before = status_counts(db, "f")["failed"]
         assert failed_before > len(with_503)  # some failed with 500: those are not replayed
         api.configure(p503=0.0, p500=0.0)

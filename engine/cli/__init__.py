@@ -8,7 +8,7 @@ from engine import __version__
 from engine.cli.cluster import worker
 from engine.cli.dashboard import dashboard
 from engine.cli.dashboard_user import dashboard_user
-from engine.cli.ledger import export, pause, report, resume, status
+from engine.cli.ledger import export, pause, purge, report, resume, status
 from engine.cli.mock import demo, mock_api
 from engine.cli.reconcile import reconcile
 from engine.cli.sending import bill, rerun
@@ -38,6 +38,7 @@ for command in (
     export,
     pause,
     resume,
+    purge,
     dashboard,
     dashboard_user,
     mock_api,

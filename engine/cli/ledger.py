@@ -1,4 +1,5 @@
-"""``status``, ``report``, ``export``, ``pause`` and ``resume``: the commands that read the ledger or flag a run."""
+"""``status``, ``report``, ``export``, ``pause``, ``resume`` and ``purge``: the commands that read the ledger,
+flag a run, or delete what it no longer needs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 from engine.cli.options import _broker_without_password, db_option, engine_errors, row_filter, row_filter_options
 from engine.ledger import open_store
 from engine.output.export import EXPORT_FORMATS, run_captures, write_export
-from engine.output.report import REPORT_FORMATS, render, runs_table, summarize
+from engine.output.report import REPORT_FORMATS, render, runs_table, scans, summarize
 from engine.states import FAILED
 
 #: How often ``status --watch`` reads the ledger again (s).
@@ -129,9 +130,15 @@ def report(run_id, fmt, db):
 @click.option(
     "--output", "-o", type=click.File("w", encoding="utf-8"), default="-", show_default=True, help="File to write."
 )
+@click.option(
+    "--redact",
+    multiple=True,
+    metavar="FIELD",
+    help="Replace this payload field's value by [redacted] (repeatable): a failure list to share.",
+)
 @db_option
 @engine_errors
-def export(run_id, fmt, output, db, **filter_options):
+def export(run_id, fmt, output, redact, db, **filter_options):
     """The rows of RUN_ID that match, with payload, attempts, last status, error, excerpt and --capture values.
 
     Without --status: the rows that failed. CSV has a header row even when nothing matches;
@@ -142,8 +149,68 @@ def export(run_id, fmt, output, db, **filter_options):
         python -m engine export run-20261123-101500-ab12 -o failed.csv
         python -m engine export run-20261123-101500-ab12 --http-status 503 --format jsonl
         python -m engine export run-20261123-101500-ab12 --status failed --error-contains timeout
+        python -m engine export run-20261123-101500-ab12 --redact email --redact name -o to-share.csv
     """
     rows = row_filter(filter_options, default_states=(FAILED,))
     with open_store(db, create=False) as ledger:
         run = ledger.get_run(run_id)
-        write_export(ledger.iter_rows(run_id, rows), fmt, output, run_captures(run))
+        write_export(ledger.iter_rows(run_id, rows), fmt, output, run_captures(run), redact=redact)
+
+
+#: The units of ``purge --older-than``: hours, days, weeks (in seconds).
+AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """``90d``, ``12h``, ``2w`` as seconds; :class:`click.BadParameter` otherwise."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in AGE_UNITS or not number.isdigit():
+        raise click.BadParameter(f"{text!r}: give a whole number and a unit (h, d or w), e.g. 90d")
+    return int(number) * AGE_UNITS[unit]
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    "age",
+    required=True,
+    metavar="AGE",
+    callback=lambda _ctx, _param, value: parse_age(value),
+    help="Purge runs whose last pass ended this long ago: a number and h, d or w (90d).",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be purged; delete nothing.")
+@click.option(
+    "--include-unfinished",
+    is_flag=True,
+    help="Also purge runs left loading or running, or with rows that may still be sent (never a live one).",
+)
+@db_option
+@engine_errors
+def purge(age, dry_run, include_unfinished, db):
+    """Delete the rows and attempts (customers' payloads) of runs that ended long ago.
+
+    Each purged run keeps its summary: status and report show the same counts, attempts,
+    elapsed time and latency percentiles as before. A run being sent, left unfinished, or
+    with rows that may still be sent (pending, failed, unknown...) is kept, and says why.
+
+    \b
+    Example:
+        python -m engine purge --older-than 90d --dry-run
+        python -m engine purge --older-than 90d --db engine.db
+    """
+    with open_store(db, create=False) as ledger:
+        candidates = ledger.purge_candidates(time.time() - age, include_unfinished)
+        purged = 0
+        for run in candidates:
+            what = f"run {run['run_id']} ({run['state']}): {run['rows']} rows, {run['attempts']} attempts"
+            if run["kept"]:
+                click.echo(f"kept    {what}: {run['kept']}")
+            elif dry_run:
+                click.echo(f"would purge {what}")
+            elif ledger.purge_run(run["run_id"], lambda r=run["run_id"]: scans(ledger, r), include_unfinished):
+                purged += 1
+                click.echo(f"purged  {what}")
+            else:
+                click.echo(f"kept    {what}: it changed meanwhile")
+        verb = "would purge" if dry_run else "purged"
+        click.echo(f"{verb} {sum(not r['kept'] for r in candidates) if dry_run else purged} runs ended before then")

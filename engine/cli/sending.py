@@ -25,6 +25,7 @@ from engine.cli.options import (
     seconds_option,
 )
 from engine.config import RunSettings
+from engine.ledger.retention import KEEP_PAYLOAD_MODES
 from engine.ledger.selection import RISKS, Selection
 from engine.output.notify import Notice
 from engine.request.inputs import FORMATS
@@ -113,6 +114,14 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     "--no-idempotency",
     is_flag=True,
     help="Send no key; a request whose outcome is unknown is then not retried but marked 'unknown'.",
+)
+@click.option(
+    "--keep-payload",
+    type=click.Choice(KEEP_PAYLOAD_MODES),
+    default=None,
+    help="Which rows' payloads the ledger keeps once answered: all; failed (drop a row's payload as it"
+    " succeeds, keeping its key and status; a rerun needs the others); none (also drop those the API"
+    " refused for good) [default: failed].",
 )
 @seconds_option("--backoff-base", "First retry waits up to this long; doubling each time (full jitter).")
 @seconds_option("--backoff-cap", "Longest back-off between attempts.")

@@ -117,6 +117,11 @@ MIGRATIONS = (
             AddColumn("attempts", "replayed"),
         ),
     ),
+    Migration(
+        7,
+        "retention: payloads dropped once sent, purged runs' summaries",
+        (AddColumn("runs", "keep_payload"), AddColumn("runs", "purged_at"), AddColumn("runs", "summary")),
+    ),
 )
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version

@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 from engine.errors import LedgerError, UsageError
 from engine.ledger.ddl import PostgresDialect
 from engine.ledger.migrations import migrate
+from engine.ledger.retention import payload_after
 from engine.ledger.sql import SQLStore
 from engine.ledger.store import ledger_unavailable
 from engine.states import IN_FLIGHT
@@ -37,12 +38,14 @@ _INSERT_INCOMING = (
     " ON CONFLICT (rid, attempt) DO NOTHING"
 )
 #: Each row takes its latest attempt of the batch; a late or repeated result never moves a row
-#: out of 'succeeded', nor an older attempt over a newer one unless it succeeded.
+#: out of 'succeeded', nor an older attempt over a newer one unless it succeeded; the
+#: payload goes as the run's --keep-payload says.
 _UPDATE_FROM_INCOMING = (
     "UPDATE requests SET attempts = i.attempt, status = i.outcome, http_status = i.http_status,"
     " curl_error = i.curl_error, error = i.error, latency_ms = i.duration_ms,"
     " captured = i.captured, replayed = i.replayed,"
-    " updated_at = i.started_at + i.duration_ms / 1000.0"
+    " updated_at = i.started_at + i.duration_ms / 1000.0,"
+    f" payload = {payload_after('i.outcome')}"  # dropped as it succeeds (--keep-payload)
     " FROM (SELECT DISTINCT ON (rid) * FROM incoming ORDER BY rid, attempt DESC) AS i"
     " WHERE requests.rid = i.rid AND requests.status <> 'succeeded'"
     " AND (coalesce(requests.attempts, 0) <= i.attempt OR i.outcome = 'succeeded')"
@@ -92,7 +95,7 @@ class PostgresStore(SQLStore):
             conn.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
             conn.adapters.register_loader("numeric", _NumberLoader)
         except psycopg.OperationalError as err:
-            raise LedgerError(f"--db {self.location}: cannot use the ledger: {_first_line(err)}") from None
+            raise _cannot_connect(self.location, err) from None
         return conn
 
     def close(self) -> None:
@@ -177,6 +180,25 @@ class PostgresStore(SQLStore):
             (quantiles, run_id),
         )
         return dict(zip(quantiles, values or [None] * len(quantiles), strict=True))
+
+
+def _cannot_connect(url: str, err: psycopg.OperationalError) -> LedgerError:
+    """The one line for a ledger that cannot be reached; a database not created yet says how to create it."""
+    sqlstate = getattr(getattr(err, "diag", None), "sqlstate", None)
+    # a failed connection carries no SQLSTATE: the server's text names the database
+    if sqlstate == pg_errors.InvalidCatalogName.sqlstate or ("database" in str(err) and "does not exist" in str(err)):
+        return LedgerError(f"--db {url}: the PostgreSQL database does not exist; create it first: {createdb_line(url)}")
+    return LedgerError(f"--db {url}: cannot use the ledger: {_first_line(err)}")
+
+
+def createdb_line(url: str) -> str:
+    """The ``createdb`` command that makes the database ``url`` names (the ledger's tables are made here)."""
+    params = conninfo_to_dict(url)
+    options = [
+        f"{flag} {params[key]}" for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")) if params.get(key)
+    ]
+    database = params.get("dbname") or params.get("user") or "postgres"  # libpq's own default
+    return " ".join(["createdb", *options, str(database)])
 
 
 def _first_line(err: Exception) -> str:

@@ -13,7 +13,7 @@ workers report them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import NamedTuple
 
@@ -167,6 +167,18 @@ class RunBook(Ledger):
     def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
         """Mark the rows matching ``rows`` (and, if given, whose id is in ``row_ids``) ``selected``
         for the next pass; a row that succeeded is never selected. Returns how many."""
+
+    @abstractmethod
+    def purge_candidates(self, ended_before: float, include_unfinished: bool = False) -> list[dict]:
+        """Runs not yet purged whose last pass ended (or, never sent, that were made) before
+        ``ended_before``: ``run_id``, ``state``, ``ended_at``, ``rows``, ``attempts``, and ``kept``: why
+        it must stay (loading or running, a lease left, rows that may still be sent), or None."""
+
+    @abstractmethod
+    def purge_run(self, run_id: str, summary: Callable[[], dict], include_unfinished: bool = False) -> bool:
+        """Store the run's counts and ``summary()`` (read under the run's lease lock), then delete its
+        rows and attempts, in one transaction; False (nothing touched) if it must stay. Its passes,
+        pauses, chunks and audit remain: reports still show them."""
 
     @abstractmethod
     def record_action(self, run_id: str, who: str, action: str, rows: str, outcome: str) -> None:

@@ -75,6 +75,11 @@ RUNS = Table(
             "not_before": float,
             "fingerprint": str,
             "paused": int,
+            # retention (engine.ledger.retention): which payloads a recorded answer drops, and once the
+            # run's rows and attempts are purged, when, and its summary (JSON) that reports read instead
+            "keep_payload": str,
+            "purged_at": float,
+            "summary": str,
         }
     ),
     pk=("run_id",),

@@ -3,6 +3,7 @@ passes and their pauses. Reads only; the indexes they use are named where a cond
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader
@@ -25,13 +26,18 @@ class SQLReader(SQLBase, LedgerReader):
 
     def counts(self, run_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
+        loaded = self._run(
+            "SELECT total, summary FROM runs WHERE run_id = ? AND state <> 'loading'", (run_id,)
+        ).fetchone()
+        if loaded and loaded[1]:  # purged: its rows are gone, the counts stored before stay
+            counts.update(json.loads(loaded[1])["counts"])
+            return counts
         counts.update(
             self._run(
                 f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {SENT} GROUP BY status",
                 (run_id,),
             ).fetchall()
         )
-        loaded = self._run("SELECT total FROM runs WHERE run_id = ? AND state <> 'loading'", (run_id,)).fetchone()
         total = loaded[0] if loaded else self._value("SELECT count(*) FROM requests WHERE run_id = ?", (run_id,))
         counts[PENDING] = total - sum(counts.values())
         return counts

@@ -9,12 +9,23 @@ from collections.abc import Iterable
 
 from engine.ledger import lease as leases
 from engine.ledger.lease import Holder
+from engine.ledger.retention import KEEP_FAILED
 from engine.ledger.roles import RunBook
 from engine.ledger.schema import SENT
 from engine.ledger.selection import RowFilter
 from engine.ledger.sql_base import SQLBase
 from engine.ledger.store import DuplicateRow, LeaseHeld, RunExists
 from engine.states import PENDING, SELECTED, SUCCEEDED
+
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, created_at, input, url, method, options, keep_payload, state, total, not_before)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 'loading', 0, ?)"
+)
+
+
+def _stored(options: dict) -> tuple[str, str]:
+    """The run's options as stored, and its ``--keep-payload`` mode (read by every recorded answer)."""
+    return json.dumps(options, sort_keys=True), options.get("keep_payload", KEEP_FAILED)
 
 
 class SQLRunBook(SQLBase, RunBook):
@@ -24,11 +35,7 @@ class SQLRunBook(SQLBase, RunBook):
         self, run_id: str, *, input: str, url: str, method: str, options: dict, not_before: float | None
     ) -> None:
         with self._transaction():
-            self._run(
-                "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'loading', 0, ?)",
-                (run_id, time.time(), input, url, method, json.dumps(options, sort_keys=True), not_before),
-            )
+            self._run(_INSERT_RUN, (run_id, time.time(), input, url, method, *_stored(options), not_before))
 
     def claim_run(
         self,
@@ -56,11 +63,7 @@ class SQLRunBook(SQLBase, RunBook):
                 if found[0] != "loading" or self._ever_sent(run_id):
                     raise RunExists(f"run {run_id!r} already exists in {self.location}")
                 self._delete_rows(run_id)  # its loader died: nothing of a loading run was ever sent
-            self._run(
-                "INSERT INTO runs (run_id, created_at, input, url, method, options, state, total, not_before)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'loading', 0, ?)",
-                (run_id, now, input, url, method, json.dumps(options, sort_keys=True), not_before),
-            )
+            self._run(_INSERT_RUN, (run_id, now, input, url, method, *_stored(options), not_before))
             self._write_lease(run_id, holder, now, (None, None), timeout)
 
     def drop_load(self, run_id: str, holder: Holder) -> bool:
@@ -112,6 +115,7 @@ class SQLRunBook(SQLBase, RunBook):
         if run is None:
             raise self._unknown_run(run_id)
         run["options"] = json.loads(run["options"] or "{}")
+        run["summary"] = json.loads(run["summary"]) if run.get("summary") else None  # a purged run's
         return run
 
     def has_run(self, run_id: str) -> bool:
@@ -170,7 +174,10 @@ class SQLRunBook(SQLBase, RunBook):
 
     def select_rows(self, run_id: str, rows: RowFilter, row_ids: Iterable[str] = ()) -> int:
         where, params = rows.where(self.LIKE)
-        update = f"UPDATE requests SET status = '{SELECTED}' WHERE run_id = ? AND status <> '{SUCCEEDED}' AND {where}"
+        update = (  # a row whose payload was dropped (--keep-payload none) cannot be sent again
+            f"UPDATE requests SET status = '{SELECTED}' WHERE run_id = ? AND status <> '{SUCCEEDED}'"
+            f" AND payload IS NOT NULL AND {where}"
+        )
         ids = list(row_ids)
         with self._transaction():
             if not ids:

@@ -12,6 +12,7 @@ on prepared statements, which costs a fraction of building a dict per row.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import operator
@@ -28,6 +29,7 @@ import sqlite_utils
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.ddl import SQLiteDialect
 from engine.ledger.migrations import migrate
+from engine.ledger.retention import payload_after
 from engine.ledger.sql import SQLStore
 from engine.ledger.store import ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT, SUCCEEDED
@@ -41,6 +43,8 @@ BUSY_TIMEOUT = 30.0
 #: Free disk space a pass needs before it sends anything: a reserve, plus this much per row to send.
 SPACE_RESERVE = 4_000_000
 SPACE_PER_ROW = 1_000
+#: Mode of a new ledger file (and of its -wal and -shm files): its owner's only.
+LEDGER_FILE_MODE = 0o600
 #: Page cache of the writer (KiB): big enough that loading a million rows stays in memory.
 CACHE_KIB = 65_536
 
@@ -70,7 +74,8 @@ def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
         f"UPDATE requests SET attempts = {value['attempt']}, status = {value['outcome']},"
         f" http_status = {value['http_status']}, curl_error = {value['curl_error']}, error = {value['error']},"
         f" latency_ms = {value['duration_ms']}, captured = {value['captured']}, replayed = {value['replayed']},"
-        f" updated_at = {value['started_at']} + {value['duration_ms']} / 1000.0"
+        f" updated_at = {value['started_at']} + {value['duration_ms']} / 1000.0,"
+        f" payload = {payload_after(value['outcome'])}"  # dropped as it succeeds (--keep-payload)
         f" WHERE rid = {value['rid']} AND status != '{SUCCEEDED}'"  # a late or repeated result never undoes a success
         # nor does an older attempt overwrite a newer one, unless it succeeded (a charge is what counts)
         f" AND (coalesce(attempts, 0) <= {value['attempt']} OR {value['outcome']} = '{SUCCEEDED}')"
@@ -94,6 +99,15 @@ def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tupl
     return groups
 
 
+def _create_private(path: str) -> None:
+    """Create the ledger file readable by its owner only: it holds customers' payloads. SQLite gives
+    the ``-wal`` and ``-shm`` files beside it the same mode; an existing file is left as it is."""
+    if path == MEMORY or path.startswith("file:") or os.path.exists(path):
+        return
+    with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, LEDGER_FILE_MODE))
+
+
 def _cannot_record_now(err: sqlite3.Error) -> bool:
     """A lock, a full disk or an I/O error: the ledger is fine, it just cannot be written now."""
     text = str(err).lower()
@@ -109,6 +123,7 @@ class SQLiteStore(SQLStore):
         if not create and path != MEMORY and not os.path.exists(path):
             raise LedgerError(f"no ledger at {path} (give its path with --db)")
         try:
+            _create_private(path)
             self.conn = sqlite3.connect(path, timeout=busy_timeout)
             self.db = sqlite_utils.Database(self.conn)
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")

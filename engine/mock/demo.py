@@ -33,12 +33,24 @@ def write_customers(path: str, count: int, seed: int = 7) -> None:
 
 
 def run_demo(users: int, workers: int, concurrency: int, directory: str | None, quiet: bool = False) -> int:
-    """Run the whole demo; returns the exit code (0 when every customer was charged once)."""
-    directory = directory or tempfile.mkdtemp(prefix="engine-demo-")
-    os.makedirs(directory, exist_ok=True)
+    """Run the whole demo; returns the exit code (0 when every customer was charged once).
+
+    Without ``directory`` the customers and the ledger go to a temporary folder, removed at the end
+    (whatever happens): a demo leaves nothing behind. A given ``directory`` is kept.
+    """
+    say = (lambda *a: None) if quiet else click.echo
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+        return _demo_in(directory, users, workers, concurrency, quiet, say)
+    with tempfile.TemporaryDirectory(prefix="engine-demo-") as temporary:
+        code = _demo_in(temporary, users, workers, concurrency, quiet, say)
+    say(f"removed {temporary} (give --dir DIR to keep the customers and the ledger)")
+    return code
+
+
+def _demo_in(directory: str, users: int, workers: int, concurrency: int, quiet: bool, say) -> int:
     customers, db = os.path.join(directory, "customers.csv"), os.path.join(directory, "demo.db")
     write_customers(customers, users)
-    say = (lambda *a: None) if quiet else click.echo
     with MockProcess(latency=DEMO_LATENCY, jitter=0.1, p500=DEMO_ERROR_RATE, fail_rate=DEMO_FAIL_RATE) as api:
         say(
             f"mock billing API on {api.base_url}: {DEMO_LATENCY} s per request, {DEMO_ERROR_RATE:.0%} random 500s, "

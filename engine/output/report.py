@@ -66,7 +66,9 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     }
     if live:
         return summary
-    summary.update(scans(ledger, run_id))
+    stored = run.get("summary")  # purged: its rows and attempts are gone, their figures were kept
+    summary.update(stored["scans"] if stored else scans(ledger, run_id))
+    summary["purged_at"] = run.get("purged_at")
     summary.update(answers(ledger, run_id, run))
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
     return summary
@@ -160,6 +162,10 @@ def _text(s: dict) -> str:
         )
     if s.get("stopped"):
         lines.append(f"  stopped    {s['stopped']}")
+    if s.get("purged_at"):
+        lines.append(
+            f"  purged     rows and attempts deleted on {time.strftime('%Y-%m-%d', time.gmtime(s['purged_at']))}"
+        )
     lines.extend(_advice(s))
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")
