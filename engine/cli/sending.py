@@ -20,6 +20,7 @@ from engine.cli.options import (
     row_filter_options,
     run_default,
     safe_run_id,
+    say,
     seconds_option,
 )
 from engine.config import RunSettings
@@ -31,6 +32,7 @@ from engine.run.runner import bill as bill_run
 from engine.run.runner import rerun as rerun_run
 from engine.starttime import start_time
 from engine.states import REJECTED, RESEND_STATES, UNKNOWN
+from engine.tracing import annotate_current
 
 
 @click.command()
@@ -289,7 +291,7 @@ def rerun(
     if names_rows(named) or rows_file:
         rows = row_filter(named, RESEND_STATES + (REJECTED, UNKNOWN), include_rejected, include_unknown)
         for state in rows.held_back() if states else ():  # named, yet not opted in to
-            click.echo(f"not resending {state} rows: only with --include-{state} ({RISKS[state]})", err=True)
+            say.warning(f"not resending {state} rows: only with --include-{state} ({RISKS[state]})")
         selection = Selection(rows, tuple(read_row_ids(rows_file)) if rows_file else ())
     result = rerun_run(
         db=db,
@@ -307,30 +309,42 @@ def rerun(
 
 
 def _finish(result: RunResult) -> None:
+    annotate_current(**result.summary)
     click.echo(render(result.summary))
+    click.echo(verdict(result.summary, result.exit_code))
     if result.already_billed:
         left = result.summary["total"] - result.summary["succeeded"]
         state = result.summary["state"]
         if left:
-            click.echo(
+            say.warning(
                 f"this input was already billed with the same request as run {result.run_id} ({state}, "
                 f"{left} rows not succeeded); nothing was sent. Finish it with: {result.rerun_command} "
-                "(or give a new --run-id to bill everyone again on purpose)",
-                err=True,
+                "(or give a new --run-id to bill everyone again on purpose)"
             )
         else:
-            click.echo(
+            say.warning(
                 f"this input was already billed with the same request as run {result.run_id} ({state}); "
                 "nothing left to do, nothing was sent (give a new --run-id to bill everyone again on "
-                "purpose)",
-                err=True,
+                "purpose)"
             )
         sys.exit(result.exit_code)
     if result.gave_up:
-        click.echo(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}", err=True)
+        say.warning(f"{result.gave_up}; rerun the rest later with: {result.rerun_command}")
     elif result.interrupted:
-        click.echo(f"interrupted; finish the run with: {result.rerun_command}", err=True)
+        say.warning(f"interrupted; finish the run with: {result.rerun_command}")
     elif not result.complete:
         missing = result.summary["total"] - result.summary["succeeded"]
-        click.echo(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}", err=True)
+        say.warning(f"{missing} rows did not succeed; rerun them with: {result.rerun_command}")
     sys.exit(result.exit_code)
+
+
+#: The first word of the verdict line, by exit status (cron and CI match on it; README "For cron and CI").
+VERDICTS = {0: "ok", 1: "incomplete", 130: "interrupted"}
+
+
+def verdict(summary: dict, exit_code: int) -> str:
+    """The summary's last line, one stable ``key=value`` form for scripts: the outcome, the run, the counts."""
+    counts = " ".join(
+        f"{name}={summary.get(name, 0)}" for name in ("total", "succeeded", "failed", "rejected", "unknown")
+    )
+    return f"result={VERDICTS.get(exit_code, 'error')} run={summary['run_id']} {counts} exit={exit_code}"
