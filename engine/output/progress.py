@@ -30,7 +30,9 @@ class Progress:
         self.done = 0
         self.last_line = 0.0
         self.started = time.monotonic()
-        if not quiet and sys.stderr.isatty() and not json_logging():
+        #: Whether a line can be redrawn in place (a bar): otherwise frequent notes are thinned out.
+        self.tty = sys.stderr.isatty() and not json_logging()
+        if not quiet and self.tty:
             self.bar = tqdm(
                 total=total or None, desc=description, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1
             )
