@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,20 +137,7 @@ class RunSettings:
             )
 
     def _check_secret_headers(self) -> None:
-        """A secret header's value is ``${VAR}``, after at most a scheme word: any other text would be
-        typed in argv and stored in the ledger. The value itself is never shown."""
-        secret = SECRET_HEADERS | {name.lower() for name in self.secret_headers}
-        for line in self.headers:
-            name, value = split_header(line) or ("", "")  # a malformed line is refused with the request spec
-            if name.lower() not in secret:
-                continue
-            literal = ENV_REF.sub(" ", value).split()
-            if not ENV_REF.search(value) or any(word.lower() not in SCHEME_WORDS for word in literal):
-                raise UsageError(
-                    f"--header {name}: a secret must come from the environment, and nothing but a scheme "
-                    f"word ({', '.join(sorted(w.title() for w in SCHEME_WORDS))}) may stand beside it, "
-                    f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'"
-                )
+        check_secret_headers(self.headers, self.secret_headers)
 
     #: The settings that decide where a request goes. The default idempotency key derives from
     #: them alone: an edited body or an added header must not mint new keys for rows already sent.
@@ -250,3 +238,20 @@ class RunSettings:
 
 def _digest(shape: dict) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
+def check_secret_headers(headers: Iterable[str], secret_headers: Iterable[str] = ()) -> None:
+    """A secret header's value is ``${VAR}``, after at most a scheme word: any other text would be
+    typed in argv (or a config file) and stored in the ledger. The value itself is never shown."""
+    secret = SECRET_HEADERS | {name.lower() for name in secret_headers}
+    for line in headers:
+        name, value = split_header(line) or ("", "")  # a malformed line is refused with the request spec
+        if name.lower() not in secret:
+            continue
+        literal = ENV_REF.sub(" ", value).split()
+        if not ENV_REF.search(value) or any(word.lower() not in SCHEME_WORDS for word in literal):
+            raise UsageError(
+                f"--header {name}: a secret must come from the environment, and nothing but a scheme "
+                f"word ({', '.join(sorted(w.title() for w in SCHEME_WORDS))}) may stand beside it, "
+                f"e.g. --header '{name}: Bearer ${{API_TOKEN}}'"
+            )

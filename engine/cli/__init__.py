@@ -1,4 +1,9 @@
-"""The command line: each command parses its options and calls one library function."""
+"""The command line: each command parses its options and calls one library function.
+
+The top-level group owns what every command shares: ``--config FILE`` (read into click's
+``default_map``, :mod:`engine.cli.config`), the logging choice (``--log-level``, ``--log-format``,
+:mod:`engine.output.logs`) and tracing (``--otel``, :mod:`engine.tracing`, imported only when on).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,77 @@ import click
 
 from engine import __version__
 from engine.cli.cluster import worker
+from engine.cli.config import ConfigFileError, load_default_map, wire_environment
+from engine.cli.config_show import config
 from engine.cli.dashboard import dashboard
 from engine.cli.dashboard_user import dashboard_user
 from engine.cli.ledger import export, pause, purge, report, resume, status
 from engine.cli.mock import demo, mock_api
+from engine.cli.options import EngineClickError
 from engine.cli.reconcile import reconcile
 from engine.cli.sending import bill, rerun
+from engine.output.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from engine.tracing import setup_tracing, span
+from engine.tracing import shutdown as shutdown_tracing
+
+#: The commands that run a pass: each is one run span.
+TRACED_COMMANDS = ("bill", "rerun")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Eager: the file's values become the defaults before any other option is read."""
+    if path and not ctx.resilient_parsing:
+        try:
+            ctx.default_map = load_default_map(ctx.command, path)  # type: ignore[arg-type]
+        except ConfigFileError as err:
+            raise EngineClickError(str(err), err.exit_code) from None
+    return path
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "auto_envvar_prefix": "ENGINE"}
+)
 @click.version_option(__version__, prog_name="batch-engine")
-def cli():
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="ENGINE_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    expose_value=True,
+    callback=_read_config,
+    metavar="FILE",
+    help="TOML file of option values: top-level keys for every command, a [COMMAND] table each "
+    "(the command line and ENGINE_* variables win over it). No secrets: ${VAR} references only.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Least severe log record written to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log records on stderr as text, or as one JSON object per line (time, level, logger, run_id, "
+    "chunk, node, message); json also turns the progress bar into a progress record every few seconds.",
+)
+@click.option(
+    "--otel/--no-otel",
+    default=False,
+    help="OpenTelemetry traces (a span per run and per chunk) through the OTEL_* variables "
+    "(pip install batch-engine[otel]) [default: on when OTEL_EXPORTER_OTLP_ENDPOINT is set].",
+)
+@click.pass_context
+def cli(ctx, config, log_level, log_format, otel):
     """Send one HTTP request per input row, fast, retried, exactly once in effect, with a ledger.
+
+    Every option can also come from an ENGINE_<OPTION> variable (or ENGINE_<COMMAND>_<OPTION>
+    for one command) and from --config FILE; the command line wins, then the environment,
+    then the file, then the default. 'config show COMMAND' prints what is in effect.
 
     \b
     Example:
@@ -26,6 +90,11 @@ def cli():
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}' --chunks 100
     """
+    setup_logging(log_level, log_format)
+    setup_tracing(otel)
+    ctx.call_on_close(shutdown_tracing)
+    if ctx.invoked_subcommand in TRACED_COMMANDS:  # the run's span: the parent of its chunks' spans
+        ctx.with_resource(span("run", command=ctx.invoked_subcommand))
 
 
 for command in (
@@ -43,5 +112,7 @@ for command in (
     dashboard_user,
     mock_api,
     demo,
+    config,
 ):
     cli.add_command(command)
+wire_environment(cli)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
 from engine.cli.options import broker_option, db_option, engine_errors
 from engine.extras import CLUSTER, require
+from engine.output.logs import setup_logging
 
 
 @click.command()
@@ -47,15 +47,7 @@ def worker(broker, db, chunks_in_flight, visibility_timeout):
 
     if not broker:
         raise click.UsageError("--broker (or ENGINE_BROKER) is required")
-    _log_to_stderr()
+    root = click.get_current_context().find_root().params
+    # the node's lines (one per chunk) on this stderr, taken before Celery redirects it
+    setup_logging(root.get("log_level") or "INFO", root.get("log_format") or "text", stream=sys.stderr)
     run_node(broker, db, chunks_in_flight, visibility_timeout or VISIBILITY_TIMEOUT)
-
-
-def _log_to_stderr() -> None:
-    """The node's log lines (one per chunk) on this stderr, made before Celery redirects it."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("batch-engine node: %(message)s"))
-    engine_log = logging.getLogger("engine")
-    engine_log.addHandler(handler)
-    engine_log.setLevel(logging.INFO)
-    engine_log.propagate = False  # Celery takes over the root logger

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 import re
 import sys
 from urllib.parse import urlsplit
@@ -20,6 +21,8 @@ from engine.run.runner import EXIT_INTERRUPTED
 from engine.states import STATES
 
 DEFAULT_DB = "engine.db"
+#: The operator's lines on stderr (errors, what to do next): through logging, so --log-format applies.
+say = logging.getLogger("engine.cli")
 #: A new run id: shell-safe in a printed command and safe in a URL (old ledgers' ids are still read).
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 #: A certificate or key file: it must exist, and is stored with the run as an absolute path, so a
@@ -46,7 +49,7 @@ class EngineClickError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file=None):
-        click.echo(f"error: {self.format_message()}", err=True)
+        say.error(f"error: {self.format_message()}")
 
 
 def engine_errors(command):
@@ -59,7 +62,7 @@ def engine_errors(command):
         except EngineError as err:
             raise EngineClickError(str(err), err.exit_code) from None
         except KeyboardInterrupt:  # before sending started (loading, starting up): nothing was sent
-            click.echo("interrupted before anything was sent", err=True)
+            say.warning("interrupted before anything was sent")
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

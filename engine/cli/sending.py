@@ -22,6 +22,7 @@ from engine.cli.options import (
     row_filter_options,
     run_default,
     safe_run_id,
+    say,
     seconds_option,
 )
 from engine.config import RunSettings
@@ -374,7 +375,7 @@ def rerun(
     if names_rows(named) or rows_file:
         rows = row_filter(named, RESEND_STATES + (REJECTED, UNKNOWN), include_rejected, include_unknown)
         for state in rows.held_back() if states else ():  # named, yet not opted in to
-            click.echo(f"not resending {state} rows: only with --include-{state} ({RISKS[state]})", err=True)
+            say.warning(f"not resending {state} rows: only with --include-{state} ({RISKS[state]})")
         selection = Selection(rows, tuple(read_row_ids(rows_file)) if rows_file else ())
     result = rerun_run(
         db=db,

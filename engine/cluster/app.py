@@ -6,13 +6,17 @@ the process sending it dies (``task_reject_on_worker_lost``); a node takes one c
 slot, not a stock of them (``worker_prefetch_multiplier=1``); a chunk a whole node took down
 with it is delivered again after the visibility timeout, found by a restore sweep every
 few seconds; no result backend (results are in the ledger). Only ids travel: never a
-payload, a header or a secret.
+payload, a header or a secret; with tracing on, also the run span's W3C ``traceparent`` in the
+task headers (:mod:`engine.tracing`), so a node's chunk span continues the coordinator's trace.
 """
 
 from __future__ import annotations
 
 import redis
 from celery import Celery
+from celery.signals import before_task_publish
+
+from engine import tracing
 
 #: The task a node runs per chunk.
 SEND_CHUNK = "engine.send_chunk"
@@ -42,6 +46,13 @@ def make_app(broker: str, visibility_timeout: float = VISIBILITY_TIMEOUT) -> Cel
         },
     )
     return app
+
+
+@before_task_publish.connect
+def _carry_trace(headers: dict | None = None, **_: object) -> None:
+    """Put the current span's context in the chunk task's headers (nothing when tracing is off)."""
+    if headers is not None:
+        tracing.inject(headers)
 
 
 def redis_client(broker: str) -> redis.Redis:

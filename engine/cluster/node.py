@@ -14,8 +14,10 @@ frozen past it sends nothing another node now owns. A node that cannot serve a p
 variable it lacks, another ledger, another version) refuses its chunks unclaimed and says
 why (:mod:`engine.cluster.roster`); the main process announces the node every few seconds.
 
-Each chunk gets one log line (logger ``engine.cluster.node``): claimed, done, refused, and why;
-the ``worker`` command chooses where the lines go.
+Each chunk gets one log line (logger ``engine.cluster.node``): claimed, done, refused, and why,
+each record carrying its ``run_id``, ``chunk`` and ``node`` (fields of a JSON log line); the
+``worker`` command chooses where the lines go. With tracing on, a chunk is a span, child of the
+coordinator's run span carried in the task's headers (:mod:`engine.tracing`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
 from celery import Celery
 
-from engine import __version__
+from engine import __version__, tracing
 from engine.cluster.app import SEND_CHUNK, make_app, redis_client
 from engine.cluster.link import UNREACHABLE, RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
@@ -44,6 +47,7 @@ from engine.errors import LedgerError, UnknownRun, UsageError
 from engine.ledger import Store, open_store
 from engine.ledger.claim import ChunkClaim
 from engine.ledger.lease import chunk_silent_for
+from engine.wire import OUTCOME
 
 #: Deliveries of one chunk after which it is dead-lettered (its rows wait for a rerun).
 MAX_DELIVERIES = 5
@@ -143,6 +147,11 @@ class Node:
         if reason is not None:
             self.refuse(run_id, chunk_id, pass_no, reason, {"ledger": ledger, "version": version, "bounces": bounces})
             return
+        with tracing.span("chunk", _task_trace(), run_id=run_id, chunk=chunk_id, node=self.name(), pass_no=pass_no):
+            self._send_claimed(run_id, chunk_id, pass_no)
+
+    def _send_claimed(self, run_id: str, chunk_id: int, pass_no: int) -> None:
+        log = chunk_log(run_id, chunk_id, self.name())
         sender, signals = self.sender(run_id, pass_no)
         if signals.stop_requested():  # the pass is stopping: a chunk not claimed yet stays for a rerun
             log.info("chunk %s of run %s: not claimed, the pass is stopping", chunk_id, run_id)
@@ -154,6 +163,7 @@ class Node:
                 "chunk %s of run %s: not claimed (done, taken by another node, or dead-lettered)", chunk_id, run_id
             )
             return
+        tracing.annotate_current(rows=len(claim.rows))
         log.info("chunk %s of run %s: claimed, %d rows", chunk_id, run_id, len(claim.rows))
         fence = Fence(self._lease, lambda: self._renew(claim), renewed_at=asked)
         records = sender.send(claim.rows, fence=fence, stopped=signals.stop_requested)
@@ -166,6 +176,7 @@ class Node:
                         " %d rows left for another delivery", chunk_id, run_id, sender.dropped)  # fmt: skip
         else:
             log.info("chunk %s of run %s: done, %d attempts recorded", chunk_id, run_id, len(records))
+        tracing.annotate_current(attempts=len(records), dropped=sender.dropped, **_outcomes(records))
 
     def name(self) -> str:
         """This pool process, as a chunk's holder names it: host, node pid, process pid."""
@@ -197,6 +208,7 @@ class Node:
         that found no taker for :data:`MAX_BOUNCES` rounds, or whose pass is stopping, is let go: the
         ledger still has it queued, and a coordinator still watching enqueues it again."""
         node = f"{socket.gethostname()}:{self.node_pid}"
+        log = chunk_log(run_id, chunk_id, node)
         if (run_id, pass_no) not in self._said:
             self._said.add((run_id, pass_no))
             log.warning("node %s refuses the chunks of run %s: %s", node, run_id, reason)
@@ -220,6 +232,25 @@ class Node:
                 raise
             self.forget_store()
             return None
+
+
+def chunk_log(run_id: str, chunk_id: int, node: str) -> logging.LoggerAdapter:
+    """This module's logger with the chunk's fields on every record (the JSON log line's run_id, chunk, node)."""
+    return logging.LoggerAdapter(log, {"run_id": run_id, "chunk": chunk_id, "node": node})
+
+
+def _task_trace() -> dict[str, str]:
+    """The trace context the running chunk task carried (empty when tracing is off)."""
+    if not tracing.enabled():
+        return {}
+    from celery import current_task
+
+    return tracing.carried(current_task.request) if current_task else {}
+
+
+def _outcomes(records) -> dict[str, int]:
+    """How many of a chunk's attempts ended in each outcome (a span's attributes)."""
+    return dict(Counter(f"outcome.{record[OUTCOME]}" for record in records))
 
 
 def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: float) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import resource
-import sys
 
 from engine.config import RunSettings
+
+log = logging.getLogger(__name__)
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -25,5 +27,5 @@ def fit_open_files(settings: RunSettings) -> RunSettings:
     soft, _ = raise_open_file_limit()
     settings, note = settings.fit_open_files(soft)
     if note:
-        print(note, file=sys.stderr)
+        log.warning(note)
     return settings

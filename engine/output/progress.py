@@ -1,30 +1,40 @@
-"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
+"""Progress on stderr: a tqdm bar on a terminal, else a log record every few seconds.
+
+With ``--log-format json``, or when stderr is not a terminal (cron, CI, a pipe), there is no
+bar: every progress line is a record of the ``engine.output.progress`` logger, so it reaches
+stderr in the format every other line has (one JSON object per line for a log stack).
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 from tqdm import tqdm
 
-#: Seconds between plain progress lines when stderr is not a terminal.
+from engine.output.logs import json_logging
+
+#: Seconds between progress lines when there is no bar.
 PLAIN_INTERVAL = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
     """Shows how many rows of a pass are done, with the ok / not-ok split and retries."""
 
-    def __init__(self, total: int, description: str, quiet: bool = False, stream=None):
-        self.stream = stream or sys.stderr
+    def __init__(self, total: int, description: str, quiet: bool = False):
         self.total, self.description, self.quiet = total, description, quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
         self.done = 0
         self.last_line = 0.0
         self.started = time.monotonic()
+        #: Whether a line can be redrawn in place (a bar): otherwise frequent notes are thinned out.
+        self.tty = sys.stderr.isatty() and not json_logging()
         if not quiet and self.tty:
             self.bar = tqdm(
-                total=total or None, desc=description, unit="req", file=self.stream, dynamic_ncols=True, smoothing=0.1
+                total=total or None, desc=description, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1
             )
 
     def update(self, tally) -> None:
@@ -35,11 +45,15 @@ class Progress:
         elif not self.quiet and time.monotonic() - self.last_line >= PLAIN_INTERVAL:
             self.last_line = time.monotonic()
             rate = finished / max(1e-9, self.last_line - self.started)
-            print(
-                f"{self.description}: {finished}/{self.total} done, ok={tally.succeeded} "
-                f"failed={tally.not_succeeded} retries={tally.retries} ({rate:.0f} req/s)",
-                file=self.stream,
-                flush=True,
+            log.info(
+                "%s: %d/%d done, ok=%d failed=%d retries=%d (%.0f req/s)",
+                self.description,
+                finished,
+                self.total,
+                tally.succeeded,
+                tally.not_succeeded,
+                tally.retries,
+                rate,
             )
         self.done = finished
 
@@ -56,14 +70,14 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description_str(f"{self.description} ({text})")
         else:
-            print(f"{self.description}: {text}", file=self.stream, flush=True)
+            log.info("%s: %s", self.description, text)
 
     def alert(self, text: str) -> None:
         """A line the operator must see even with ``--quiet``: something is wrong that waiting will not fix."""
         if self.bar is not None:
-            self.bar.write(f"{self.description}: {text}", file=self.stream)
+            self.bar.write(f"{self.description}: {text}", file=sys.stderr)
         else:
-            print(f"{self.description}: {text}", file=self.stream, flush=True)
+            log.warning("%s: %s", self.description, text)
 
     def close(self) -> None:
         if self.bar is not None:
