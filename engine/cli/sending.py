@@ -8,6 +8,7 @@ import click
 
 from engine.cli.options import (
     PEM_FILE,
+    auth_options,
     broker_option,
     connection_options,
     db_option,
@@ -128,6 +129,7 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
     default=None,
     help="CA certificates to verify TLS with [default: libcurl's].",
 )
+@auth_options
 @connection_options
 @db_option
 @broker_option

@@ -24,12 +24,14 @@ from collections import Counter, deque
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from engine.mock.config import MockConfig
+from engine.mock.tokens import TokenIssuer
 
 _CUSTOMER_PATH = re.compile(rb"/customers/([^/?]+)")
 _REASONS = {
     200: "OK",
     201: "Created",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     409: "Conflict",
     429: "Too Many Requests",
@@ -45,6 +47,7 @@ class BillingState:
         self.config = config
         self.rng = random.Random(config.seed)
         self.started = time.monotonic()
+        self.tokens = TokenIssuer(config)
         self.reset()
 
     def reset(self) -> None:
@@ -73,6 +76,8 @@ class BillingState:
             "max_inflight": self.max_seen_inflight,
             "max_requests_in_one_second": self.max_per_second,
             "http_status": {str(k): v for k, v in sorted(self.statuses.items())},
+            "token_requests": self.counters["token_requests"],
+            "unauthorized": self.counters["unauthorized"],
         }
 
     def count_arrival(self, now: float) -> None:
@@ -182,6 +187,9 @@ async def handle(state: BillingState, request: Request) -> tuple[int, bytes, str
         return 200, json.dumps(state.stats()).encode(), ""
     if request.method == b"POST" and request.path.startswith(b"/admin/"):
         return _admin(state, request)
+    if request.method == b"POST" and request.path.startswith(b"/oauth/token"):
+        state.counters["token_requests"] += 1
+        return state.tokens.issue(request.headers, request.body)
     return await _charge(state, request)
 
 
@@ -218,6 +226,9 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     config = state.config
     state.counters["requests"] += 1
     state.count_arrival(time.monotonic())
+    if not state.tokens.allows(request.headers):  # before anything is charged
+        state.counters["unauthorized"] += 1
+        return 401, b'{"error":"invalid_token"}', 'WWW-Authenticate: Bearer error="invalid_token"\r\n'
     key = request.headers.get(b"idempotency-key", b"").decode("utf-8", "replace") or None
     remembered = state.keys.get(key) if key is not None else None
     if remembered is not None:
