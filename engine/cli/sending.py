@@ -183,6 +183,9 @@ def bill(
         python -m engine bill customers.csv --chunks 100 --run-id 2026-12 \\
             --url 'https://api.example.com/v1/customers/{id}/charges' \\
             --header 'Authorization: Bearer ${API_TOKEN}'
+        python -m engine bill events.jsonl --url https://hooks.example.com/billing \\
+            --oauth2-token-url https://auth.example.com/oauth/token \\
+            --sign 'standard-webhooks:${SIGNING_SECRET}'
     """
     refuse_workers_with_broker(broker, overrides.get("workers"))
     settings = RunSettings.from_dict(
