@@ -83,23 +83,10 @@ def test_a_401_refreshes_once_for_every_transfer_that_used_the_old_token():
 
 
 def bill(run, api, customers, db, rows: int, *extra, env=None):
-    return run(
-        "bill",
-        customers(rows),
-        "--url",
-        api.charge_url(),
-        "--db",
-        db,
-        "--run-id",
-        "oauth",
-        "--oauth2-token-url",
-        f"{api.base_url}/oauth/token",
-        "--oauth2-scope",
-        "charges:write",
-        "--quiet",
-        *extra,
-        env={**CLIENT, **(env or {})},
-    )
+    """``bill`` of ``rows`` customers as run "oauth", authenticated at the mock's token endpoint."""
+    where = ["--url", api.charge_url(), "--db", db, "--run-id", "oauth", "--quiet"]
+    oauth = ["--oauth2-token-url", f"{api.base_url}/oauth/token", "--oauth2-scope", "charges:write"]
+    return run("bill", customers(rows), *where, *oauth, *extra, env={**CLIENT, **(env or {})})
 
 
 def test_tokens_expiring_every_few_seconds_fail_no_row_of_20000(customers, db, run):
@@ -141,3 +128,28 @@ def test_oauth_with_an_authorization_header_or_a_scope_alone_is_refused(api, cus
     assert result.exit_code == 2 and "Authorization" in result.output
     result = run("bill", customers(2), "--url", api.charge_url(), "--db", db, "--oauth2-scope", "s")
     assert result.exit_code == 2 and "--oauth2-token-url" in result.output
+
+
+def test_a_token_endpoint_that_never_answers_fails_the_rows_with_its_reason(api, customers, db, run):
+    started = time.monotonic()
+    result = run(
+        "bill",
+        customers(30),
+        "--url",
+        api.charge_url(),
+        "--db",
+        db,
+        "--run-id",
+        "down",
+        "--workers",
+        1,
+        "--oauth2-token-url",
+        "http://127.0.0.1:9/oauth/token",  # nothing listens
+        env=CLIENT,
+    )
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 30  # a few tries, then every row fails at once
+    assert status_counts(db, "down") == {"failed": 30} and api.stats()["requests"] == 0
+    errors = {error for (error,) in ledger_rows(db, "SELECT error FROM attempts")}
+    assert all("no token from http://127.0.0.1:9/oauth/token" in error for error in errors), errors
+    assert ledger_rows(db, "SELECT max(attempt) FROM attempts") == [(1,)]  # the waits spent no attempt

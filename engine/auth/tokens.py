@@ -24,7 +24,7 @@ MAX_IDENTITY_BYTES = 2048
 REFRESH_MARGIN = 60.0
 REFRESH_SHARE = 0.8
 #: After a failed token request, wait this long (s) before another, and give up after this many in a row.
-FETCH_RETRY = 1.0
+FETCH_RETRY = 0.5
 MAX_FETCH_FAILURES = 5
 
 
@@ -78,8 +78,11 @@ def refresh_at(token: Token) -> float:
 
 @dataclass
 class _Failures:
+    """The token requests that failed in a row, the last one's reason, and when to ask again."""
+
     count: int = 0
     next_try: float = 0.0
+    reason: str = ""
 
 
 class TokenUnavailable(TokenError):
@@ -104,24 +107,21 @@ class Authorizer:
         return tuple(value for value in (self.current and self.current.value, self.previous) if value)
 
     def token(self) -> str:
-        """A valid token: this process's copy, the machine's, or a new one."""
-        now = time.time()
-        if self.current is None or now >= refresh_at(self.current):
-            self._adopt(self.shared.read(self.identity))
+        """A valid token: this process's copy until its refresh time, then the machine's, or a new one.
+        A process whose copy still works does not wait while another one refreshes."""
         current = self.current
-        if current is not None and now < refresh_at(current):
+        if current is not None and time.time() < refresh_at(current):
             return current.value
-        if current is not None and now < current.expires_at:  # still valid: refresh only if nobody else is
-            if self.shared.lock.acquire(block=False):
-                try:
-                    self._refresh()
-                except TokenError:
-                    pass  # the current token still works; the next row tries again
-                finally:
-                    self.shared.lock.release()
-            return self.current.value if self.current else current.value
-        with self.shared.lock:
+        still_valid = current is not None and time.time() < current.expires_at
+        if not self.shared.lock.acquire(block=not still_valid):
+            return current.value  # type: ignore[union-attr]
+        try:
             self._refresh()
+        except TokenError:
+            if not still_valid:
+                raise  # the row waits (TokenUnavailable) or fails with the endpoint's reason
+        finally:
+            self.shared.lock.release()
         assert self.current is not None
         return self.current.value
 
@@ -144,16 +144,21 @@ class Authorizer:
             self._fetch()
 
     def _fetch(self) -> None:
-        now = time.time()
-        if now < self.failures.next_try:
-            raise TokenUnavailable(f"--oauth2-token-url: waiting to ask {self.client.token_url} again")
+        """Ask the endpoint, at most once per back-off after a failure. The rows wait through the first
+        failures (:class:`TokenUnavailable`); after :data:`MAX_FETCH_FAILURES` in a row they fail with the
+        endpoint's reason (the pass ends, ``rerun`` sends them) while the endpoint is still asked now and then."""
+        failures, now = self.failures, time.time()
+        if now < failures.next_try:
+            if failures.count >= MAX_FETCH_FAILURES:
+                raise TokenError(failures.reason)
+            raise TokenUnavailable(f"{failures.reason}; trying again")
         try:
             token = self.client.fetch()
         except TokenError as err:
-            self.failures.count += 1
-            self.failures.next_try = now + FETCH_RETRY * self.failures.count
-            if self.failures.count >= MAX_FETCH_FAILURES:
-                self.failures = _Failures()
+            failures.count += 1
+            failures.reason = str(err)
+            failures.next_try = now + FETCH_RETRY * min(failures.count, MAX_FETCH_FAILURES)
+            if failures.count >= MAX_FETCH_FAILURES:
                 raise
             raise TokenUnavailable(f"{err}; trying again") from None
         self.failures = _Failures()

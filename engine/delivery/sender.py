@@ -82,7 +82,7 @@ class Sender:
         try:
             self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
         except TokenUnavailable as err:  # not sent: the row waits for the token, its attempt unspent
-            log.warning("row %s waits for an access token: %s", row.row_id, err)
+            log.debug("row %s waits for an access token: %s", row.row_id, err)
             self.retries.hold(row, time.monotonic() + FETCH_RETRY)
         except Exception as err:  # a row the coordinator validated should never get here
             log.debug("row %s quarantined: %s", row.row_id, err)
