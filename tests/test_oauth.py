@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ledger_rows, status_counts
+from conftest import ledger_rows, run_engine, status_counts
+from test_cluster import bill_args, nodes  # noqa: F401 (the fixture)
 
 from engine.auth.oauth import OAuthClient, TokenError
 from engine.auth.tokens import Authorizer, SharedToken, refresh_at
@@ -153,3 +154,31 @@ def test_a_token_endpoint_that_never_answers_fails_the_rows_with_its_reason(api,
     errors = {error for (error,) in ledger_rows(db, "SELECT error FROM attempts")}
     assert all("no token from http://127.0.0.1:9/oauth/token" in error for error in errors), errors
     assert ledger_rows(db, "SELECT max(attempt) FROM attempts") == [(1,)]  # the waits spent no attempt
+
+
+def test_each_worker_node_fetches_one_token_for_its_processes(
+    customers,
+    postgres_url,
+    broker,
+    nodes,  # noqa: F811 (the fixture imported above)
+    monkeypatch,
+):
+    for name, value in CLIENT.items():
+        monkeypatch.setenv(name, value)  # the coordinator's and the nodes' environment
+    nodes(2)  # 4 pool processes each
+    expiry, rows = 3.0, 6000
+    with MockProcess(require_token=True, token_expires_in=expiry, latency=0.05) as api:
+        started = time.monotonic()
+        result = run_engine(
+            *bill_args(customers(rows), api, postgres_url, broker, "nodes"),
+            "--oauth2-token-url",
+            f"{api.base_url}/oauth/token",
+            "--quiet",
+            timeout=180,
+        )
+        took = time.monotonic() - started
+        stats = api.stats()
+    assert result.returncode == 0, result.stderr
+    assert stats["customers_charged"] == rows and stats["unauthorized"] == 0
+    # per node, not per pool process (8 processes would ask 8 times at the start alone)
+    assert 2 <= stats["token_requests"] <= 2 * (took / (expiry * 0.8) + 1), (stats["token_requests"], took)
