@@ -16,12 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.auth.oauth import OAuthClient
 from engine.delivery.breaker import BreakerSettings
 from engine.delivery.extract import CAPTURE_BODY_BYTES, capture_names
 from engine.delivery.policy import RetryPolicy
 from engine.errors import UsageError
 from engine.ledger.retention import KEEP_FAILED, KEEP_PAYLOAD_MODES
 from engine.request.fieldtypes import parse_field_types
+from engine.request.signing import STANDARD_WEBHOOKS, Signing, split_sign
 from engine.request.spec import ENV_REF, IDEMPOTENCY_HEADER, RequestSpec, split_header
 from engine.sender_parts import SenderParts, TransportOptions
 
@@ -88,6 +90,12 @@ class RunSettings:
     #: Which stored payloads a recorded answer drops (engine.ledger.retention): all kept, those of rows
     #: that succeeded dropped (a rerun needs the others), or also those of rows refused for good.
     keep_payload: str = KEEP_FAILED
+    #: OAuth2 client credentials: the token endpoint and scope (the client id and secret come from
+    #: OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET in each sending machine's environment).
+    oauth2_token_url: str | None = None
+    oauth2_scope: str | None = None
+    #: ``standard-webhooks:${VAR}`` or ``hmac-sha256:${VAR}:HEADER``: each attempt signed with that secret.
+    sign: str | None = None
     pause_after: int = BreakerSettings.threshold
     max_pause: float = 300.0
     stall_timeout: float = 15.0
@@ -126,6 +134,7 @@ class RunSettings:
         capture_names(self.captures)
         self._check_proxy()
         self._check_secret_headers()
+        self._check_auth()
         parse_field_types(self.field_types)
 
     def _check_proxy(self) -> None:
@@ -138,6 +147,23 @@ class RunSettings:
 
     def _check_secret_headers(self) -> None:
         check_secret_headers(self.headers, self.secret_headers)
+
+    def _check_auth(self) -> None:
+        """--sign names its secret as ``${VAR}``; a Standard Webhooks id is the key; one Authorization header."""
+        if self.sign is not None:
+            scheme, _, _ = split_sign(self.sign)
+            if scheme == STANDARD_WEBHOOKS and not self.idempotency:
+                raise UsageError(
+                    "--sign standard-webhooks sends the idempotency key as webhook-id: not with --no-idempotency"
+                )
+        if self.oauth2_scope and not self.oauth2_token_url:
+            raise UsageError("--oauth2-scope needs --oauth2-token-url")
+        if self.oauth2_token_url and any(
+            (split_header(line) or ("",))[0].lower() == "authorization" for line in self.headers
+        ):
+            raise UsageError(
+                "--oauth2-token-url sends its token as the Authorization header: drop --header Authorization"
+            )
 
     #: The settings that decide where a request goes. The default idempotency key derives from
     #: them alone: an edited body or an added header must not mint new keys for rows already sent.
@@ -176,7 +202,16 @@ class RunSettings:
             form=self.form,
             allow_hosts=self.allow_hosts,
             idempotency_header=self.idempotency_header if self.idempotency else None,
+            signing=Signing.parse(self.sign) if self.sign else None,
+            oauth=self.oauth_client(),
         )
+
+    def oauth_client(self) -> OAuthClient | None:
+        """The OAuth2 client, its credentials from this process's environment (None without one)."""
+        if not self.oauth2_token_url:
+            return None
+        tls = {"verify_tls": not self.insecure, "ca_bundle": self.ca_bundle}
+        return OAuthClient.from_environment(self.oauth2_token_url, self.oauth2_scope, **tls)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(

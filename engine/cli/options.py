@@ -330,6 +330,34 @@ def connection_options(command):
     )
 
 
+def auth_options(command):
+    """--oauth2-token-url, --oauth2-scope, --sign: how the API knows the requests are ours."""
+    return _apply(
+        command,
+        [
+            click.option(
+                "--oauth2-token-url",
+                default=None,
+                metavar="URL",
+                help="Authenticate with an OAuth2 client-credentials token from this endpoint, sent as "
+                "'Authorization: Bearer': the client id and secret come from the OAUTH_CLIENT_ID and "
+                "OAUTH_CLIENT_SECRET environment variables. One token per machine, refreshed before it "
+                "expires and once on a 401 (that 401 spends no attempt).",
+            ),
+            click.option("--oauth2-scope", default=None, metavar="SCOPE", help="The scope to ask the token for."),
+            click.option(
+                "--sign",
+                default=None,
+                metavar="SCHEME:${VAR}[:HEADER]",
+                help="Sign each attempt: 'standard-webhooks:${SIGNING_SECRET}' adds webhook-id (the "
+                "idempotency key), webhook-timestamp and webhook-signature (Standard Webhooks, secret "
+                "whsec_...); 'hmac-sha256:${SECRET}:X-Signature' puts the hex HMAC-SHA256 of the body in "
+                "that header. The secret only from the environment (single-quote the option).",
+            ),
+        ],
+    )
+
+
 def row_filter_options(command):
     """``--status``, ``--http-status``, ``--curl-error``, ``--error-contains``, ``--row-id``: which rows
     of a run. Their values reach :meth:`RowFilter.from_options` as typed, so an invalid one is

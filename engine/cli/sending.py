@@ -7,6 +7,7 @@ import click
 from engine.cli.ending import finish, go_on_after_canary, report_notice
 from engine.cli.options import (
     PEM_FILE,
+    auth_options,
     broker_option,
     capture_option,
     connection_options,
@@ -166,6 +167,7 @@ from engine.states import REJECTED, RESEND_STATES, UNKNOWN
 )
 @kill_switch_options(BILL_MAX_FAILURE_RATE)
 @notify_options
+@auth_options
 @connection_options
 @db_option
 @broker_option
@@ -230,6 +232,9 @@ def bill(
             --header 'Authorization: Bearer ${API_TOKEN}'
         python -m engine bill customers.csv --url ... --dry-run --sum-field amount
         python -m engine bill customers.csv --url ... --canary 10 --notify-url "$SLACK_WEBHOOK"
+        python -m engine bill events.jsonl --url https://hooks.example.com/billing \\
+            --oauth2-token-url https://auth.example.com/oauth/token \\
+            --sign 'standard-webhooks:${SIGNING_SECRET}'
     """
     refuse_workers_with_broker(broker, overrides.get("workers"))
     settings = RunSettings.from_dict(

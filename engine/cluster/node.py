@@ -6,7 +6,8 @@ that chunk's slots while the others go on. A pool process that dies has its chun
 to the queue at once (``task_reject_on_worker_lost``). Each process keeps its own ledger
 connection and, per pass, its own :class:`~engine.delivery.sender.Sender` (the start loop the
 local workers run too); the request is built from the run's
-stored settings and this node's environment (``${VAR}`` secrets never leave the node).
+stored settings and this node's environment (``${VAR}`` secrets never leave the node). A node
+fetches its own OAuth2 token, shared by its pool processes.
 
 A claim is fenced (:mod:`engine.ledger.claim`, :class:`~engine.delivery.fence.Fence`): rows
 start only while the claim was renewed within the lease by this node's own clock, so a node
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import socket
 import time
@@ -34,6 +36,7 @@ from typing import TypeVar
 from celery import Celery
 
 from engine import __version__, tracing
+from engine.auth.tokens import SharedToken
 from engine.cluster.app import SEND_CHUNK, make_app, redis_client
 from engine.cluster.link import UNREACHABLE, RedisLink
 from engine.cluster.outage import PassSignals, SharedBreaker
@@ -66,8 +69,9 @@ log = logging.getLogger(__name__)
 class Node:
     """What one pool process knows: its ledger connection, its Redis, and its sender for the current pass."""
 
-    def __init__(self, db: str, broker: str, app: Celery):
+    def __init__(self, db: str, broker: str, app: Celery, tokens: SharedToken | None = None):
         self.db = db
+        self.tokens = tokens  # the node's OAuth2 access token, shared by its pool processes
         self.app = app
         self.node_pid = os.getpid()  # the Celery worker's main process; its pool processes fork from it
         self.redis = redis_client(broker)
@@ -125,7 +129,7 @@ class Node:
             )
             if self._sender is not None:  # one pass at a time per process: free the last one's sockets
                 self._sender.close()
-            self._sender = Sender(parts, gate)
+            self._sender = Sender(parts, gate, tokens=self.tokens)
             self._signals = PassSignals(link, run_id, pass_no)
             self._lease = settings.stall_timeout
             self._busy_for = chunk_silent_for(settings.stall_timeout, settings.timeout)
@@ -256,7 +260,8 @@ def _outcomes(records) -> dict[str, int]:
 def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: float) -> None:
     """Start a Celery worker for ``broker`` sending into the ledger ``db``; returns when it stops."""
     app = make_app(broker, visibility_timeout)
-    node = Node(db, broker, app)
+    # made before the pool forks: its processes inherit it, and fetch one OAuth2 token for the node
+    node = Node(db, broker, app, SharedToken.create(multiprocessing.get_context("fork")))
     card = NodeCard(
         socket.gethostname(), os.getpid(), __version__, node.store().ledger_id()
     )  # a wrong --db is said now

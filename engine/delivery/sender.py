@@ -14,9 +14,13 @@ reading its inbox and reporting; a node hands it one chunk at a time (:meth:`Sen
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
+from engine.auth.oauth import TokenError
+from engine.auth.tokens import FETCH_RETRY, Authorizer, SharedToken, TokenUnavailable
+from engine.delivery.capture import Finished
 from engine.delivery.extract import Extractor
 from engine.delivery.fence import Fence
 from engine.delivery.gate import PROBE, WAIT, Gate
@@ -32,16 +36,22 @@ log = logging.getLogger(__name__)
 #: Longest wait for transfers in one poll of :meth:`Sender.send` (s): the fence and due retries
 #: are looked at this often.
 POLL = 0.05
+#: The answer that says the access token was refused: the row is sent once more with a new one.
+UNAUTHORIZED = 401
 
 
 class Sender:
     """Up to ``parts.window`` transfers on one CurlMulti, reused row after row and chunk after chunk.
 
-    ``wake_fd``, if given, ends a wait as soon as it is readable (a local worker's inbox).
+    ``wake_fd``, if given, ends a wait as soon as it is readable (a local worker's inbox). ``tokens``
+    holds the machine's OAuth2 access token (``--oauth2-token-url``) shared with the other senders.
     """
 
-    def __init__(self, parts: SenderParts, gate: Gate, wake_fd: int | None = None):
-        self.requests = RowRequests(parts.spec, parts.id_field)
+    def __init__(self, parts: SenderParts, gate: Gate, wake_fd: int | None = None, tokens: SharedToken | None = None):
+        oauth = parts.spec.oauth
+        self.authorizer = Authorizer(oauth, tokens or SharedToken.create_local()) if oauth else None
+        self.reauthorized: set[int] = set()  # rows sent again after a 401, once each
+        self.requests = RowRequests(parts.spec, parts.id_field, self.authorizer)
         self.transport = Transport(parts.window, parts.transport, parts.spec.method, wake_fd)
         self.gate = gate
         # retries and held rows wait here
@@ -73,6 +83,9 @@ class Sender:
         on: re-queued, it would only take down process after process."""
         try:
             self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
+        except TokenUnavailable as err:  # not sent: the row waits for the token, its attempt unspent
+            log.debug("row %s waits for an access token: %s", row.row_id, err)
+            self.retries.hold(row, time.monotonic() + FETCH_RETRY)
         except Exception as err:  # a row the coordinator validated should never get here
             log.debug("row %s quarantined: %s", row.row_id, err)
             self.records.append(unsendable_record(row, err))
@@ -80,8 +93,28 @@ class Sender:
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds, settle what ended (record, retry, gate told); how many ended."""
         finished = self.transport.poll(timeout)
+        if self.authorizer is not None:
+            self.retries.secrets = self.requests.compiled.spec.secrets + self.authorizer.secrets()
+            finished = [done for done in finished if not self._reauthorize(done)]
         self.records.extend(map(self.retries.settle, finished))
         return len(finished)
+
+    def _reauthorize(self, done: Finished) -> bool:
+        """A row's first 401 refreshes the token (unless another transfer already did) and sends the row
+        again at once: not an attempt spent, nothing recorded. Its second 401 is settled as any answer."""
+        row: Dispatch = done.token
+        if done.outcome.http_status != UNAUTHORIZED or row.rid in self.reauthorized:
+            self.reauthorized.discard(row.rid)
+            return False
+        self.reauthorized.add(row.rid)
+        self.gate.settle(row.rid, done.outcome)  # an answer: the endpoint is up
+        try:
+            self.authorizer.unauthorized(done.started_at)  # type: ignore[union-attr]
+        except TokenError:
+            pass  # the row's next start waits for the token, or is quarantined with the reason
+        log.info("row %s: 401, sent again with a new access token", row.row_id)
+        self.ready.appendleft(row)
+        return True
 
     def release_due(self) -> None:
         """Move the retries and held rows that are due to the ready queue."""

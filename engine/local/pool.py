@@ -16,6 +16,7 @@ import multiprocessing
 import time
 from multiprocessing.connection import wait
 
+from engine.auth.tokens import SharedToken
 from engine.backend import Backend
 from engine.delivery.breaker import CircuitBreaker
 from engine.delivery.ratelimit import Pacer
@@ -63,9 +64,10 @@ class _Slot:
 class LocalBackend(Backend):
     """``size`` worker processes; ``events`` reports their messages and deaths.
 
-    The pool owns the state its workers share: the circuit breaker, the pacer, and one
-    heartbeat per worker (the monotonic time of its last loop), by which a worker that is
-    alive but makes no progress is found.
+    The pool owns the state its workers share: the circuit breaker, the pacer, the OAuth2
+    access token (fetched by the first worker that needs it, once per expiry for the machine),
+    and one heartbeat per worker (the monotonic time of its last loop), by which a worker that
+    is alive but makes no progress is found.
     """
 
     def __init__(self, size: int, parts: SenderParts):
@@ -74,6 +76,7 @@ class LocalBackend(Backend):
         self.breaker = CircuitBreaker.create(_CONTEXT, parts.breaker)
         self.pacer = Pacer.create(_CONTEXT, parts.rate, size, parts.window)
         self.heartbeats = _CONTEXT.Array("d", size, lock=False)
+        self.tokens = SharedToken.create(_CONTEXT) if parts.spec.oauth else None
         self.slots = [self._start(index) for index in range(size)]
 
     @property
@@ -81,7 +84,7 @@ class LocalBackend(Backend):
         return self.size * self.parts.window
 
     def _start(self, index: int) -> _Slot:
-        return _Slot(index, self.parts, (self.breaker, self.pacer, self.heartbeats), self.heartbeats)
+        return _Slot(index, self.parts, (self.breaker, self.pacer, self.heartbeats, self.tokens), self.heartbeats)
 
     def events(self, timeout: float) -> tuple[list[Report], list[int]]:
         """Messages that arrived within ``timeout`` seconds, and the workers that died."""

@@ -18,6 +18,7 @@ import os
 import signal
 import time
 
+from engine.auth.tokens import SharedToken
 from engine.delivery.breaker import CircuitBreaker
 from engine.delivery.gate import Gate
 from engine.delivery.ratelimit import Pacer
@@ -36,12 +37,20 @@ PARENT_CHECK_INTERVAL = 0.5
 
 
 def run_worker(
-    worker_id: int, parts: SenderParts, inbox, outbox, breaker: CircuitBreaker, pacer: Pacer, heartbeats
+    worker_id: int,
+    parts: SenderParts,
+    inbox,
+    outbox,
+    breaker: CircuitBreaker,
+    pacer: Pacer,
+    heartbeats,
+    tokens: SharedToken | None = None,
 ) -> None:
-    """Entry point of a worker process; returns when told to stop or when the coordinator dies."""
+    """Entry point of a worker process; returns when told to stop or when the coordinator dies.
+    ``tokens`` is the pool's shared OAuth2 access token (None without ``--oauth2-token-url``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the coordinator, which drains us
     raise_open_file_limit()
-    loop = WorkerLoop(parts, inbox, outbox, Gate(breaker, pacer), heartbeats, worker_id)
+    loop = WorkerLoop(parts, inbox, outbox, Gate(breaker, pacer), heartbeats, worker_id, tokens)
     signal.signal(signal.SIGTERM, lambda signum, frame: loop.drain())
     try:
         loop.run()
@@ -54,11 +63,13 @@ def run_worker(
 class WorkerLoop:
     """The state of one worker: queued rows, delayed retries, transfers in flight."""
 
-    def __init__(self, parts: SenderParts, inbox, outbox, gate: Gate, heartbeats, index: int):
+    def __init__(
+        self, parts: SenderParts, inbox, outbox, gate: Gate, heartbeats, index: int, tokens: SharedToken | None = None
+    ):
         self.inbox, self.outbox = inbox, outbox
         self.gate = gate
         self.heartbeats, self.index = heartbeats, index
-        self.sender = Sender(parts, gate, inbox.fileno())
+        self.sender = Sender(parts, gate, inbox.fileno(), tokens)
         self.transport = self.sender.transport
         self.ready = self.sender.ready
         self.demand = Demand(parts.window, parts.chunk_size)

@@ -30,11 +30,13 @@ from urllib.parse import parse_qsl, quote, quote_plus
 from engine.mock.config import MockConfig
 from engine.mock.lookup import CUSTOMER_PATH, lookup
 from engine.mock.quota import Quota
+from engine.mock.tokens import TokenIssuer
 
 _REASONS = {
     200: "OK",
     201: "Created",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     409: "Conflict",
     429: "Too Many Requests",
@@ -51,6 +53,7 @@ class BillingState:
         self.rng = random.Random(config.seed)
         self.started = time.monotonic()
         self.charge_ids = itertools.count(1)  # never reset: a charge id stays unique while the server runs
+        self.tokens = TokenIssuer(config)
         self.reset()
 
     def reset(self) -> None:
@@ -81,6 +84,8 @@ class BillingState:
             "max_inflight": self.max_seen_inflight,
             "max_requests_in_one_second": self.max_per_second,
             "http_status": {str(k): v for k, v in sorted(self.statuses.items())},
+            "token_requests": self.counters["token_requests"],
+            "unauthorized": self.counters["unauthorized"],
         }
 
     def count_arrival(self, now: float) -> None:
@@ -198,6 +203,9 @@ async def handle(state: BillingState, request: Request) -> tuple[int, bytes, str
         return 200, json.dumps(state.stats()).encode(), ""
     if request.method == b"POST" and request.path.startswith(b"/admin/"):
         return _admin(state, request)
+    if request.method == b"POST" and request.path.startswith(b"/oauth/token"):
+        state.counters["token_requests"] += 1
+        return state.tokens.issue(request.headers, request.body)
     if request.method == b"GET" and (found := await lookup(state, request)) is not None:
         return found
     return await _charge(state, request)
@@ -237,6 +245,9 @@ async def _charge(state: BillingState, request: Request) -> tuple[int, bytes, st
     state.counters["requests"] += 1
     now = time.monotonic()
     state.count_arrival(now)
+    if not state.tokens.allows(request.headers):  # before anything is charged
+        state.counters["unauthorized"] += 1
+        return 401, b'{"error":"invalid_token"}', 'WWW-Authenticate: Bearer error="invalid_token"\r\n'
     allowed, quota = state.quota.take(now)
     if not allowed:
         status, body, extra = 429, b'{"error":"rate limit exceeded"}', ""

@@ -75,8 +75,18 @@ class MockConfig:
     )
     ratelimit_window: float = knob(1.0, "The quota window of --ratelimit.", "S")
 
+    require_token: bool = knob(
+        False,
+        "Charge only with 'Authorization: Bearer <token>' from POST /oauth/token (OAuth2 client "
+        "credentials); 401 otherwise.",
+    )
+    token_expires_in: float = knob(3600.0, "Lifetime of a token from POST /oauth/token (its expires_in).", "S")
+    token_valid_for: float | None = knob(
+        None, "Tokens stop working after S seconds, whatever expires_in said (a server that revokes early).", "S"
+    )
+
     #: The type of each knob whose default is None.
-    OPTIONAL_TYPES = {"outage_at": float, "seed": int}
+    OPTIONAL_TYPES = {"outage_at": float, "seed": int, "token_valid_for": float}
 
     def update(self, changes: dict) -> None:
         names = {f.name for f in dataclasses.fields(self)}

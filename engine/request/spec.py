@@ -16,10 +16,14 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, quote_plus, urlsplit
 
 from engine.errors import DestinationError, UsageError
+
+if TYPE_CHECKING:
+    from engine.auth.oauth import OAuthClient
+    from engine.request.signing import Signing
 
 #: ``${VAR}``: a value read from the environment when the run starts, never stored.
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -206,7 +210,11 @@ class RequestSpec:
     body_template: Any = None
     allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
     idempotency_header: str | None = IDEMPOTENCY_HEADER
-    #: Every value read from the environment (``${VAR}`` in the URL or a header): redacted wherever shown.
+    #: How each attempt is signed (``--sign``), and the OAuth2 client its token comes from.
+    signing: Signing | None = field(default=None, repr=False)
+    oauth: OAuthClient | None = field(default=None, repr=False)
+    #: Every value read from the environment (``${VAR}`` in the URL or a header, the signing secret, the
+    #: OAuth2 client secret): redacted wherever shown. A worker adds the access tokens it sends.
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
@@ -220,11 +228,16 @@ class RequestSpec:
         form: bool = False,
         allow_hosts: Iterable[str] = (),
         idempotency_header: str | None = IDEMPOTENCY_HEADER,
+        signing: Signing | None = None,
+        oauth: OAuthClient | None = None,
         environ=os.environ,
     ) -> RequestSpec:
         """Validate the options a user gave and build the spec, or raise a one-line error."""
         method = method.upper()
         secrets = _env_values([url, *header_lines], environ)
+        extra = [signing.secret] if signing else []
+        extra += [oauth.client_secret] if oauth else []
+        secrets = tuple(sorted({*secrets, *extra}, key=len, reverse=True))
         url = expand_env(url, "--url", environ)
         headers = tuple(_parse_header_line(line, environ) for line in header_lines)
         if body_template_text is not None:
@@ -252,6 +265,8 @@ class RequestSpec:
             body_template=body_template,
             allowed_origins=allowed,
             idempotency_header=idempotency_header,
+            signing=signing,
+            oauth=oauth,
             secrets=secrets,
         )
 

@@ -13,12 +13,15 @@ import json
 import re
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from engine.errors import DestinationError, TemplateError
 from engine.jsontext import json_bytes
 from engine.request.spec import Body, RequestSpec, origin_of, redact
+
+if TYPE_CHECKING:
+    from engine.auth.tokens import Authorizer
 
 
 @dataclass(frozen=True)
@@ -139,13 +142,17 @@ class CompiledRequest:
 
 
 class RowRequests:
-    """A worker's renderer: a dispatched row (id, JSON payload, key) as (url, header lines, body)."""
+    """A worker's renderer: a dispatched row (id, JSON payload, key) as (url, header lines, body).
 
-    def __init__(self, spec: RequestSpec, id_field: str):
+    Each attempt is rendered afresh, so its access token (``authorizer``) is the current one and
+    its signature (``--sign``) carries the attempt's own timestamp."""
+
+    def __init__(self, spec: RequestSpec, id_field: str, authorizer: Authorizer | None = None):
         self.compiled = CompiledRequest(spec)
         self.id_field = id_field
-        self.secrets = spec.secrets
         self.key_header = spec.idempotency_header
+        self.signing = spec.signing
+        self.authorizer = authorizer
         # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
         self.needs_fields = bool(self.compiled.fields - {id_field}) or spec.body not in (Body.JSON, Body.NONE)
 
@@ -154,6 +161,10 @@ class RowRequests:
         url, headers, body = self.compiled.render(fields, payload)
         if self.key_header:
             headers = headers + [f"{self.key_header}: {key}"]
+        if self.authorizer is not None:
+            headers = headers + [self.authorizer.header()]
+        if self.signing is not None:
+            headers = headers + self.signing.headers(key, body)
         return url, headers, body
 
 
