@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ledger_rows, run_engine, status_counts
-from test_cluster import bill_args, nodes  # noqa: F401 (the fixture)
+from conftest import bill_args, ledger_rows, run_engine, status_counts
+from test_cluster import nodes  # noqa: F401 (the fixture)
 
 from engine.auth.oauth import OAuthClient, TokenError
 from engine.auth.tokens import Authorizer, SharedToken, refresh_at
@@ -92,7 +92,7 @@ def bill(run, api, customers, db, rows: int, *extra, env=None):
 
 def test_tokens_expiring_every_few_seconds_fail_no_row_of_20000(customers, db, run):
     expiry = 3.0
-    with MockProcess(require_token=True, token_expires_in=expiry, latency=0.02) as api:
+    with MockProcess(require_token=True, token_expires_in=expiry, latency=0.05) as api:
         started = time.monotonic()
         result = bill(run, api, customers, db, 20_000, "--workers", 2, "--concurrency", 100)
         took = time.monotonic() - started
@@ -170,7 +170,7 @@ def test_each_worker_node_fetches_one_token_for_its_processes(
     with MockProcess(require_token=True, token_expires_in=expiry, latency=0.05) as api:
         started = time.monotonic()
         result = run_engine(
-            *bill_args(customers(rows), api, postgres_url, broker, "nodes"),
+            *bill_args(customers(rows), api, postgres_url, "nodes", broker=broker),
             "--oauth2-token-url",
             f"{api.base_url}/oauth/token",
             "--quiet",

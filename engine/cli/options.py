@@ -16,6 +16,7 @@ from engine.errors import EngineError, UsageError
 from engine.extras import CLUSTER, MissingExtra, require
 from engine.ledger import BUSY_TIMEOUT
 from engine.ledger.selection import InvalidFilter, RowFilter
+from engine.output.logs import logging_ready, setup_logging
 from engine.run.killswitch import DEFAULT_MIN_SAMPLE
 from engine.run.runner import EXIT_INTERRUPTED
 from engine.states import STATES
@@ -49,6 +50,8 @@ class EngineClickError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file=None):
+        if not logging_ready():  # refused before the group set logging up (an eager --config)
+            setup_logging()
         say.error(f"error: {self.format_message()}")
 
 

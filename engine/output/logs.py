@@ -91,6 +91,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
     engine_log.propagate = False
 
 
+def logging_ready() -> bool:
+    """Whether :func:`setup_logging` gave the ``engine`` loggers their handler."""
+    return any(isinstance(h, StderrHandler) for h in logging.getLogger("engine").handlers)
+
+
 def json_logging() -> bool:
     """Whether the engine's records are written as JSON (the progress bar then yields to records)."""
     return any(
