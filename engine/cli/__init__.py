@@ -8,7 +8,7 @@ from engine import __version__
 from engine.cli.cluster import worker
 from engine.cli.dashboard import dashboard
 from engine.cli.dashboard_user import dashboard_user
-from engine.cli.ledger import export, pause, report, resume, status
+from engine.cli.ledger import cancel, export, pause, report, resume, status
 from engine.cli.mock import demo, mock_api
 from engine.cli.sending import bill, rerun
 
@@ -27,5 +27,19 @@ def cli():
     """
 
 
-for command in (bill, rerun, worker, status, report, export, pause, resume, dashboard, dashboard_user, mock_api, demo):
+for command in (
+    bill,
+    rerun,
+    worker,
+    status,
+    report,
+    export,
+    pause,
+    resume,
+    cancel,
+    dashboard,
+    dashboard_user,
+    mock_api,
+    demo,
+):
     cli.add_command(command)
