@@ -7,7 +7,7 @@ import os
 
 import click
 
-from engine.cli.options import db_option, engine_errors
+from engine.cli.options import _broker_without_password, db_option, engine_errors
 from engine.extras import DASHBOARD, require
 
 
@@ -50,6 +50,14 @@ def is_local(host: str) -> bool:
     "--root-path", default="", metavar="PATH", help="The path a reverse proxy serves the dashboard under, e.g. /engine."
 )
 @click.option(
+    "--broker",
+    envvar="ENGINE_BROKER",
+    default=None,
+    metavar="URL",
+    callback=_broker_without_password,
+    help="The Redis broker whose worker nodes the nodes page shows [env: ENGINE_BROKER; default: none].",
+)
+@click.option(
     "--trusted-proxy",
     "trusted_proxies",
     multiple=True,
@@ -57,7 +65,7 @@ def is_local(host: str) -> bool:
     help="A reverse proxy whose X-Forwarded-* headers are believed (repeatable).",
 )
 @engine_errors
-def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, root_path, trusted_proxies):
+def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, root_path, broker, trusted_proxies):
     """Serve the web dashboard: runs, a run live, its failures, actions, /metrics.
 
     Read-only unless --allow-actions; then only an operator acts: a user of --users with the
@@ -95,7 +103,7 @@ def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, r
         allowed_hosts=tuple(dict.fromkeys(allowed_hosts or (host, *LOCAL_HOSTS))),
         sessions=sessions,
     )
-    app = make_app(db, guard)
+    app = make_app(db, guard, broker=broker)
     if allow_actions:
         warning = rerun_warning(db)
         if warning:
