@@ -86,10 +86,11 @@ def resolve(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> 
     if not row_id:
         raise InvalidFilter("invalid filter: resolve names no row_id")
     rows = RowFilter.from_options(states=RESOLVABLE, row_ids=(row_id,))  # a hostile id: 400
+    named = f"row {row_id}"
     if not store.mark_resolved(run_id, rows.row_ids):
         states = "/".join(RESOLVABLE)
-        return rows.describe(), PlainTextResponse(f"row {row_id!r} of {run_id} is not {states}", status_code=409)
-    return rows.describe(), None
+        return named, PlainTextResponse(f"row {row_id!r} of {run_id} is not {states}", status_code=409)
+    return named, None
 
 
 @guarded

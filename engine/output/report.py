@@ -16,6 +16,7 @@ from engine.states import (
     KEY_CONFLICT,
     PENDING,
     REJECTED,
+    RESOLVED,
     RETRYING,
     SELECTED,
     SUCCEEDED,
@@ -55,6 +56,7 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
         "key_conflict": counts[KEY_CONFLICT],
+        "resolved": counts[RESOLVED],
         "pending": left,
         "done": done,
         "progress": round(done / total, 4) if total else 1.0,
@@ -152,7 +154,7 @@ def _text(s: dict) -> str:
         f"run {s['run_id']} ({s['state']})",
         f"  rows       {s['total']}: {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['rejected']} rejected, {s['unknown']} unknown, {s.get('key_conflict', 0)} key conflicts,"
-        f" {s['pending']} not yet sent",
+        f" {s['pending']} not yet sent" + (f", {s['resolved']} resolved by hand" if s.get("resolved") else ""),
         *_last_pass(s.get("last_pass")),
         f"  attempts   {s['attempts']} in {s['elapsed_s']:.1f} s ({s['requests_per_s']:.0f} requests/s)",
         f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
