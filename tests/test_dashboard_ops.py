@@ -212,7 +212,7 @@ def test_the_nodes_page_shows_two_nodes_during_a_run_and_a_silent_one_in_red(
                 page = web.get("/nodes").text
                 return re.findall(r'<tr class="node">.*?<td>this ledger</td>.*?<td class="held">([1-9]\d*)</td>', page)
 
-            _wait(lambda: len(held()) == 2, limit=60, what="two nodes holding chunks")
+            _wait(lambda: len(held()) == 2, limit=60, what=f"two nodes holding chunks: {web.get('/nodes').text}")
             kill_tree(first)
             _wait(lambda: 'class="node red"' in web.get("/nodes").text, limit=40, what="the killed node is not red")
             assert "silent" in web.get("/nodes").text

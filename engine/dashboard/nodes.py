@@ -22,6 +22,22 @@ NODE_RATE_WINDOW = 60.0
 NODES_REMEMBERED = 3600.0
 
 
+def node_of(holder: str) -> str:
+    """The node (``host:pid``, as it announces itself) of a chunk's holder (``host:node pid:process pid``)."""
+    return ":".join(holder.split(":")[:2])
+
+
+def _per_node(figures: list[dict]) -> dict[str, dict]:
+    """The ledger's figures per pool process, summed per node."""
+    nodes: dict[str, dict] = {}
+    for found in figures:
+        node = nodes.setdefault(node_of(found["node"]), {"held": 0, "rows": 0, "heartbeat_at": None})
+        node["held"] += int(found["held"] or 0)
+        node["rows"] += int(found["rows"] or 0)
+        node["heartbeat_at"] = max(filter(None, (node["heartbeat_at"], found["heartbeat_at"])), default=None)
+    return nodes
+
+
 class NodeBoard:
     """Reads the roster on ``broker`` and the ledger's chunks for the nodes page."""
 
@@ -38,8 +54,8 @@ class NodeBoard:
         live = self.roster.live()
         with open_ledger() as store:
             ledger_id = store.ledger_id()
-            figures = {f["node"]: f for f in store.node_figures(now - NODE_RATE_WINDOW)}
-            refusals = self._refusals(store)
+            figures = _per_node(store.node_figures(now - NODE_RATE_WINDOW))
+            refusals = {node_of(name): why for name, why in self._refusals(store).items()}
         names = set(live) | {n for n, f in figures.items() if (f["heartbeat_at"] or 0) > now - NODES_REMEMBERED}
         return [
             self._node(name, live.get(name), figures.get(name), refusals.get(name), ledger_id, now)
@@ -60,7 +76,7 @@ class NodeBoard:
     def _node(
         name: str, card: dict | None, figures: dict | None, refusal: str | None, ledger_id: str, now: float
     ) -> dict:
-        held = int(figures["held"] or 0) if figures else 0
+        held = figures["held"] if figures else 0
         heartbeat = figures["heartbeat_at"] if figures else None
         silent = card is None or (held > 0 and (heartbeat or 0) < now - SILENT_AFTER)
         other_ledger = card is not None and card["ledger"] != ledger_id
@@ -74,7 +90,7 @@ class NodeBoard:
             "ledger": "-" if card is None else ("this ledger" if not other_ledger else card["ledger"]),
             "heartbeat_at": heartbeat,
             "held": held,
-            "rows_per_s": round(int(figures["rows"] or 0) / NODE_RATE_WINDOW, 1) if figures else 0.0,
+            "rows_per_s": round(figures["rows"] / NODE_RATE_WINDOW, 1) if figures else 0.0,
             "error": error,
             "red": silent or refusal is not None or other_ledger,
         }
