@@ -7,7 +7,8 @@ import os
 
 import click
 
-from engine.cli.options import _broker_without_password, db_option, engine_errors
+from engine.cli.ledger import roster_option
+from engine.cli.options import db_option, engine_errors
 from engine.extras import DASHBOARD, require
 
 
@@ -49,14 +50,7 @@ def is_local(host: str) -> bool:
 @click.option(
     "--root-path", default="", metavar="PATH", help="The path a reverse proxy serves the dashboard under, e.g. /engine."
 )
-@click.option(
-    "--broker",
-    envvar="ENGINE_BROKER",
-    default=None,
-    metavar="URL",
-    callback=_broker_without_password,
-    help="The Redis broker whose worker nodes the nodes page shows [env: ENGINE_BROKER; default: none].",
-)
+@roster_option("The Redis broker whose worker nodes the nodes page shows (default: none)")
 @click.option(
     "--trusted-proxy",
     "trusted_proxies",

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from engine.cli.options import _broker_without_password, db_option, engine_errors, row_filter, row_filter_options
+from engine.cli.options import broker_option, db_option, engine_errors, row_filter, row_filter_options
 from engine.ledger import open_store
 from engine.output.export import EXPORT_FORMATS, write_export
 from engine.output.report import REPORT_FORMATS, render, runs_json, runs_table, summarize
@@ -20,17 +20,16 @@ STATUS_FORMATS = ("text", "json")
 WATCH_EVERY = 2.0
 
 
+def roster_option(help: str):
+    """--broker for a command that only reads the worker nodes' roster (``status``, the dashboard)."""
+    return lambda command: broker_option(command, help=help + " [env: ENGINE_BROKER].")
+
+
 @click.command()
 @db_option
 @click.option("--watch", is_flag=True, help="Show the table again every 2 s until Ctrl-C.")
-@click.option(
-    "--broker",
-    envvar="ENGINE_BROKER",
-    default=None,
-    metavar="URL",
-    callback=_broker_without_password,
-    help="Also list the worker nodes alive on this Redis broker: host, pid, version, and whether their "
-    "ledger is this one [env: ENGINE_BROKER].",
+@roster_option(
+    "Also list the worker nodes alive on this Redis broker: host, pid, version, and whether their ledger is this one"
 )
 @click.option(
     "--format",
