@@ -13,12 +13,14 @@ import sqlite3
 import threading
 import time
 
+import anyio
 import httpx
 import pytest
 from conftest import run_engine, status_counts
 from test_cluster import bill_args, kill_tree, nodes  # noqa: F401  (the fixture)
 from test_dashboard import TOKEN, api, as_form, csrf_of, finished_rerun, ledger, rerun_form, serving  # noqa: F401
 
+from engine.dashboard.bounds import Scans, ScanTooLong, open_bounded
 from engine.dashboard.groups import Cause, causes, fold
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -139,17 +141,46 @@ def test_status_and_report_as_json_on_both_ledgers(any_db, customers):
         run_engine(
             "bill", customers(40), "--url", api.charge_url(), "--db", any_db, "--run-id", "j", "--max-attempts", 1
         )
-    listed = json.loads(run_engine("status", "--db", any_db, "--format", "json").stdout)
-    (run,) = [r for r in listed if r["run_id"] == "j"]
-    report = json.loads(run_engine("report", "j", "--db", any_db, "--format", "json").stdout)
-    assert run["state"] == report["state"] == "finished" and run["total"] == report["total"] == 40
-    assert run["failed"] == report["failed"] > 0 and run["succeeded"] == report["succeeded"]
-    # what the summary calls "HTTP 503" is found by --error-contains 503
-    exported = run_engine("export", "j", "--db", any_db, "--error-contains", "503", "--format", "jsonl").stdout
-    rows = [json.loads(line) for line in exported.splitlines()]
-    assert len(rows) == report["failed"] and all(r["http_status"] == 503 and not r["error"] for r in rows)
-    cancelled = run_engine("cancel", "nope", "--db", any_db)
-    assert cancelled.returncode != 0 and "nope" in cancelled.stderr
+        listed = json.loads(run_engine("status", "--db", any_db, "--format", "json").stdout)
+        (run,) = [r for r in listed if r["run_id"] == "j"]
+        report = json.loads(run_engine("report", "j", "--db", any_db, "--format", "json").stdout)
+        assert run["state"] == report["state"] == "finished" and run["total"] == report["total"] == 40
+        assert run["failed"] == report["failed"] > 0 and run["succeeded"] == report["succeeded"]
+        # what the summary calls "HTTP 503" is found by --error-contains 503
+        exported = run_engine("export", "j", "--db", any_db, "--error-contains", "503", "--format", "jsonl").stdout
+        rows = [json.loads(line) for line in exported.splitlines()]
+        assert len(rows) == report["failed"] and all(r["http_status"] == 503 and not r["error"] for r in rows)
+        cancelled = run_engine("cancel", "nope", "--db", any_db)
+        assert cancelled.returncode != 0 and "nope" in cancelled.stderr
+        with open_store(any_db) as store:
+            (group,) = store.failure_groups("j", limit=10)
+            assert group["http_status"] == 503 and group["rows"] == report["failed"] and group["status"] == "failed"
+            assert store.node_figures(0.0) == []
+        api.configure(p503=0.0)  # a rerun's own pass: the failed rows, all succeeded now
+        assert run_engine("rerun", "j", "--db", any_db, "--quiet").returncode == 0
+    again = json.loads(run_engine("report", "j", "--db", any_db, "--format", "json").stdout)
+    assert again["last_pass"] == {
+        "pass_no": 2, "sent": report["failed"], "succeeded": report["failed"],
+        "failed": 0, "rejected": 0, "unknown": 0, "key_conflict": 0, "retrying": 0,
+    }  # fmt: skip
+
+
+def test_a_dashboard_query_is_cut_off_after_its_timeout_with_a_503_of_its_own(any_db):
+    open_store(any_db).close()
+    slow = (
+        "SELECT pg_sleep(2)"
+        if any_db.startswith("postgresql")
+        else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1e8) SELECT count(*) FROM n"
+    )
+
+    def read():
+        with open_bounded(any_db, timeout=0.05) as store:  # as a page opens it: on the thread that reads
+            return store._run(slow).fetchone()
+
+    started = time.monotonic()
+    with pytest.raises(ScanTooLong, match="narrow it"):
+        anyio.run(Scans().answer, "slow", read)
+    assert time.monotonic() - started < 1.5
 
 
 ERROR_ROWS = 300_000
