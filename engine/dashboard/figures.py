@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.dashboard.bounds import too_long
 from engine.errors import LedgerError
 from engine.ledger import Store
 from engine.output.report import scans, summarize
@@ -108,6 +109,9 @@ class Figures:
             self._read(read, how)
         except LedgerError:
             pass  # the next page asks again; a page reading the ledger says what is wrong
+        except Exception as error:  # a read the statement timeout cut off: the next one is due later
+            if not too_long(error):
+                raise
 
     def _read_live(self, run_id: str) -> dict:
         with self.open_ledger() as store:
