@@ -14,8 +14,13 @@ IN_FLIGHT = "in_flight"
 #: A row an operator chose to send again (``rerun`` with a filter, the dashboard's button):
 #: the next pass sends exactly these.
 SELECTED = "selected"
+#: A row an operator marked resolved (settled by hand, outside the run): it leaves the failures
+#: view and no pass ever sends it again (it is in no resend state, and no opt-in names it).
+RESOLVED = "resolved"
+#: The states an operator may mark resolved: ended without succeeding, and no pass holds them.
+RESOLVABLE = (FAILED, REJECTED, UNKNOWN, KEY_CONFLICT)
 #: The states a report counts; a row is done only when it ``succeeded``.
-STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN, KEY_CONFLICT, SELECTED)
+STATES = (PENDING, RETRYING, SUCCEEDED, FAILED, REJECTED, UNKNOWN, KEY_CONFLICT, SELECTED, RESOLVED)
 #: States a later pass sends again by default.
 RESEND_STATES = (PENDING, RETRYING, FAILED, SELECTED)
 

@@ -74,7 +74,7 @@ def browser():
         chromium.close()
 
 
-def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_exactly_them(
+def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_one_group_of_them(
     customers, db, dashboard, browser, start_engine, tmp_path
 ):
     with MockProcess(latency=0.1, p500=0.1, seed=11, lock_keys=False) as api:
@@ -104,8 +104,15 @@ def test_an_operator_watches_a_live_run_filters_its_failures_and_reruns_exactly_
         expect(shown.first).to_have_text("500")
         assert set(shown.all_inner_texts()) == {"500"} and shown.count() == min(failed, 50)
 
+        # failures by cause: one group (failed, HTTP 500, in the 5xx colour), rerun through its filter
+        page.click("#causes-link")
+        group = page.locator("#causes tr.cause")
+        expect(group).to_have_count(1)
+        expect(group.locator("td.rows")).to_have_text(str(failed))
+        assert group.locator("td.s5xx-text").inner_text() == "500"
+        group.locator("a.rerun-group").click()
         api.configure(p500=0.0)
-        # "rerun exactly these": the rows this filter shows, after a confirm that says how many
+        # "rerun exactly these": the rows this group's filter shows, after a confirm that says how many
         expect(page.locator("#rerun-count")).to_contain_text(f"sends {failed} of them")
         asked: list[str] = []
         page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))

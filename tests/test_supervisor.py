@@ -15,7 +15,7 @@ from engine.config import RunSettings
 from engine.ledger.lease import Hold, Holder
 from engine.run.pause import ENDPOINT_DOWN, OPERATOR
 from engine.run.signals import StopRequest
-from engine.run.supervisor import DRAIN_GRACE, PassSupervisor, PassTally
+from engine.run.supervisor import CANCELLED, DRAIN_GRACE, PassSupervisor, PassTally
 
 #: Fake seconds each look of the fake distribution takes.
 STEP = 0.25
@@ -44,6 +44,7 @@ class FakeStore:
         self.renewals: list[tuple[float, tuple | None]] = []
         self.pauses: list[tuple[str, bool]] = []
         self.paused = False
+        self.cancelled = False
         self.clock: FakeClock | None = None
 
     def renew_lease(self, run_id, holder, frontier=None) -> None:
@@ -57,7 +58,10 @@ class FakeStore:
         self.pauses.append((reason, False))
 
     def is_paused(self, run_id) -> bool:
-        return self.paused
+        return self.paused or self.cancelled
+
+    def is_cancelled(self, run_id) -> bool:
+        return self.cancelled
 
 
 class FakeDistribution:
@@ -196,6 +200,15 @@ def test_an_operators_pause_holds_the_senders_back_and_is_noted(store, clock):
     assert distribution.held == [False, True, False]
     assert store.pauses == [(OPERATOR, True), (OPERATOR, False)]
     assert sup.clean
+
+
+def test_an_operators_cancel_holds_the_senders_back_then_drains_and_ends_the_pass(store, clock):
+    distribution = FakeDistribution(clock, drains=True)
+    distribution.on_step = lambda step: setattr(store, "cancelled", step >= 3)
+    sup = supervisor(store, clock)
+    sup.run(distribution)
+    assert sup.gave_up == CANCELLED and not sup.interrupted
+    assert distribution.held[-1] is True and distribution.drain_calls == 1
 
 
 def test_the_first_reason_to_give_up_is_told_and_the_senders_drain_once(store, clock):

@@ -15,7 +15,7 @@ from engine.cli.config import ConfigFileError, load_default_map, wire_environmen
 from engine.cli.config_show import config
 from engine.cli.dashboard import dashboard
 from engine.cli.dashboard_user import dashboard_user
-from engine.cli.ledger import export, pause, purge, report, resume, status
+from engine.cli.ledger import cancel, export, pause, purge, report, resume, status
 from engine.cli.mock import demo, mock_api
 from engine.cli.options import EngineClickError
 from engine.cli.reconcile import reconcile
@@ -108,6 +108,7 @@ for command in (
     pause,
     resume,
     purge,
+    cancel,
     dashboard,
     dashboard_user,
     mock_api,

@@ -7,6 +7,7 @@ import os
 
 import click
 
+from engine.cli.ledger import roster_option
 from engine.cli.options import db_option, engine_errors
 from engine.extras import DASHBOARD, require
 
@@ -49,6 +50,7 @@ def is_local(host: str) -> bool:
 @click.option(
     "--root-path", default="", metavar="PATH", help="The path a reverse proxy serves the dashboard under, e.g. /engine."
 )
+@roster_option("The Redis broker whose worker nodes the nodes page shows (default: none)")
 @click.option(
     "--trusted-proxy",
     "trusted_proxies",
@@ -57,7 +59,7 @@ def is_local(host: str) -> bool:
     help="A reverse proxy whose X-Forwarded-* headers are believed (repeatable).",
 )
 @engine_errors
-def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, root_path, trusted_proxies):
+def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, root_path, broker, trusted_proxies):
     """Serve the web dashboard: runs, a run live, its failures, actions, /metrics.
 
     Read-only unless --allow-actions; then only an operator acts: a user of --users with the
@@ -95,7 +97,7 @@ def dashboard(db, host, port, allow_actions, users_file, login, allowed_hosts, r
         allowed_hosts=tuple(dict.fromkeys(allowed_hosts or (host, *LOCAL_HOSTS))),
         sessions=sessions,
     )
-    app = make_app(db, guard)
+    app = make_app(db, guard, broker=broker)
     if allow_actions:
         warning = rerun_warning(db)
         if warning:

@@ -1,5 +1,5 @@
-"""``status``, ``report``, ``export``, ``pause``, ``resume`` and ``purge``: the commands that read the ledger,
-flag a run, or delete what it no longer needs."""
+"""``status``, ``report``, ``export``, ``pause``, ``resume``, ``cancel`` and ``purge``: the commands that read
+the ledger, flag a run, or delete what it no longer needs."""
 
 from __future__ import annotations
 
@@ -7,39 +7,56 @@ import time
 
 import click
 
-from engine.cli.options import _broker_without_password, db_option, engine_errors, row_filter, row_filter_options
+from engine.cli.options import broker_option, db_option, engine_errors, row_filter, row_filter_options
 from engine.ledger import open_store
 from engine.output.export import EXPORT_FORMATS, run_captures, write_export
-from engine.output.report import REPORT_FORMATS, render, runs_table, scans, summarize
+from engine.output.report import REPORT_FORMATS, render, runs_json, runs_table, scans, summarize
+from engine.run.supervisor import rerun_command
 from engine.states import FAILED
 
+#: What ``status`` prints: a table, or JSON.
+STATUS_FORMATS = ("text", "json")
 #: How often ``status --watch`` reads the ledger again (s).
 WATCH_EVERY = 2.0
+
+
+def roster_option(help: str):
+    """--broker for a command that only reads the worker nodes' roster (``status``, the dashboard)."""
+    return lambda command: broker_option(command, help=help + " [env: ENGINE_BROKER].")
 
 
 @click.command()
 @db_option
 @click.option("--watch", is_flag=True, help="Show the table again every 2 s until Ctrl-C.")
+@roster_option(
+    "Also list the worker nodes alive on this Redis broker: host, pid, version, and whether their ledger is this one"
+)
 @click.option(
-    "--broker",
-    envvar="ENGINE_BROKER",
-    default=None,
-    metavar="URL",
-    callback=_broker_without_password,
-    help="Also list the worker nodes alive on this Redis broker: host, pid, version, and whether their "
-    "ledger is this one [env: ENGINE_BROKER].",
+    "--format",
+    "fmt",
+    type=click.Choice(STATUS_FORMATS),
+    default="text",
+    show_default=True,
+    help="Output format: a table, or JSON (one object per run; not with --watch or --broker).",
 )
 @engine_errors
-def status(db, watch, broker):
+def status(db, watch, broker, fmt):
     """A table of the runs in the ledger, with their counts per state (and the live worker nodes).
+    A run an operator paused shows as ``paused``; one cancelled as ``cancelling`` until its pass ends.
 
     \b
     Example:
         python -m engine status --db engine.db
         python -m engine status --db engine.db --watch
+        python -m engine status --db engine.db --format json
         python -m engine status --db postgresql://billing@db.internal/billing --broker redis://queue.internal:6379/0
     """
+    if fmt == "json" and (watch or broker):
+        raise click.UsageError("--format json lists the runs once: not with --watch or --broker")
     with open_store(db, create=False) as ledger:
+        if fmt == "json":
+            click.echo(runs_json(ledger.list_runs()))
+            return
         while True:
             table = runs_table(ledger.list_runs())
             if broker:
@@ -96,6 +113,23 @@ def resume(run_id, db):
     """
     _flag_paused(run_id, db, False)
     click.echo(f"run {run_id} resumed")
+
+
+@click.command()
+@click.argument("run_id")
+@db_option
+@engine_errors
+def cancel(run_id, db):
+    """Cancel RUN_ID's running pass for good: within a second it starts no new request, in-flight ones
+    finish and are recorded, and the pass ends. The rows not sent stay as they are, for a rerun.
+
+    \b
+    Example:
+        python -m engine cancel run-20261123-101500-ab12 --db engine.db
+    """
+    with open_store(db, create=False) as ledger:
+        ledger.cancel_run(run_id)
+    click.echo(f"run {run_id} cancelled; send the rest later with: {rerun_command(run_id, db)}")
 
 
 def _flag_paused(run_id: str, db: str, paused: bool) -> None:

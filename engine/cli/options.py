@@ -110,16 +110,14 @@ def _broker_without_password(ctx: click.Context, param: click.Parameter, value: 
     return value
 
 
-def broker_option(command):
+def broker_option(
+    command,
+    help: str = "Send through worker nodes (python -m engine worker) over this Redis broker, e.g. "
+    "redis://queue.internal:6379/0 [env: ENGINE_BROKER; default: the local process pool].",
+):
     """--broker: the Celery broker worker nodes take chunks from (a password only from the environment)."""
     return click.option(
-        "--broker",
-        envvar="ENGINE_BROKER",
-        default=None,
-        metavar="URL",
-        callback=_broker_without_password,
-        help="Send through worker nodes (python -m engine worker) over this Redis broker, e.g. "
-        "redis://queue.internal:6379/0 [env: ENGINE_BROKER; default: the local process pool].",
+        "--broker", envvar="ENGINE_BROKER", default=None, metavar="URL", callback=_broker_without_password, help=help
     )(command)
 
 

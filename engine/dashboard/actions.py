@@ -1,5 +1,6 @@
-"""What the dashboard may change: pause, resume, and rerun (exactly the filtered rows, or every
-row not succeeded), each a POST the :class:`~engine.dashboard.guard.Guard` must allow first.
+"""What the dashboard may change: pause, resume, cancel, rerun (exactly the filtered rows (a group,
+one row), or every row not succeeded), and mark a row resolved, each a POST the
+:class:`~engine.dashboard.guard.Guard` must allow first.
 
 A refused action is 403; an unknown run 404; an invalid rerun filter 400, before anything
 starts; a rerun that cannot start here (a missing secret, one already running) 409. A done
@@ -20,6 +21,7 @@ from engine.dashboard.context import Dashboard, dashboard_of
 from engine.dashboard.reruns import described
 from engine.ledger import Store
 from engine.ledger.selection import InvalidFilter, RowFilter
+from engine.states import RESOLVABLE
 
 #: A rerun form's fields that are not the filter's.
 FORM_FIELDS = ("csrf", "token", "scope")
@@ -52,6 +54,7 @@ def guarded(action: Action) -> Callable[[Request], Awaitable[Response]]:
         if refused is not None:
             return refused
         dashboard.figures.forget(run_id)
+        dashboard.scans.forget()
         root = request.scope.get("root_path", "").rstrip("/")
         return RedirectResponse(f"{root}/runs/{quote(run_id)}", status_code=303)
 
@@ -68,6 +71,26 @@ def pause(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tu
 def resume(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, None]:
     store.set_paused(run_id, False)
     return WHOLE_RUN, None
+
+
+@guarded
+def cancel(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, None]:
+    store.cancel_run(run_id)
+    return WHOLE_RUN, None
+
+
+@guarded
+def resolve(dashboard: Dashboard, store: Store, run_id: str, form: FormData) -> tuple[str, Response | None]:
+    """One row, settled by hand: it leaves the failures and is never sent again."""
+    row_id = _text(form.get("row_id"))
+    if not row_id:
+        raise InvalidFilter("invalid filter: resolve names no row_id")
+    rows = RowFilter.from_options(states=RESOLVABLE, row_ids=(row_id,))  # a hostile id: 400
+    named = f"row {row_id}"
+    if not store.mark_resolved(run_id, rows.row_ids):
+        states = "/".join(RESOLVABLE)
+        return named, PlainTextResponse(f"row {row_id!r} of {run_id} is not {states}", status_code=409)
+    return named, None
 
 
 @guarded

@@ -15,15 +15,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.templating import Jinja2Templates
 
+from engine.dashboard.bounds import Scans, open_bounded
 from engine.dashboard.context import Dashboard
 from engine.dashboard.figures import Figures
 from engine.dashboard.guard import Guard, Refused
 from engine.dashboard.headers import SecurityHeaders
 from engine.dashboard.login import RequireLogin
+from engine.dashboard.nodes import NodeBoard
 from engine.dashboard.reruns import Reruns
 from engine.dashboard.routes import ROUTES
 from engine.errors import LedgerError, UnknownRun
-from engine.ledger import open_store
 from engine.ledger.selection import InvalidFilter
 
 #: The pages' templates.
@@ -32,11 +33,12 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates"
 PAGE = 50
 
 
-def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
-    """The dashboard for the ledger ``db``; ``guard`` says whether actions are allowed, and to whom."""
+def make_app(db: str, guard: Guard, page_size: int = PAGE, broker: str | None = None) -> Starlette:
+    """The dashboard for the ledger ``db``; ``guard`` says whether actions are allowed, and to whom;
+    ``broker``: the Redis URL whose roster the nodes page shows."""
     templates = Jinja2Templates(directory=TEMPLATES)
     templates.env.filters["clock"] = _clock
-    open_ledger = functools.partial(open_store, db, create=False)
+    open_ledger = functools.partial(open_bounded, db)
     middleware = [
         Middleware(SecurityHeaders),  # outermost: even a refused Host gets the headers
         Middleware(TrustedHostMiddleware, allowed_hosts=list(guard.allowed_hosts)),
@@ -47,7 +49,16 @@ def make_app(db: str, guard: Guard, page_size: int = PAGE) -> Starlette:
         middleware=middleware,
         exception_handlers={LedgerError: _ledger_error, InvalidFilter: _invalid_filter, Refused: _refused},
     )
-    app.state.dashboard = Dashboard(open_ledger, guard, Figures(open_ledger), Reruns(db), templates, page_size)
+    app.state.dashboard = Dashboard(
+        open_ledger,
+        guard,
+        Figures(open_ledger),
+        Reruns(db),
+        templates,
+        page_size,
+        Scans(),
+        NodeBoard(broker) if broker else None,
+    )
     return app
 
 

@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from engine.dashboard.bounds import Scans
 from engine.dashboard.figures import Figures
 from engine.dashboard.guard import Guard
+from engine.dashboard.nodes import NodeBoard
 from engine.dashboard.reruns import Reruns
 from engine.dashboard.users import OPERATOR
 from engine.ledger import Store
@@ -28,8 +30,12 @@ class Dashboard:
     templates: Jinja2Templates
     #: Rows per page of failures.
     page_size: int
+    #: The heavy reads' threads and their short-lived answers.
+    scans: Scans
+    #: The worker nodes' roster on the broker, if the dashboard was given one.
+    nodes: NodeBoard | None = None
 
-    def page(self, request: Request, name: str, **context) -> HTMLResponse:
+    def page(self, request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         """The template ``name`` filled with ``context``, whether actions are on and who may take
         them, who is logged in, and the path the dashboard is served under."""
         user = self.guard.user(request)
@@ -38,7 +44,7 @@ class Dashboard:
             "user": user,
             "root": request.scope.get("root_path", "").rstrip("/"),
         }
-        return self.templates.TemplateResponse(request, name, {**shared, **context})
+        return self.templates.TemplateResponse(request, name, {**shared, **context}, status_code=status_code)
 
     def blocked(self, run_id: str) -> str | None:
         """Why a rerun of ``run_id`` cannot start from here, or None."""

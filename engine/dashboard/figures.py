@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.dashboard.bounds import too_long
 from engine.errors import LedgerError
 from engine.ledger import Store
 from engine.output.report import scans, summarize
@@ -29,6 +30,8 @@ LATENCY_EDGES = (50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
 RATE_WINDOW, RATE_BUCKET = 300.0, 5.0
 #: How far back the speed now (and the ETA) looks (s).
 RECENT = 10.0
+#: The shortest span of reads a speed is measured over (s): before it, none is shown.
+MEASURED_OVER = 1.0
 
 
 @dataclass
@@ -106,24 +109,38 @@ class Figures:
             self._read(read, how)
         except LedgerError:
             pass  # the next page asks again; a page reading the ledger says what is wrong
+        except Exception as error:  # a read the statement timeout cut off: the next one is due later
+            if not too_long(error):
+                raise
 
     def _read_live(self, run_id: str) -> dict:
         with self.open_ledger() as store:
             summary = summarize(store, run_id, live=True)
-        rate = self._rows_per_second(run_id, summary["done"])
+        rate = self._rows_per_second(run_id, summary["done"], moving=summary["state"] == "running")
         left = summary["pending"]
-        return {**summary, "rows_per_s": round(rate, 1), "eta_s": round(left / rate) if rate and left else None}
+        return {
+            **summary,
+            "rows_per_s": None if rate is None else round(rate, 1),
+            "eta_s": round(left / rate) if rate and left else None,
+        }
 
-    def _rows_per_second(self, run_id: str, done: int) -> float:
-        """Rows done per second over the last :data:`RECENT` s of reads (0 until two reads)."""
+    def _rows_per_second(self, run_id: str, done: int, moving: bool) -> float | None:
+        """Rows done per second over a window sliding over the last :data:`RECENT` s of reads: None
+        until two reads :data:`MEASURED_OVER` s apart, and while the run is not ``moving`` (finished,
+        paused: its window starts again when it moves, so a pause never counts down the ETA)."""
         now = time.time()
         with self.lock:
             seen = self.done_at.setdefault(run_id, deque())
+            if not moving:
+                seen.clear()
+                return None
             seen.append((now, done))
             while len(seen) > 2 and now - seen[1][0] >= RECENT:
                 seen.popleft()
             then, done_then = seen[0]
-        return (done - done_then) / (now - then) if now > then and done >= done_then else 0.0
+        if now - then < MEASURED_OVER or done < done_then:
+            return None
+        return (done - done_then) / (now - then)
 
     def _read_details(self, run_id: str) -> dict:
         with self.open_ledger() as store:

@@ -14,7 +14,7 @@ from engine.output.report import per_second
 
 class LedgerCollector(Collector):
     """At each scrape, the figures the pages show: rows by status, attempts by HTTP status, latency,
-    rate, paused (read no more often than :class:`Figures` reads them for the pages)."""
+    rate, paused, state (read no more often than :class:`Figures` reads them for the pages)."""
 
     def __init__(self, open_ledger: Callable[[], Store], figures: Figures):
         self.open_ledger, self.figures = open_ledger, figures
@@ -29,6 +29,11 @@ class LedgerCollector(Collector):
         )
         rate = GaugeMetricFamily("batch_engine_requests_per_second", "Attempts per second of a run.", labels=["run"])
         paused = GaugeMetricFamily("batch_engine_paused", "1 while an operator has paused the run.", labels=["run"])
+        state = GaugeMetricFamily(
+            "batch_engine_run_state",
+            "1 for the run's state as status shows it (paused included).",
+            labels=["run", "state"],
+        )
         with self.open_ledger() as ledger:
             run_ids = ledger.run_ids()
         for run_id in run_ids:
@@ -36,6 +41,7 @@ class LedgerCollector(Collector):
             for status in ("succeeded", "failed", "rejected", "unknown", "key_conflict", "pending"):
                 rows.add_metric([run_id, status], live[status])
             paused.add_metric([run_id], int(live["paused"]))
+            state.add_metric([run_id, live["state"]], 1)
             details = self.figures.details(run_id)
             if details is None:  # the first read is under way: the next scrape has them
                 continue
@@ -47,7 +53,7 @@ class LedgerCollector(Collector):
                 buckets.append(("+Inf" if edge == float("inf") else str(edge), cumulative))
             latency.add_metric([run_id], buckets, sum_value=None)
             rate.add_metric([run_id], per_second(details["attempts"], live["elapsed_s"]))
-        yield from (rows, answers, latency, rate, paused)
+        yield from (rows, answers, latency, rate, paused, state)
 
 
 def registry(open_ledger: Callable[[], Store], figures: Figures) -> CollectorRegistry:

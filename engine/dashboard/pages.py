@@ -13,13 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from engine.dashboard.charts import bars
+from engine.dashboard.charts import bars, line, status_class
 from engine.dashboard.context import Dashboard, dashboard_of
 from engine.dashboard.figures import LATENCY_EDGES, RATE_BUCKET, RATE_WINDOW
 from engine.dashboard.metrics import registry
 from engine.ledger.selection import MAX_TEXT, OPT_INS, RISKS, InvalidFilter, RowFilter
-from engine.states import STATES, SUCCEEDED
+from engine.states import FAILED, REJECTED, RESOLVABLE, STATES, SUCCEEDED, UNKNOWN
 
+#: The states a row's page offers to retry (rejected and unknown behind their opt-in).
+RETRYABLE = (FAILED, REJECTED, UNKNOWN)
 #: A row number (``after``): ASCII digits that fit in a signed 64-bit integer (a database's).
 _ROW_NUMBER = re.compile(r"[0-9]{1,18}")
 
@@ -63,15 +65,19 @@ def charts(request: Request) -> HTMLResponse:
     )
 
 
-def failures(request: Request) -> HTMLResponse:
+async def failures(request: Request) -> HTMLResponse:
     dashboard, run_id = dashboard_of(request), request.path_params["run_id"]
     rows = RowFilter.from_query(request.query_params.multi_items(), ignore=("after",))
     after = _after(request.query_params.getlist("after"))
     size, actions = dashboard.page_size, dashboard.guard.enabled
-    with dashboard.open_ledger() as store:
-        store.get_run(run_id)
-        found = store.find_rows(run_id, rows, after_rid=after, limit=size + 1)
-        counts = store.count_rows(run_id, rows) if actions else {}
+
+    def read() -> tuple[list[dict], dict[str, int]]:
+        with dashboard.open_ledger() as store:
+            store.get_run(run_id)
+            found = store.find_rows(run_id, rows, after_rid=after, limit=size + 1)
+            return found, store.count_rows(run_id, rows) if actions else {}
+
+    found, counts = await dashboard.scans.answer(("failures", run_id, rows, after, actions), read)
     return dashboard.page(
         request,
         "failures.html",
@@ -80,7 +86,7 @@ def failures(request: Request) -> HTMLResponse:
         next_after=found[size - 1]["rid"] if len(found) > size else None,
         query=dict(request.query_params),
         chosen=rows,
-        rerun=_rerun_form(rows, counts),
+        rerun=rerun_form(rows, counts),
         csrf=dashboard.guard.csrf(run_id),
         states=STATES,
         blocked=dashboard.blocked(run_id) if actions else None,
@@ -97,7 +103,18 @@ def row(request: Request) -> Response:
         if not found:
             return PlainTextResponse(f"no row {row_id!r} in run {run_id!r}", status_code=404)
         attempts = store.row_attempts(found[0]["rid"])
-    return dashboard.page(request, "row.html", run_id=run_id, row=found[0], attempts=attempts)
+    state = found[0]["status"]
+    retry = RowFilter.from_options(states=(state,), row_ids=(row_id,))
+    return dashboard.page(
+        request,
+        "row.html",
+        run_id=run_id,
+        row=found[0],
+        attempts=attempts,
+        retry=rerun_form(retry, {state: 1}) if state in RETRYABLE else None,
+        resolvable=state in RESOLVABLE,
+        csrf=dashboard.guard.csrf(run_id),
+    )
 
 
 def metrics(request: Request) -> Response:
@@ -105,12 +122,18 @@ def metrics(request: Request) -> Response:
     return Response(generate_latest(registry(dashboard.open_ledger, dashboard.figures)), media_type=CONTENT_TYPE_LATEST)
 
 
-def _rerun_form(rows: RowFilter, counts: dict[str, int]) -> dict:
+def rerun_form(rows: RowFilter, counts: dict[str, int]) -> dict:
     """What the "rerun exactly these" form says: how many rows it sends, and the tick box of each
     state held back without an opt-in (how many rows, what it risks)."""
     sendable = set(rows.sendable().states) - {SUCCEEDED}
     held = [
-        {"state": state, "field": OPT_INS[state], "count": counts[state], "risk": RISKS[state]}
+        {
+            "state": state,
+            "field": OPT_INS[state],
+            "count": counts[state],
+            "risk": RISKS[state],
+            "checked": getattr(rows, OPT_INS[state]),
+        }
         for state in rows.held_back()
         if counts.get(state)
     ]
@@ -140,13 +163,18 @@ def _charts(details: dict) -> list[str]:
     starts = [since + n * RATE_BUCKET for n in range(int(RATE_WINDOW / RATE_BUCKET))]
     answers = details["http_status"]
     return [
-        bars(
-            [round(per_bucket.get(t, 0) / RATE_BUCKET) for t in starts],
+        line(
+            [round(per_bucket.get(t, 0) / RATE_BUCKET, 1) for t in starts],
             [f"-{RATE_WINDOW - (t - since):.0f}s" for t in starts],
             "requests/s, last 5 minutes",
         ),
         bars(details["latency_histogram"], labels, "latency of each row's last answer (ms)"),
-        bars(list(answers.values()), list(answers), "answers by HTTP status / curl error"),
+        bars(
+            list(answers.values()),
+            list(answers),
+            "answers by HTTP status / curl error",
+            [status_class(outcome) for outcome in answers],
+        ),
     ]
 
 

@@ -8,7 +8,7 @@ import os
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from engine.dashboard import actions, login, pages
+from engine.dashboard import actions, login, ops_pages, pages
 
 #: The stylesheet and the script the pages load.
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -19,6 +19,8 @@ ROUTES: list[BaseRoute] = [
     Route("/runs/{run_id}/live.json", pages.live),
     Route("/runs/{run_id}/charts", pages.charts),
     Route("/runs/{run_id}/failures", pages.failures),
+    Route("/runs/{run_id}/causes", ops_pages.failure_causes),
+    Route("/nodes", ops_pages.nodes),
     Route("/runs/{run_id}/rows/{row_id}", pages.row),
     Route("/metrics", pages.metrics),
     Route("/login", login.login_page),
@@ -27,5 +29,7 @@ ROUTES: list[BaseRoute] = [
     Route("/runs/{run_id}/pause", actions.pause, methods=["POST"]),
     Route("/runs/{run_id}/resume", actions.resume, methods=["POST"]),
     Route("/runs/{run_id}/rerun", actions.rerun, methods=["POST"]),
+    Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"]),
+    Route("/runs/{run_id}/resolve", actions.resolve, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]

@@ -185,6 +185,11 @@ class RunBook(Ledger):
         """Append to the audit log: ``who`` did ``action`` on ``rows`` of ``run_id`` now, and its ``outcome``."""
 
 
+#: The run's ``paused`` flag once an operator cancelled it (1 is a pause): its pass stops starting rows
+#: and ends; the next pass clears it.
+CANCELLED_FLAG = 2
+
+
 class PassLedger(Ledger):
     """A pass's writes: the pages it sends, the answers it records, its lease, its pauses."""
 
@@ -243,7 +248,21 @@ class PassLedger(Ledger):
         """Ask the run's pass to stop starting requests (in-flight ones finish), or to go on."""
 
     @abstractmethod
-    def is_paused(self, run_id: str) -> bool: ...
+    def is_paused(self, run_id: str) -> bool:
+        """Paused or cancelled: the pass starts nothing new."""
+
+    @abstractmethod
+    def cancel_run(self, run_id: str) -> None:
+        """Ask the run's pass to end for good: it starts nothing new, in-flight rows finish, the rest
+        stays for a rerun (which clears the cancel)."""
+
+    @abstractmethod
+    def is_cancelled(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def mark_resolved(self, run_id: str, row_ids: Iterable[str]) -> int:
+        """Rows of ``run_id`` (by id) that ended without succeeding become ``resolved``: settled by an
+        operator, never sent again; how many."""
 
     @abstractmethod
     def pause_began(self, run_id: str, reason: str) -> None:
@@ -386,6 +405,20 @@ class LedgerReader(Ledger):
     @abstractmethod
     def audit(self, run_id: str, limit: int = 50) -> list[dict]:
         """The run's last ``limit`` actions, newest first: ``at``, ``who``, ``action``, ``rows``, ``outcome``."""
+
+    @abstractmethod
+    def failure_groups(self, run_id: str, limit: int) -> list[dict]:
+        """The run's failures by state, HTTP status, curl error and error text (at most ``limit`` of the
+        commonest): ``status``, ``http_status``, ``curl_error``, ``error``, ``rows`` and an example ``row_id``."""
+
+    @abstractmethod
+    def node_figures(self, since: float) -> list[dict]:
+        """Each worker node named by a chunk: ``node``, ``held`` (chunks it is sending), ``heartbeat_at``
+        (its last renewal, the database's clock), ``rows`` it finished since ``since``."""
+
+    @abstractmethod
+    def rows_since(self, run_id: str, since: float) -> dict[str, int]:
+        """Rows of ``run_id`` per state among those attempted since ``since`` (a pass's own rows)."""
 
     @abstractmethod
     def passes(self, run_id: str) -> list[dict]:

@@ -198,9 +198,9 @@ class RowFilter:
         if self.row_ids:
             clauses.append(f"row_id IN ({', '.join('?' for _ in self.row_ids)})")
             params += self.row_ids
-        if self.error_contains:
-            clauses.append(f"error {like} ? ESCAPE '\\'")
-            params.append("%" + _escape_like(self.error_contains) + "%")
+        if self.error_contains:  # the error, or the HTTP status as the summary names it ("HTTP 503")
+            clauses.append(f"(error {like} ? ESCAPE '\\' OR ('HTTP ' || http_status) {like} ? ESCAPE '\\')")
+            params += ["%" + _escape_like(self.error_contains) + "%"] * 2
         return " AND ".join(clauses), tuple(params)
 
     def describe(self) -> str:

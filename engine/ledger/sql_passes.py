@@ -8,10 +8,10 @@ from collections.abc import Iterable, Iterator
 
 from engine.ledger import lease as leases
 from engine.ledger.lease import Hold, Holder
-from engine.ledger.roles import Page, PassLedger
+from engine.ledger.roles import CANCELLED_FLAG, Page, PassLedger
 from engine.ledger.sql_base import SQLBase
 from engine.ledger.store import LeaseHeld, LeaseLost
-from engine.states import UNKNOWN
+from engine.states import RESOLVABLE, RESOLVED, UNKNOWN
 
 
 class SQLPassLedger(SQLBase, PassLedger):
@@ -47,7 +47,12 @@ class SQLPassLedger(SQLBase, PassLedger):
             self._run(
                 "INSERT INTO passes (run_id, pass_no, started_at) VALUES (?, ?, ?)", (run_id, number, time.time())
             )
-            self._run("UPDATE runs SET state = 'running' WHERE run_id = ?", (run_id,))
+            # a cancel ends the pass it stopped; a later pass is started on purpose
+            self._run(
+                "UPDATE runs SET state = 'running', paused = CASE WHEN paused = ? THEN 0 ELSE paused END"
+                " WHERE run_id = ?",
+                (CANCELLED_FLAG, run_id),
+            )
         return number
 
     def end_pass(self, run_id: str, pass_no: int, state: str) -> None:
@@ -107,6 +112,26 @@ class SQLPassLedger(SQLBase, PassLedger):
 
     def is_paused(self, run_id: str) -> bool:
         return bool(self._value("SELECT coalesce(max(paused), 0) FROM runs WHERE run_id = ?", (run_id,)))
+
+    def cancel_run(self, run_id: str) -> None:
+        with self._transaction():
+            if not self._run("UPDATE runs SET paused = ? WHERE run_id = ?", (CANCELLED_FLAG, run_id)).rowcount:
+                raise self._unknown_run(run_id)
+
+    def is_cancelled(self, run_id: str) -> bool:
+        return self._value("SELECT coalesce(max(paused), 0) FROM runs WHERE run_id = ?", (run_id,)) == CANCELLED_FLAG
+
+    def mark_resolved(self, run_id: str, row_ids: Iterable[str]) -> int:
+        ids = tuple(row_ids)
+        if not ids:
+            return 0
+        membership, state_params = self._in(RESOLVABLE)
+        with self._transaction():
+            return self._run(
+                f"UPDATE requests SET status = ?, updated_at = ? WHERE run_id = ? AND status {membership}"
+                f" AND row_id IN ({', '.join('?' for _ in ids)})",
+                (RESOLVED, time.time(), run_id, *state_params, *ids),
+            ).rowcount
 
     def pause_began(self, run_id: str, reason: str) -> None:
         with self._transaction():

@@ -8,11 +8,15 @@ from collections.abc import Iterable
 
 from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader
 from engine.ledger.schema import SENT, UNSETTLED
-from engine.ledger.selection import RowFilter
+from engine.ledger.selection import NOT_SUCCEEDED, RowFilter
 from engine.ledger.sql_base import SQLBase
-from engine.states import PENDING, STATES, SUCCEEDED
+from engine.states import CHUNK_DONE, CHUNK_RUNNING, PENDING, STATES, SUCCEEDED
 from engine.wire import Attempt
 
+#: What :meth:`SQLReader.failure_groups` gives of each group.
+GROUP_COLUMNS = ("status", "http_status", "curl_error", "error", "rows", "row_id")
+#: What :meth:`SQLReader.node_figures` gives of each node.
+NODE_COLUMNS = ("node", "held", "heartbeat_at", "rows")
 #: What :meth:`SQLReader.audit` gives of each action.
 AUDIT_COLUMNS = ("at", "who", "action", "rows", "outcome")
 
@@ -21,8 +25,13 @@ class SQLReader(SQLBase, LedgerReader):
     """What reports and the dashboard read, in SQL."""
 
     def list_runs(self) -> list[dict]:
-        runs = self._run("SELECT run_id, created_at, state, total FROM runs ORDER BY created_at").fetchall()
-        return [{"run_id": r, "created_at": c, "state": s, "total": t, **self.counts(r)} for r, c, s, t in runs]
+        runs = self._run(
+            "SELECT run_id, created_at, state, total, coalesce(paused, 0) FROM runs ORDER BY created_at"
+        ).fetchall()
+        return [
+            {"run_id": r, "created_at": c, "state": s, "total": t, "paused": p, **self.counts(r)}
+            for r, c, s, t, p in runs
+        ]
 
     def counts(self, run_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
@@ -120,6 +129,37 @@ class SQLReader(SQLBase, LedgerReader):
             (run_id, limit),
         )
         return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+    def failure_groups(self, run_id: str, limit: int) -> list[dict]:
+        membership, state_params = self._in(NOT_SUCCEEDED)
+        cursor = self._run(
+            "SELECT status, http_status, curl_error, error, count(*), min(row_id) FROM requests"
+            f" WHERE run_id = ? AND {UNSETTLED} AND status {membership}"  # the failures' index
+            " GROUP BY status, http_status, curl_error, error ORDER BY 5 DESC LIMIT ?",
+            (run_id, *state_params, limit),
+        )
+        return [dict(zip(GROUP_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+    def node_figures(self, since: float) -> list[dict]:
+        cursor = self._run(
+            f"SELECT node, sum(CASE WHEN state = '{CHUNK_RUNNING}' THEN 1 ELSE 0 END), max(heartbeat_at),"
+            f" coalesce(sum(CASE WHEN state = '{CHUNK_DONE}' AND finished_at >= ? THEN rows ELSE 0 END), 0)"
+            " FROM chunks WHERE node IS NOT NULL GROUP BY node ORDER BY node",
+            (since,),
+        )
+        return [dict(zip(NODE_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+    def rows_since(self, run_id: str, since: float) -> dict[str, int]:
+        low, high = self._run("SELECT min(rid), max(rid) FROM requests WHERE run_id = ?", (run_id,)).fetchone()
+        if low is None:
+            return {}
+        cursor = self._run(  # a run's rids are one range, and attempts are keyed by rid
+            "SELECT r.status, count(*) FROM requests r WHERE r.run_id = ? AND EXISTS"
+            " (SELECT 1 FROM attempts a WHERE a.rid = r.rid AND a.rid BETWEEN ? AND ? AND a.started_at >= ?)"
+            " GROUP BY r.status",
+            (run_id, low, high, since),
+        )
+        return dict(cursor.fetchall())
 
     def passes(self, run_id: str) -> list[dict]:
         cursor = self._run(

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from engine.ledger import Store
+from engine.ledger.roles import CANCELLED_FLAG
 from engine.output.export import run_captures
 from engine.states import (
     FAILED,
@@ -16,6 +17,7 @@ from engine.states import (
     KEY_CONFLICT,
     PENDING,
     REJECTED,
+    RESOLVED,
     RETRYING,
     SELECTED,
     SUCCEEDED,
@@ -44,9 +46,10 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     total = sum(counts.values())  # the rows loaded so far, while it loads
     left = not_yet_sent(counts)
     done = total - left
+    paused, cancelled = ledger.is_paused(run_id), ledger.is_cancelled(run_id)
     summary = {
         "run_id": run_id,
-        "state": run["state"],
+        "state": shown_state(run["state"], paused, cancelled),
         "created_at": run["created_at"],
         "total": total,
         "succeeded": counts[SUCCEEDED],
@@ -54,12 +57,14 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
         "rejected": counts[REJECTED],
         "unknown": counts[UNKNOWN],
         "key_conflict": counts[KEY_CONFLICT],
+        "resolved": counts[RESOLVED],
         "pending": left,
         "done": done,
         "progress": round(done / total, 4) if total else 1.0,
         "elapsed_s": round(elapsed, 3),
         "average_rows_per_s": round(per_second(done, elapsed), 1),
-        "paused": ledger.is_paused(run_id),
+        "paused": paused,
+        "cancelled": cancelled,
         "insecure": bool(run["options"].get("insecure")),
         "passes": passes,
         "finished_at": passes[-1]["finished_at"] if passes else None,
@@ -71,7 +76,23 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     summary["purged_at"] = run.get("purged_at")
     summary.update(answers(ledger, run_id, run))
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
+    if len(passes) > 1:  # a rerun: what this pass did, apart from the whole run
+        summary["last_pass"] = last_pass(ledger, run_id, passes[-1])
     return summary
+
+
+def shown_state(state: str, paused: bool, cancelled: bool = False) -> str:
+    """The run's state as an operator reads it: a running run an operator paused is ``paused``, one
+    cancelled is ``cancelling`` until its pass ends."""
+    if state != "running" or not paused:
+        return state
+    return "cancelling" if cancelled else "paused"
+
+
+def last_pass(ledger: Store, run_id: str, the_pass: dict) -> dict:
+    """The rows ``the_pass`` sent (attempted since it began), per state they are in now."""
+    counts = ledger.rows_since(run_id, the_pass["started_at"])
+    return {"pass_no": the_pass["pass_no"], "sent": sum(counts.values()), **{s: counts.get(s, 0) for s in PASS_STATES}}
 
 
 def scans(ledger: Store, run_id: str) -> dict:
@@ -116,12 +137,18 @@ def _top_error(ledger: Store, run_id: str) -> dict | None:
     return None if found is None else {"error": found[0], "rows": found[1]}
 
 
+#: The states a pass's own counts name.
+PASS_STATES = (SUCCEEDED, FAILED, REJECTED, UNKNOWN, KEY_CONFLICT, RETRYING)
+
+
 def render(summary: dict, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(summary, indent=2)
     if fmt == "csv":
         flat = {
-            k: v for k, v in summary.items() if not isinstance(v, (dict, list)) and k not in ("top_error", "chunks")
+            k: v
+            for k, v in summary.items()
+            if not isinstance(v, (dict, list)) and k not in ("top_error", "chunks", "last_pass")
         }
         flat.update({f"latency_{k}_ms": v for k, v in summary["latency_ms"].items()})
         flat.update({f"http_{k}": v for k, v in summary["http_status"].items()})
@@ -142,7 +169,8 @@ def _text(s: dict) -> str:
         f"run {s['run_id']} ({s['state']})",
         f"  rows       {s['total']}: {s['succeeded']} succeeded{replays}, {s['failed']} failed, "
         f"{s['rejected']} rejected, {s['unknown']} unknown, {s.get('key_conflict', 0)} key conflicts,"
-        f" {s['pending']} not yet sent",
+        f" {s['pending']} not yet sent" + (f", {s['resolved']} resolved by hand" if s.get("resolved") else ""),
+        *_last_pass(s.get("last_pass")),
         f"  attempts   {s['attempts']} in {s['elapsed_s']:.1f} s ({s['requests_per_s']:.0f} requests/s)",
         f"  latency    p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}",
         f"  responses  {statuses}",
@@ -170,6 +198,13 @@ def _text(s: dict) -> str:
     if s.get("insecure"):
         lines.append("  WARNING    TLS certificates were not verified (--insecure)")
     return "\n".join(lines)
+
+
+def _last_pass(counts: dict | None) -> list[str]:
+    if not counts:
+        return []
+    named = ", ".join(f"{counts[state]} {state.replace('_', ' ')}" for state in PASS_STATES if counts[state])
+    return [f"  pass {counts['pass_no']:<5} {counts['sent']} rows sent by this pass" + (f": {named}" if named else "")]
 
 
 #: Width the summary's advice is wrapped to, and the indent of its continuation lines.
@@ -223,7 +258,7 @@ def runs_table(runs: list[dict]) -> str:
     rows = [
         (
             r["run_id"],
-            r["state"],
+            _listed_state(r),
             r["total"],
             r[SUCCEEDED],
             r[FAILED],
@@ -236,3 +271,17 @@ def runs_table(runs: list[dict]) -> str:
     ]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows))
+
+
+def _listed_state(run: dict) -> str:
+    return shown_state(run["state"], bool(run["paused"]), run["paused"] == CANCELLED_FLAG)
+
+
+def runs_json(runs: list[dict]) -> str:
+    """The ``status`` command's runs as JSON: one object per run, its state as the table shows it."""
+    listed = [
+        {**{k: v for k, v in run.items() if k != "paused"}, "state": _listed_state(run), "paused": bool(run["paused"])}
+        | {"not_yet_sent": not_yet_sent(run)}
+        for run in runs
+    ]
+    return json.dumps(listed, indent=2)

@@ -30,6 +30,8 @@ from engine.wire import ATTEMPT, OUTCOME, RID
 
 #: Extra time, beyond --timeout, that senders get to finish in-flight transfers on Ctrl-C (s).
 DRAIN_GRACE = 5.0
+#: Why a pass an operator cancelled (``engine cancel``, the dashboard's button) ended.
+CANCELLED = "cancelled by an operator"
 #: Ctrl-Cs after which a pass stops at once instead of draining.
 STOP_NOW = 2
 
@@ -202,7 +204,10 @@ class PassSupervisor:
                 self._watch_failure_rate()
                 self._watch_outage()
                 distribution.watch()
-                distribution.hold_back(self.operator.check(self.say))
+                paused = self.operator.check(self.say)
+                distribution.hold_back(paused)
+                if paused and not self.stopping and self.ledger.is_cancelled(self.run_id):
+                    self.give_up(CANCELLED)  # in-flight rows finish; the rest stays for a rerun
                 self.heartbeat()
 
     def _stopped(self) -> bool:

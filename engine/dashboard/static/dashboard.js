@@ -1,14 +1,18 @@
 // The run page, live: counts every second, charts and passes every 3 s; a rerun form asks to confirm
 // how many rows it sends. Nothing else; no library.
 (function () {
-  const form = document.getElementById("rerun-form");
-  if (!form) return;
-  form.addEventListener("submit", (event) => {
-    const boxes = [...form.querySelectorAll("input[type=checkbox]:checked")];
-    const count = boxes.reduce((n, box) => n + Number(box.dataset.count), Number(form.dataset.count));
-    const risk = boxes.length ? "\n\nIncluding rows that may have been charged already: resending can charge those customers twice." : "";
-    if (!window.confirm(`Send ${count} rows of ${form.dataset.run} again?${risk}`)) event.preventDefault();
-  });
+  for (const form of document.querySelectorAll("form.confirm")) {
+    form.addEventListener("submit", (event) => {
+      if (form.dataset.ask) {
+        if (!window.confirm(form.dataset.ask)) event.preventDefault();
+        return;
+      }
+      const boxes = [...form.querySelectorAll("input[type=checkbox]:checked")];
+      const count = boxes.reduce((n, box) => n + Number(box.dataset.count), Number(form.dataset.count));
+      const risk = boxes.length ? "\n\nIncluding rows that may have been charged already: resending can charge those customers twice." : "";
+      if (!window.confirm(`Send ${count} rows of ${form.dataset.run} again?${risk}`)) event.preventDefault();
+    });
+  }
 })();
 (function () {
   const live = document.getElementById("live");
@@ -24,10 +28,11 @@
       for (const k of ["state", "done", "succeeded", "failed", "rejected", "unknown", "key_conflict", "pending"]) set(k, s[k]);
       set("attempts", s.attempts ?? "-");
       for (const q of ["p50", "p95", "p99"]) set(q, s.latency_ms[q] ?? "-");
-      set("rate", Math.round(s.rows_per_s));
+      set("rate", s.rows_per_s == null ? "-" : Math.round(s.rows_per_s));
       set("eta", s.eta_s ?? "-");
       document.getElementById("bar").value = s.progress;
       document.getElementById("paused").hidden = !s.paused;
+      document.getElementById("paused").textContent = s.cancelled ? "cancelled" : "paused";
       document.getElementById("rerun").hidden = !s.rerun_running;
       if (s.rerun) {
         document.getElementById("rerun-status").hidden = false;
