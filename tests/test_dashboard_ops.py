@@ -16,8 +16,8 @@ import time
 import anyio
 import httpx
 import pytest
-from conftest import run_engine, status_counts
-from test_cluster import bill_args, kill_tree, nodes  # noqa: F401  (the fixture)
+from conftest import bill_args, run_engine, status_counts
+from test_cluster import kill_tree, nodes  # noqa: F401  (the fixture)
 from test_dashboard import TOKEN, api, as_form, csrf_of, finished_rerun, ledger, rerun_form, serving  # noqa: F401
 
 from engine.dashboard.bounds import Scans, ScanTooLong, open_bounded
@@ -236,7 +236,7 @@ def test_the_nodes_page_shows_two_nodes_during_a_run_and_a_silent_one_in_red(
         assert "no broker" in web.get("/nodes").text
     first, second = nodes(2)
     with MockProcess(latency=0.3, lock_keys=False) as api:
-        coordinator = start_engine(*bill_args(customers(1500), api, postgres_url, broker, "n"), "--quiet")
+        coordinator = start_engine(*bill_args(customers(1500), api, postgres_url, "n", broker=broker), "--quiet")
         with serving(postgres_url, "--broker", broker) as (web, _):
 
             def held() -> list[str]:

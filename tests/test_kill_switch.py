@@ -118,5 +118,5 @@ def test_the_kill_switch_stops_every_worker_node(customers, postgres_url, broker
         assert result.returncode == 4, result.stderr
         assert "stopped by the kill switch" in result.stdout
         counts = status_counts(postgres_url, "kn")
-        assert counts["pending"] > 3000, counts
-        assert api.stats()["requests"] < 3000
+        assert counts["pending"] > 1500, counts  # stopped well before the end, on both nodes
+        assert api.stats()["requests"] < 4500  # the stop reached both nodes well before the end

@@ -215,7 +215,7 @@ def _look_up(
     try:
         while not ending() and (page := ledger.find_rows(run_id, rows, after_rid=after, limit=PAGE)):
             after = page[-1]["rid"]
-            records = sender.send([_dispatch(row) for row in page], fence, ending)
+            records = sender.send([_dispatch(row, settings.id_field) for row in page], fence, ending)
             if fence.lost:
                 raise LeaseLost(f"run {run_id!r}: another process took over this run's lease; stopping")
             settled = settle(
@@ -232,9 +232,11 @@ def _look_up(
     result.gave_up = ending.gave_up
 
 
-def _dispatch(row: dict) -> Dispatch:
-    """A found row as the sender takes it, its idempotency key in the payload as ``{key}``."""
-    fields = json.loads(row["payload"])
+def _dispatch(row: dict, id_field: str) -> Dispatch:
+    """A found row as the sender takes it, its idempotency key in the payload as ``{key}`` and its id
+    as the run's id field (a payload dropped by ``--keep-payload`` still has both)."""
+    fields = json.loads(row["payload"]) if row["payload"] else {}
+    fields.setdefault(id_field, row["row_id"])
     fields[KEY_FIELD] = row["idempotency_key"]
     return Dispatch(row["rid"], row["row_id"], json.dumps(fields), row["idempotency_key"], row["attempts"] or 0)
 

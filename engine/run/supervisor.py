@@ -36,6 +36,11 @@ CANCELLED = "cancelled by an operator"
 STOP_NOW = 2
 
 
+#: "Try again" answers in a row after which a row weighs as refused for the kill switch (a random
+#: 50 % of 500s makes one row in eight look so; a customer that always fails, every one).
+DOUBTED_AFTER = 3
+
+
 @dataclass
 class PassTally:
     """Counts of a pass, for progress and the end-of-pass line."""
@@ -46,8 +51,8 @@ class PassTally:
     retries: int = 0
     #: Rows that ended ``rejected`` or ``failed`` in this pass: what the kill switch weighs.
     refused: int = 0
-    #: Rows answered "try again" a second time in this pass and not final yet: a customer that keeps
-    #: failing (not a blip, which the first retry rides out) weighs as refused until its row ends.
+    #: Rows answered "try again" :data:`DOUBTED_AFTER` times in this pass and not final yet: a customer
+    #: that keeps failing (not a blip, which the first retries ride out) weighs as refused until its row ends.
     doubted: set[int] = field(default_factory=set)
 
     @property
@@ -59,7 +64,7 @@ class PassTally:
         """Follow the rows that keep failing (see :attr:`doubted`), from a batch of attempt records."""
         for attempt in attempts:
             if attempt[OUTCOME] == RETRYING:
-                if attempt[ATTEMPT] >= 2:
+                if attempt[ATTEMPT] >= DOUBTED_AFTER:
                     self.doubted.add(attempt[RID])
             else:
                 self.doubted.discard(attempt[RID])
