@@ -5,26 +5,25 @@ from __future__ import annotations
 import click
 
 from engine.cli.ending import finish, go_on_after_canary, report_notice
-from engine.cli.options import (
+from engine.cli.filters import names_rows, read_row_ids, row_filter, row_filter_options
+from engine.cli.option_groups import (
     PEM_FILE,
     auth_options,
-    broker_option,
-    capture_option,
     connection_options,
-    db_option,
-    engine_errors,
     kill_switch_options,
-    names_rows,
     notify_options,
     pool_options,
-    read_row_ids,
-    refuse_workers_with_broker,
-    row_filter,
-    row_filter_options,
     run_default,
+    seconds_option,
+)
+from engine.cli.options import (
+    broker_option,
+    capture_option,
+    db_option,
+    engine_errors,
+    refuse_workers_with_broker,
     safe_run_id,
     say,
-    seconds_option,
 )
 from engine.config import RunSettings
 from engine.ledger.retention import KEEP_PAYLOAD_MODES
