@@ -1,6 +1,6 @@
 """The option groups of the commands that send (``bill``, ``rerun``): the pool and its pacing, notices,
-the kill switch, how requests travel, how the API knows them; and the ``--flag S`` options whose
-defaults are :class:`~engine.config.RunSettings` fields.
+the kill switch, how requests travel, how the API knows them; and the defaults they show
+(:class:`~engine.config.RunSettings` fields).
 
 A group is one decorator so both commands list the same options, in the same order, with the same help.
 """
@@ -21,13 +21,6 @@ PEM_FILE = click.Path(exists=True, dir_okay=False, resolve_path=True)
 def run_default(name: str):
     """The default of the :class:`RunSettings` field ``name`` (what --help shows)."""
     return default_of(RunSettings, name)
-
-
-def seconds_option(flag: str, help: str):
-    """A ``--flag S`` option for the :class:`RunSettings` field of the same name, with its default."""
-    return click.option(
-        flag, type=float, default=run_default(flag[2:].replace("-", "_")), show_default=True, metavar="S", help=help
-    )
 
 
 def apply_options(command, options: list):
