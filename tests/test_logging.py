@@ -130,3 +130,24 @@ def test_a_run_and_its_chunks_are_spans_carried_through_task_headers():
     run, chunk = sorted(exporter.get_finished_spans(), key=lambda s: s.name, reverse=True)
     assert chunk.context.trace_id == run.context.trace_id and chunk.parent.span_id == run.context.span_id
     assert run.attributes["engine.run_id"] == "r1" and chunk.attributes["engine.rows"] == 3
+
+
+def test_a_bill_is_a_run_span_with_a_span_per_pass(monkeypatch, customers, db, api, run):
+    """``--otel``: the run's span holds one span per pass, with the pass's counts."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine import tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(tracing, "_otlp_exporter", lambda: exporter)
+    monkeypatch.setattr("opentelemetry.sdk.trace.export.BatchSpanProcessor", SimpleSpanProcessor)
+    try:
+        result = run("--otel", "bill", customers(30), "--url", api.charge_url(), "--db", db, "--quiet")
+    finally:
+        tracing.setup_tracing(False)
+    assert result.exit_code == 0, result.output
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["pass"].parent.span_id == spans["run"].context.span_id
+    assert spans["pass"].attributes["engine.rows"] == 30 and spans["pass"].attributes["engine.succeeded"] == 30

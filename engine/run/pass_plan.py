@@ -10,6 +10,7 @@ import contextlib
 import time
 from dataclasses import dataclass, replace
 
+from engine import tracing
 from engine.backend import Backend
 from engine.config import RunSettings
 from engine.ledger import Store
@@ -125,7 +126,11 @@ def _run_pass(
         ledger.check_space(to_send)
         pass_no = ledger.start_pass(run_id)
         events.emit("pass_start", run_id=run_id, pass_no=pass_no, rows=to_send)
-        with Progress(to_send, f"pass {pass_no}", plan.quiet) as progress, contextlib.ExitStack() as backend_scope:
+        with (
+            Progress(to_send, f"pass {pass_no}", plan.quiet) as progress,
+            contextlib.ExitStack() as backend_scope,
+            tracing.span("pass", run_id=run_id, pass_no=pass_no, rows=to_send),
+        ):
             supervisor = PassSupervisor(
                 ledger,
                 run_id,
@@ -142,6 +147,9 @@ def _run_pass(
                 tally = supervisor.run(distribution)
             finally:
                 ledger.end_pass(run_id, pass_no, "interrupted" if supervisor.interrupted else "finished")
+            tracing.annotate_current(
+                attempts=tally.attempts, succeeded=tally.succeeded, not_succeeded=tally.not_succeeded
+            )
         return supervisor, _finish_pass(plan, pass_no, supervisor, tally)
 
 
