@@ -157,9 +157,6 @@ class Node:
     def _send_claimed(self, run_id: str, chunk_id: int, pass_no: int) -> None:
         log = chunk_log(run_id, chunk_id, self.name())
         sender, signals = self.sender(run_id, pass_no)
-        if signals.stop_requested():  # the pass is stopping: a chunk not claimed yet stays for a rerun
-            log.info("chunk %s of run %s: not claimed, the pass is stopping", chunk_id, run_id)
-            return
         asked = time.monotonic()  # the lease runs from before the claim was asked for
         claim = self.with_ledger(lambda store: store.claim_chunk(chunk_id, self.name(), MAX_DELIVERIES, self._busy_for))
         if claim is None:
