@@ -41,14 +41,14 @@ def run_demo(users: int, workers: int, concurrency: int, directory: str | None, 
     say = (lambda *a: None) if quiet else click.echo
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
-        return _demo_in(directory, users, workers, concurrency, quiet, say)
+        return _demo_in(directory, users, workers, concurrency, quiet, say, kept=True)
     with tempfile.TemporaryDirectory(prefix="engine-demo-") as temporary:
-        code = _demo_in(temporary, users, workers, concurrency, quiet, say)
+        code = _demo_in(temporary, users, workers, concurrency, quiet, say, kept=False)
     say(f"removed {temporary} (give --dir DIR to keep the customers and the ledger)")
     return code
 
 
-def _demo_in(directory: str, users: int, workers: int, concurrency: int, quiet: bool, say) -> int:
+def _demo_in(directory: str, users: int, workers: int, concurrency: int, quiet: bool, say, kept: bool) -> int:
     customers, db = os.path.join(directory, "customers.csv"), os.path.join(directory, "demo.db")
     write_customers(customers, users)
     with MockProcess(latency=DEMO_LATENCY, jitter=0.1, p500=DEMO_ERROR_RATE, fail_rate=DEMO_FAIL_RATE) as api:
@@ -76,6 +76,7 @@ def _demo_in(directory: str, users: int, workers: int, concurrency: int, quiet: 
         f"\nmock API: {stats['customers_charged']} customers charged, "
         f"{stats['customers_charged_more_than_once']} charged more than once, {stats['replays']} replays"
     )
-    say(f"ledger: {db}  (try: python -m engine report {result.run_id} --db {db})")
+    if kept:
+        say(f"ledger: {db}  (try: python -m engine report {result.run_id} --db {db})")
     ok = result.complete and stats["customers_charged"] == users and stats["customers_charged_more_than_once"] == 0
     return 0 if ok else 1
