@@ -336,6 +336,7 @@ def test_a_missing_secret_variable_is_said_at_start_up_and_disables_the_rerun_bu
     result = run_engine(
         "bill", customers(5), "--url", api.charge_url(), "--db", db, "--run-id", "s",
         "--header", "Authorization: Bearer ${BILLING_TOKEN}",
+        "--max-attempts", 30, "--backoff-base", 0.01, "--backoff-cap", 0.05,  # half the answers fail at random
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with serving(db, BILLING_TOKEN=None) as (web, process):

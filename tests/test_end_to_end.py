@@ -81,7 +81,17 @@ def test_transient_errors_are_retried_within_the_pass(api, customers, db, run):
     api.configure(p500=0.2, p503=0.1, retry_after=0)
     result = run(
         *bill_args(
-            customers(500), api, db, "r4", "--max-attempts", 8, "--backoff-base", 0.01, "--backoff-cap", 0.05, "--quiet"
+            customers(500),
+            api,
+            db,
+            "r4",
+            "--max-attempts",
+            20,
+            "--backoff-base",
+            0.01,
+            "--backoff-cap",
+            0.05,
+            "--quiet",
         )
     )
     assert result.exit_code == 0, result.output
@@ -149,7 +159,7 @@ def test_secrets_never_reach_the_ledger_or_the_log(api, customers, db, run, tmp_
             "--backoff-base",
             0.01,
             "--max-attempts",
-            10,
+            20,  # 30 % of answers fail at random
             "--quiet",
         ),
         env={"BILLING_TOKEN": secret},
