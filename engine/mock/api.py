@@ -50,6 +50,7 @@ class BillingState:
         self.config = config
         self.rng = random.Random(config.seed)
         self.started = time.monotonic()
+        self.outage_clock = self.started  # --outage-at counts from here: the start, or its last change
         self.charge_ids = itertools.count(1)  # never reset: a charge id stays unique while the server runs
         self.tokens = TokenIssuer(config)
         self.reset()
@@ -98,7 +99,7 @@ class BillingState:
         c = self.config
         if c.outage_at is None:
             return False
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self.outage_clock
         return c.outage_at <= elapsed < c.outage_at + c.outage_for
 
     def customer_fails(self, customer: str) -> bool:
@@ -206,9 +207,12 @@ def _admin(state: BillingState, request: Request) -> tuple[int, bytes, str]:
         state.reset()
         return 200, b'{"reset":true}', ""
     try:
-        state.config.update(json.loads(request.body or b"{}"))
+        knobs = json.loads(request.body or b"{}")
+        state.config.update(knobs)
     except (ValueError, KeyError, TypeError) as err:
         return 400, json.dumps({"error": f"bad config: {err}"}).encode(), ""
+    if "outage_at" in knobs:
+        state.outage_clock = time.monotonic()
     return 200, json.dumps(dataclasses.asdict(state.config)).encode(), ""
 
 

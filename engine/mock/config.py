@@ -42,7 +42,9 @@ class MockConfig:
     refuse_rate: float = knob(
         0.0, "Share of customers (fixed by id) refused for good: 402 card_declined, as a wrong template would be.", "P"
     )
-    outage_at: float | None = knob(None, "Start an outage (all 503) S seconds in.", "S")
+    outage_at: float | None = knob(
+        None, "Start an outage (all 503) S seconds after start (or after POST /admin/config sets it).", "S"
+    )
     outage_for: float = knob(0.0, "Length of the outage.", "S")
     max_inflight: int = knob(0, "Answer 429 beyond N requests in flight (0: no limit).", "N")
     seed: int | None = knob(None, "Random seed for reproducible faults.", "N")
