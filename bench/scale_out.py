@@ -1,86 +1,245 @@
 #!/usr/bin/env python3
-"""Scale-out: the same run on 1, 2 and 4 worker nodes, and the PostgreSQL ledger's cost per row.
+"""Scale-out: the same run on 1, 2 and 4 worker nodes, each process's CPU, and the PostgreSQL ledger's cost per row.
 
 Each node is its own process tree (``python -m engine worker``, same ``--chunks-in-flight``
 and the run's same ``--concurrency``) on a real Redis broker, recording into a real
-PostgreSQL ledger; the mock API answers every request after 0.5 s. Printed: wall time,
-requests/s, requests/s per node, and the scaling efficiency (requests/s over n × one node's).
-Then the ledger's CPU per row for loading and recording, on PostgreSQL, counted on both sides
-of the connection (this process and its server backend).
+PostgreSQL ledger. The API is nginx answering at once (``--server nginx``, the default), so
+the windows are never what bounds the rate: the nodes' CPU and the ledger's are. ``--server
+mock`` is the old measure, the mock API answering after ``--latency`` s, where a node's
+window caps its rate.
 
-All nodes share this machine's cores with the mock API and PostgreSQL, so the scaling shown
-is what one machine can host; on separate machines each node brings its own cores.
+Printed per node count: the bill's wall time, the send phase (first attempt started to last
+attempt ended, from the ledger) and its requests/s, per node and over one node's; then where
+the CPU went: each node's process tree, the ledger's server backends, Redis, the API server
+and the coordinator, as µs per row and as cores busy during the run. On one machine the nodes
+share its cores with everything else, so "linear" has two readings here: requests/s per node
+(bounded once the cores are full) and CPU per row (constant when adding a node costs nothing
+but its own work). Then the ledger's CPU per row for loading and recording, on PostgreSQL,
+counted on both sides of the connection.
 
 Example:
-    python bench/scale_out.py                      # 20,000 rows, 1, 2 and 4 nodes
-    python bench/scale_out.py --rows 2000 --nodes 1 2
+    python bench/scale_out.py --rows 1000000 --nodes 1     # one node count per command
+    python bench/scale_out.py --rows 2000 --nodes 1 2       # a smoke run
+    python bench/scale_out.py --server mock --rows 20000 --concurrency 50 --chunks-in-flight 2 --chunk-rows 100
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
+import threading
+import time
+
+import psutil
+import psycopg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import bill_through_nodes, fresh_postgres, record, table, worker_nodes, write_rows  # noqa: E402
+from common import fresh_postgres, record, start_nginx, table, worker_nodes, write_rows  # noqa: E402
 from ledger_cost import ledger_cost  # noqa: E402
 
 from engine.mock.process import MockProcess  # noqa: E402
 
-LATENCY = 0.5
+#: A Redis database of its own: nodes of another benchmark on the usual one cannot take these chunks.
+BROKER = "redis://127.0.0.1:6379/14"
+ROLES = ("nodes", "ledger", "redis", "api", "coordinator")
 
 
-def run_on(nodes: int, rows: int, csv_path: str, concurrency: int, chunks_in_flight: int) -> dict:
-    with fresh_postgres() as db, worker_nodes(nodes, db, "--chunks-in-flight", chunks_in_flight):
-        with MockProcess(latency=LATENCY) as api:
-            wall = bill_through_nodes(csv_path, api.charge_url(), db, "scale", "--concurrency", concurrency)
-            stats = api.stats()
-    assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0, stats
-    return {"nodes": nodes, "wall_s": round(wall, 2), "requests_per_s": round(stats["requests"] / wall, 1)}
+class CpuWatch:
+    """CPU seconds of groups of processes, sampled every ``interval`` s while a run goes (the last sample
+    of a process that exits counts; at most one interval of it is missed)."""
+
+    def __init__(self, groups: dict, interval: float = 0.25):
+        self.groups, self.interval = groups, interval  # name -> function returning the group's pids
+        self.first: dict[tuple[str, int], float] = {}
+        self.last: dict[tuple[str, int], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        for name, pids in self.groups.items():
+            for pid in pids():
+                try:
+                    times = psutil.Process(pid).cpu_times()
+                except psutil.Error:
+                    continue
+                self.first.setdefault((name, pid), times.user + times.system if pid in self._before else 0.0)
+                self.last[(name, pid)] = times.user + times.system
+
+    def __enter__(self) -> CpuWatch:
+        self._before = {pid for pids in self.groups.values() for pid in pids()}  # alive before: count from now
+        self._sample()
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __exit__(self, *exc) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    def seconds(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.groups, 0.0)
+        for (name, pid), last in self.last.items():
+            totals[name] += last - self.first[(name, pid)]
+        return totals
+
+
+def tree(pid: int):
+    """The pids of a process and its descendants, as they are now."""
+
+    def pids() -> list[int]:
+        try:
+            root = psutil.Process(pid)
+            return [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return []
+
+    return pids
+
+
+def named(word: str, in_command: str = ""):
+    def pids() -> list[int]:
+        found = []
+        for process in psutil.process_iter(["name", "cmdline"]):
+            command = " ".join(process.info["cmdline"] or [])
+            if word in (process.info["name"] or "") and in_command in command:
+                found.append(process.pid)
+        return found
+
+    return pids
+
+
+def start_api(server: str, directory: str, latency: float):
+    """The API: nginx answering 200 at once, or the mock after ``latency`` s; (url, pid, stop)."""
+    if server == "nginx":
+        process, port = start_nginx(directory)
+        return f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges", process.pid, process.kill
+    api = MockProcess(latency=latency).__enter__()
+    return api.charge_url(), api.process.pid, lambda: api.__exit__(None, None, None)
+
+
+def send_phase(db: str) -> tuple[float, int, int]:
+    """First attempt started to last attempt ended (s), attempts, rows succeeded: the ledger's own clock."""
+    with psycopg.connect(db) as conn:
+        first, last, attempts = conn.execute(
+            "SELECT min(started_at), max(started_at + duration_ms / 1000.0), count(*) FROM attempts"
+        ).fetchone()
+        succeeded = conn.execute("SELECT count(*) FROM requests WHERE status = 'succeeded'").fetchone()[0]
+    return last - first, attempts, succeeded
+
+
+def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as directory, fresh_postgres() as db:
+        url, api_pid, stop_api = start_api(args.server, directory, args.latency)
+        try:
+            with worker_nodes(nodes, db, "--chunks-in-flight", args.chunks_in_flight, broker=BROKER) as started:
+                dbname = db.rsplit("/", 1)[1]
+                groups = {f"node {i + 1}": tree(node.pid) for i, node in enumerate(started)}
+                groups |= {"ledger": named("postgres", f" {dbname} "), "redis": named("redis-server")}
+                groups |= {"api": tree(api_pid)}
+                bill = [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db]
+                bill += ["--broker", BROKER, "--run-id", "scale", "--quiet"]
+                bill += ["--concurrency", str(args.concurrency), "--chunks", str(args.chunk_rows)]
+                started_at = time.monotonic()
+                coordinator = subprocess.Popen(bill, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                with CpuWatch({**groups, "coordinator": tree(coordinator.pid)}) as watch:
+                    _, stderr = coordinator.communicate()
+                wall = time.monotonic() - started_at
+                assert coordinator.returncode == 0, stderr[-3000:]
+        finally:
+            stop_api()
+        phase, attempts, succeeded = send_phase(db)
+    assert succeeded == rows and attempts == rows, (succeeded, attempts, rows)  # each row sent once, all succeeded
+    cpu = watch.seconds()
+    node_cpu = [cpu[f"node {i + 1}"] for i in range(nodes)]
+    return {
+        "nodes": nodes,
+        "wall_s": round(wall, 2),
+        "send_s": round(phase, 2),
+        "requests_per_s": round(rows / phase, 1),
+        "node_cpu_s": [round(seconds, 1) for seconds in node_cpu],
+        "cpu_us_per_row": {
+            "nodes": round(sum(node_cpu) / rows * 1e6, 1),
+            **{role: round(cpu[role] / rows * 1e6, 1) for role in ROLES[1:]},
+        },
+        "cores_busy": round(sum(cpu.values()) / wall, 2),
+    }
+
+
+def scaling_table(results: list[dict]) -> str:
+    one = results[0]["requests_per_s"] / results[0]["nodes"]
+    one_cpu = sum(results[0]["cpu_us_per_row"].values())
+    rows = []
+    for r in results:
+        per_node = r["requests_per_s"] / r["nodes"]
+        total_cpu = sum(r["cpu_us_per_row"].values())
+        r["per_node"], r["efficiency"] = round(per_node, 1), round(per_node / one, 3)
+        r["cpu_efficiency"] = round(one_cpu / total_cpu, 3)
+        rows.append([r["nodes"], r["wall_s"], r["send_s"], r["requests_per_s"], r["per_node"], r["efficiency"],
+                     " / ".join(map(str, r["node_cpu_s"])), r["cores_busy"], round(total_cpu, 1),
+                     r["cpu_efficiency"]])  # fmt: skip
+    return table(
+        ["nodes", "wall (s)", "send (s)", "requests/s", "per node", "per node / one node's", "CPU s per node",
+         "cores busy", "CPU µs/row, all", "one node's CPU/row / this"],
+        rows,
+    )  # fmt: skip
+
+
+def cpu_table(results: list[dict]) -> str:
+    return table(
+        ["nodes", *(f"{role} µs/row" for role in ROLES), "all"],
+        [
+            [r["nodes"], *(r["cpu_us_per_row"][role] for role in ROLES), round(sum(r["cpu_us_per_row"].values()), 1)]
+            for r in results
+        ],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--concurrency", type=int, default=50, help="rows in flight per chunk")
+    parser.add_argument("--server", choices=("nginx", "mock"), default="nginx")
+    parser.add_argument("--latency", type=float, default=0.5, help="the mock's answer time (s), --server mock")
+    parser.add_argument("--concurrency", type=int, default=500, help="rows in flight per chunk")
     parser.add_argument("--chunks-in-flight", type=int, default=2, help="chunks per node at once")
-    parser.add_argument("--ledger-rows", type=int, default=50_000)
+    parser.add_argument("--chunk-rows", type=int, default=5000, help="rows per chunk (--chunks of bill)")
+    parser.add_argument("--ledger-rows", type=int, default=50_000, help="0: skip the ledger's cost")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as directory:
         csv_path = os.path.join(directory, "rows.csv")
         write_rows(csv_path, args.rows)
-        results = [run_on(n, args.rows, csv_path, args.concurrency, args.chunks_in_flight) for n in args.nodes]
-    one = results[0]["requests_per_s"] / results[0]["nodes"]
+        results = [run_on(n, args.rows, csv_path, args) for n in args.nodes]
     window = args.concurrency * args.chunks_in_flight
+    server = "nginx answering at once" if args.server == "nginx" else f"the mock answering after {args.latency} s"
+    print(f"\n{args.rows} rows, {server}; each node {window} in flight ({args.chunks_in_flight} chunks of"
+          f" {args.chunk_rows} rows x {args.concurrency}); {os.cpu_count()} cores\n")  # fmt: skip
+    print(scaling_table(results))
+    print("\nCPU per row by role (µs; nodes: all nodes together)\n")
+    print(cpu_table(results))
     for r in results:
-        r["per_node"] = round(r["requests_per_s"] / r["nodes"], 1)
-        r["efficiency"] = round(r["per_node"] / one, 3)
-        record("scale_out", f"requests/s on {r['nodes']} nodes", r["requests_per_s"], "requests/s", rows=args.rows, **r)
-    print(
-        f"\n{args.rows} rows at {LATENCY} s latency; each node {window} in flight (ceiling {window / LATENCY:.0f}/s)\n"
-    )
-    print(
-        table(
-            ["nodes", "wall (s)", "requests/s", "requests/s per node", "per node / one node's"],
-            [[r["nodes"], r["wall_s"], r["requests_per_s"], r["per_node"], r["efficiency"]] for r in results],
+        record("scale_out", f"requests/s on {r['nodes']} nodes", r["requests_per_s"], "requests/s",
+               rows=args.rows, server=args.server, window=window, **r)  # fmt: skip
+    if args.ledger_rows:
+        with fresh_postgres() as db:
+            cost = ledger_cost(db, args.ledger_rows)
+        for step, figures in cost.items():
+            record("scale_out", f"postgres {step} µs/row", figures, "us", rows=args.ledger_rows)
+        print(f"\nPostgreSQL ledger, {args.ledger_rows} rows: CPU per row (µs), this process + its server backend\n")
+        print(
+            table(
+                ["step", "client", "server", "total"],
+                [[step, f["client"], f["server"], round(f["client"] + f["server"], 1)] for step, f in cost.items()],
+            )
         )
-    )
-    with fresh_postgres() as db:
-        cost = ledger_cost(db, args.ledger_rows)
-    for step, figures in cost.items():
-        record("scale_out", f"postgres {step} µs/row", figures, "us", rows=args.ledger_rows)
-    print(f"\nPostgreSQL ledger, {args.ledger_rows} rows: CPU per row (µs), this process + its server backend\n")
-    print(
-        table(
-            ["step", "client", "server", "total"],
-            [[step, f["client"], f["server"], round(f["client"] + f["server"], 1)] for step, f in cost.items()],
-        )
-    )
 
 
 if __name__ == "__main__":

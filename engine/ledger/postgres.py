@@ -168,6 +168,10 @@ class PostgresStore(SQLStore):
             cursor.execute(_INSERT_INCOMING)
             cursor.execute(_UPDATE_FROM_INCOMING)
 
+    def _set_chunk(self, chunk_id: int, rids: list[int]) -> None:
+        """One statement per chunk: a statement per row cost a million round trips to plan a million rows."""
+        self.conn.execute("UPDATE requests SET chunk_id = %s WHERE rid = ANY(%s)", (chunk_id, rids))
+
     def mark_in_flight(self, rids: list[int]) -> None:
         self.conn.execute("UPDATE requests SET status = %s WHERE rid = ANY(%s)", (IN_FLIGHT, list(rids)))
 
