@@ -26,7 +26,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,7 @@ from engine.mock.process import MockProcess  # noqa: E402
 
 #: A Redis database of its own: nodes of another benchmark on the usual one cannot take these chunks.
 BROKER = "redis://127.0.0.1:6379/14"
-ROLES = ("nodes", "ledger", "redis", "api", "coordinator")
+ROLES = ("nodes", "ledger, nodes'", "ledger, coordinator's", "ledger, other", "redis", "api", "coordinator")
 
 
 class CpuWatch:
@@ -117,6 +119,25 @@ def named(word: str, in_command: str = ""):
     return pids
 
 
+def backends(dbname: str, clients=None):
+    """The PostgreSQL server processes serving ``dbname``; with ``clients`` (a function returning pids),
+    only those whose client is one of these processes (the backend's title names its client's port)."""
+    serving = named("postgres", f" {dbname} ")
+
+    def pids() -> list[int]:
+        found = serving()
+        if clients is None:
+            return found
+        ports = set()
+        for pid in clients():
+            with contextlib.suppress(psutil.Error):
+                ports |= {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
+        titles = {pid: " ".join(psutil.Process(pid).cmdline()) for pid in found if psutil.pid_exists(pid)}
+        return [pid for pid, title in titles.items() if (m := re.search(r"\((\d+)\)", title)) and int(m[1]) in ports]
+
+    return pids
+
+
 def start_api(server: str, directory: str, latency: float):
     """The API: nginx answering 200 at once, or the mock after ``latency`` s; (url, pid, stop)."""
     if server == "nginx":
@@ -143,14 +164,17 @@ def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> di
             with worker_nodes(nodes, db, "--chunks-in-flight", args.chunks_in_flight, broker=BROKER) as started:
                 dbname = db.rsplit("/", 1)[1]
                 groups = {f"node {i + 1}": tree(node.pid) for i, node in enumerate(started)}
-                groups |= {"ledger": named("postgres", f" {dbname} "), "redis": named("redis-server")}
-                groups |= {"api": tree(api_pid)}
+                groups |= {"redis": named("redis-server"), "api": tree(api_pid)}
+                for i, node in enumerate(started):
+                    groups[f"ledger for node {i + 1}"] = backends(dbname, tree(node.pid))
                 bill = [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db]
                 bill += ["--broker", BROKER, "--run-id", "scale", "--quiet"]
                 bill += ["--concurrency", str(args.concurrency), "--chunks", str(args.chunk_rows)]
                 started_at = time.monotonic()
                 coordinator = subprocess.Popen(bill, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                with CpuWatch({**groups, "coordinator": tree(coordinator.pid)}) as watch:
+                groups |= {"coordinator": tree(coordinator.pid), "ledger, all": backends(dbname)}
+                groups["ledger for the coordinator"] = backends(dbname, tree(coordinator.pid))
+                with CpuWatch(groups) as watch:
                     _, stderr = coordinator.communicate()
                 wall = time.monotonic() - started_at
                 assert coordinator.returncode == 0, stderr[-3000:]
@@ -160,6 +184,10 @@ def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> di
     assert succeeded == rows and attempts == rows, (succeeded, attempts, rows)  # each row sent once, all succeeded
     cpu = watch.seconds()
     node_cpu = [cpu[f"node {i + 1}"] for i in range(nodes)]
+    nodes_ledger = sum(cpu[f"ledger for node {i + 1}"] for i in range(nodes))
+    others = cpu["ledger, all"] - sum(cpu[name] for name in cpu if name.startswith("ledger for"))
+    cpu["ledger, other"] = others  # the benchmark's own connections (tables made, checks)
+    cpu["ledger, nodes'"], cpu["ledger, coordinator's"] = nodes_ledger, cpu["ledger for the coordinator"]
     return {
         "nodes": nodes,
         "wall_s": round(wall, 2),
@@ -170,7 +198,7 @@ def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> di
             "nodes": round(sum(node_cpu) / rows * 1e6, 1),
             **{role: round(cpu[role] / rows * 1e6, 1) for role in ROLES[1:]},
         },
-        "cores_busy": round(sum(cpu.values()) / wall, 2),
+        "cores_busy": round((sum(node_cpu) + sum(cpu[role] for role in ROLES[1:])) / wall, 2),
     }
 
 
@@ -223,7 +251,8 @@ def main() -> None:
     print(f"\n{args.rows} rows, {server}; each node {window} in flight ({args.chunks_in_flight} chunks of"
           f" {args.chunk_rows} rows x {args.concurrency}); {os.cpu_count()} cores\n")  # fmt: skip
     print(scaling_table(results))
-    print("\nCPU per row by role (µs; nodes: all nodes together)\n")
+    print("\nCPU per row by role (µs; nodes: all nodes together; ledger: the PostgreSQL backends serving the nodes,"
+          " the coordinator, and any other client such as the benchmark's checks)\n")  # fmt: skip
     print(cpu_table(results))
     for r in results:
         record("scale_out", f"requests/s on {r['nodes']} nodes", r["requests_per_s"], "requests/s",
