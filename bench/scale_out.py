@@ -37,6 +37,7 @@ import time
 
 import psutil
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -119,10 +120,11 @@ def named(word: str, in_command: str = ""):
     return pids
 
 
-def backends(dbname: str, clients=None):
-    """The PostgreSQL server processes serving ``dbname``; with ``clients`` (a function returning pids),
+def backends(db: str, clients=None):
+    """The PostgreSQL server processes serving the database ``db`` names; with ``clients`` (a function returning pids),
     only those whose client is one of these processes (the backend's title names its client's port)."""
-    serving = named("postgres", f" {dbname} ")
+    params = conninfo_to_dict(db)
+    serving, port = named("postgres", f" {params['dbname']} "), int(params.get("port", 5432))
 
     def pids() -> list[int]:
         found = serving()
@@ -131,7 +133,8 @@ def backends(dbname: str, clients=None):
         ports = set()
         for pid in clients():
             with contextlib.suppress(psutil.Error):
-                ports |= {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
+                connections = psutil.Process(pid).net_connections("tcp")
+                ports |= {c.laddr.port for c in connections if c.raddr and c.raddr.port == port}
         titles = {pid: " ".join(psutil.Process(pid).cmdline()) for pid in found if psutil.pid_exists(pid)}
         return [pid for pid, title in titles.items() if (m := re.search(r"\((\d+)\)", title)) and int(m[1]) in ports]
 
@@ -162,18 +165,17 @@ def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> di
         url, api_pid, stop_api = start_api(args.server, directory, args.latency)
         try:
             with worker_nodes(nodes, db, "--chunks-in-flight", args.chunks_in_flight, broker=BROKER) as started:
-                dbname = db.rsplit("/", 1)[1]
                 groups = {f"node {i + 1}": tree(node.pid) for i, node in enumerate(started)}
                 groups |= {"redis": named("redis-server"), "api": tree(api_pid)}
                 for i, node in enumerate(started):
-                    groups[f"ledger for node {i + 1}"] = backends(dbname, tree(node.pid))
+                    groups[f"ledger for node {i + 1}"] = backends(db, tree(node.pid))
                 bill = [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db]
                 bill += ["--broker", BROKER, "--run-id", "scale", "--quiet"]
                 bill += ["--concurrency", str(args.concurrency), "--chunks", str(args.chunk_rows)]
                 started_at = time.monotonic()
                 coordinator = subprocess.Popen(bill, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                groups |= {"coordinator": tree(coordinator.pid), "ledger, all": backends(dbname)}
-                groups["ledger for the coordinator"] = backends(dbname, tree(coordinator.pid))
+                groups |= {"coordinator": tree(coordinator.pid), "ledger, all": backends(db)}
+                groups["ledger for the coordinator"] = backends(db, tree(coordinator.pid))
                 with CpuWatch(groups) as watch:
                     _, stderr = coordinator.communicate()
                 wall = time.monotonic() - started_at
