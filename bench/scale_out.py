@@ -42,13 +42,11 @@ from psycopg.conninfo import conninfo_to_dict
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import fresh_postgres, record, start_nginx, table, worker_nodes, write_rows  # noqa: E402
+from common import BENCH_BROKER, fresh_postgres, record, start_nginx, table, worker_nodes, write_rows  # noqa: E402
 from ledger_cost import ledger_cost  # noqa: E402
 
 from engine.mock.process import MockProcess  # noqa: E402
 
-#: A Redis database of its own: nodes of another benchmark on the usual one cannot take these chunks.
-BROKER = "redis://127.0.0.1:6379/14"
 ROLES = ("nodes", "ledger, nodes'", "ledger, coordinator's", "ledger, other", "redis", "api", "coordinator")
 
 
@@ -164,13 +162,13 @@ def run_on(nodes: int, rows: int, csv_path: str, args: argparse.Namespace) -> di
     with tempfile.TemporaryDirectory(prefix="bench-api-") as directory, fresh_postgres() as db:
         url, api_pid, stop_api = start_api(args.server, directory, args.latency)
         try:
-            with worker_nodes(nodes, db, "--chunks-in-flight", args.chunks_in_flight, broker=BROKER) as started:
+            with worker_nodes(nodes, db, "--chunks-in-flight", args.chunks_in_flight, broker=args.broker) as started:
                 groups = {f"node {i + 1}": tree(node.pid) for i, node in enumerate(started)}
                 groups |= {"redis": named("redis-server"), "api": tree(api_pid)}
                 for i, node in enumerate(started):
                     groups[f"ledger for node {i + 1}"] = backends(db, tree(node.pid))
                 bill = [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db]
-                bill += ["--broker", BROKER, "--run-id", "scale", "--quiet"]
+                bill += ["--broker", args.broker, "--run-id", "scale", "--quiet"]
                 bill += ["--concurrency", str(args.concurrency), "--chunks", str(args.chunk_rows)]
                 started_at = time.monotonic()
                 coordinator = subprocess.Popen(bill, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -242,6 +240,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=500, help="rows in flight per chunk")
     parser.add_argument("--chunks-in-flight", type=int, default=2, help="chunks per node at once")
     parser.add_argument("--chunk-rows", type=int, default=5000, help="rows per chunk (--chunks of bill)")
+    parser.add_argument("--broker", default=BENCH_BROKER, help="a Redis database the benchmark may flush")
     parser.add_argument("--ledger-rows", type=int, default=50_000, help="0: skip the ledger's cost")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as directory:
