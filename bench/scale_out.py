@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 import psutil
 import psycopg
@@ -50,29 +51,46 @@ from engine.mock.process import MockProcess  # noqa: E402
 ROLES = ("nodes", "ledger, nodes'", "ledger, coordinator's", "ledger, other", "redis", "api", "coordinator")
 
 
+class Proc(NamedTuple):
+    name: str
+    command: str
+    ppid: int
+    cpu: float
+
+
+def snapshot() -> dict[int, Proc]:
+    """Every process now, with its CPU seconds: one pass over /proc."""
+    found = {}
+    for process in psutil.process_iter(["name", "cmdline", "ppid", "cpu_times"]):
+        info = process.info
+        if info["cpu_times"] is not None:
+            cpu = info["cpu_times"].user + info["cpu_times"].system
+            found[process.pid] = Proc(info["name"] or "", " ".join(info["cmdline"] or []), info["ppid"], cpu)
+    return found
+
+
 class CpuWatch:
     """CPU seconds of groups of processes, sampled every ``interval`` s while a run goes (the last sample
-    of a process that exits counts; at most one interval of it is missed)."""
+    of a process that exits counts; at most one interval of it is missed). A group is a function from
+    a :func:`snapshot` to its pids; one snapshot a sample keeps the watch itself cheap."""
 
-    def __init__(self, groups: dict, interval: float = 0.25):
-        self.groups, self.interval = groups, interval  # name -> function returning the group's pids
+    def __init__(self, groups: dict, interval: float = 1.0):
+        self.groups, self.interval = groups, interval
         self.first: dict[tuple[str, int], float] = {}
         self.last: dict[tuple[str, int], float] = {}
+        self._before: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
+        now = snapshot()
+        self._before = self._before or set(now)  # alive when the watch began: counted from then
         for name, pids in self.groups.items():
-            for pid in pids():
-                try:
-                    times = psutil.Process(pid).cpu_times()
-                except psutil.Error:
-                    continue
-                self.first.setdefault((name, pid), times.user + times.system if pid in self._before else 0.0)
-                self.last[(name, pid)] = times.user + times.system
+            for pid in pids(now):
+                self.first.setdefault((name, pid), now[pid].cpu if pid in self._before else 0.0)
+                self.last[(name, pid)] = now[pid].cpu
 
     def __enter__(self) -> CpuWatch:
-        self._before = {pid for pids in self.groups.values() for pid in pids()}  # alive before: count from now
         self._sample()
         self._thread.start()
         return self
@@ -82,9 +100,9 @@ class CpuWatch:
             self._sample()
 
     def __exit__(self, *exc) -> None:
-        self._sample()
         self._stop.set()
         self._thread.join()
+        self._sample()
 
     def seconds(self) -> dict[str, float]:
         totals = dict.fromkeys(self.groups, 0.0)
@@ -93,48 +111,50 @@ class CpuWatch:
         return totals
 
 
-def tree(pid: int):
-    """The pids of a process and its descendants, as they are now."""
+def tree(root: int):
+    """A process and its descendants."""
 
-    def pids() -> list[int]:
-        try:
-            root = psutil.Process(pid)
-            return [root.pid, *(child.pid for child in root.children(recursive=True))]
-        except psutil.Error:
-            return []
-
-    return pids
-
-
-def named(word: str, in_command: str = ""):
-    def pids() -> list[int]:
-        found = []
-        for process in psutil.process_iter(["name", "cmdline"]):
-            command = " ".join(process.info["cmdline"] or [])
-            if word in (process.info["name"] or "") and in_command in command:
-                found.append(process.pid)
+    def pids(now: dict[int, Proc]) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for pid, process in now.items():
+            children.setdefault(process.ppid, []).append(pid)
+        found, todo = [], [root] if root in now else []
+        while todo:
+            found.append(pid := todo.pop())
+            todo.extend(children.get(pid, ()))
         return found
 
     return pids
 
 
+def named(word: str, in_command: str = ""):
+    def pids(now: dict[int, Proc]) -> list[int]:
+        return [pid for pid, process in now.items() if word in process.name and in_command in process.command]
+
+    return pids
+
+
 def backends(db: str, clients=None):
-    """The PostgreSQL server processes serving the database ``db`` names; with ``clients`` (a function returning pids),
-    only those whose client is one of these processes (the backend's title names its client's port)."""
+    """The PostgreSQL server processes serving the database ``db`` names; with ``clients`` (a group),
+    only those whose client is one of its processes (a backend's title names its client's port)."""
     params = conninfo_to_dict(db)
     serving, port = named("postgres", f" {params['dbname']} "), int(params.get("port", 5432))
+    theirs: dict[int, bool] = {}  # backend pid -> whether its client is in the group
 
-    def pids() -> list[int]:
-        found = serving()
+    def pids(now: dict[int, Proc]) -> list[int]:
+        found = serving(now)
         if clients is None:
             return found
-        ports = set()
-        for pid in clients():
-            with contextlib.suppress(psutil.Error):
-                connections = psutil.Process(pid).net_connections("tcp")
-                ports |= {c.laddr.port for c in connections if c.raddr and c.raddr.port == port}
-        titles = {pid: " ".join(psutil.Process(pid).cmdline()) for pid in found if psutil.pid_exists(pid)}
-        return [pid for pid, title in titles.items() if (m := re.search(r"\((\d+)\)", title)) and int(m[1]) in ports]
+        if any(pid not in theirs for pid in found):
+            ports = set()
+            for pid in clients(now):
+                with contextlib.suppress(psutil.Error):
+                    connections = psutil.Process(pid).net_connections("tcp")
+                    ports |= {c.laddr.port for c in connections if c.raddr and c.raddr.port == port}
+            for pid in found:
+                if pid not in theirs and (m := re.search(r"\((\d+)\)", now[pid].command)):
+                    theirs[pid] = int(m[1]) in ports
+        return [pid for pid in found if theirs.get(pid)]
 
     return pids
 
