@@ -251,10 +251,24 @@ def cpu_table(results: list[dict]) -> str:
     )
 
 
+def print_scaling(results: list[dict], args: argparse.Namespace) -> None:
+    window = args.concurrency * args.chunks_in_flight
+    server = "nginx answering at once" if args.server == "nginx" else f"the mock answering after {args.latency} s"
+    print(f"\n{args.rows} rows, {server}; each node {window} in flight ({args.chunks_in_flight} chunks of"
+          f" {args.chunk_rows} rows x {args.concurrency}); {os.cpu_count()} cores\n")  # fmt: skip
+    print(scaling_table(results))
+    print("\nCPU per row by role (µs; nodes: all nodes together; ledger: the PostgreSQL backends serving the nodes,"
+          " the coordinator, and any other client such as the benchmark's checks)\n")  # fmt: skip
+    print(cpu_table(results))
+    for r in results:
+        record("scale_out", f"requests/s on {r['nodes']} nodes", r["requests_per_s"], "requests/s",
+               rows=args.rows, server=args.server, window=window, **r)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[1, 2, 4], help="none: the ledger's cost only")
     parser.add_argument("--server", choices=("nginx", "mock"), default="nginx")
     parser.add_argument("--latency", type=float, default=0.5, help="the mock's answer time (s), --server mock")
     parser.add_argument("--concurrency", type=int, default=500, help="rows in flight per chunk")
@@ -267,17 +281,8 @@ def main() -> None:
         csv_path = os.path.join(directory, "rows.csv")
         write_rows(csv_path, args.rows)
         results = [run_on(n, args.rows, csv_path, args) for n in args.nodes]
-    window = args.concurrency * args.chunks_in_flight
-    server = "nginx answering at once" if args.server == "nginx" else f"the mock answering after {args.latency} s"
-    print(f"\n{args.rows} rows, {server}; each node {window} in flight ({args.chunks_in_flight} chunks of"
-          f" {args.chunk_rows} rows x {args.concurrency}); {os.cpu_count()} cores\n")  # fmt: skip
-    print(scaling_table(results))
-    print("\nCPU per row by role (µs; nodes: all nodes together; ledger: the PostgreSQL backends serving the nodes,"
-          " the coordinator, and any other client such as the benchmark's checks)\n")  # fmt: skip
-    print(cpu_table(results))
-    for r in results:
-        record("scale_out", f"requests/s on {r['nodes']} nodes", r["requests_per_s"], "requests/s",
-               rows=args.rows, server=args.server, window=window, **r)  # fmt: skip
+    if results:
+        print_scaling(results, args)
     if args.ledger_rows:
         with fresh_postgres() as db:
             cost = ledger_cost(db, args.ledger_rows)
