@@ -271,14 +271,14 @@ def fresh_postgres():
 
 
 @contextlib.contextmanager
-def worker_nodes(count: int, db: str, *extra):
-    """``count`` worker nodes on :data:`BENCH_BROKER` (flushed first), each its own process tree."""
+def worker_nodes(count: int, db: str, *extra, broker: str = BENCH_BROKER):
+    """``count`` worker nodes on ``broker`` (flushed first), each its own process tree."""
     import redis
 
-    redis.Redis.from_url(BENCH_BROKER).flushdb()
+    redis.Redis.from_url(broker).flushdb()
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "engine", "worker", "--broker", BENCH_BROKER, "--db", db, *map(str, extra)],
+            [sys.executable, "-m", "engine", "worker", "--broker", broker, "--db", db, *map(str, extra)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -58,3 +58,12 @@ def test_memory_smoke():
 def test_ledger_cost_smoke():
     out = run_bench("ledger_cost.py", "--rows", 2000)
     assert "record a result" in out
+
+
+@needs_nginx
+def test_scale_out_smoke(postgres_db, broker):
+    """Two node counts on a few thousand rows; the ledger's cost on a few thousand more (PostgreSQL)."""
+    out = run_bench(
+        "scale_out.py", "--rows", 2000, "--nodes", 1, 2, "--chunk-rows", 500, "--ledger-rows", 2000, "--broker", broker
+    )
+    assert "| 2 |" in out and "one node's CPU/row / this" in out and "| record |" in out

@@ -37,8 +37,12 @@ class SQLChunkLedger(SQLBase, ChunkLedger):
                 f" VALUES (?, ?, ?, ?, '{CHUNK_QUEUED}', 0, 0, 0, {self.NOW}) RETURNING chunk_id",
                 (run_id, pass_no, len(rids), ",".join(states)),
             )
-            self._run_many("UPDATE requests SET chunk_id = ? WHERE rid = ?", [(chunk_id, rid) for rid in rids])
+            self._set_chunk(chunk_id, rids)
         return chunk_id
+
+    def _set_chunk(self, chunk_id: int, rids: list[int]) -> None:
+        """The rows ``rids`` belong to chunk ``chunk_id`` (a store may do it in one statement)."""
+        self._run_many("UPDATE requests SET chunk_id = ? WHERE rid = ?", [(chunk_id, rid) for rid in rids])
 
     def claim_chunk(self, chunk_id: int, node: str, max_deliveries: int, busy_for: float = 60.0) -> ChunkClaim | None:
         with self._exclusive(f"chunk:{chunk_id}"):

@@ -27,6 +27,10 @@ from engine.states import CHUNK_DEAD, CHUNK_QUEUED, CHUNK_RUNNING, FAILED, REJEC
 
 #: How often the coordinator reads the ledger (s).
 WATCH_INTERVAL = 0.5
+#: The pass's figures (counts by state, attempts) are read again once the time since the last
+#: read is this many times what that read took: each read scans the run's rows, a tenth of a
+#: second at a million, so reading every look would take the ledger's server a core's fifth.
+MEASURE_SPACING = 10
 #: A chunk queued this long (s) that no node took, while the broker holds fewer messages than
 #: there are such chunks, is enqueued again: its message was lost (Redis restarted empty).
 #: A duplicate is harmless: the node that gets it second finds the chunk taken and refuses it.
@@ -50,6 +54,7 @@ class BrokerPass:
         self.attempts_before = 0
         self.counts: dict[str, int] = {}  # the pass's chunks by state, at the last look
         self.latest = PassTally()  # the pass's figures, at the last look
+        self.measure_after = 0.0  # monotonic time of the next read of them
         self.silent_for = chunk_silent_for(self.settings.stall_timeout, self.settings.timeout)
         self.ledger_down_since: float | None = None
         self.roster = Roster(self.link.client)
@@ -71,8 +76,11 @@ class BrokerPass:
     def step(self) -> None:
         time.sleep(WATCH_INTERVAL)
         self.counts = self.ledger.chunk_counts(self.run_id, self.pass_no)
-        self.latest = self._measure()  # read once per look: progress and the kill switch share it
-        self.supervisor.progress.update(self.latest)
+        if self.finished() or time.monotonic() >= self.measure_after:
+            started = time.monotonic()
+            self.latest = self._measure()  # read once per look: progress and the kill switch share it
+            self.measure_after = started + MEASURE_SPACING * (time.monotonic() - started)
+            self.supervisor.progress.update(self.latest)
 
     def finished(self) -> bool:
         return self.counts[CHUNK_QUEUED] + self.counts[CHUNK_RUNNING] == 0  # nothing of it in flight anywhere
