@@ -163,7 +163,8 @@ def start_api(server: str, directory: str, latency: float):
     """The API: nginx answering 200 at once, or the mock after ``latency`` s; (url, pid, stop)."""
     if server == "nginx":
         process, port = start_nginx(directory)
-        return f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges", process.pid, process.kill
+        stop = lambda: (process.terminate(), process.wait(10))  # noqa: E731 (SIGKILL would orphan its workers)
+        return f"http://127.0.0.1:{port}/v1/customers/{{id}}/charges", process.pid, stop
     api = MockProcess(latency=latency).__enter__()
     return api.charge_url(), api.process.pid, lambda: api.__exit__(None, None, None)
 
