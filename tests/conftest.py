@@ -196,9 +196,10 @@ def start_engine():
     """Start ``python -m engine ...`` in the background; whatever is left is killed after the test."""
     started = []
 
-    def start(*args, new_session: bool = False) -> subprocess.Popen:
+    def start(*args, new_session: bool = False, stdin=None) -> subprocess.Popen:
         process = subprocess.Popen(
             [*ENGINE, *map(str, args)],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -209,6 +210,8 @@ def start_engine():
 
     yield start
     for process in started:
+        if process.stdin is not None:
+            process.stdin.close()
         if process.poll() is None:
             for pid in worker_pids(process.pid):
                 os.kill(pid, signal.SIGKILL)
