@@ -409,28 +409,45 @@ def test_postgresql_restarted_mid_run_the_run_completes_and_charges_nobody_twice
         assert ledger.counts("pg")["succeeded"] == rows
 
 
-def holder_pids(db: str, run_id: str) -> set[int]:
-    """The node pids (Celery main processes) holding the run's running chunks."""
+def held_chunks(db: str, run_id: str) -> dict[int, int]:
+    """The run's running chunks, each with the pid of the node (Celery main process) holding it."""
     with open_store(db) as ledger:
-        held = ledger.conn.execute("SELECT node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
-        return {int(node.split(":")[1]) for (node,) in held.fetchall()}
+        held = ledger.conn.execute("SELECT chunk_id, node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
+        return {chunk: int(node.split(":")[1]) for (chunk, node) in held.fetchall()}
+
+
+def wait_queued_again(db: str, chunks: set[int], frozen: int, limit: float = 90) -> None:
+    """Until one of ``chunks``, which node ``frozen`` held, is no longer its: the coordinator found it silent
+    and queued it again for another node."""
+    deadline = time.monotonic() + limit
+    while True:
+        with open_store(db) as ledger:
+            states = ledger.conn.execute(
+                "SELECT chunk_id, state, node FROM chunks WHERE chunk_id = ANY(%s)", (list(chunks),)
+            ).fetchall()
+        if any(state != "running" or int(node.split(":")[1]) != frozen for (_, state, node) in states):
+            return
+        assert time.monotonic() < deadline, f"the frozen node's chunks were never queued again: {states}"
+        time.sleep(0.2)
 
 
 def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
     customers, postgres_url, broker, nodes, start_engine
 ):
-    """Issue 21.1: SIGSTOP one node's process group 26 s (its chunks go to the other), then SIGCONT."""
-    rows = 800
+    """Issue 21.1: SIGSTOP one node's process group until one of its chunks is queued again for the other
+    node (its silence outlasted lease + timeout + margin, 4 + 4 + 1 s), then SIGCONT."""
+    rows = 400  # 8 chunks: the frozen node holds some, the other node sends its own, then those
     started = nodes(2)
     with MockProcess(latency=1.0, lock_keys=False) as api:  # no lock on keys in progress: a resend charges
         coordinator = start_engine(
             *bill_args(customers(rows), api, postgres_url, "frozen", broker=broker),
-            "--concurrency", 4, "--timeout", 10, "--stall-timeout", 5, "--chunks", 50, "--quiet",
+            "--concurrency", 4, "--timeout", 4, "--stall-timeout", 4, "--chunks", 50, "--quiet",
         )  # fmt: skip
         wait_for_charges(api, 40)
-        frozen = next(node for node in started if node.pid in holder_pids(postgres_url, "frozen"))
+        held = held_chunks(postgres_url, "frozen")
+        frozen = next(node for node in started if node.pid in held.values())
         os.killpg(frozen.pid, signal.SIGSTOP)  # the whole node: a VM pause, a container freeze
-        time.sleep(26)  # its chunks are queued again after 5 + 10 + 1 s, and sent by the other node
+        wait_queued_again(postgres_url, {chunk for chunk, pid in held.items() if pid == frozen.pid}, frozen.pid)
         os.killpg(frozen.pid, signal.SIGCONT)
         out, err = coordinator.communicate(timeout=120)
         assert coordinator.returncode in (0, 1), err
