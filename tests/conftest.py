@@ -219,8 +219,22 @@ def start_engine():
             process.wait()
 
 
-def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run_engine(*args, timeout=240, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=stdin)
+
+
+def start_loading(start_engine, path: str, first: int, *args) -> subprocess.Popen:
+    """``python -m engine ARGS`` (a ``bill -``) started with the header and the first ``first`` rows of the
+    CSV ``path`` on its standard input, which stays open: its load goes on, for as long as a test needs,
+    until the rest (``engine.rest``) is written and the pipe closed (``engine.communicate(engine.rest)``)."""
+    engine = start_engine(*args, stdin=subprocess.PIPE)
+    with open(path) as handle:
+        lines = handle.readlines()
+    assert len(lines) > first + 1
+    engine.stdin.write("".join(lines[: first + 1]))
+    engine.stdin.flush()
+    engine.rest = "".join(lines[first + 1 :])
+    return engine
 
 
 def bill_args(csv_path: str, api: MockProcess, db: str, run_id: str, *options, broker: str | None = None) -> tuple:

@@ -412,7 +412,8 @@ def test_postgresql_restarted_mid_run_the_run_completes_and_charges_nobody_twice
 def held_chunks(db: str, run_id: str) -> dict[int, int]:
     """The run's running chunks, each with the pid of the node (Celery main process) holding it."""
     with open_store(db) as ledger:
-        held = ledger.conn.execute("SELECT chunk_id, node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
+        sql = "SELECT chunk_id, node FROM chunks WHERE run_id = %s AND state = 'running'"
+        held = ledger.conn.execute(sql, (run_id,))
         return {chunk: int(node.split(":")[1]) for (chunk, node) in held.fetchall()}
 
 

@@ -11,18 +11,17 @@ still under way, for as long as the test needs, until the test closes that pipe.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
-from conftest import ledger_rows, run_engine
+from conftest import ledger_rows, run_engine, start_loading
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
 from engine.states import SUCCEEDED
 
-#: Rows of the bill: several load batches (``engine.run.loading.LOAD_BATCH``), the first written before
-#: the test acts and the rest after.
+#: Rows of the bill, on the first bill's standard input (:func:`conftest.start_loading`): several load
+#: batches (``engine.run.loading.LOAD_BATCH``), the first written before the test acts and the rest after.
 ROWS = 5000
 #: Rows written before the test acts: more than one load batch, so rows are in the ledger by then.
 FIRST = 3000
@@ -54,19 +53,6 @@ def loaded(ledger: str, run_id: str) -> int:
     return ledger_rows(ledger, "SELECT count(*) FROM requests WHERE run_id = ?", run_id)[0][0]
 
 
-def start_loading(start_engine, path: str, *bill) -> subprocess.Popen:
-    """``bill -`` started with the header and the first ``FIRST`` rows of ``path`` on its standard input,
-    which stays open: the load goes on until the rest (``engine.rest``) is written and it is closed."""
-    engine = start_engine(*bill, stdin=subprocess.PIPE)
-    with open(path) as handle:
-        lines = handle.readlines()
-    assert len(lines) == ROWS + 1
-    engine.stdin.write("".join(lines[: FIRST + 1]))
-    engine.stdin.flush()
-    engine.rest = "".join(lines[FIRST + 1 :])
-    return engine
-
-
 def bill_of(source: str, api: MockProcess, ledger: str) -> list:
     return ["bill", source, "--format", "csv", "--url", api.charge_url(), "--db", ledger, "--run-id", "R", "--quiet"]
 
@@ -74,7 +60,7 @@ def bill_of(source: str, api: MockProcess, ledger: str) -> list:
 def test_a_second_bill_of_a_run_id_being_loaded_is_refused_naming_its_holder(ledger, customers, start_engine):
     path = customers(ROWS)
     with MockProcess() as api:
-        first = start_loading(start_engine, path, *bill_of("-", api, ledger))
+        first = start_loading(start_engine, path, FIRST, *bill_of("-", api, ledger))
         wait_loading(ledger, "R", first)
         second = run_engine(*bill_of(path, api, ledger))
         assert second.returncode == 2, second.stderr
@@ -93,7 +79,7 @@ def test_a_second_bill_of_a_run_id_being_loaded_is_refused_naming_its_holder(led
 def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, db, start_engine):
     path = customers(ROWS)
     with MockProcess() as api:
-        killed = start_loading(start_engine, path, *bill_of("-", api, db))
+        killed = start_loading(start_engine, path, FIRST, *bill_of("-", api, db))
         wait_loading(db, "R", killed, rows=1)  # some of its rows are written: the next bill must remove them
         killed.send_signal(signal.SIGKILL)
         killed.wait()
