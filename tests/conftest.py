@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,16 @@ def write_csv(path, count: int, start: int = 1, extra: dict | None = None):
         for n in range(start, start + count):
             writer.writerow([f"cus_{n}", n % 100 + 1, *((extra or {}).values())])
     return str(path)
+
+
+def copy_ledger(template: str, folder: Path) -> str:
+    """A copy of the SQLite ledger file ``template`` in ``folder``: a test of its own on a ledger that a
+    module-scoped fixture filled once (the engine that filled it has exited, so the file is whole)."""
+    copy = folder / "ledger.db"
+    for suffix in ("", "-wal"):
+        if os.path.exists(template + suffix):
+            shutil.copyfile(template + suffix, str(copy) + suffix)
+    return str(copy)
 
 
 @pytest.fixture
