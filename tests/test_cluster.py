@@ -33,6 +33,7 @@ def nodes(broker, postgres_url):
     def start(
         count: int, *extra, broker: str = broker, db: str = postgres_url, env: dict | None = None, log=None
     ) -> list[subprocess.Popen]:
+        consuming = consumers(broker)
         for _ in range(count):
             started.append(
                 subprocess.Popen(
@@ -53,12 +54,33 @@ def nodes(broker, postgres_url):
                     start_new_session=True,  # a node is its own process tree, as on its own machine
                 )
             )
-        time.sleep(2.5)  # a node connects to Redis and starts consuming
+        wait_consuming(broker, consuming + count, started[-count:])
         return started[-count:]
 
     yield start
     for process in started:
         kill_tree(process)
+
+
+def consumers(broker: str) -> int:
+    """How many connections to ``broker`` (its database) wait on a queue: a node's Celery worker, once its
+    pool has started, blocks in BRPOP on one."""
+    client = redis.Redis.from_url(broker)
+    number = client.connection_pool.connection_kwargs.get("db", 0)
+    try:
+        return sum(1 for c in client.client_list() if str(c.get("db")) == str(number) and c.get("cmd") == "brpop")
+    finally:
+        client.close()
+
+
+def wait_consuming(broker: str, count: int, nodes: list[subprocess.Popen], limit: float = 60) -> None:
+    """Until ``count`` nodes consume from ``broker``'s queue (not a fixed sleep: a busy machine starts them
+    late, an idle one early)."""
+    deadline = time.monotonic() + limit
+    while consumers(broker) < count:
+        assert all(node.poll() is None for node in nodes), "a worker node exited while starting"
+        assert time.monotonic() < deadline, f"fewer than {count} worker nodes consuming after {limit} s"
+        time.sleep(0.1)
 
 
 class OwnRedis:
