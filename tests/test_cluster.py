@@ -304,7 +304,7 @@ def busiest_second(times: list[float]) -> int:
 
 
 def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postgres_url, broker, nodes, start_engine):
-    rows = 6000
+    rows = 3000  # most of them still to send when the outage ends
     nodes(2)
     with MockProcess(latency=0.2, retry_after=0) as api:
         coordinator = start_engine(*bill_args(customers(rows), api, postgres_url, "outage", broker=broker), "--quiet")
@@ -345,7 +345,7 @@ def test_sigterm_on_a_node_finishes_and_records_its_chunks_then_another_node_goe
 def test_ctrl_c_stops_every_node_records_what_was_in_flight_and_rerun_finishes(
     customers, postgres_url, broker, nodes, start_engine
 ):
-    rows = 3000
+    rows = 1500  # at the stop (300 charged), most are left for the rerun
     nodes(1)
     with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
         coordinator = start_engine(
