@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,16 @@ def write_csv(path, count: int, start: int = 1, extra: dict | None = None):
     return str(path)
 
 
+def copy_ledger(template: str, folder: Path) -> str:
+    """A copy of the SQLite ledger file ``template`` in ``folder``: a test of its own on a ledger that a
+    module-scoped fixture filled once (the engine that filled it has exited, so the file is whole)."""
+    copy = folder / "ledger.db"
+    for suffix in ("", "-wal"):
+        if os.path.exists(template + suffix):
+            shutil.copyfile(template + suffix, str(copy) + suffix)
+    return str(copy)
+
+
 @pytest.fixture
 def customers(tmp_path):
     """``customers(n)`` writes a CSV of n customers and returns its path."""
@@ -196,9 +207,10 @@ def start_engine():
     """Start ``python -m engine ...`` in the background; whatever is left is killed after the test."""
     started = []
 
-    def start(*args, new_session: bool = False) -> subprocess.Popen:
+    def start(*args, new_session: bool = False, stdin=None) -> subprocess.Popen:
         process = subprocess.Popen(
             [*ENGINE, *map(str, args)],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -209,6 +221,8 @@ def start_engine():
 
     yield start
     for process in started:
+        if process.stdin is not None:
+            process.stdin.close()
         if process.poll() is None:
             for pid in worker_pids(process.pid):
                 os.kill(pid, signal.SIGKILL)
@@ -216,8 +230,22 @@ def start_engine():
             process.wait()
 
 
-def run_engine(*args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run_engine(*args, timeout=240, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*ENGINE, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=stdin)
+
+
+def start_loading(start_engine, path: str, first: int, *args) -> subprocess.Popen:
+    """``python -m engine ARGS`` (a ``bill -``) started with the header and the first ``first`` rows of the
+    CSV ``path`` on its standard input, which stays open: its load goes on, for as long as a test needs,
+    until the rest (``engine.rest``) is written and the pipe closed (``engine.communicate(engine.rest)``)."""
+    engine = start_engine(*args, stdin=subprocess.PIPE)
+    with open(path) as handle:
+        lines = handle.readlines()
+    assert len(lines) > first + 1
+    engine.stdin.write("".join(lines[: first + 1]))
+    engine.stdin.flush()
+    engine.rest = "".join(lines[first + 1 :])
+    return engine
 
 
 def bill_args(csv_path: str, api: MockProcess, db: str, run_id: str, *options, broker: str | None = None) -> tuple:

@@ -119,8 +119,13 @@ def breakers(request):
     return lambda settings, views=1: [SharedBreaker(RedisLink(client, 5.0), run_id, 1, settings) for _ in range(views)]
 
 
+#: Intervals long enough that a busy machine (a Redis round trip delayed, a process descheduled) does not
+#: outlast a wait the test expects to see (margins of 0.5 s and 0.3 s below).
+SLOW_RULES = BreakerSettings(threshold=3, first_interval=0.5, max_interval=2.0, probe_timeout=5.0)
+
+
 def test_breaker_opens_after_a_streak_and_one_probe_closes_it(breakers):
-    (breaker,) = breakers(RULES)
+    (breaker,) = breakers(SLOW_RULES)
     assert breaker.allow() is Permit.GO and not breaker.is_open()
     for answer in (Answer.UP, Answer.DOWN, Answer.DOWN):
         breaker.record(answer)
@@ -128,13 +133,13 @@ def test_breaker_opens_after_a_streak_and_one_probe_closes_it(breakers):
     breaker.record(Answer.UP)  # an answer breaks the streak
     for _ in range(3):
         breaker.record(Answer.DOWN)
-    assert breaker.is_open() and breaker.allow() is Permit.WAIT
-    time.sleep(0.06)
+    assert breaker.is_open() and breaker.allow() is Permit.WAIT  # a probe in 0.5 s
+    time.sleep(0.55)
     assert breaker.allow() is Permit.PROBE
-    breaker.record(Answer.PROBE_DOWN)  # still down: wait twice as long
-    time.sleep(0.06)
-    assert breaker.allow() is Permit.WAIT
-    time.sleep(0.05)
+    breaker.record(Answer.PROBE_DOWN)  # still down: wait twice as long, 1 s
+    time.sleep(0.7)
+    assert breaker.allow() is Permit.WAIT  # past 0.5 s: the interval doubled
+    time.sleep(0.35)
     assert breaker.allow() is Permit.PROBE
     breaker.record(Answer.PROBE_UP)
     assert not breaker.is_open() and breaker.allow() is Permit.GO

@@ -33,6 +33,7 @@ def nodes(broker, postgres_url):
     def start(
         count: int, *extra, broker: str = broker, db: str = postgres_url, env: dict | None = None, log=None
     ) -> list[subprocess.Popen]:
+        consuming = consumers(broker)
         for _ in range(count):
             started.append(
                 subprocess.Popen(
@@ -53,12 +54,33 @@ def nodes(broker, postgres_url):
                     start_new_session=True,  # a node is its own process tree, as on its own machine
                 )
             )
-        time.sleep(2.5)  # a node connects to Redis and starts consuming
+        wait_consuming(broker, consuming + count, started[-count:])
         return started[-count:]
 
     yield start
     for process in started:
         kill_tree(process)
+
+
+def consumers(broker: str) -> int:
+    """How many connections to ``broker`` (its database) wait on a queue: a node's Celery worker, once its
+    pool has started, blocks in BRPOP on one."""
+    client = redis.Redis.from_url(broker)
+    number = client.connection_pool.connection_kwargs.get("db", 0)
+    try:
+        return sum(1 for c in client.client_list() if str(c.get("db")) == str(number) and c.get("cmd") == "brpop")
+    finally:
+        client.close()
+
+
+def wait_consuming(broker: str, count: int, nodes: list[subprocess.Popen], limit: float = 60) -> None:
+    """Until ``count`` nodes consume from ``broker``'s queue (not a fixed sleep: a busy machine starts them
+    late, an idle one early)."""
+    deadline = time.monotonic() + limit
+    while consumers(broker) < count:
+        assert all(node.poll() is None for node in nodes), "a worker node exited while starting"
+        assert time.monotonic() < deadline, f"fewer than {count} worker nodes consuming after {limit} s"
+        time.sleep(0.1)
 
 
 class OwnRedis:
@@ -282,7 +304,7 @@ def busiest_second(times: list[float]) -> int:
 
 
 def test_an_outage_pauses_every_node_and_one_probe_resumes_them(customers, postgres_url, broker, nodes, start_engine):
-    rows = 6000
+    rows = 3000  # most of them still to send when the outage ends
     nodes(2)
     with MockProcess(latency=0.2, retry_after=0) as api:
         coordinator = start_engine(*bill_args(customers(rows), api, postgres_url, "outage", broker=broker), "--quiet")
@@ -323,7 +345,7 @@ def test_sigterm_on_a_node_finishes_and_records_its_chunks_then_another_node_goe
 def test_ctrl_c_stops_every_node_records_what_was_in_flight_and_rerun_finishes(
     customers, postgres_url, broker, nodes, start_engine
 ):
-    rows = 3000
+    rows = 1500  # at the stop (300 charged), most are left for the rerun
     nodes(1)
     with MockProcess(latency=0.3, jitter=0.1, lock_keys=False) as api:
         coordinator = start_engine(
@@ -409,28 +431,46 @@ def test_postgresql_restarted_mid_run_the_run_completes_and_charges_nobody_twice
         assert ledger.counts("pg")["succeeded"] == rows
 
 
-def holder_pids(db: str, run_id: str) -> set[int]:
-    """The node pids (Celery main processes) holding the run's running chunks."""
+def held_chunks(db: str, run_id: str) -> dict[int, int]:
+    """The run's running chunks, each with the pid of the node (Celery main process) holding it."""
     with open_store(db) as ledger:
-        held = ledger.conn.execute("SELECT node FROM chunks WHERE run_id = %s AND state = 'running'", (run_id,))
-        return {int(node.split(":")[1]) for (node,) in held.fetchall()}
+        sql = "SELECT chunk_id, node FROM chunks WHERE run_id = %s AND state = 'running'"
+        held = ledger.conn.execute(sql, (run_id,))
+        return {chunk: int(node.split(":")[1]) for (chunk, node) in held.fetchall()}
+
+
+def wait_queued_again(db: str, chunks: set[int], frozen: int, limit: float = 90) -> None:
+    """Until one of ``chunks``, which node ``frozen`` held, is no longer its: the coordinator found it silent
+    and queued it again for another node."""
+    deadline = time.monotonic() + limit
+    while True:
+        with open_store(db) as ledger:
+            states = ledger.conn.execute(
+                "SELECT chunk_id, state, node FROM chunks WHERE chunk_id = ANY(%s)", (list(chunks),)
+            ).fetchall()
+        if any(state != "running" or int(node.split(":")[1]) != frozen for (_, state, node) in states):
+            return
+        assert time.monotonic() < deadline, f"the frozen node's chunks were never queued again: {states}"
+        time.sleep(0.2)
 
 
 def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
     customers, postgres_url, broker, nodes, start_engine
 ):
-    """Issue 21.1: SIGSTOP one node's process group 26 s (its chunks go to the other), then SIGCONT."""
-    rows = 800
+    """Issue 21.1: SIGSTOP one node's process group until one of its chunks is queued again for the other
+    node (its silence outlasted lease + timeout + margin, 4 + 4 + 1 s), then SIGCONT."""
+    rows = 400  # 8 chunks: the frozen node holds some, the other node sends its own, then those
     started = nodes(2)
     with MockProcess(latency=1.0, lock_keys=False) as api:  # no lock on keys in progress: a resend charges
         coordinator = start_engine(
             *bill_args(customers(rows), api, postgres_url, "frozen", broker=broker),
-            "--concurrency", 4, "--timeout", 10, "--stall-timeout", 5, "--chunks", 50, "--quiet",
+            "--concurrency", 4, "--timeout", 4, "--stall-timeout", 4, "--chunks", 50, "--quiet",
         )  # fmt: skip
         wait_for_charges(api, 40)
-        frozen = next(node for node in started if node.pid in holder_pids(postgres_url, "frozen"))
+        held = held_chunks(postgres_url, "frozen")
+        frozen = next(node for node in started if node.pid in held.values())
         os.killpg(frozen.pid, signal.SIGSTOP)  # the whole node: a VM pause, a container freeze
-        time.sleep(26)  # its chunks are queued again after 5 + 10 + 1 s, and sent by the other node
+        wait_queued_again(postgres_url, {chunk for chunk, pid in held.items() if pid == frozen.pid}, frozen.pid)
         os.killpg(frozen.pid, signal.SIGCONT)
         out, err = coordinator.communicate(timeout=120)
         assert coordinator.returncode in (0, 1), err

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from conftest import report_json, run_engine, status_counts
+from conftest import copy_ledger, report_json, run_engine, status_counts, write_csv
 from starlette.testclient import TestClient
 
 from engine.dashboard.app import make_app
@@ -33,15 +33,31 @@ def api():
         yield server
 
 
-@pytest.fixture
-def ledger(api, customers, db):
-    """A finished run ``f`` of 300 rows, about half failed with 503 or 500 (one attempt each)."""
+@pytest.fixture(scope="module")
+def seeded_api():
+    """The mock API the module's finished run was billed to (its rerun goes there too)."""
+    with MockProcess(p503=0.25, p500=0.25, retry_after=0, seed=3) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished_run(seeded_api, tmp_path_factory) -> str:
+    """A finished run ``f`` of 300 rows, about half failed with 503 or 500 (one attempt each), billed once
+    for the module; each test gets a copy of its ledger (``ledger``)."""
+    folder = tmp_path_factory.mktemp("finished_run")
+    db = str(folder / "ledger.db")
     result = run_engine(
-        "bill", customers(300), "--url", api.charge_url(), "--db", db, "--run-id", "f", "--max-attempts", 1,
-        "--max-failure-rate", "off",  # half of them fail on purpose
+        "bill", write_csv(folder / "customers.csv", 300), "--url", seeded_api.charge_url(), "--db", db,
+        "--run-id", "f", "--max-attempts", 1, "--max-failure-rate", "off",  # half of them fail on purpose
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     return db
+
+
+@pytest.fixture
+def ledger(finished_run, tmp_path) -> str:
+    """A ledger of this test's own holding the finished run ``f``."""
+    return copy_ledger(finished_run, tmp_path)
 
 
 def client(db: str, token: str | None = TOKEN) -> TestClient:
@@ -135,12 +151,12 @@ def test_pause_and_resume_from_the_page(ledger):
         assert not store.is_paused("f")
 
 
-def test_rerun_of_the_filtered_rows_replays_exactly_them(ledger, api):
+def test_rerun_of_the_filtered_rows_replays_exactly_them(ledger, seeded_api):
     web = client(ledger)
     with open_store(ledger) as store:
         only_503 = {r["row_id"] for r in store.iter_rows("f", RowFilter(http_status=503))}
     failed_before = status_counts(ledger, "f")["failed"]
-    api.configure(p503=0.0, p500=0.0)
+    seeded_api.configure(p503=0.0, p500=0.0)
     page = web.get("/runs/f/failures?http_status=503").text
     answer = web.post(
         "/runs/f/rerun",
@@ -260,19 +276,31 @@ def finished_rerun(web: httpx.Client, run_id: str, limit: float = 60) -> dict:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def unknowns(customers, db):
+@pytest.fixture(scope="module")
+def unknown_run(tmp_path_factory):
     """A ``--no-idempotency`` run ``u`` of 60 rows: the mock API charged every one, but dropped the
-    connection of several before answering (``unknown``); the API, still running."""
+    connection of several before answering (``unknown``); its ledger, billed once for the module, and
+    the API, still running."""
+    folder = tmp_path_factory.mktemp("unknown_run")
+    db = str(folder / "ledger.db")
     with MockProcess(p_drop_after=0.15, seed=5) as server:
         result = run_engine(
-            "bill", customers(60), "--url", server.charge_url(), "--db", db, "--run-id", "u",
-            "--no-idempotency", "--max-attempts", 1, "--quiet",
+            "bill", write_csv(folder / "customers.csv", 60), "--url", server.charge_url(), "--db", db,
+            "--run-id", "u", "--no-idempotency", "--max-attempts", 1, "--quiet",
         )  # fmt: skip
         assert result.returncode == 1, result.stderr
         assert status_counts(db, "u")["unknown"] >= 3
         server.configure(p_drop_after=0.0)
-        yield server
+        yield db, server
+
+
+@pytest.fixture
+def unknowns(unknown_run, tmp_path, db):
+    """The run ``u`` in this test's own copy of its ledger (at ``db``); the API it was billed to. The
+    tests that share that API send it nothing but the one row the rerun button test sends."""
+    template, server = unknown_run
+    assert copy_ledger(template, tmp_path) == db
+    return server
 
 
 def test_the_rerun_button_sends_exactly_the_one_unknown_row_the_page_shows_and_only_when_ticked(db, unknowns):

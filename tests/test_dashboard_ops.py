@@ -18,7 +18,17 @@ import httpx
 import pytest
 from conftest import bill_args, run_engine, status_counts
 from test_cluster import kill_tree, nodes  # noqa: F401  (the fixture)
-from test_dashboard import TOKEN, api, as_form, csrf_of, finished_rerun, ledger, rerun_form, serving  # noqa: F401
+from test_dashboard import (  # noqa: F401  (the fixtures ``finished_run``, ``ledger`` and ``seeded_api``)
+    TOKEN,
+    as_form,
+    csrf_of,
+    finished_rerun,
+    finished_run,
+    ledger,
+    rerun_form,
+    seeded_api,
+    serving,
+)
 
 from engine.dashboard.bounds import Scans, ScanTooLong, open_bounded
 from engine.dashboard.groups import Cause, causes, fold
@@ -41,7 +51,8 @@ def test_error_texts_fold_numbers_and_ids_into_one_cause():
     assert found[1].rows_filter().to_query() == [("status", "failed"), ("http_status", "503")]
 
 
-def test_failures_grouped_by_cause_and_one_group_rerun_through_the_filter(ledger, api):
+def test_failures_grouped_by_cause_and_one_group_rerun_through_the_filter(ledger, seeded_api):
+    api = seeded_api  # the run was billed to it: its reruns go there
     counts = status_counts(ledger, "f")
     with serving(ledger) as (web, _):
         page = web.get("/runs/f/causes").text
@@ -67,7 +78,8 @@ def test_failures_grouped_by_cause_and_one_group_rerun_through_the_filter(ledger
     assert f"pass 2     {rows_503} rows sent by this pass: {rows_503} succeeded" in report.stdout, report.stdout
 
 
-def test_one_row_retried_another_marked_resolved_and_never_sent_again(ledger, api):
+def test_one_row_retried_another_marked_resolved_and_never_sent_again(ledger, seeded_api):
+    api = seeded_api  # the run was billed to it: its reruns go there
     with open_store(ledger) as store:
         failed = [r["row_id"] for r in store.iter_rows("f", ["failed"])]
     retried, resolved = failed[0], failed[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ENGINE, run_engine
+from conftest import ENGINE, copy_ledger, run_engine, write_csv
 from test_dashboard import TOKEN
 from test_dashboard import serving as dashboard_process
 
@@ -43,15 +43,24 @@ def serving(db: str, *args: str, token: str | None = TOKEN):
         yield web
 
 
-@pytest.fixture
-def ledger(customers, db):
-    """A finished run ``f`` of 20 rows, some failed with 503."""
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> str:
+    """A finished run ``f`` of 20 rows, some failed with 503, billed once for the module."""
+    folder = tmp_path_factory.mktemp("finished_run")
+    db = str(folder / "ledger.db")
     with MockProcess(p503=0.4, retry_after=0, seed=3) as api:
         result = run_engine(
-            "bill", customers(20), "--url", api.charge_url(), "--db", db, "--run-id", "f", "--max-attempts", 1
-        )
+            "bill", write_csv(folder / "customers.csv", 20), "--url", api.charge_url(), "--db", db,
+            "--run-id", "f", "--max-attempts", 1,
+        )  # fmt: skip
     assert result.returncode == 1, result.stderr
     return db
+
+
+@pytest.fixture
+def ledger(finished_run, tmp_path) -> str:
+    """A ledger of this test's own holding the finished run ``f``."""
+    return copy_ledger(finished_run, tmp_path)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, wait_for_attempts
+from conftest import ENGINE, assert_everyone_charged_once, ledger_rows, run_engine, start_loading, wait_for_attempts
 
 from engine.errors import LedgerError
 from engine.mock.process import MockProcess
@@ -77,23 +77,25 @@ def test_a_disk_full_while_loading_sends_nothing(customers, small_disk):
 def test_a_disk_that_fills_while_loading_leaves_no_run_loading_and_the_same_bill_then_works(
     customers, small_disk, start_engine
 ):
-    disk = small_disk(320)  # a pass needs room for its answers (check_space): 204 MB for these rows
+    disk = small_disk(24)  # a pass needs room for its answers (check_space): 14 MB for these rows
     db = str(disk / "ledger.db")
-    rows = 200_000
+    rows = 10_000
+    path = customers(rows)
     with MockProcess() as api:
-        bill = ["bill", customers(rows), "--url", api.charge_url(), "--db", db, "--quiet"]
-        engine = start_engine(*bill)
+        bill = ["bill", "-", "--format", "csv", "--url", api.charge_url(), "--db", db, "--quiet"]
+        engine = start_loading(start_engine, path, rows // 2, *bill)  # the load waits for the rest of its input
         deadline = time.monotonic() + 60
-        while not ledger_rows_or_none(db, "SELECT count(*) FROM requests", at_least=20_000):
+        while not ledger_rows_or_none(db, "SELECT count(*) FROM requests", at_least=2000):
             assert engine.poll() is None and time.monotonic() < deadline, engine.communicate()
             time.sleep(0.02)
         filler = fill(disk)  # the disk fills while the input loads
-        out, err = engine.communicate(timeout=120)
+        out, err = engine.communicate(engine.rest, timeout=120)
         assert_one_line(subprocess.CompletedProcess([], engine.returncode, out, err), "disk is full")
         assert api.stats()["requests"] == 0
 
         filler.unlink()
-        done = run_engine(*bill, timeout=300)  # the same command, once there is space
+        with open(path) as same_input:
+            done = run_engine(*bill, stdin=same_input)  # the same command, once there is space
         assert done.returncode == 0, done.stderr
         assert ledger_rows(db, "SELECT state, count(*) FROM runs GROUP BY state") == [("finished", 1)]
         ((run_id,),) = ledger_rows(db, "SELECT run_id FROM runs")
@@ -185,13 +187,14 @@ def test_a_ledger_locked_by_another_program(customers, db):
 
 def test_sigterm_while_loading_stops_cleanly(customers, db, start_engine):
     with MockProcess() as api:
-        engine = start_engine("bill", customers(400_000), "--url", api.charge_url(), "--db", db, "--quiet")
+        bill = ["bill", "-", "--format", "csv", "--url", api.charge_url(), "--db", db, "--quiet"]
+        engine = start_loading(start_engine, customers(5000), 3000, *bill)  # the load waits for the rest
         deadline = time.monotonic() + 30
         while not catches(engine.pid, signal.SIGTERM):  # the load is under way: SIGTERM is the engine's to handle
             assert time.monotonic() < deadline, "the engine did not begin loading within 30 s"
             time.sleep(0.05)
         time.sleep(0.3)
-        assert engine.poll() is None, "the load ended before the signal: make the input bigger"
+        assert engine.poll() is None, engine.communicate()
         engine.send_signal(signal.SIGTERM)
         _, err = engine.communicate(timeout=60)
         assert engine.returncode in (130, 143), err

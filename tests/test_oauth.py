@@ -166,7 +166,9 @@ def test_each_worker_node_fetches_one_token_for_its_processes(
     for name, value in CLIENT.items():
         monkeypatch.setenv(name, value)  # the coordinator's and the nodes' environment
     nodes(2)  # 4 pool processes each
-    expiry, rows = 3.0, 6000
+    # refreshed 1.2 s before it expires: room for a busy machine's delays between the header and the API
+    # (at 3 s, 0.6 s, a loaded machine sent some requests whose token expired on the way: 401s)
+    expiry, rows = 6.0, 4000
     with MockProcess(require_token=True, token_expires_in=expiry, latency=0.05) as api:
         started = time.monotonic()
         result = run_engine(

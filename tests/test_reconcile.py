@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from conftest import ledger_rows, run_engine, status_counts
+from conftest import copy_ledger, ledger_rows, run_engine, status_counts, write_csv
 
 from engine.ledger import open_store
 from engine.ledger.lease import Holder
@@ -31,17 +31,50 @@ def _bill(api: MockProcess, customers, db: str, *extra) -> None:
     api.configure(p_drop_after=0.0, p_drop_before=0.0)
 
 
-@pytest.fixture
-def unknowns(customers, any_db):
-    """A ``--no-idempotency`` run ``u`` whose dropped connections (some after charging, some before)
-    left ``unknown`` rows; the mock API, still running and no longer dropping."""
+def _unknown_run(api: MockProcess, customers, db: str) -> None:
+    """Bill run ``u`` without keys through ``api``'s dropped connections (some after charging, some before):
+    they leave ``unknown`` rows; then wait until none of its attempts can still be in progress at the API."""
+    _bill(api, customers, db, "--no-idempotency")
+    stats = api.stats()
+    assert stats["dropped_after"] >= 3 and stats["dropped_before"] >= 3
+    assert status_counts(db, "u")[UNKNOWN] == stats["dropped_after"] + stats["dropped_before"]
+    time.sleep(TIMEOUT + 1.2)  # no attempt of the run can still be in progress at the API
+
+
+def _fresh_unknowns(customers, db: str):
     with MockProcess(p_drop_after=0.15, p_drop_before=0.15, seed=7) as api:
-        _bill(api, customers, any_db, "--no-idempotency")
-        stats = api.stats()
-        assert stats["dropped_after"] >= 3 and stats["dropped_before"] >= 3
-        assert status_counts(any_db, "u")[UNKNOWN] == stats["dropped_after"] + stats["dropped_before"]
-        time.sleep(TIMEOUT + 1.2)  # no attempt of the run can still be in progress at the API
+        _unknown_run(api, customers, db)
         yield api
+
+
+@pytest.fixture
+def own_unknowns(customers, any_db):
+    """The run ``u`` with ``unknown`` rows, billed for this test alone; the mock API, still running and no
+    longer dropping (a test that charges through it changes what later lookups find)."""
+    yield from _fresh_unknowns(customers, any_db)
+
+
+@pytest.fixture(scope="module")
+def unknown_run(tmp_path_factory):
+    """The run ``u`` with ``unknown`` rows in a SQLite ledger, billed once for the module, and its mock API."""
+    folder = tmp_path_factory.mktemp("unknown_run")
+    db = str(folder / "ledger.db")
+    with MockProcess(p_drop_after=0.15, p_drop_before=0.15, seed=7) as api:
+        _unknown_run(api, lambda rows: write_csv(folder / "customers.csv", rows), db)
+        yield db, api
+
+
+@pytest.fixture
+def unknowns(request, customers, any_db, tmp_path):
+    """The run ``u`` with ``unknown`` rows in ``any_db``, and the mock API it was billed to, which its lookups
+    ask. On SQLite a copy of the module's ledger (:func:`unknown_run`): the tests that take it charge nobody
+    through that API, so every lookup finds what the bill left; on PostgreSQL a run of the test's own."""
+    if any_db.startswith("postgres"):
+        yield from _fresh_unknowns(customers, any_db)
+        return
+    template, api = request.getfixturevalue("unknown_run")
+    assert copy_ledger(template, tmp_path) == any_db
+    yield api
 
 
 def _reconcile(db: str, url: str, *extra):
@@ -59,7 +92,8 @@ def _lookup_attempts(db: str) -> int:
     return ledger_rows(db, "SELECT count(*) FROM attempts WHERE error LIKE ?", "lookup: %")[0][0]
 
 
-def test_reconcile_then_rerun_charges_the_uncharged_once_and_resends_none_found_charged(any_db, unknowns):
+def test_reconcile_then_rerun_charges_the_uncharged_once_and_resends_none_found_charged(any_db, own_unknowns):
+    unknowns = own_unknowns
     before = unknowns.stats()
     url = f"{unknowns.base_url}/v1/customers/{{id}}/charges"
     result = _reconcile(any_db, url)
