@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlencode
 
 from engine.errors import EngineError, UsageError
 from engine.request.spec import redact
+
+if TYPE_CHECKING:
+    import ssl
 
 #: The environment variables holding the client's credentials.
 CLIENT_ID_ENV = "OAUTH_CLIENT_ID"
@@ -80,6 +80,9 @@ class OAuthClient:
 
     def fetch(self) -> Token:
         """Ask the token endpoint for a new access token; :class:`TokenError` in one line if it cannot."""
+        import urllib.error  # here, not at the top: only a run with OAuth pays for loading urllib and ssl
+        import urllib.request
+
         form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
         # RFC 6749 §2.3.1: each part is form-encoded before it is joined into the Basic credential
         basic = base64.b64encode(f"{quote(self.client_id, safe='')}:{quote(self.client_secret, safe='')}".encode())
@@ -110,6 +113,8 @@ class OAuthClient:
     def _tls(self) -> ssl.SSLContext | None:
         if not self.token_url.lower().startswith("https://"):
             return None
+        import ssl
+
         context = ssl.create_default_context(cafile=self.ca_bundle)
         if not self.verify_tls:
             context.check_hostname = False
