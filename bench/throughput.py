@@ -24,6 +24,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import ssl
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="1,000,000 rows")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--peers", nargs="*", default=["bare", "aiohttp", "httpx", "requests"])
+    peers = ["bare", "aiohttp", "httpx", "requests", *(["wrk"] if shutil.which("wrk") else [])]
+    parser.add_argument("--peers", nargs="*", default=peers, help="wrk: when installed (apt-get install wrk)")
     parser.add_argument("--tls", action="store_true", help="HTTPS: nginx with a certificate made here; all verify it")
     parser.add_argument("--http2", action="store_true", help="with --tls: also the engine over HTTP/2")
     parser.add_argument("--wrk-seconds", type=int, default=5, help="how long the wrk peer runs")
