@@ -59,3 +59,10 @@ def test_memory_smoke():
 def test_ledger_cost_smoke():
     out = run_bench("ledger_cost.py", "--rows", 2000)
     assert "record a result" in out
+
+
+@needs_nginx
+def test_compare_engines_smoke():
+    tree = str(BENCH.parent)  # the same engine twice
+    out = run_bench("compare_engines.py", tree, tree, "--rows", 300, "--rounds", 1)
+    assert out.count(f"| {tree} |") == 2
