@@ -89,7 +89,9 @@ class TreeWatch:
                 with member.oneshot():
                     rss += member.memory_info().rss
                     times = member.cpu_times()
-                    role = self._cpu[member.pid][0] if member.pid in self._cpu else self._role(member)
+                    # a spawned worker reads as its parent's command line until it has exec'd: look again
+                    known = self._cpu.get(member.pid, ("other",))[0]
+                    role = known if known != "other" else self._role(member)
                     self._cpu[member.pid] = (role, times.user + times.system)
             except psutil.Error:
                 pass

@@ -6,7 +6,9 @@ runs in one go, with the same processes and in-flight requests for every client:
 (1) ``python -m engine bill`` end to end (ledger, progress, retry machinery on; with ``--tls``
 also without idempotency keys, and with ``--http2`` over HTTP/2),
 (2) a bare pycurl CurlMulti loop (the ceiling), (3) aiohttp + uvloop, (4) httpx
-AsyncClient, (5) serial ``requests``. Slow peers run on fewer rows and are extrapolated.
+AsyncClient, (5) serial ``requests``, (6) ``wrk`` (C, the machine's ceiling; a Lua script makes it POST the
+same body; it runs for ``--wrk-seconds`` and its rate is its own count over its own duration).
+Slow peers run on fewer rows and are extrapolated.
 
 Example:
     python bench/throughput.py                  # 200,000 rows
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shutil
 import ssl
 import subprocess
 import sys
@@ -91,6 +95,31 @@ def run_engine(command: list[str], server_pid: int) -> tuple[float, float, float
     return measured.wall, measured.cpu, measured.server_cpu, {"cpu": watch.cpu(), "phases": phases}
 
 
+#: wrk's request: the same POST the other peers send.
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"id": "cus_0000001", "amount_cents": 1234, "currency": "eur"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def run_wrk(url: str, directory: str, seconds: float, threads: int, connections: int, server_pid: int) -> tuple:
+    """wrk for ``seconds``: (requests, its duration, CPU seconds of wrk, of the server, 2xx answers).
+    Over TLS wrk does not verify the certificate (it has no option to)."""
+    script = os.path.join(directory, "post.lua")
+    with open(script, "w") as handle:
+        handle.write(WRK_SCRIPT)
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", script, url]
+    _wall, cpu, server_cpu, done = timed(command, server_pid)
+    found = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
+    if not found:
+        raise SystemExit(f"wrk: no count in {done.stdout!r}")
+    count, duration = int(found.group(1)), float(found.group(2)) / (1000 if found.group(3) == "ms" else 1)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", done.stdout)
+    failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return count, duration, cpu, server_cpu, count - failed
+
+
 def accepted(port: int, ca: str | None) -> int:
     """Connections nginx has accepted so far (its stub_status): with TLS, one handshake each."""
     scheme = "https" if ca else "http"
@@ -105,9 +134,11 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="1,000,000 rows")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--peers", nargs="*", default=["bare", "aiohttp", "httpx", "requests"])
+    peers = ["bare", "aiohttp", "httpx", "requests", *(["wrk"] if shutil.which("wrk") else [])]
+    parser.add_argument("--peers", nargs="*", default=peers, help="wrk: when installed (apt-get install wrk)")
     parser.add_argument("--tls", action="store_true", help="HTTPS: nginx with a certificate made here; all verify it")
     parser.add_argument("--http2", action="store_true", help="with --tls: also the engine over HTTP/2")
+    parser.add_argument("--wrk-seconds", type=int, default=5, help="how long the wrk peer runs")
     args = parser.parse_args()
     rows = 1_000_000 if args.full else args.rows
     shares = {"bare": 1.0, "aiohttp": 0.25, "httpx": 0.02, "requests": min(1.0, 1000 / rows)}
@@ -146,6 +177,13 @@ def main() -> None:
                 results.append((name, count, wall, cpu, server_cpu, count, accepted(port, ca) - before))
                 detail.setdefault("engine", measured)
             for peer in args.peers:
+                if peer == "wrk":
+                    before = accepted(port, ca)
+                    count, seconds, cpu_w, server_w, ok = run_wrk(
+                        url, directory, args.wrk_seconds, args.workers, args.workers * args.concurrency, nginx.pid
+                    )
+                    results.append((peer, count, seconds, cpu_w, server_w, ok, accepted(port, ca) - before))
+                    continue
                 count = max(1, int(rows * shares.get(peer, 1.0)))
                 processes = 1 if peer == "requests" else args.workers
                 before = accepted(port, ca)
@@ -213,6 +251,8 @@ def main() -> None:
     rates = {name: count / wall for name, count, wall, *_ in results}
     if "bare" in rates:
         print(f"\nengine / bare pycurl loop: {engine_rate / rates['bare']:.2f}")
+    if "wrk" in rates:
+        print(f"engine / wrk (C): {engine_rate / rates['wrk']:.2f}")
     if "aiohttp" in rates:
         print(f"engine / aiohttp + uvloop: {engine_rate / rates['aiohttp']:.2f}")
     if "engine --no-idempotency" in rates:

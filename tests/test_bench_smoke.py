@@ -42,8 +42,9 @@ def test_latency_bound_smoke():
 
 @needs_nginx
 def test_throughput_smoke():
-    out = run_bench("throughput.py", "--rows", 2000)
-    for client in ("engine (end to end)", "bare", "aiohttp", "httpx", "requests"):
+    out = run_bench("throughput.py", "--rows", 2000, "--wrk-seconds", 1)
+    with_wrk = ("wrk",) if shutil.which("wrk") else ()  # the C ceiling, when installed
+    for client in ("engine (end to end)", "bare", "aiohttp", "httpx", "requests", *with_wrk):
         assert f"| {client} |" in out
     for target in ("pass alone / bare loop | 0.75", "end to end / bare loop | 0.60", "aiohttp + uvloop | 2.50"):
         assert target in out  # the targets, each with the ratio reached in this run
@@ -67,3 +68,9 @@ def test_scale_out_smoke(postgres_db, broker):
         "scale_out.py", "--rows", 2000, "--nodes", 1, 2, "--chunk-rows", 500, "--ledger-rows", 2000, "--broker", broker
     )
     assert "| 2 |" in out and "one node's CPU/row / this" in out and "| record |" in out
+
+
+def test_compare_engines_smoke():
+    tree = str(BENCH.parent)  # the same engine twice
+    out = run_bench("compare_engines.py", tree, tree, "--rows", 300, "--rounds", 1)
+    assert out.count(f"| {tree} |") == 2

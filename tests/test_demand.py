@@ -14,7 +14,7 @@ from engine.delivery.policy import Outcome, RetryPolicy
 from engine.delivery.ratelimit import Pacer
 from engine.delivery.retries import Retries
 from engine.delivery.transport import Finished
-from engine.local.demand import RESERVE_CHUNKS, RESERVE_MIN, Demand
+from engine.local.demand import ASK_EVERY, RESERVE_CHUNKS, RESERVE_MIN, Demand
 from engine.wire import Attempt, Dispatch
 
 CONTEXT = multiprocessing.get_context("spawn")
@@ -36,19 +36,20 @@ def test_a_fresh_worker_asks_for_its_window_and_then_waits_for_the_answer():
     assert demand.round_trip == pytest.approx(0.8 * 0.01 + 0.2 * 0.05)
 
 
-def test_the_reserve_covers_three_round_trips_of_finishing_capped_at_five_chunks():
-    # 10,000 rows/s finishing, 10 ms to get rows: 300 rows would finish while waiting for three answers
-    assert busy_demand(10_000, 0.01).want(queued=0, in_flight=100) == 300
+def test_the_reserve_covers_three_round_trips_of_finishing_and_an_ask_adds_what_finishes_meanwhile():
+    # 10,000 rows/s finishing, 10 ms to get rows: 300 rows would finish while waiting for three answers,
+    # and an ask brings what finishes in ASK_EVERY on top; together capped at five chunks
+    assert busy_demand(10_000, 0.01).want(queued=0, in_flight=100) == 300 + int(10_000 * ASK_EVERY)
     assert busy_demand(1_000_000, 0.01).want(queued=0, in_flight=100) == RESERVE_CHUNKS * 100
     # against a slow API the reserve would be a handful of rows: none, so none idle at the pass's end
     assert busy_demand(100, 0.01).want(queued=0, in_flight=100) == 0
     assert 100 * 0.01 * 3 < RESERVE_MIN
 
 
-def test_a_worker_asks_again_only_when_half_its_reserve_is_used():
-    demand = busy_demand(10_000, 0.01)  # reserve 300
-    assert demand.want(queued=160, in_flight=100) == 0
-    assert demand.want(queued=140, in_flight=100) == 160
+def test_a_worker_asks_again_only_once_it_is_down_to_its_reserve():
+    demand = busy_demand(10_000, 0.01)  # reserve 300, and 200 rows finish in ASK_EVERY
+    assert demand.want(queued=301, in_flight=100) == 0
+    assert demand.want(queued=300, in_flight=100) == 200
 
 
 def test_once_the_coordinator_has_no_rows_left_to_spare_only_free_slots_are_asked_for():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-import jsonpath
 import orjson
 
 from engine.errors import UsageError
@@ -35,6 +34,8 @@ def parse_capture(text: str) -> tuple[str, str]:
     name, path = name.strip(), path.strip()
     if not sep or not _NAME.match(name) or not path:
         raise UsageError(f"--capture {text!r}: expected NAME=JSONPATH, e.g. --capture charge_id=$.id")
+    import jsonpath  # here: its import (30-40 ms, its grammar's regular expressions) only for --capture
+
     try:
         jsonpath.compile(path)
     except jsonpath.JSONPathError as err:
@@ -55,7 +56,12 @@ class Extractor:
     """Compiled paths, evaluated on an answer's body: the ``captured`` JSON text of one attempt."""
 
     def __init__(self, captures: Iterable[str]):
-        self.paths = tuple((name, jsonpath.compile(path)) for name, path in map(parse_capture, captures))
+        parsed = [parse_capture(text) for text in captures]
+        self.paths: tuple = ()
+        if parsed:
+            import jsonpath
+
+            self.paths = tuple((name, jsonpath.compile(path)) for name, path in parsed)
 
     def __bool__(self) -> bool:
         return bool(self.paths)

@@ -239,4 +239,4 @@ class SQLiteStore(SQLStore):
         where = "FROM requests WHERE run_id = ? AND latency_ms IS NOT NULL AND http_status IS NOT NULL"
         count = self._value(f"SELECT count(*) {where}", (run_id,))
         with closing(self.conn.execute(f"SELECT latency_ms {where} ORDER BY latency_ms", (run_id,))) as rows:
-            return nearest_ranks((value for (value,) in rows), count, quantiles)
+            return nearest_ranks(map(operator.itemgetter(0), rows), count, quantiles)

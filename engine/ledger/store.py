@@ -10,6 +10,7 @@ role by role, against each.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 
@@ -67,10 +68,11 @@ def nearest_ranks(sorted_values: Iterator[float], count: int, quantiles: Iterabl
     by_rank: dict[int, list[float]] = {}
     for q in quantiles:
         by_rank.setdefault(min(count - 1, max(0, math.ceil(q * count) - 1)), []).append(q)
-    last = max(by_rank)
-    for rank, value in enumerate(sorted_values):
-        for q in by_rank.get(rank, ()):
+    position = 0
+    for rank in sorted(by_rank):
+        # skipped in C, not one Python step per value: the ranks sit far apart in a large run
+        value = next(itertools.islice(sorted_values, rank - position, None), None)
+        position = rank + 1
+        for q in by_rank[rank]:
             result[q] = value
-        if rank == last:
-            break
     return result
