@@ -108,12 +108,12 @@ def run_h2load(rows: int, base: str, args, directory: str) -> dict:
 
 
 def run_wrk(rows: int, base: str, args, directory: str) -> dict:
-    """wrk on ``in_flight`` connections for the floor's duration of ``rows``: its rate, its p50."""
+    """wrk on ``in_flight`` connections for the floor's duration of ``rows`` (whole seconds): its rate, its p50."""
     script = os.path.join(directory, "post.lua")
     with open(script, "w") as handle:
         handle.write(WRK_SCRIPT.format(body=PEER_BODY))
     duration = math.ceil(rows / args.in_flight) * args.latency
-    command = ["wrk", "-t", str(args.peer_threads), "-c", str(args.in_flight), "-d", f"{duration:.1f}s",
+    command = ["wrk", "-t", str(args.peer_threads), "-c", str(args.in_flight), "-d", f"{math.ceil(duration)}s",
                "--timeout", "30s", "--latency", "-s", script, base + "/v1/customers/cus_0000000/charges"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     out = done.stdout
