@@ -120,7 +120,8 @@ def run_wrk(rows: int, base: str, args, directory: str) -> dict:
     if done.returncode != 0 or "requests in" not in out:
         raise SystemExit(f"wrk failed: {out[-1500:]} {done.stderr[-500:]}")
     completed = _number(r"(\d+) requests in", out)
-    wall = float(re.search(r"requests in ([\d.]+)s", out).group(1))
+    number, unit = re.search(r"requests in ([\d.]+)(ms|s|m|h)", out).groups()
+    wall = float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]  # wrk says 1.68m past a minute
     bad = _number(r"Non-2xx or 3xx responses: (\d+)", out) or 0
     errors = re.search(r"Socket errors: (.*)", out)
     p50 = re.search(r"50%\s+(\S+)", out)
