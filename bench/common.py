@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -128,11 +129,13 @@ def report(db: str, run_id: str) -> dict:
 
 
 NGINX_CONF = """
-worker_processes 1;
+{main}
+worker_processes {workers};
+worker_rlimit_nofile {open_files};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/body;
@@ -143,14 +146,27 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 120s;
     log_format conns '$connection $ssl_session_reused $server_protocol $status';
+    {http}
     server {{
         listen 127.0.0.1:{port}{listen} backlog=4096;
         {extra}
         location = /nginx-status {{ stub_status; }}
-        location / {{ return 200 '{{"ok":true}}'; }}
+        location / {{ {answer} }}
     }}
 }}
 """
+#: What nginx answers by default: at once, 200 and a small JSON body.
+ANSWER_AT_ONCE = "return 200 '{\"ok\":true}';"
+#: The echo module (Debian's libnginx-mod-http-echo), for a C server that answers after a delay.
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+
+def answer_after(seconds: float) -> str:
+    """A location body answering 200 and JSON after ``seconds``, without holding a worker: the
+    request body is read first (a POST's body is taken, not left on the connection)."""
+    return f"default_type application/json; echo_read_request_body; echo_sleep {seconds}; echo '{{\"ok\":true}}';"
+
+
 #: With TLS: the server's certificate, a session cache (resumption by session id or ticket).
 NGINX_TLS = """
         ssl_certificate {certs.server_cert};
@@ -216,23 +232,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _open_files(wanted: int) -> int:
+    """``wanted``, or the hard open-file limit if that is lower (nginx could not raise past it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
 def start_nginx(
     directory: str,
     extra: str = "",
     certs: Certificates | None = None,
     http2: bool = False,
     client_ca: bool = False,
+    answer: str = ANSWER_AT_ONCE,
+    workers: int = 1,
+    connections: int = 20000,
+    http: str = "",
 ) -> tuple[subprocess.Popen, int]:
     """nginx answering 200 to everything (``extra``: more directives in its server block); over TLS
     with ``certs`` (and HTTP/2 offered, client certificates required if asked); its stub_status at
-    /nginx-status counts the connections it accepted."""
+    /nginx-status counts the connections it accepted.
+
+    ``answer`` is the default location's body (:func:`answer_after` needs :data:`ECHO_MODULE`, loaded
+    then), ``workers`` its worker processes, ``connections`` each one's worker_connections, ``http``
+    more directives in its http block."""
     port = free_port()
     if certs:
         extra = NGINX_TLS.format(certs=certs) + (NGINX_CLIENT_CA.format(certs=certs) if client_ca else "") + extra
     listen = (" ssl" if certs else "") + (" http2" if http2 else "")
     conf = os.path.join(directory, "nginx.conf")
     with open(conf, "w") as handle:
-        handle.write(NGINX_CONF.format(dir=directory, port=port, extra=extra, listen=listen))
+        handle.write(
+            NGINX_CONF.format(
+                dir=directory,
+                port=port,
+                extra=extra,
+                listen=listen,
+                answer=answer,
+                workers=workers,
+                connections=connections,
+                open_files=_open_files(connections + 100),
+                http=http,
+                main=f"load_module {ECHO_MODULE};" if "echo_sleep" in answer else "",
+            )
+        )
     process = subprocess.Popen([ensure_nginx(), "-c", conf, "-e", os.path.join(directory, "error.log")])
     for _ in range(100):
         try:

@@ -9,9 +9,16 @@ transfers in flight every 100 ms (from the ledger's attempt times), from the mom
 window first fills until the last row is dispatched, and prints the lowest share of the
 window that was in use.
 
+With ``--server nginx`` it measures large windows instead, against nginx answering after
+``echo_sleep`` (a C server; needs libnginx-mod-http-echo) beside a C client at the same connection
+count: h2load over TLS + HTTP/2 (``--http2``), wrk over HTTP/1.1 (see bench/large_windows.py). It
+raises this process's open-file limit (``ulimit -n``) to the hard limit first, and says so.
+
 Example:
     python bench/latency_bound.py                 # 10,000 rows at 1,000 / 2,000 / 5,000 in flight
     python bench/latency_bound.py --rows 500 --in-flight 100 --tail-rows 500   # a smoke run
+    python bench/latency_bound.py --server nginx --http2 --rows 100000 --in-flight 50000 --workers 2
+    python bench/latency_bound.py --server nginx --rows 100000 --in-flight 16000 --workers 4
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import bisect
 import math
 import os
+import resource
 import sqlite3
 import sys
 import tempfile
@@ -27,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import large_windows  # noqa: E402
 from common import engine, record, report, table  # noqa: E402
 
 from engine.mock.demo import write_customers  # noqa: E402
@@ -101,7 +110,19 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.6)
     parser.add_argument("--tail-rows", type=int, default=10_000, help="rows for the chunk-tail check")
     parser.add_argument("--tail-in-flight", type=int, default=1000)
+    parser.add_argument("--server", choices=["mock", "nginx"], default="mock", help="nginx: large windows, a C peer")
+    nginx = parser.add_argument_group("--server nginx")
+    nginx.add_argument("--http2", action="store_true", help="TLS + HTTP/2 with h2load as the peer (else HTTP/1.1, wrk)")
+    nginx.add_argument("--streams", type=int, default=1000, help="h2load streams per connection (and nginx's maximum)")
+    nginx.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes")
+    nginx.add_argument("--peer-threads", type=int, default=1, help="h2load / wrk threads")
+    nginx.add_argument("--no-peer", dest="peer", action="store_false", help="the engine alone")
+    nginx.add_argument("--repeat", type=int, default=1, help="engine and peer this many times each, alternating")
+    nginx.add_argument("--engine-arg", dest="engine_args", action="append", default=[], help="more engine options")
     args = parser.parse_args()
+    if args.server == "nginx":
+        main_nginx(args)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as directory:
         for in_flight in args.in_flight:
@@ -152,6 +173,34 @@ def main() -> None:
             [[use["samples"], use["min_share"], use["mean_share"], tail["wall_s"]]],
         )
     )
+
+
+def raise_open_files() -> None:
+    """Raise the soft open-file limit to the hard one (children inherit it), and say so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else hard
+    print(f"open-file limit (ulimit -n): raised from {soft} to {shown}, the hard limit" if soft != hard
+          else f"open-file limit (ulimit -n): {shown}, already the hard limit")  # fmt: skip
+
+
+def main_nginx(args) -> None:
+    raise_open_files()
+    args.in_flight = args.in_flight[0] if args.in_flight != [1000, 2000, 5000] else (50_000 if args.http2 else 16_000)
+    with tempfile.TemporaryDirectory(prefix="bench-windows-") as directory:
+        for result in large_windows.main(args, directory):
+            engine_result, peer = result["engine"], result.get("peer")
+            record(
+                "latency_bound",
+                f"nginx {'h2' if args.http2 else 'h1'} wall/floor at {args.in_flight} in flight",
+                round(engine_result["wall"] / result["floor"], 3),
+                "x",
+                rows=args.rows,
+                workers=args.workers,
+                engine=engine_result,
+                peer=peer,
+            )
 
 
 if __name__ == "__main__":

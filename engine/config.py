@@ -25,7 +25,7 @@ from engine.ledger.retention import KEEP_FAILED, KEEP_PAYLOAD_MODES
 from engine.request.fieldtypes import parse_field_types
 from engine.request.signing import STANDARD_WEBHOOKS, Signing, split_sign
 from engine.request.spec import ENV_REF, IDEMPOTENCY_HEADER, RequestSpec, split_header
-from engine.sender_parts import SenderParts, TransportOptions
+from engine.sender_parts import FILES_BESIDES_SOCKETS, SenderParts, TransportOptions
 
 #: Headers whose values are secrets: they must come from ``${VAR}``, never typed in argv.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
@@ -33,8 +33,6 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x
 SCHEME_WORDS = frozenset({"bearer", "basic", "token", "digest", "apikey"})
 #: The environment variable holding the passphrase of the --key of mutual TLS.
 CLIENT_KEY_PASSWORD_ENV = "ENGINE_CLIENT_KEY_PASSWORD"
-#: Open files a worker needs besides its sockets (libraries, pipes, the epoll descriptor…).
-FILES_BESIDES_SOCKETS = 64
 
 
 def default_workers() -> int:
@@ -259,9 +257,11 @@ class RunSettings:
 
         Every transfer in flight is a socket; past the limit libcurl reports a misleading
         "could not connect". Returns the settings and a one-line note, or None if they fit.
+        Over HTTP/2 many transfers share a connection: the window is kept, and each worker's
+        transport opens no more connections than the limit allows (transfers beyond wait for one).
         """
         room = limit - FILES_BESIDES_SOCKETS
-        if self.concurrency <= room:
+        if self.concurrency <= room or (self.http2 and room >= 1):
             return self, None
         if room < 1:
             raise UsageError(f"the open-file limit (ulimit -n) is {limit}: too low to send anything; raise it")

@@ -14,6 +14,9 @@ from engine.delivery.breaker import BreakerSettings
 from engine.delivery.policy import RetryPolicy
 from engine.request.spec import RequestSpec
 
+#: Open files a worker needs besides its sockets (libraries, pipes, the epoll descriptor…).
+FILES_BESIDES_SOCKETS = 64
+
 
 @dataclass(frozen=True, kw_only=True)
 class TransportOptions:

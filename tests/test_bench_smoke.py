@@ -15,6 +15,11 @@ needs_nginx = pytest.mark.skipif(
 )
 
 
+def _large_window_tools(peer: str) -> bool:
+    nginx = shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")
+    return bool(nginx and os.path.exists("/usr/lib/nginx/modules/ngx_http_echo_module.so") and shutil.which(peer))
+
+
 def run_bench(script: str, *args) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True, timeout=300
@@ -74,3 +79,16 @@ def test_compare_engines_smoke():
     tree = str(BENCH.parent)  # the same engine twice
     out = run_bench("compare_engines.py", tree, tree, "--rows", 300, "--rounds", 1)
     assert out.count(f"| {tree} |") == 2
+
+
+@pytest.mark.parametrize("protocol", ["http2", "http1.1"])
+def test_latency_bound_nginx_smoke(protocol):
+    """The large-window mode against nginx echo_sleep, beside h2load (HTTP/2) or wrk (HTTP/1.1)."""
+    peer = "h2load" if protocol == "http2" else "wrk"
+    if not _large_window_tools(peer):
+        pytest.skip(f"nginx, libnginx-mod-http-echo or {peer} is not installed (.ci/run installs them)")
+    args = ["--http2", "--streams", 100] if protocol == "http2" else []
+    out = run_bench("latency_bound.py", "--server", "nginx", *args, "--rows", 600, "--in-flight", 300,
+                    "--latency", 0.3, "--workers", 2)  # fmt: skip
+    assert "open-file limit (ulimit -n)" in out
+    assert f"| {peer} wall / rate |" in out and "| 600 | 300 |" in out

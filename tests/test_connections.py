@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import socketserver
@@ -172,6 +173,31 @@ def test_http2_carries_a_thousand_transfers_over_at_most_ten_connections(custome
     logged = server.requests()
     assert {protocol for _, _, protocol, _ in logged} == {"HTTP/2.0"}
     assert len({connection for connection, *_ in logged}) <= 10  # ... over at most ten connections
+
+
+@needs_http2
+def test_http2_keeps_a_window_larger_than_the_open_file_limit(customers, db, certs, nginx):
+    """Over HTTP/2 five hundred transfers need a few sockets, not five hundred: workers allowed 256 open
+    files keep their whole window (over HTTP/1.1 it would be lowered to 192 each)."""
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with MockProcess(latency=0.5, lock_keys=False) as api:
+        upstream = api.base_url.removeprefix("http://")
+        proxy_to_mock = f"location /v1/ {{ proxy_pass http://{upstream}; proxy_http_version 1.1; }}\n"
+        server = nginx(http2=True, extra=proxy_to_mock)
+        rows = 4000
+        done = subprocess.run(
+            [*ENGINE, "bill", str(customers(rows)), "--url", server.url(), "--db", db, "--run-id", "wide",
+             "--quiet", "--http2", "--ca-bundle", certs.ca, "--workers", "2", "--concurrency", "500"],
+            capture_output=True, text=True, timeout=120, preexec_fn=low_limit,
+        )  # fmt: skip
+        stats = api.stats()
+    assert done.returncode == 0, done.stderr
+    assert "lowered" not in done.stderr
+    assert stats["customers_charged"] == rows and stats["customers_charged_more_than_once"] == 0
+    assert stats["max_inflight"] > 2 * 192 + 100, stats  # more than HTTP/1.1's 192 sockets per worker could hold
 
 
 @needs_http2
