@@ -1,4 +1,5 @@
-"""The only module that talks to libcurl: a pool of reusable easy handles on one CurlMulti.
+"""The only module that talks to libcurl (with its loops, :mod:`engine.delivery.loops`): a pool of
+reusable easy handles on a CurlMulti.
 
 ``configure`` turns a request into handle options, ``harvest`` turns a finished handle
 into an :class:`~engine.delivery.policy.Outcome`; :class:`Transport` keeps the handles busy.
@@ -8,23 +9,24 @@ configure, add; ``perform``; read what finished; return the handle; ``select``.
 
 from __future__ import annotations
 
+import math
 import resource
-import select
 import time
 
 import pycurl
 
 from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, Capture, Finished
 from engine.delivery.hints import read_hints
+from engine.delivery.loops import EPOLL_ABOVE, EpollLoop, SelectLoop
 from engine.delivery.policy import Outcome
 from engine.sender_parts import FILES_BESIDES_SOCKETS, TransportOptions
 
 __all__ = ["EXCERPT_BYTES", "HEADER_BYTES", "Finished", "Transport", "configure", "harvest"]
 
-#: Above this many handles per process the epoll loop is used: ``perform`` + ``select``
-#: is cheaper per request for small windows, but libcurl's fdset skips descriptors
-#: at or above FD_SETSIZE (1024), which a large window reaches.
-EPOLL_ABOVE = 400
+#: Transfers per CurlMulti at most over HTTP/1.1: a larger window is spread over several. To start a
+#: transfer libcurl looks through every connection its multi holds to the host for one to reuse
+#: (``url_match_conn``), so at 4,000 connections in one multi that search was 42 % of a worker's CPU.
+SHARD = 500
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 #: Longest a Transport's first HTTPS transfer runs alone (s), so that the connections the rest of
 #: the window opens after it resume its TLS session instead of each doing a full handshake
@@ -144,124 +146,56 @@ def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, messa
     )
 
 
-class _SelectLoop:
-    """``perform`` then ``select`` over curl's fdset: cheapest for a few hundred handles."""
-
-    def __init__(self, multi: pycurl.CurlMulti, wake_fd: int | None):
-        self.multi = multi
-        self.wake = [] if wake_fd is None else [wake_fd]
-
-    def wait(self, timeout: float) -> None:
-        readable, writable, failed = self.multi.fdset()
-        curl_ms = self.multi.timeout()
-        if curl_ms >= 0:
-            timeout = min(timeout, curl_ms / 1000.0)
-        if readable or writable or failed or self.wake:
-            select.select(readable + self.wake, writable, failed, timeout)
-        elif timeout > 0:
-            time.sleep(min(timeout, 0.001))
-
-    def drive(self) -> None:
-        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
-
-    def close(self) -> None:
-        pass
-
-
-class _EpollLoop:
-    """``socket_action`` driven by epoll and curl's timer: no limit on descriptor numbers."""
-
-    def __init__(self, multi: pycurl.CurlMulti, wake_fd: int | None):
-        self.multi = multi
-        self.epoll = select.epoll()
-        self.watched: set[int] = set()
-        self.wake_fd = wake_fd
-        if wake_fd is not None:
-            self.epoll.register(wake_fd, select.EPOLLIN)
-        self.deadline: float | None = 0.0
-        self.ready: list[tuple[int, int]] = []
-        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-
-    def _on_socket(self, what: int, fd: int, multi, socketp) -> None:
-        if what == pycurl.POLL_REMOVE:
-            if fd in self.watched:
-                self.watched.discard(fd)
-                try:
-                    self.epoll.unregister(fd)
-                except OSError:
-                    pass
-            return
-        mask = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
-        if fd in self.watched:
-            self.epoll.modify(fd, mask)
-        else:
-            self.epoll.register(fd, mask)
-            self.watched.add(fd)
-
-    def _on_timer(self, timeout_ms: int) -> None:
-        self.deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
-
-    def wait(self, timeout: float) -> None:
-        if self.deadline is not None:
-            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
-        self.ready = self.epoll.poll(timeout)
-
-    def drive(self) -> None:
-        act = self.multi.socket_action
-        for fd, events in self.ready:
-            if fd == self.wake_fd:
-                continue
-            flags = (
-                (pycurl.CSELECT_IN if events & (select.EPOLLIN | select.EPOLLHUP) else 0)
-                | (pycurl.CSELECT_OUT if events & select.EPOLLOUT else 0)
-                | (pycurl.CSELECT_ERR if events & select.EPOLLERR else 0)
-            )
-            act(fd, flags)
-        self.ready = []
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.deadline = None
-            act(pycurl.SOCKET_TIMEOUT, 0)
-
-    def close(self) -> None:
-        self.epoll.close()
-
-
 def _socket_room() -> int:
     """Sockets this process may open: its open-file limit less the files it holds besides."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return 1 << 30 if soft == resource.RLIM_INFINITY else max(1, soft - FILES_BESIDES_SOCKETS)
 
 
+def _shards(size: int, options: TransportOptions) -> int:
+    """CurlMulti handles for a window of ``size``: one, but for a large HTTP/1.1 window with no cap on
+    connections per host (HTTP/2 holds a few connections; a cap holds per multi)."""
+    if options.http2 or options.max_host_connections or size <= EPOLL_ABOVE:
+        return 1
+    return math.ceil(size / SHARD)
+
+
+def _new_multi(size: int, options: TransportOptions) -> pycurl.CurlMulti:
+    multi = pycurl.CurlMulti()
+    if options.http2:
+        multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, H2_STREAMS)
+        if size > _socket_room():  # a window larger than the sockets allowed: transfers share them
+            multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, _socket_room())
+    if options.max_host_connections:
+        multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, options.max_host_connections)
+    return multi
+
+
 class Transport:
-    """Up to ``size`` concurrent transfers on one CurlMulti, with handles and connections reused.
+    """Up to ``size`` concurrent transfers on one CurlMulti (several for a large HTTP/1.1 window, see
+    :data:`SHARD`), with handles and connections reused.
 
     ``wake_fd``, if given, ends a wait as soon as it is readable (the worker's inbox),
     so new rows are started the moment they arrive.
     """
 
     def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
-        self.multi = pycurl.CurlMulti()
-        if options.http2:
-            self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
-            self.multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, H2_STREAMS)
-            if size > _socket_room():  # a window larger than the sockets allowed: transfers share them
-                self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, _socket_room())
-        if options.max_host_connections:
-            self.multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, options.max_host_connections)
-        # TLS sessions and DNS answers live in this multi handle's caches (libcurl >= 8.12), shared
+        # TLS sessions and DNS answers live in each multi handle's caches (libcurl >= 8.12), shared
         # by all its transfers: a new connection resumes a TLS session (one round trip, no
         # certificate chain) instead of a full handshake. A CurlShare would add only its locks.
+        self.multis = [_new_multi(size, options) for _ in range(_shards(size, options))]
         self.size = size
         self.options = options
         self.method = method
         self.configure = configure if options.resend_harmless else configure_unrepeatable
-        loop = _EpollLoop if size > EPOLL_ABOVE else _SelectLoop
-        self.loop = loop(self.multi, wake_fd)
-        self.free: list[pycurl.Curl] = []
+        loop = EpollLoop if size > EPOLL_ABOVE else SelectLoop
+        self.loop = loop(self.multis, wake_fd)
+        self.free: list[list[pycurl.Curl]] = [[] for _ in self.multis]  # each multi's idle handles
         # each handle's capture: a dict lookup costs 15 ns, an attribute set on a pycurl handle 320
         self.captures: dict[pycurl.Curl, Capture] = {}
+        self.home: dict[pycurl.Curl, int] = {}  # the multi a handle is added to, always the same
+        self.turn = 0  # the multi the next transfer goes to (in turn)
         self.active = 0
         self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
 
@@ -280,15 +214,18 @@ class Transport:
     def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
         if self.warm_until is None:
             self.warm_until = time.monotonic() + TLS_WARMUP if url.startswith("https:") else 0.0
-        handle = self.free.pop() if self.free else self._new_handle()
+        shard = self.turn
+        self.turn = (shard + 1) % len(self.multis)
+        free = self.free[shard]
+        handle = free.pop() if free else self._new_handle(shard)
         capture = self.captures[handle]
         capture.reset(token)
         try:
             self.configure(handle, capture, url, headers, body)
         except BaseException:
-            self.free.append(handle)  # nothing was sent; the handle is set afresh by its next row
+            free.append(handle)  # nothing was sent; the handle is set afresh by its next row
             raise
-        self.multi.add_handle(handle)
+        self.multis[shard].add_handle(handle)
         self.active += 1
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -299,34 +236,39 @@ class Transport:
 
     def drive(self) -> list[Finished]:
         self.loop.drive()
-        finished = []
-        while True:
-            queued, ok_list, err_list = self.multi.info_read()
-            for handle in ok_list:
-                finished.append(self._release(handle, None, None))
-            for handle, errno, message in err_list:
-                finished.append(self._release(handle, errno, message))
-            if not queued:
-                if finished:
-                    self.warm_until = 0.0
-                return finished
+        finished: list[Finished] = []
+        for multi in self.multis:
+            queued = 1
+            while queued:
+                queued, ok_list, err_list = multi.info_read()
+                for handle in ok_list:
+                    finished.append(self._release(handle, None, None))
+                for handle, errno, message in err_list:
+                    finished.append(self._release(handle, errno, message))
+        if finished:
+            self.warm_until = 0.0
+        return finished
 
-    def _new_handle(self) -> pycurl.Curl:
+    def _new_handle(self, shard: int) -> pycurl.Curl:
         handle, capture = _new_handle(self.options, self.method)
         self.captures[handle] = capture
+        self.home[handle] = shard
         return handle
 
     def _release(self, handle, errno, message) -> Finished:
         capture = self.captures[handle]
         result = harvest(handle, capture, errno, message)
-        self.multi.remove_handle(handle)
+        shard = self.home[handle]
+        self.multis[shard].remove_handle(handle)
         capture.release()
-        self.free.append(handle)
+        self.free[shard].append(handle)
         self.active -= 1
         return result
 
     def close(self) -> None:
-        for handle in self.free:
-            handle.close()
-        self.multi.close()
+        for free in self.free:
+            for handle in free:
+                handle.close()
+        for multi in self.multis:
+            multi.close()
         self.loop.close()
