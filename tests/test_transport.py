@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+from engine.delivery import transport as transport_module
 from engine.delivery.policy import UNKNOWN, RetryPolicy
 from engine.delivery.transport import EXCERPT_BYTES, HEADER_BYTES, Transport
 from engine.sender_parts import TransportOptions
@@ -265,3 +266,28 @@ def main(window: int, urls: list[str]) -> None:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), sys.argv[2:])
+
+
+def test_a_large_window_is_spread_over_several_multis_and_every_transfer_ends_once(server, monkeypatch):
+    """Over HTTP/1.1 a window above the select loop's is cut into CurlMulti handles of SHARD transfers
+    (libcurl's search for a reusable connection walks all of a multi's): all of them carry transfers,
+    and each transfer comes back once, answered."""
+    monkeypatch.setattr(transport_module, "SHARD", 100)
+    window, count = 450, 1800
+    transport = Transport(window, TransportOptions(connect_timeout=10, timeout=30), "GET")
+    assert len(transport.multis) == 5
+    pending, finished, used = list(range(count)), [], Counter()
+    try:
+        while len(finished) < count:
+            while pending and transport.has_room():
+                transport.start(pending.pop(), f"{server}/short", [], None)
+            finished += transport.poll(0.05)
+            used.update(transport.home.values())
+    finally:
+        transport.close()
+    assert sorted(done.token for done in finished) == list(range(count))
+    assert {done.outcome.http_status for done in finished} == {200}
+    assert sorted(used) == [0, 1, 2, 3, 4]
+    assert (
+        Transport(window, TransportOptions(connect_timeout=10, timeout=30, http2=True), "GET").multis[1:] == []
+    )  # HTTP/2: one multi
