@@ -290,3 +290,19 @@ def test_mutual_tls_with_a_client_certificate(customers, db, certs, nginx, tmp_p
     )  # fmt: skip
     assert with_passphrase.returncode == 0, with_passphrase.stderr
     assert "open-sesame" not in with_passphrase.stdout + with_passphrase.stderr
+
+
+def test_a_window_spread_over_several_multis_resumes_one_tls_session(customers, db, certs, nginx):
+    """1,200 in flight in one worker: three CurlMulti handles (``SHARD`` 500), one TLS session cache.
+    After the first transfer's full handshake every new connection resumes its session."""
+    server, rows = nginx(), 1200
+    done = bill(
+        customers(rows), server.url(), db, "wide", "--ca-bundle", certs.ca, "--workers", 1, "--concurrency", rows,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first_requests = {}
+    for connection, reused, *_ in server.requests():
+        first_requests.setdefault(connection, reused)
+    assert len(first_requests) > 500  # more connections than one multi holds
+    full = sum(1 for reused in first_requests.values() if reused != "r")
+    assert full <= 5, f"{full} of {len(first_requests)} connections did a full TLS handshake"

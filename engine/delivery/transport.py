@@ -172,6 +172,13 @@ def _new_multi(size: int, options: TransportOptions) -> pycurl.CurlMulti:
     return multi
 
 
+def _tls_share() -> pycurl.CurlShare:
+    share = pycurl.CurlShare()
+    share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_SSL_SESSION)
+    share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_DNS)
+    return share
+
+
 class Transport:
     """Up to ``size`` concurrent transfers on one CurlMulti (several for a large HTTP/1.1 window, see
     :data:`SHARD`), with handles and connections reused.
@@ -181,10 +188,11 @@ class Transport:
     """
 
     def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
-        # TLS sessions and DNS answers live in each multi handle's caches (libcurl >= 8.12), shared
-        # by all its transfers: a new connection resumes a TLS session (one round trip, no
-        # certificate chain) instead of a full handshake. A CurlShare would add only its locks.
+        # TLS sessions and DNS answers live in a multi handle's caches (libcurl >= 8.12), shared by all
+        # its transfers: a new connection resumes a TLS session (one round trip, no certificate chain)
+        # instead of a full handshake. Several multis share one cache through a CurlShare.
         self.multis = [_new_multi(size, options) for _ in range(_shards(size, options))]
+        self.share = _tls_share() if len(self.multis) > 1 else None
         self.size = size
         self.options = options
         self.method = method
@@ -251,6 +259,8 @@ class Transport:
 
     def _new_handle(self, shard: int) -> pycurl.Curl:
         handle, capture = _new_handle(self.options, self.method)
+        if self.share is not None:
+            handle.setopt(pycurl.SHARE, self.share)
         self.captures[handle] = capture
         self.home[handle] = shard
         return handle
@@ -271,4 +281,6 @@ class Transport:
                 handle.close()
         for multi in self.multis:
             multi.close()
+        if self.share is not None:
+            self.share.close()
         self.loop.close()
