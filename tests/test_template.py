@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine.errors import DestinationError, TemplateError, UsageError
@@ -87,6 +89,20 @@ def test_a_worker_renders_a_row_with_its_idempotency_key_and_reuses_the_payload_
         "Idempotency-Key: fp:c%201",
     ]
     assert body == b'{"id":"c 1","amount":5}'
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.example.com/v1/customers/{id}/charges", "https://api.example.com/{id}", "https://a.example/x"]
+)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize("row_id", ["c1", "a b/c?d=é&#", "%2F"])
+def test_the_id_only_url_renders_as_the_full_template_does(url, method, row_id):
+    requests = RowRequests(build(url, method=method), "id")
+    assert requests.url_pieces is not None  # the shortcut is taken
+    payload = json.dumps({"id": row_id, "amount": 5})
+    expected_url, expected_headers, expected_body = requests.compiled.render({"id": row_id}, payload)
+    expected = (expected_url, [*expected_headers, "Idempotency-Key: k1"], expected_body)
+    assert requests.render(row_id, payload, "k1") == expected
 
 
 def test_no_key_header_without_idempotency():

@@ -175,7 +175,7 @@ class RowRequests:
         if self.url_pieces is not None:
             url = _url_quote(row_id).join(self.url_pieces)
             headers = [*self.compiled.fixed_headers, key_prefix + key] if key_prefix else self.compiled.fixed_headers
-            body = None if self.compiled.spec.body == Body.NONE else payload.encode()
+            body = self.compiled.render_body({}, payload)  # the payload itself, or none
         else:
             fields = json.loads(payload) if self.needs_fields else {self.id_field: row_id}
             url, headers, body = self.compiled.render(fields, payload)
