@@ -12,6 +12,7 @@ import pytest
 from conftest import bill_args, ledger_rows, run_engine, status_counts
 from test_cluster import nodes  # noqa: F401 (the fixture)
 
+from engine.auth import tokens as tokens_module
 from engine.auth.oauth import OAuthClient, TokenError
 from engine.auth.tokens import Authorizer, SharedToken, refresh_at
 from engine.errors import UsageError
@@ -81,6 +82,20 @@ def test_a_401_refreshes_once_for_every_transfer_that_used_the_old_token():
         for _ in range(5):  # the other transfers of the old token answer 401 too
             authorizer.unauthorized(sent_at)
         assert authorizer.token() == new and api.stats()["token_requests"] == 2
+
+
+def test_every_token_replaced_within_the_timeout_stays_redacted_then_is_let_go(monkeypatch):
+    """Two refreshes while a transfer of the first token is in flight: its answer may still echo it."""
+    monkeypatch.setattr(tokens_module, "RETIRED_MARGIN", 0.0)
+    with MockProcess(require_token=True) as api:
+        authorizer = Authorizer(client(api), SharedToken.create_local(), timeout=0.5)
+        tokens = [authorizer.token()]
+        for _ in range(2):
+            authorizer.unauthorized(time.time())
+            tokens.append(authorizer.token())
+        assert len(set(tokens)) == 3 and set(authorizer.secrets()) == set(tokens)
+        time.sleep(0.6)
+        assert authorizer.secrets() == (tokens[-1],)  # the replaced ones, past every transfer's timeout
 
 
 def bill(run, api, customers, db, rows: int, *extra, env=None):

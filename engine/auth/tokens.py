@@ -89,14 +89,22 @@ class TokenUnavailable(TokenError):
     """No valid token now; the row waits for the next try (its attempt is not spent)."""
 
 
-class Authorizer:
-    """This process's access token from ``shared`` for ``client``; ``header()`` is its Authorization line."""
+#: Seconds a replaced token stays redacted beyond the transfers' ``--timeout``: a transfer that sent it
+#: may end, and its answer echo it, up to its timeout after the token was replaced.
+RETIRED_MARGIN = 5.0
 
-    def __init__(self, client: OAuthClient, shared: SharedToken):
+
+class Authorizer:
+    """This process's access token from ``shared`` for ``client``; ``header()`` is its Authorization line.
+    Tokens it replaced stay among its :meth:`secrets` for ``timeout`` (+ a margin): transfers that sent
+    them may still end."""
+
+    def __init__(self, client: OAuthClient, shared: SharedToken, timeout: float = 60.0):
         self.client, self.shared = client, shared
         self.identity = client.identity
         self.current: Token | None = None
-        self.previous: str | None = None  # still redacted: transfers that used it may end after a refresh
+        self.retired: dict[str, float] = {}  # replaced tokens -> until when (monotonic) they stay redacted
+        self.keep_retired = timeout + RETIRED_MARGIN
         self.failures = _Failures()
 
     def header(self) -> str:
@@ -104,7 +112,13 @@ class Authorizer:
 
     def secrets(self) -> tuple[str, ...]:
         """The tokens this process has sent: redacted wherever text is shown."""
-        return tuple(value for value in (self.current and self.current.value, self.previous) if value)
+        retired = self.retired
+        if retired:
+            now = time.monotonic()
+            for value in [value for value, until in retired.items() if until < now]:
+                del retired[value]
+        current = (self.current.value,) if self.current else ()
+        return current + tuple(retired)
 
     def token(self) -> str:
         """A valid token: this process's copy until its refresh time, then the machine's, or a new one.
@@ -167,5 +181,6 @@ class Authorizer:
 
     def _adopt(self, token: Token | None) -> None:
         if token is not None and (self.current is None or token.value != self.current.value):
-            self.previous = self.current.value if self.current else None
+            if self.current is not None:
+                self.retired[self.current.value] = time.monotonic() + self.keep_retired
             self.current = token

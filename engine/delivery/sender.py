@@ -49,7 +49,9 @@ class Sender:
 
     def __init__(self, parts: SenderParts, gate: Gate, wake_fd: int | None = None, tokens: SharedToken | None = None):
         oauth = parts.spec.oauth
-        self.authorizer = Authorizer(oauth, tokens or SharedToken.create_local()) if oauth else None
+        self.authorizer = (
+            Authorizer(oauth, tokens or SharedToken.create_local(), parts.transport.timeout) if oauth else None
+        )
         self.reauthorized: set[int] = set()  # rows sent again after a 401, once each
         self.requests = RowRequests(parts.spec, parts.id_field, self.authorizer)
         self.transport = Transport(parts.window, parts.transport, parts.spec.method, wake_fd)
