@@ -12,6 +12,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -107,10 +108,10 @@ def test_one_row_retried_another_marked_resolved_and_never_sent_again(ledger, se
     assert status_counts(ledger, "f")["resolved"] == 1
 
 
-def _wait(predicate, limit: float = 30, what: str = "") -> None:
+def _wait(predicate, limit: float = 30, what: str | Callable[[], str] = "") -> None:
     deadline = time.monotonic() + limit
     while not predicate():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.2)
 
 
@@ -250,17 +251,19 @@ def test_the_nodes_page_shows_two_nodes_during_a_run_and_a_silent_one_in_red(
     with MockProcess(latency=0.3, lock_keys=False) as api:
         coordinator = start_engine(*bill_args(customers(1500), api, postgres_url, "n", broker=broker), "--quiet")
         with serving(postgres_url, "--broker", broker) as (web, _):
-            seen_holding: set[str] = (
-                set()
-            )  # nodes the page has shown holding chunks (not always at once on a busy machine)
+            seen_holding: set[str] = set()  # nodes shown holding chunks (not always at once on a busy machine)
+            samples: list[str] = []  # what each look saw, for the message if it fails
 
             def both_seen_holding() -> bool:
-                page = web.get("/nodes").text
-                pattern = r'<tr class="node"><td>([^<]+)</td>.*?<td>this ledger</td>.*?<td class="held">[1-9]\d*</td>'
-                seen_holding.update(re.findall(pattern, page))
+                answer = web.get("/nodes")
+                rows = re.findall(r'<tr class="(node[^"]*)"><td>([^<]+)</td>(.*?)</tr>', answer.text)
+                cells = "; ".join(f"{name} {kind} {re.sub('<[^>]+>', '|', rest)}" for kind, name, rest in rows)
+                samples.append(f"{answer.status_code} {cells}")
+                holding = r'<tr class="node"><td>([^<]+)</td>.*?<td>this ledger</td>.*?<td class="held">[1-9]\d*</td>'
+                seen_holding.update(re.findall(holding, answer.text))
                 return len(seen_holding) == 2
 
-            _wait(both_seen_holding, limit=60, what=f"two nodes holding chunks: {web.get('/nodes').text}")
+            _wait(both_seen_holding, limit=60, what=lambda: "two nodes holding chunks:\n" + "\n".join(samples))
             kill_tree(first)
             _wait(lambda: 'class="node red"' in web.get("/nodes").text, limit=40, what="the killed node is not red")
             assert "silent" in web.get("/nodes").text

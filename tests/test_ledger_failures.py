@@ -6,6 +6,7 @@ another connection, real signals.
 
 from __future__ import annotations
 
+import errno
 import resource
 import signal
 import sqlite3
@@ -47,13 +48,14 @@ def small_disk(tmp_path):
 def fill(folder: Path) -> Path:
     """Fill the filesystem holding ``folder`` to the last byte."""
     filler = folder / "filler"
-    with open(filler, "wb") as handle:
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing it has nothing left to write
         try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+            while handle.write(block):
+                pass
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
     return filler
 
 

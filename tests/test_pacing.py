@@ -84,6 +84,15 @@ def test_429s_that_fall_with_the_load_keep_the_window_cut():
     assert epochs.limit() == 45 and epochs.rest()
 
 
+def test_a_slow_epoch_after_a_cut_at_capacity_does_not_undo_the_cut():
+    epochs = Epochs()
+    epochs.end(1000, 800)  # a server that takes 20 of 100: halve
+    assert epochs.limit() == 50
+    # capacity predicts 60 % now, noise 80 %; a starved machine also answered fewer (144 successes, not 200)
+    epochs.end(400, 256)
+    assert epochs.limit() == 25 and epochs.rest()  # 64 %: the server's capacity, cut again, not learnt as noise
+
+
 def test_the_window_grows_back_at_the_noise_floor_and_load_above_it_is_still_cut():
     epochs = Epochs()
     epochs.end(1000, 300)

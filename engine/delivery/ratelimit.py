@@ -156,9 +156,17 @@ class PacerSettings:
 
 
 def _cut_was_noise(s: PaceState, share: float, goodput: float) -> bool:
-    """The last cut cost successes in proportion and left the 429 share where it was."""
+    """The last cut cost successes in proportion and left the 429 share where it was.
+
+    Each test sits halfway between what the two explanations predict after a cut by ``cut_factor``:
+    noise keeps the 429 share and loses successes in proportion; a server at capacity ``C`` keeps
+    its successes and its share falls to ``1 - C / (factor x window)``, that is
+    ``1 - (1 - share) / factor``. (A fixed three-quarters of the share, as before, was exactly what
+    capacity predicts after a halving, so one slow epoch on a busy machine undid a right cut.)
+    """
     lost_goodput = goodput < s.cut_goodput * (1.0 + s.cut_factor) / 2
-    share_stayed = share > s.cut_share * 0.75
+    at_capacity = max(0.0, 1.0 - (1.0 - s.cut_share) / s.cut_factor)
+    share_stayed = share > (s.cut_share + at_capacity) / 2
     return lost_goodput and share_stayed
 
 
