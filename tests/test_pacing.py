@@ -68,7 +68,11 @@ def test_random_429s_are_learnt_as_noise_and_do_not_shrink_the_window():
     assert epochs.rest()  # until shown otherwise, a 429 is about load
     epochs.end(1000, 300)  # 30 % throttled: cut to 70
     assert epochs.limit() == 70 and epochs.rest()
-    epochs.end(700, 210)  # 30 % fewer successes, and still 30 % throttled: the cut is undone
+    epochs.end(700, 210)  # 30 % fewer successes, and still 30 % throttled: the cut is undone, noise suspected
+    assert epochs.limit() == 100 and epochs.rest()
+    epochs.end(1000, 300)  # cut again: one epoch can mislead
+    assert epochs.limit() == 70
+    epochs.end(700, 210)  # the same again: 30 % is learnt as the floor
     assert epochs.limit() == 100 and not epochs.rest()
     for _ in range(5):
         epochs.end(1000, 320)  # within 1.25 x the floor: nothing is cut
@@ -93,10 +97,21 @@ def test_a_slow_epoch_after_a_cut_at_capacity_does_not_undo_the_cut():
     assert epochs.limit() == 25 and epochs.rest()  # 64 %: the server's capacity, cut again, not learnt as noise
 
 
+def test_one_misleading_epoch_only_suspects_noise_and_a_cut_that_holds_clears_it():
+    epochs = Epochs()
+    epochs.end(1000, 800)  # halve
+    epochs.end(400, 300)  # a starved machine: fewer successes, and 75 % still throttled
+    assert epochs.limit() == 100 and epochs.rest()  # undone, but no floor: a 429 still rests its slot
+    epochs.end(1000, 800)  # halve again
+    epochs.end(1000, 600)  # as many successes at half the window: the server's capacity
+    assert epochs.limit() == 25 and epochs.rest() and epochs.state.floor == 0 and not epochs.state.suspected
+
+
 def test_the_window_grows_back_at_the_noise_floor_and_load_above_it_is_still_cut():
     epochs = Epochs()
-    epochs.end(1000, 300)
-    epochs.end(700, 210)  # floor learnt: 30 %
+    for _ in range(2):
+        epochs.end(1000, 300)
+        epochs.end(700, 210)  # twice: floor learnt, 30 %
     epochs.end(1000, 600)  # far above the floor: cut by 30 % (the share above the floor)
     assert epochs.limit() == 70 and epochs.rest()
     epochs.end(1000, 300)  # as many successes, back at the floor: not undone, grown by 5 %

@@ -22,7 +22,8 @@ stays one atomic round trip.
   the load (a per-customer limit, a noisy gateway). Cutting the window then only loses
   throughput, so every cut is checked in the next epoch: if the successes per second
   fell with the window (the server had room) and the 429 share did not, the cut is
-  undone and that share is learnt as the *noise floor*. The tolerated share is
+  undone; when the next cut shows the same, that share is learnt as the *noise floor* (one
+  epoch can mislead: a busy machine answers fewer whatever the window). The tolerated share is
   ``max(10 %, 1.25 × floor)``; the floor decays by 2 % a second, so a server whose
   noise stops is watched closely again within a minute.
 """
@@ -67,6 +68,7 @@ class PaceState(Carried):
     cut_goodput: float = 0.0  #: successes per second in the epoch that caused the cut
     cut_share: float = 0.0
     cut_factor: float = 0.0
+    suspected: float = 0.0  #: 1.0 once a cut looked like noise: the next that does teaches the floor
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,19 @@ class PacerSettings:
         return replace(state, epoch_start=now, answers=0.0, throttled=0.0)
 
     def _end_epoch(self, s: PaceState, share: float, goodput: float) -> PaceState:
-        if s.cut_window and _cut_was_noise(s, share, goodput):
-            return replace(
-                s,
-                window=s.cut_window,
-                rate_share=s.cut_rate_share,
-                floor=max(s.floor, share),
-                cut_window=0.0,
-                cutting=0.0,
-            )
+        if s.cut_window:
+            if _cut_was_noise(s, share, goodput):
+                learnt = max(s.floor, share) if s.suspected else s.floor
+                return replace(
+                    s,
+                    window=s.cut_window,
+                    rate_share=s.cut_rate_share,
+                    floor=learnt,
+                    suspected=0.0 if s.suspected else 1.0,
+                    cut_window=0.0,
+                    cutting=0.0,
+                )
+            s = replace(s, suspected=0.0)
         s = replace(s, cut_window=0.0)
         tolerated = max(THROTTLED_SHARE, NOISE_MARGIN * s.floor)
         if share > tolerated:
@@ -145,7 +151,7 @@ class PacerSettings:
                 cutting=1.0,
             )
         else:
-            s = replace(s, cutting=0.0)
+            s = replace(s, cutting=0.0, suspected=0.0)
             if share == 0.0 or share <= NOISE_MARGIN * s.floor:
                 s = self._grow(s)
         return replace(s, floor=s.floor * FLOOR_DECAY)
@@ -158,15 +164,15 @@ class PacerSettings:
 def _cut_was_noise(s: PaceState, share: float, goodput: float) -> bool:
     """The last cut cost successes in proportion and left the 429 share where it was.
 
-    Each test sits halfway between what the two explanations predict after a cut by ``cut_factor``:
-    noise keeps the 429 share and loses successes in proportion; a server at capacity ``C`` keeps
-    its successes and its share falls to ``1 - C / (factor x window)``, that is
-    ``1 - (1 - share) / factor``. (A fixed three-quarters of the share, as before, was exactly what
-    capacity predicts after a halving, so one slow epoch on a busy machine undid a right cut.)
+    Noise keeps the 429 share and loses successes in proportion to the cut; a server at capacity
+    ``C`` keeps its successes, and its share falls to ``1 - C / (factor x window)``, that is
+    ``1 - (1 - share) / factor``. The goodput test sits halfway between the two; the share must
+    stay above three quarters of what it was and above halfway (after a halving, three quarters
+    alone is exactly what capacity predicts).
     """
     lost_goodput = goodput < s.cut_goodput * (1.0 + s.cut_factor) / 2
     at_capacity = max(0.0, 1.0 - (1.0 - s.cut_share) / s.cut_factor)
-    share_stayed = share > (s.cut_share + at_capacity) / 2
+    share_stayed = share > max(s.cut_share * 0.75, (s.cut_share + at_capacity) / 2)
     return lost_goodput and share_stayed
 
 
