@@ -129,4 +129,4 @@ def test_the_top_level_options_come_from_the_file(run, tmp_path):
 
 
 def test_cli_is_importable():
-    assert "config" in cli.commands
+    assert "config" in cli.list_commands(None)

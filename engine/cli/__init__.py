@@ -10,20 +10,32 @@ from __future__ import annotations
 import click
 
 from engine import __version__
-from engine.cli.cluster import worker
 from engine.cli.config import ConfigFileError, load_default_map, wire_environment
-from engine.cli.config_show import config
-from engine.cli.dashboard import dashboard
-from engine.cli.dashboard_user import dashboard_user
-from engine.cli.ledger import cancel, export, pause, purge, report, resume, status
-from engine.cli.mock import demo, mock_api
+from engine.cli.lazy import LazyGroup
 from engine.cli.options import EngineClickError
-from engine.cli.reconcile import reconcile
-from engine.cli.sending import bill, rerun
 from engine.output.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 from engine.tracing import setup_tracing, span
 from engine.tracing import shutdown as shutdown_tracing
 
+#: Each command and where it is defined: its module is imported only when it runs (or help lists it).
+COMMANDS = {
+    "bill": "engine.cli.sending:bill",
+    "rerun": "engine.cli.sending:rerun",
+    "reconcile": "engine.cli.reconcile:reconcile",
+    "worker": "engine.cli.cluster:worker",
+    "status": "engine.cli.ledger:status",
+    "report": "engine.cli.ledger:report",
+    "export": "engine.cli.ledger:export",
+    "pause": "engine.cli.ledger:pause",
+    "resume": "engine.cli.ledger:resume",
+    "purge": "engine.cli.ledger:purge",
+    "cancel": "engine.cli.ledger:cancel",
+    "dashboard": "engine.cli.dashboard:dashboard",
+    "dashboard-user": "engine.cli.dashboard_user:dashboard_user",
+    "mock-api": "engine.cli.mock:mock_api",
+    "demo": "engine.cli.mock:demo",
+    "config": "engine.cli.config_show:config",
+}
 #: The commands that run a pass: each is one run span.
 TRACED_COMMANDS = ("bill", "rerun")
 
@@ -39,7 +51,9 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -
 
 
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "auto_envvar_prefix": "ENGINE"}
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "auto_envvar_prefix": "ENGINE"},
 )
 @click.version_option(__version__, prog_name="batch-engine")
 @click.option(
@@ -97,23 +111,4 @@ def cli(ctx, config, log_level, log_format, otel):
         ctx.with_resource(span("run", command=ctx.invoked_subcommand))
 
 
-for command in (
-    bill,
-    rerun,
-    reconcile,
-    worker,
-    status,
-    report,
-    export,
-    pause,
-    resume,
-    purge,
-    cancel,
-    dashboard,
-    dashboard_user,
-    mock_api,
-    demo,
-    config,
-):
-    cli.add_command(command)
 wire_environment(cli)

@@ -24,7 +24,6 @@ if sys.version_info >= (3, 11):
 else:  # the backport, installed on 3.10 only (setup.cfg)
     import tomli as tomllib
 
-from engine.config import check_secret_headers
 from engine.errors import UsageError
 from engine.request.spec import ENV_REF
 
@@ -84,6 +83,14 @@ class _LineString(click.types.StringParamType):
     envvar_list_splitter = LINE_SPLITTER
 
 
+def subcommands(command: click.Command) -> dict[str, click.Command]:
+    """``command``'s subcommands by name, lazily loaded ones included; none for a plain command."""
+    if not isinstance(command, click.Group):
+        return {}
+    found = {name: command.get_command(None, name) for name in command.list_commands(None)}  # type: ignore[arg-type]
+    return {name: sub for name, sub in found.items() if sub is not None}
+
+
 def load_default_map(group: click.Group, path: str) -> dict[str, Any]:
     """The file at ``path`` as click's ``default_map`` for ``group``: ConfigFileError when it is not
     TOML, names an option no command has, or holds a secret."""
@@ -100,11 +107,11 @@ def load_default_map(group: click.Group, path: str) -> dict[str, Any]:
 def _defaults_for(command: click.Command, table: dict, path: str, where: tuple[str, ...]) -> dict[str, Any]:
     """``table``'s keys as ``{param name: value}`` for ``command``; its sub-tables for its subcommands,
     each also given the shared (top-level) keys its options know."""
-    subcommands = command.commands if isinstance(command, click.Group) else {}
+    commands = subcommands(command)
     shared = {key: value for key, value in table.items() if not isinstance(value, dict)}
-    defaults = _options_of(command, shared, path, where, strict=not subcommands)
+    defaults = _options_of(command, shared, path, where, strict=not commands)
     unknown = set(shared)
-    for name, sub in subcommands.items():
+    for name, sub in commands.items():
         known_here = {_normal(option_key(o)) for o in user_options(sub)} | {o.name for o in user_options(sub)}
         unknown -= {key for key in shared if _normal(key) in known_here}
         own = table.get(name, {})
@@ -115,7 +122,7 @@ def _defaults_for(command: click.Command, table: dict, path: str, where: tuple[s
     unknown -= {key for key in shared if _find(command, key) is not None}
     for key in sorted(unknown):
         raise ConfigFileError(f"--config {path}: {_label(where, key)}: no command has this option")
-    for key in sorted(set(table) - set(shared) - set(subcommands)):
+    for key in sorted(set(table) - set(shared) - set(commands)):
         raise ConfigFileError(f"--config {path}: [{'.'.join((*where, key))}]: no such command")
     return defaults
 
@@ -138,6 +145,8 @@ def _options_of(command: click.Command, table: dict, path: str, where: tuple[str
 
 
 def _refuse_secrets(values: dict[str, Any], path: str, where: tuple[str, ...]) -> None:
+    from engine.config import check_secret_headers  # the run settings: imported only when a file is read
+
     try:
         check_secret_headers(_listed(values.get("headers")), _listed(values.get("secret_headers")))
     except UsageError as err:

@@ -7,11 +7,12 @@ import time
 
 import click
 
-from engine.cli.options import broker_option, db_option, engine_errors, row_filter, row_filter_options
+from engine.cli.filters import row_filter, row_filter_options
+from engine.cli.options import broker_option, db_option, engine_errors
 from engine.ledger import open_store
 from engine.output.export import EXPORT_FORMATS, run_captures, write_export
 from engine.output.report import REPORT_FORMATS, render, runs_json, runs_table, scans, summarize
-from engine.run.supervisor import rerun_command
+from engine.run.result import rerun_command
 from engine.states import FAILED
 
 #: What ``status`` prints: a table, or JSON.

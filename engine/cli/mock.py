@@ -8,7 +8,6 @@ import sys
 import click
 
 from engine.cli.options import engine_errors
-from engine.config import default_workers
 from engine.mock.config import MockConfig
 
 
@@ -82,6 +81,7 @@ def demo(users, workers, concurrency, directory, quiet):
     Example:
         python -m engine demo --users 10000
     """
+    from engine.config import default_workers
     from engine.mock.demo import run_demo
 
     sys.exit(run_demo(users, workers or default_workers(), concurrency, directory, quiet))

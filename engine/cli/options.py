@@ -12,12 +12,10 @@ from urllib.parse import urlsplit
 
 import click
 
-from engine.cli.filters import row_filter as row_filter
-from engine.cli.filters import row_filter_options as row_filter_options
 from engine.errors import EngineError, UsageError
 from engine.extras import CLUSTER, MissingExtra, require
 from engine.output.logs import logging_ready, setup_logging
-from engine.run.runner import EXIT_INTERRUPTED
+from engine.run.result import EXIT_INTERRUPTED
 
 DEFAULT_DB = "engine.db"
 #: The operator's lines on stderr (errors, what to do next): through logging, so --log-format applies.

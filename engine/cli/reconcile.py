@@ -6,10 +6,11 @@ import sys
 
 import click
 
-from engine.cli.options import db_option, engine_errors, row_filter, row_filter_options
+from engine.cli.filters import row_filter, row_filter_options
+from engine.cli.options import db_option, engine_errors
 from engine.run.reconcile import ReconcileResult
 from engine.run.reconcile import reconcile as reconcile_run
-from engine.run.supervisor import rerun_command
+from engine.run.result import rerun_command
 from engine.states import UNKNOWN
 
 

@@ -19,7 +19,8 @@ from engine.delivery.records import unanswered_record
 from engine.errors import EngineError
 from engine.ledger import Page
 from engine.ledger.lease import HOLD_MARGIN, later
-from engine.run.supervisor import PassSupervisor, PassTally, no_outages, rerun_command
+from engine.run.result import rerun_command
+from engine.run.supervisor import PassSupervisor, PassTally, no_outages
 from engine.states import RETRYING, SUCCEEDED, UNKNOWN
 from engine.wire import ATTEMPT, OUTCOME, RID, Attempt, Dispatch
 

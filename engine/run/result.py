@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.run.supervisor import rerun_command
-
 #: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells do).
 EXIT_INTERRUPTED = 130
 #: Exit code of a run stopped on purpose, nothing wrong with the engine: a canary sent, the kill switch.
 EXIT_STOPPED = 4
+
+
+def rerun_command(run_id: str, db: str) -> str:
+    """The one place the rerun hint is written."""
+    return f"python -m engine rerun {run_id} --db {db}"
 
 
 @dataclass(frozen=True)

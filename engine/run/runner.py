@@ -43,9 +43,8 @@ from engine.run.killswitch import KillSwitch
 from engine.run.loading import load_rows
 from engine.run.notices import tell
 from engine.run.pass_plan import PassPlan, send_pass, start_backend
-from engine.run.result import EXIT_INTERRUPTED, RunResult
+from engine.run.result import EXIT_INTERRUPTED, RunResult, rerun_command
 from engine.run.signals import sigterm_interrupts
-from engine.run.supervisor import rerun_command
 from engine.states import PENDING, REJECTED, RESEND_STATES, SELECTED, UNKNOWN
 
 __all__ = [

@@ -282,8 +282,3 @@ class PassSupervisor:
 def no_outages() -> AbstractContextManager[None]:
     """For a distribution that waits out no ledger outage: every error ends the pass."""
     return contextlib.nullcontext()
-
-
-def rerun_command(run_id: str, db: str) -> str:
-    """The one place the rerun hint is written."""
-    return f"python -m engine rerun {run_id} --db {db}"
