@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from conftest import run_engine, status_counts, wait_for_charges
 
-from engine.cli.options import row_filter
+from engine.cli.filters import row_filter
 from engine.cli.sending import rerun as rerun_command
 from engine.ledger import open_store
 from engine.ledger.selection import NOT_SUCCEEDED, InvalidFilter, RowFilter
