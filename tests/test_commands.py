@@ -4,6 +4,8 @@ import csv
 import io
 import pathlib
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from conftest import report_json
@@ -115,3 +117,28 @@ def test_export_with_no_matching_row_still_writes_the_header(finished_run, db, r
     assert result.output.splitlines() == [
         "row_id,line,status,attempts,http_status,curl_error,error,latency_ms,idempotency_key,payload,excerpt"
     ]
+
+
+#: Runs the CLI in a fresh interpreter, then names which of a few costly modules it imported.
+LOADED = """
+import sys
+from engine.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="engine")
+except SystemExit:
+    pass
+costly = ("engine.config", "engine.ledger", "engine.run.runner", "sqlite_utils", "tqdm", "urllib.request")
+print("loaded:", sorted(m for m in costly if m in sys.modules), file=sys.stderr)
+"""
+
+
+def _loaded(*args) -> str:
+    done = subprocess.run([sys.executable, "-c", LOADED, *map(str, args)], capture_output=True, text=True, timeout=60)
+    return done.stderr.splitlines()[-1]
+
+
+def test_a_command_imports_only_what_it_uses(api, customers, db):
+    """The mock (which the suite starts hundreds of times) and a quiet bill stay light: commands load lazily."""
+    assert _loaded("mock-api", "--help") == "loaded: []"
+    quiet_bill = _loaded("bill", customers(5), "--url", api.charge_url(), "--db", db, "--quiet")
+    assert quiet_bill == "loaded: ['engine.config', 'engine.ledger', 'engine.run.runner', 'sqlite_utils']"

@@ -14,8 +14,6 @@ import json
 import shlex
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -76,6 +74,9 @@ class Notice:
         return redact("; ".join(failed), self.secrets) if failed else None
 
     def _post(self, body: bytes) -> str | None:
+        import urllib.error  # with http.client and email: only when a notice is posted
+        import urllib.request
+
         assert self.url is not None
         headers = {"Content-Type": "application/json", **dict(self.headers)}
         why = ""

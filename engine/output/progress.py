@@ -11,8 +11,6 @@ import logging
 import sys
 import time
 
-from tqdm import tqdm
-
 from engine.output.logs import json_logging
 
 #: Seconds between progress lines when there is no bar.
@@ -33,6 +31,8 @@ class Progress:
         #: Whether a line can be redrawn in place (a bar): otherwise frequent notes are thinned out.
         self.tty = sys.stderr.isatty() and not json_logging()
         if not quiet and self.tty:
+            from tqdm import tqdm  # only for a bar: a quiet or logged run does not import it
+
             self.bar = tqdm(
                 total=total or None, desc=description, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1
             )
