@@ -265,17 +265,15 @@ def run_node(broker: str, db: str, chunks_in_flight: int, visibility_timeout: fl
     node.forget_store()  # pool processes open their own
     keep_announcing(Roster(redis_client(broker)), card)
     app.task(name=SEND_CHUNK, ignore_result=True)(node.send_chunk)
-    app.worker_main(
-        [
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(chunks_in_flight),
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
+    # the worker application itself, as `celery worker` makes it, without Celery's command line (its
+    # click_repl and prompt_toolkit cost a quarter of a second at every node start)
+    worker = app.Worker(
+        pool_cls="prefork",
+        concurrency=chunks_in_flight,
+        loglevel="WARNING",
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
     )
+    worker.start()
+    raise SystemExit(worker.exitcode)
