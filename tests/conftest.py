@@ -27,7 +27,7 @@ from engine.mock.process import MockProcess
 def pytest_configure(config):
     """Compile the engine's modules once, before any test starts a process.
 
-    The suite starts about two thousand Python processes (engines, workers, mocks, nodes). Where
+    The suite starts hundreds of Python processes of each kind (engines, workers, mocks, nodes). Where
     PYTHONDONTWRITEBYTECODE is set (some CI images and sandboxes do), none of them writes its
     bytecode, so each compiled every module it imported from source again: about 0.1 s of CPU a
     process. Cached bytecode is still read under that variable, so writing it once here is enough.
@@ -35,7 +35,8 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller, before the xdist workers start
         import compileall
 
-        compileall.compile_dir(str(Path(__file__).parent.parent / "engine"), quiet=1)
+        for folder in ("engine", "bench", "scripts"):
+            compileall.compile_dir(str(Path(__file__).parent.parent / folder), quiet=1)
 
 
 @pytest.fixture
