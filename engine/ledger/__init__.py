@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from engine.extras import POSTGRES, require
 from engine.ledger.roles import ChunkLedger, LedgerReader, PassLedger, RunBook
-from engine.ledger.store import EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, RunExists, Store
+from engine.ledger.store import BUSY_TIMEOUT, EXPORT_COLUMNS, DuplicateRow, LeaseHeld, LeaseLost, Page, RunExists, Store
 
 if TYPE_CHECKING:
-    from engine.ledger.sqlite import BUSY_TIMEOUT, MEMORY, SQLiteStore
+    from engine.ledger.sqlite import MEMORY, SQLiteStore
 
 #: Names of the SQLite store, loaded on first use (a sender that never opens a ledger skips sqlite-utils).
-_SQLITE_NAMES = frozenset({"BUSY_TIMEOUT", "MEMORY", "SQLiteStore"})
+_SQLITE_NAMES = frozenset({"MEMORY", "SQLiteStore"})
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -45,17 +45,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_store(db: str, create: bool = True, busy_timeout: float | None = None) -> Store:
+def open_store(db: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT) -> Store:
     """The ledger ``--db`` names: a ``postgresql://`` URL, :data:`MEMORY` (``":memory:"``: SQLite in memory,
-    for unit tests), or else a SQLite file path (created if ``create``); ``busy_timeout`` defaults to
-    :data:`BUSY_TIMEOUT`."""
-    from engine.ledger.sqlite import BUSY_TIMEOUT, SQLiteStore
-
-    if busy_timeout is None:
-        busy_timeout = BUSY_TIMEOUT
+    for unit tests), or else a SQLite file path (created if ``create``)."""
     if db.startswith(("postgresql://", "postgres://")):
         require(POSTGRES)  # psycopg is loaded only for a PostgreSQL ledger, or its extra is named
         from engine.ledger.postgres import PostgresStore
 
         return PostgresStore(db, create=create, busy_timeout=busy_timeout)
+    from engine.ledger.sqlite import SQLiteStore
+
     return SQLiteStore(db, create=create, busy_timeout=busy_timeout)

@@ -26,7 +26,7 @@ from engine.ledger.migrations import migrate
 from engine.ledger.retention import payload_after
 from engine.ledger.schema import ATTEMPTS, REQUESTS, Table
 from engine.ledger.sql import SQLStore
-from engine.ledger.store import ledger_unavailable
+from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
 
@@ -91,7 +91,7 @@ def _check_no_password(url: str) -> None:
 class PostgresStore(SQLStore):
     """A ledger in a PostgreSQL database (its tables are created if missing)."""
 
-    def __init__(self, url: str, create: bool = True, busy_timeout: float = 30.0):
+    def __init__(self, url: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
         _check_no_password(url)
         self.location = url  # never holds a password (checked above)
         self.busy_timeout = busy_timeout

@@ -31,15 +31,13 @@ from engine.ledger.ddl import SQLiteDialect
 from engine.ledger.migrations import migrate
 from engine.ledger.retention import payload_after
 from engine.ledger.sql import SQLStore
-from engine.ledger.store import ledger_unavailable, nearest_ranks
+from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT, SUCCEEDED
 from engine.wire import Attempt
 
 #: The ``--db`` of a ledger in memory: the same contract as a file, for a pass's unit tests; it is gone
 #: once closed, and only the process (the connection) that opened it sees it.
 MEMORY = ":memory:"
-#: How long a write waits for another program's lock on the ledger before giving up (s; --busy-timeout).
-BUSY_TIMEOUT = 30.0
 #: Free disk space a pass needs before it sends anything: a reserve, plus this much per row to send.
 SPACE_RESERVE = 4_000_000
 SPACE_PER_ROW = 1_000

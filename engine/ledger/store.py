@@ -25,7 +25,11 @@ from engine.ledger.roles import (
     RunBook,
 )
 
-__all__ = ["EXPORT_COLUMNS", "FOUND_COLUMNS", "Page", "Store"]
+__all__ = ["BUSY_TIMEOUT", "EXPORT_COLUMNS", "FOUND_COLUMNS", "Page", "Store"]
+
+#: How long a write waits for another program's lock on the ledger, or a PostgreSQL ledger's
+#: connection, before giving up (s; --busy-timeout).
+BUSY_TIMEOUT = 30.0
 
 
 class DuplicateRow(LedgerError):
