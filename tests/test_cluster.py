@@ -439,11 +439,27 @@ def held_chunks(db: str, run_id: str) -> dict[int, int]:
         return {chunk: int(node.split(":")[1]) for (chunk, node) in held.fetchall()}
 
 
-def wait_queued_again(db: str, chunks: set[int], frozen: int, limit: float = 90) -> None:
+@contextlib.contextmanager
+def frozen_in_a_transaction(db: str, chunk_id: int):
+    """A node's ledger session frozen between two statements of a transaction (renewing its claim): it holds
+    ``chunk_id``'s row until the server ends the session, which it must, or that chunk could never be taken over."""
+    ledger = open_store(db)
+    try:
+        ledger.conn.execute("BEGIN")
+        ledger.conn.execute("UPDATE chunks SET heartbeat_at = heartbeat_at WHERE chunk_id = %s", (chunk_id,))
+        yield
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # the server ended it
+            ledger.conn.execute("SELECT 1")
+    finally:
+        ledger.close()
+
+
+def wait_queued_again(db: str, chunks: set[int], frozen: int, coordinator: subprocess.Popen, limit: float = 90) -> None:
     """Until one of ``chunks``, which node ``frozen`` held, is no longer its: the coordinator found it silent
     and queued it again for another node."""
     deadline = time.monotonic() + limit
     while True:
+        assert coordinator.poll() is None, coordinator.communicate()[1]
         with open_store(db) as ledger:
             states = ledger.conn.execute(
                 "SELECT chunk_id, state, node FROM chunks WHERE chunk_id = ANY(%s)", (list(chunks),)
@@ -470,7 +486,9 @@ def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
         held = held_chunks(postgres_url, "frozen")
         frozen = next(node for node in started if node.pid in held.values())
         os.killpg(frozen.pid, signal.SIGSTOP)  # the whole node: a VM pause, a container freeze
-        wait_queued_again(postgres_url, {chunk for chunk, pid in held.items() if pid == frozen.pid}, frozen.pid)
+        locked = min(chunk for chunk, pid in held.items() if pid == frozen.pid)
+        with frozen_in_a_transaction(postgres_url, locked):
+            wait_queued_again(postgres_url, {locked}, frozen.pid, coordinator)
         os.killpg(frozen.pid, signal.SIGCONT)
         out, err = coordinator.communicate(timeout=120)
         assert coordinator.returncode in (0, 1), err

@@ -30,6 +30,11 @@ from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
 
+#: A session idle inside a transaction this long is ended by the server (s): every transaction here runs its
+#: statements back to back, so only a frozen process (a paused VM, SIGSTOP) waits this long, and the rows it
+#: locked (its chunk, say) must not stop the coordinator and the other nodes from taking its work over.
+IDLE_IN_TRANSACTION = 10.0
+
 _ATTEMPT_FIELDS = ", ".join(Attempt._fields)
 #: A batch of results on its way in: private to the connection, emptied at each commit.
 _INCOMING_TABLE = "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE attempts) ON COMMIT DELETE ROWS"
@@ -106,6 +111,7 @@ class PostgresStore(SQLStore):
         try:
             conn = psycopg.connect(self.location, connect_timeout=max(1, int(self.busy_timeout)), autocommit=True)
             conn.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION * 1000)}")
             conn.adapters.register_loader("numeric", _NumberLoader)
         except psycopg.OperationalError as err:
             raise _cannot_connect(self.location, err) from None
@@ -129,7 +135,12 @@ class PostgresStore(SQLStore):
         """A lost connection, a lock held too long or a full disk on the server: one line, nothing more sent."""
         try:
             yield self
-        except (psycopg.OperationalError, pg_errors.DiskFull, pg_errors.LockNotAvailable) as err:
+        except (
+            psycopg.OperationalError,
+            pg_errors.DiskFull,
+            pg_errors.LockNotAvailable,
+            pg_errors.IdleInTransactionSessionTimeout,  # this process was frozen inside a transaction
+        ) as err:
             raise ledger_unavailable(self.location, f"cannot be written: {_first_line(err)}") from None
 
     def check_space(self, rows: int) -> None:
@@ -141,6 +152,7 @@ class PostgresStore(SQLStore):
     #: The server's clock, read at each statement (``now()`` would be the transaction's start).
     NOW = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
     LIKE = "ILIKE"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
     HAS_CAPTURE = "jsonb_exists(CAST(captured AS jsonb) -> 'values', ?)"
 
     def _transaction(self):

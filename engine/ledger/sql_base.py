@@ -34,6 +34,10 @@ class SQLBase:
     #: nodes whose clocks differ by seconds still agree on who holds what.
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
+    #: Ends a SELECT to lock its rows, passing over those another session holds: a frozen holder's lock
+    #: is waited out by nobody. SQLite has one writer at a time, so nothing to pass over.
+    SKIP_LOCKED = ""
+
     #: Whether a row's ``captured`` JSON has a value named by the bound parameter (a --capture name).
     HAS_CAPTURE = "json_type(captured, '$.values.' || ?) IS NOT NULL"
 

@@ -139,13 +139,14 @@ class SQLChunkLedger(SQLBase, ChunkLedger):
 
     def _queue_again(self, run_id: str, pass_no: int, state: str, column: str, older_than: float) -> list[int]:
         """The pass's chunks in ``state`` whose ``column`` is ``older_than`` seconds old by the database's
-        clock (the only clock every node and the coordinator share): queued (again), as of now."""
+        clock (the only clock every node and the coordinator share): queued (again), as of now. One whose row
+        another session holds (a node frozen inside a transaction) is passed over until the server ends that session."""
         with self._transaction():
             found = [
                 chunk_id
                 for (chunk_id,) in self._run(
                     f"SELECT chunk_id FROM chunks WHERE run_id = ? AND pass_no = ? AND state = '{state}'"
-                    f" AND {column} < {self.NOW} - ? ORDER BY chunk_id",
+                    f" AND {column} < {self.NOW} - ? ORDER BY chunk_id{self.SKIP_LOCKED}",
                     (run_id, pass_no, older_than),
                 ).fetchall()
             ]
