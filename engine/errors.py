@@ -27,10 +27,13 @@ class InputError(EngineError):
     """A row of the input that cannot be sent as it is."""
 
     def __init__(self, source: str, line: int | None, message: str, field: str | None = None):
-        self.source, self.line, self.field = source, line, field
+        self.source, self.line, self.message, self.field = source, line, message, field
         where = source if line is None else f"{source}:{line}"
         what = f"field '{field}': {message}" if field else message
         super().__init__(f"{where}: {what}")
+
+    def __reduce__(self):  # pickled as it was made (it travels from the process that read the input)
+        return type(self), (self.source, self.line, self.message, self.field)
 
 
 class TemplateError(EngineError):

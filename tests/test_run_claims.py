@@ -5,16 +5,21 @@ test: the second ``bill`` is refused (exit 2) naming the holder, the first compl
 and every charge the API saw has its row in the ledger.
 
 The first bill reads its rows from standard input, which the test writes: the load is
-still under way, for as long as the test needs, until the test closes that pipe.
+still under way, for as long as the test needs, until the test closes that pipe. A file is
+read ahead by a forked reader (``engine.run.read_ahead``): the tests that cut such a load
+short give the bill a named pipe as its file.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
-from conftest import ledger_rows, run_engine, start_loading
+from conftest import children, ledger_rows, run_engine, start_loading
 
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
@@ -90,3 +95,94 @@ def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, db, st
     with open_store(db) as store:
         assert store.counts("R")[SUCCEEDED] == ROWS == sum(store.counts("R").values())
     assert stats["customers_charged"] == ROWS and stats["customers_charged_more_than_once"] == 0
+
+
+def start_reading_ahead(start_engine, tmp_path, path: str, first: int, api: MockProcess, ledger: str):
+    """``bill FIFO`` of run R, fed the header and the first ``first`` rows of the CSV ``path`` through a
+    named pipe that stays open (``.feed``; the rest is ``.rest``): a file, so its reader is a helper process."""
+    fifo = tmp_path / "customers-fifo.csv"
+    os.mkfifo(fifo)
+    engine = start_engine(*bill_of(str(fifo), api, ledger))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as err:  # ENXIO: its reader has not opened it yet
+            assert err.errno == errno.ENXIO and time.monotonic() < deadline, err
+            assert engine.poll() is None, engine.communicate()
+            time.sleep(0.02)
+    os.set_blocking(descriptor, True)
+    lines = Path(path).read_text().splitlines(keepends=True)
+    engine.feed = os.fdopen(descriptor, "w")
+    engine.feed.write("".join(lines[: first + 1]))
+    engine.feed.flush()
+    engine.rest = "".join(lines[first + 1 :])
+    return engine
+
+
+def reader_of(engine) -> int:
+    """The engine's forked input reader: its child with the engine's own command line."""
+    own = Path(f"/proc/{engine.pid}/cmdline").read_bytes()
+    (reader,) = [child for child in children(engine.pid) if Path(f"/proc/{child}/cmdline").read_bytes() == own]
+    return reader
+
+
+def gone(pid: int, limit: float) -> bool:
+    """Whether process ``pid`` has ended (or is a zombie nobody waits for) within ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_file_whose_reader_is_killed_mid_load_sends_nothing_and_says_so(customers, db, start_engine, tmp_path):
+    with MockProcess() as api:
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
+        wait_loading(db, "R", engine, rows=1)
+        os.kill(reader_of(engine), signal.SIGKILL)
+        _, err = engine.communicate(timeout=60)
+        engine.feed.close()
+        assert engine.returncode == 1, err
+        assert err.strip().splitlines() == ["error: the process reading the input died (exit code -9)"], err
+        assert api.stats()["requests"] == 0
+    assert run_state(db, "R") is None  # its half load is gone: the same bill starts again from nothing
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_file_load_stopped_by_a_signal_ends_its_reader_and_leaves_no_run(
+    customers, db, start_engine, tmp_path, signum
+):
+    with MockProcess() as api:
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
+        wait_loading(db, "R", engine, rows=1)
+        reader = reader_of(engine)
+        engine.send_signal(signum)
+        _, err = engine.communicate(timeout=60)
+        engine.feed.close()
+        assert engine.returncode in (130, 143), err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert gone(reader, 10), "the reader outlived its engine"
+        assert api.stats()["requests"] == 0
+    assert run_state(db, "R") is None
+
+
+def test_a_file_reader_outliving_a_killed_engine_ends_quietly(customers, db, start_engine, tmp_path):
+    with MockProcess() as api:
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
+        wait_loading(db, "R", engine, rows=1)
+        reader = reader_of(engine)
+        engine.kill()
+        engine.wait()
+        engine.feed.write(engine.rest)  # it reads on, and finds nobody to hand its rows to
+        engine.feed.close()
+        assert gone(reader, 10), "the reader outlived its engine"
+        assert "Traceback" not in engine.stderr.read()
+        done = run_engine(*bill_of(customers(ROWS), api, db))  # the next bill takes the run over
+        assert done.returncode == 0, done.stderr
+        assert api.stats()["customers_charged"] == ROWS

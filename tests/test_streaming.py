@@ -17,7 +17,7 @@ LOADER = textwrap.dedent("""
     with open_store(db) as ledger:
         ledger.create_run("big", input=path, url=settings.url, method="POST", options={}, not_before=None)
         request = CompiledRequest(settings.request_spec())
-        total = load_rows(ledger, "big", read_rows(path, "csv", "id"), settings, request, path)
+        total, _ = load_rows(ledger, "big", read_rows(path, "csv", "id"), settings, request, path, ahead=True)
     # VmHWM, not ru_maxrss: Linux carries that across exec from the forked parent (a pytest worker)
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

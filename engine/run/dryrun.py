@@ -9,7 +9,6 @@ request as it will go out (secrets as ``[redacted]``), and the totals of the amo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -71,9 +70,7 @@ def dry_run(
     with open_store(MEMORY) as ledger:
         claim_new_run(ledger, DRY_RUN_ID, Holder.this_process(), input_path, settings, None)
         rows = watch.through(read_rows(input_path, fmt, settings.id_field))
-        total = load_rows(
-            ledger, DRY_RUN_ID, rows, settings, request, source, key_prefix=key_prefix, digest=hashlib.sha256()
-        )
+        total, _ = load_rows(ledger, DRY_RUN_ID, rows, settings, request, source, key_prefix=key_prefix)
         first = _first_request(ledger, spec, settings.id_field)
     url, headers, body = first if first else (None, (), None)
     return Preview(total, tuple(sorted(watch.hosts)), spec.method, url, headers, body, watch.sums)

@@ -9,7 +9,9 @@ input is ever sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from engine.config import RunSettings
 from engine.errors import InputError
@@ -18,9 +20,17 @@ from engine.ledger import DuplicateRow, Store
 from engine.request.inputs import Row
 from engine.request.template import CompiledRequest
 from engine.request.validation import RowValidator
+from engine.run.read_ahead import read_ahead
 
 #: Rows per insert transaction while loading.
 LOAD_BATCH = 2000
+
+
+class Loaded(NamedTuple):
+    """What a load wrote: how many rows, and the SHA-256 (hex) of its seed and every row's id and payload."""
+
+    rows: int
+    digest: str
 
 
 def load_rows(
@@ -32,13 +42,15 @@ def load_rows(
     source: str,
     on_progress: Callable[[int], None] = lambda n: None,
     key_prefix: str | None = None,
-    digest=None,
-) -> int:
-    """Validate every row and write it to the ledger as ``pending``; return how many.
+    digest_seed: str = "",
+    ahead: bool = False,
+) -> Loaded:
+    """Validate every row and write it to the ledger as ``pending``.
 
     Each row's idempotency key is ``<key_prefix>:<row id>`` (``key_prefix`` defaults to the
-    run id) unless ``--idempotency-key-field`` names a field. ``digest``, a hashlib object,
-    if given, is fed every row's id and payload: the identity of the input's content.
+    run id) unless ``--idempotency-key-field`` names a field. The digest, seeded with
+    ``digest_seed``, is the identity of the input's content. ``ahead``: ``rows`` are read and
+    validated in a helper process (:mod:`engine.run.read_ahead`) while this one writes.
     Raises :class:`InputError` at the first bad row; the caller then deletes the run, so
     nothing of a bad input is ever sent.
     """
@@ -50,22 +62,18 @@ def load_rows(
         priority_field=settings.priority_field,
         idempotency_key_field=settings.idempotency_key_field,
     )
-    key_prefix = key_prefix or run_id
-    batch, total = [], 0
-    for row in rows:
-        priority = validator.check(row)
-        key = validator.idempotency_key(row, key_prefix)
-        payload = json_text(row.fields)
-        if digest is not None:
-            digest.update(f"{row.row_id}\0{payload}\n".encode())
-        batch.append((row.line, row.row_id, priority, payload, key))
-        if len(batch) >= LOAD_BATCH:
-            total += _insert(ledger, run_id, batch, source, settings.id_field)
-            on_progress(total)
-            batch = []
-    if batch:
-        total += _insert(ledger, run_id, batch, source, settings.id_field)
-        on_progress(total)
+    digest = hashlib.sha256(digest_seed.encode())
+
+    def batches() -> Iterator[list[tuple]]:
+        return _ledger_rows(rows, validator, key_prefix or run_id, digest)
+
+    if ahead:
+        with read_ahead(batches, digest.hexdigest) as received:
+            total = _insert_all(ledger, run_id, received, source, settings.id_field, on_progress)
+        loaded = Loaded(total, received.digest or "")
+    else:
+        total = _insert_all(ledger, run_id, batches(), source, settings.id_field, on_progress)
+        loaded = Loaded(total, digest.hexdigest())
     if settings.idempotency_key_field:  # two rows with one key: the API would charge only the first
         duplicate = ledger.duplicate_key(run_id)
         if duplicate is not None:
@@ -76,14 +84,41 @@ def load_rows(
                 f"duplicate idempotency key {key!r} (first on line {first})",
                 settings.idempotency_key_field,
             )
+    return loaded
+
+
+def _ledger_rows(rows: Iterable[Row], validator: RowValidator, key_prefix: str, digest) -> Iterator[list[tuple]]:
+    """Each row checked, keyed and encoded, in batches of ledger rows ``(line, id, priority, payload, key)``."""
+    batch: list[tuple] = []
+    for row in rows:
+        priority = validator.check(row)
+        key = validator.idempotency_key(row, key_prefix)
+        payload = json_text(row.fields)
+        digest.update(f"{row.row_id}\0{payload}\n".encode())
+        batch.append((row.line, row.row_id, priority, payload, key))
+        if len(batch) >= LOAD_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _insert_all(
+    ledger: Store,
+    run_id: str,
+    batches: Iterable[list[tuple]],
+    source: str,
+    id_field: str,
+    on_progress: Callable[[int], None],
+) -> int:
+    total = 0
+    for batch in batches:
+        try:
+            ledger.insert_requests(run_id, batch)
+        except DuplicateRow as dup:
+            raise InputError(
+                source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
+            ) from None
+        total += len(batch)
+        on_progress(total)
     return total
-
-
-def _insert(ledger: Store, run_id: str, batch: list, source: str, id_field: str) -> int:
-    try:
-        ledger.insert_requests(run_id, batch)
-    except DuplicateRow as dup:
-        raise InputError(
-            source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
-        ) from None
-    return len(batch)

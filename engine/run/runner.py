@@ -21,7 +21,6 @@ again on purpose takes a new ``--run-id``: keys are then ``<run-id>:<row id>``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -114,11 +113,10 @@ def bill(
         # the workers start (imports, curl handles) while the input loads; they send nothing yet
         early = not_before is None and broker is None
         backend = backend_scope.enter_context(start_backend(settings, spec)) if early else None
-        digest = hashlib.sha256(f"{fingerprint}\n{key_prefix}\n".encode())
         try:
             ledger.drop_abandoned_loads()  # loads whose process died (killed, disk full): never sent
             with Progress(0, "loading rows", quiet) as progress, sigterm_interrupts():
-                total = load_rows(
+                total, digest = load_rows(
                     ledger,
                     run_id,
                     read_rows(input_path, fmt, settings.id_field),
@@ -127,9 +125,10 @@ def bill(
                     source,
                     on_progress=_with_heartbeat(ledger, run_id, holder, progress.count),
                     key_prefix=key_prefix,
-                    digest=digest,
+                    digest_seed=f"{fingerprint}\n{key_prefix}\n",
+                    ahead=input_path != "-",  # a file is read on the other core; stdin stays this process's
                 )
-            earlier = ledger.finish_load(run_id, total, digest.hexdigest())
+            earlier = ledger.finish_load(run_id, total, digest)
             if earlier is None and not on_purpose:
                 _refuse_rows_sent_elsewhere(ledger, run_id, settings)
         except BaseException:

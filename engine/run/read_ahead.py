@@ -1,0 +1,92 @@
+"""Reading ahead: the input parsed and validated in a helper process while this one writes the ledger.
+
+Loading is the one serial step before anything may be sent, and it has two halves of about
+equal cost: reading and validating each row (Python), and writing it to the ledger (SQLite's
+B-trees, or PostgreSQL's COPY). A forked reader runs the first half on the other core and
+hands over batches of ledger rows through a pipe; the pipe's buffer bounds what is in
+between (the reader waits while the writer is behind), so memory stays flat at any size.
+
+The reader is forked, not spawned: it inherits the validator and the rows' iterator as they
+are, and it leaves through ``os._exit`` (multiprocessing's fork start), so it never touches the
+ledger connection it inherited. It ignores Ctrl-C (its parent stops it); a bad row travels
+back as the :class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+
+from engine.errors import EngineError
+
+_FORK = multiprocessing.get_context("fork")
+
+#: What the reader sends: a batch, the digest once every row was read, or the error that stopped it.
+_BATCH, _END, _ERROR = "batch", "end", "error"
+
+
+class ReaderDied(EngineError):
+    """The process reading the input ended before it was read (killed): nothing of the run is sent."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def read_ahead(batches: Callable[[], Iterator[list[tuple]]], digest: Callable[[], str]):
+    """``batches()`` run in a forked reader; yields an iterator over what it sends, then sets
+    ``.digest`` on it (``digest()`` as the reader saw it at the end). The reader is stopped on exit."""
+    receiver, sender = _FORK.Pipe(duplex=False)
+    reader = _FORK.Process(target=_read, args=(batches, digest, receiver, sender), name="read-ahead", daemon=True)
+    reader.start()
+    sender.close()  # the reader's end: its exit is then seen here as the end of the pipe
+    received = Received(receiver, reader)
+    try:
+        yield received
+    finally:
+        if reader.is_alive():
+            reader.kill()
+        reader.join()
+        receiver.close()
+
+
+class Received:
+    """The batches a reader sends, in order; :attr:`digest` once the last one came."""
+
+    def __init__(self, receiver: Connection, reader):
+        self.receiver, self.reader = receiver, reader
+        self.digest: str | None = None
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        while True:
+            try:
+                kind, value = self.receiver.recv()
+            except EOFError:
+                self.reader.join()
+                raise ReaderDied(f"the process reading the input died (exit code {self.reader.exitcode})") from None
+            if kind == _BATCH:
+                yield value
+            elif kind == _END:
+                self.digest = value
+                return
+            else:
+                raise value
+
+
+def _read(
+    batches: Callable[[], Iterator[list[tuple]]], digest: Callable[[], str], receiver: Connection, sender: Connection
+) -> None:
+    receiver.close()  # the fork's copy: with it open, a parent that died would still seem to be listening
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by the fork
+    try:
+        for batch in batches():
+            sender.send((_BATCH, batch))
+        message: tuple[str, object] = (_END, digest())
+    except Exception as err:  # noqa: BLE001 (every error goes back to the parent, which raises it)
+        message = (_ERROR, err)
+    with contextlib.suppress(OSError):  # the parent is gone (killed): nobody is left to tell
+        sender.send(message)
+    sender.close()
