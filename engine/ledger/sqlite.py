@@ -104,6 +104,14 @@ def _insert_requests(rows: int) -> str:
     )
 
 
+def _insert_in_groups(conn: sqlite3.Connection, statement: Callable[[int], str], rows: list[tuple]) -> None:
+    """Insert ``rows`` (each a tuple of bound values) :data:`_INSERT_ROWS` at a time, in order; ``statement(n)``
+    is the INSERT of ``n`` of them."""
+    for start in range(0, len(rows), _INSERT_ROWS):
+        group = rows[start : start + _INSERT_ROWS]
+        conn.execute(statement(len(group)), [value for row in group for value in row])
+
+
 def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tuple]]:
     """The attempts grouped by which optional fields they lack (a batch has two or three patterns)."""
     http_status, curl_error, error, excerpt, captured = _OPTIONAL
@@ -232,10 +240,7 @@ class SQLiteStore(SQLStore):
         now = time.time()
         try:
             with self.conn:
-                for start in range(0, len(rows), _INSERT_ROWS):
-                    part = rows[start : start + _INSERT_ROWS]
-                    values = [value for row in part for value in (run_id, *row, now)]
-                    self.conn.execute(_insert_requests(len(part)), values)
+                _insert_in_groups(self.conn, _insert_requests, [(run_id, *row, now) for row in rows])
         except sqlite3.IntegrityError:
             raise self._find_duplicate(run_id, rows) from None
 
@@ -243,9 +248,7 @@ class SQLiteStore(SQLStore):
         for absent, group in _by_absent_fields(attempts).items():
             statements = _attempt_statements(absent)
             values = list(map(statements.present, group))
-            for start in range(0, len(values), _INSERT_ROWS):
-                part = values[start : start + _INSERT_ROWS]
-                self.conn.execute(_insert_attempts(absent, len(part)), [value for row in part for value in row])
+            _insert_in_groups(self.conn, functools.partial(_insert_attempts, absent), values)
             self.conn.executemany(statements.update, values)
 
     def mark_in_flight(self, rids: list[int]) -> None:
