@@ -113,6 +113,18 @@ class TreeWatch:
         return totals
 
 
+def bill_phases(log: str, started: float, ended: float) -> dict[str, float]:
+    """Where a ``bill``'s wall time went (``started``/``ended``: epoch seconds around its process), from
+    its ``--log-file``: before its pass (start, claim, load), the pass, and after it (summary, exit)."""
+    with open(log) as handle:
+        times = {event["event"]: event["time"] for event in map(json.loads, handle)}
+    return {
+        "start and load": times["pass_start"] - started,
+        "pass": times["pass_end"] - times["pass_start"],
+        "summary and exit": ended - times["pass_end"],
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds used so far by a process and its children (a server, between runs)."""
     total = 0.0

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import TreeWatch, cpu_seconds, start_nginx, table, write_rows  # noqa: E402
+from common import TreeWatch, bill_phases, cpu_seconds, start_nginx, table, write_rows  # noqa: E402
 
 
 def one_run(tree: str, csv_path: str, url: str, directory: str, name: str, nginx_pid: int, rows: int) -> dict:
@@ -36,17 +35,14 @@ def one_run(tree: str, csv_path: str, url: str, directory: str, name: str, nginx
     if watch.wait(child) != 0:
         raise SystemExit(f"{tree}: bill failed")
     ended = time.time()
-    with open(log) as handle:
-        times = {event["event"]: event["time"] for event in map(json.loads, handle)}
+    phases = bill_phases(log, started, ended)
     cpu = watch.cpu()
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(db + suffix):
             os.remove(db + suffix)
     return {
         "wall": ended - started,
-        "start and load": times["pass_start"] - started,
-        "pass": times["pass_end"] - times["pass_start"],
-        "summary and exit": ended - times["pass_end"],
+        **phases,
         "coordinator µs": cpu["coordinator"] / rows * 1e6,
         "workers µs": (cpu["workers"] + cpu["other"]) / rows * 1e6,
         "nginx µs": (cpu_seconds(nginx_pid) - server_before) / rows * 1e6,

@@ -21,7 +21,17 @@ import subprocess
 import sys
 import time
 
-from common import ECHO_MODULE, TreeWatch, answer_after, cpu_seconds, make_certificates, report, start_nginx, table
+from common import (
+    ECHO_MODULE,
+    TreeWatch,
+    answer_after,
+    bill_phases,
+    cpu_seconds,
+    make_certificates,
+    report,
+    start_nginx,
+    table,
+)
 from common import write_rows as write_csv
 
 #: The body h2load and wrk send, the size of the engine's (its default template for these rows).
@@ -67,11 +77,12 @@ def run_engine(rows: int, csv: str, base: str, args, ca: str | None, directory: 
                "--concurrency", str(math.ceil(args.in_flight / args.workers)), "--quiet", "--log-file", log,
                *(["--ca-bundle", ca] if ca else []), *(["--http2"] if args.http2 else []),
                *args.engine_args]  # fmt: skip
-    started = time.perf_counter()
+    started = time.time()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     watch = TreeWatch(child.pid, interval=0.1)
     returncode = watch.wait(child)
-    wall = time.perf_counter() - started
+    ended = time.time()
+    wall = ended - started
     if returncode != 0:
         raise SystemExit(f"engine failed ({returncode}): {child.stderr.read().decode()[-2000:]}")
     summary = report(db, "bench")
@@ -83,6 +94,7 @@ def run_engine(rows: int, csv: str, base: str, args, ca: str | None, directory: 
         "p50_ms": summary["latency_ms"]["p50"],
         "ok": summary["succeeded"],
         "cpu": f"coord {cpu['coordinator']:.0f} s, workers {cpu['workers']:.0f} s",
+        "phases": ", ".join(f"{name} {seconds:.2f} s" for name, seconds in bill_phases(log, started, ended).items()),
     }
 
 
@@ -203,6 +215,7 @@ def print_table(args, results: list[dict]) -> None:
     for r in results:
         extra = r.get("peer", {})
         print(f"\nengine CPU: {r['engine']['cpu']}; {peer}: {extra.get('latency', '-')}", end="")
+        print(f"\nengine phases: {r['engine']['phases']}", end="")
     print()
 
 

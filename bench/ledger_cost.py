@@ -8,6 +8,7 @@ timing each with ``time.process_time``.
 Example:
     python bench/ledger_cost.py                  # 200,000 rows
     python bench/ledger_cost.py --rows 2000      # a smoke run
+    python bench/ledger_cost.py --rows 1000000 --load-wall   # and the load's wall time, read ahead or not
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def ledger_cost(db: str, rows: int) -> dict[str, dict[str, float]]:
     }
 
 
+def load_wall(rows: int, rounds: int = 2) -> dict[str, list[float]]:
+    """Wall seconds to load ``rows`` rows into a fresh SQLite ledger, in this process and read ahead by a
+    forked reader (as ``bill`` loads a file), alternating, ``rounds`` times each."""
+    settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
+    walls: dict[str, list[float]] = {"in one process": [], "read ahead": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
+        path = os.path.join(directory, "rows.csv")
+        write_rows(path, rows)
+        for round_no in range(rounds):
+            for name, ahead in (("in one process", False), ("read ahead", True)):
+                with open_store(os.path.join(directory, f"{round_no}-{ahead}.db")) as ledger:
+                    ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
+                    started = time.perf_counter()
+                    request = CompiledRequest(settings.request_spec())
+                    load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, request, path, ahead=ahead)
+                    walls[name].append(round(time.perf_counter() - started, 2))
+    return walls
+
+
 def _timed(ledger, method: str) -> list[float]:
     """Count the process time spent in ``ledger.method`` into the one-item list returned."""
     spent, call = [0.0], getattr(ledger, method)
@@ -99,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--db", default="ledger.db", help="a SQLite file name (in a temporary folder) or a URL")
+    parser.add_argument("--load-wall", action="store_true", help="also the load's wall time, read ahead or not")
     args = parser.parse_args()
     cost = ledger_cost(args.db, args.rows)
     load_us, record_us = cost["load"]["client"], cost["record"]["client"]
@@ -114,6 +135,11 @@ def main() -> None:
             ],
         )
     )
+
+    if args.load_wall:
+        walls = load_wall(args.rows)
+        print(f"\nloading {args.rows} rows into a fresh SQLite ledger, wall seconds (alternating)\n")
+        print(table(["load", "wall (s)"], [[name, ", ".join(map(str, seconds))] for name, seconds in walls.items()]))
 
 
 if __name__ == "__main__":

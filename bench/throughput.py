@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -37,6 +36,7 @@ sys.path.insert(0, HERE)
 
 from common import (  # noqa: E402
     TreeWatch,
+    bill_phases,
     cpu_seconds,
     make_certificates,
     record,
@@ -85,13 +85,7 @@ def run_engine(command: list[str], server_pid: int) -> tuple[float, float, float
         returncode = watch.wait(child)
     if returncode != 0:
         raise SystemExit(f"engine failed: {child.stderr.read().decode()[-2000:]}")
-    with open(command[command.index("--log-file") + 1]) as handle:
-        times = {event["event"]: event["time"] for event in map(json.loads, handle)}
-    phases = {
-        "start and load": times["pass_start"] - measured.started,
-        "pass": times["pass_end"] - times["pass_start"],
-        "summary and exit": measured.ended - times["pass_end"],
-    }
+    phases = bill_phases(command[command.index("--log-file") + 1], measured.started, measured.ended)
     return measured.wall, measured.cpu, measured.server_cpu, {"cpu": watch.cpu(), "phases": phases}
 
 
