@@ -15,7 +15,9 @@ back as the :class:`~engine.errors.InputError` it raised, and a reader that dies
 from __future__ import annotations
 
 import contextlib
+import marshal
 import multiprocessing
+import pickle
 import signal
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -24,8 +26,10 @@ from engine.errors import EngineError
 
 _FORK = multiprocessing.get_context("fork")
 
-#: What the reader sends: a batch, the digest once every row was read, or the error that stopped it.
-_BATCH, _END, _ERROR = "batch", "end", "error"
+#: What the reader sends, as the first byte of each message: a batch (``marshal``: plain tuples of str,
+#: int and float, written in a tenth of pickle's time, between two processes of one interpreter), the
+#: digest once every row was read, or the error that stopped it (pickled).
+_BATCH, _END, _ERROR = b"B", b"E", b"X"
 
 
 class ReaderDied(EngineError):
@@ -62,17 +66,18 @@ class Received:
     def __iter__(self) -> Iterator[list[tuple]]:
         while True:
             try:
-                kind, value = self.receiver.recv()
+                message = self.receiver.recv_bytes()
             except EOFError:
                 self.reader.join()
                 raise ReaderDied(f"the process reading the input died (exit code {self.reader.exitcode})") from None
+            kind, value = message[:1], message[1:]
             if kind == _BATCH:
-                yield value
+                yield marshal.loads(value)
             elif kind == _END:
-                self.digest = value
+                self.digest = value.decode()
                 return
             else:
-                raise value
+                raise pickle.loads(value)
 
 
 def _read(
@@ -83,10 +88,10 @@ def _read(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by the fork
     try:
         for batch in batches():
-            sender.send((_BATCH, batch))
-        message: tuple[str, object] = (_END, digest())
+            sender.send_bytes(_BATCH + marshal.dumps(batch))
+        message = _END + digest().encode()
     except Exception as err:  # noqa: BLE001 (every error goes back to the parent, which raises it)
-        message = (_ERROR, err)
+        message = _ERROR + pickle.dumps(err)
     with contextlib.suppress(OSError):  # the parent is gone (killed): nobody is left to tell
-        sender.send(message)
+        sender.send_bytes(message)
     sender.close()
