@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections import Counter
 
 from engine.delivery.breaker import BreakerSettings, CircuitBreaker
@@ -82,6 +83,25 @@ def test_a_claim_not_renewed_within_its_lease_starts_nothing_more():
         records = sending.send(chunk(20), fence=Fence(1.0, lambda: None))
         sending.close()
     assert 2 <= len(records) <= 5 and sending.dropped == 20 - len(records)
+
+
+def test_a_sender_frozen_between_a_start_and_its_send_sends_nothing():
+    """The fence held when the transfers started and no longer when libcurl was about to send them:
+    the process froze in between (SIGSTOP, a VM pause) while the chunk went to another node."""
+    now = [100.0]
+    fence = Fence(5.0, lambda: True, clock=lambda: now[0])
+    with MockProcess() as api:
+        sending = sender(api.charge_url())
+        sending.transport.window = lambda limit: limit  # no warm-up: all five start in this turn
+        sending.ready.extend(chunk(5))
+        assert sending.start(fence) and sending.transport.active == 5  # started, nothing sent yet
+        now[0] += 30.0  # frozen for 30 s before libcurl's next turn
+        deadline = time.monotonic() + 10
+        while sending.transport.active and time.monotonic() < deadline:
+            sending.poll(0.1)
+        sending.close()
+        assert api.stats()["requests"] == 0
+    assert sending.take_records() == [] and sending.dropped == 5  # no attempt: the rows are the new owner's
 
 
 def test_a_chunk_cut_short_by_an_error_leaves_nothing_for_the_next_chunk():

@@ -496,13 +496,23 @@ def test_a_node_frozen_past_its_lease_sends_nothing_another_node_now_owns(
             rerun = run_engine("rerun", "frozen", "--db", postgres_url, "--broker", broker, "--quiet", timeout=120)
             assert rerun.returncode == 0, rerun.stderr
         stats = api.stats()
-    assert stats["customers_charged_more_than_once"] == 0, stats["double_charged_sample"]
+    assert stats["customers_charged_more_than_once"] == 0, attempts_of(postgres_url, stats["double_charged_sample"])
     assert stats["customers_charged"] == rows
     with open_store(postgres_url) as ledger:
         assert ledger.counts("frozen")["succeeded"] == rows
         assert ledger.chunk_summary("frozen")["resent"] >= 1
         (superseded,) = ledger.conn.execute("SELECT count(*) FROM attempts WHERE outcome = 'superseded'").fetchone()
     assert superseded >= 1  # what the frozen node had in flight came back, and was not taken as the outcome
+
+
+def attempts_of(db: str, row_ids: list[str]) -> list[tuple]:
+    """Every recorded attempt of these rows, in time order: what a failure shows of a row charged twice."""
+    with open_store(db) as ledger:
+        return ledger.conn.execute(
+            "SELECT r.row_id, r.chunk_id, a.attempt, a.outcome, a.started_at, a.duration_ms, a.error FROM attempts a"
+            " JOIN requests r ON r.rid = a.rid WHERE r.row_id = ANY(%s) ORDER BY a.started_at",
+            (row_ids,),
+        ).fetchall()
 
 
 def without(name: str) -> dict:

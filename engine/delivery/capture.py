@@ -8,6 +8,7 @@ coordinator's record code reads :class:`Finished` without loading libcurl.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from engine.delivery.hints import HINT_HEADERS, HINT_INITIALS
@@ -19,6 +20,8 @@ EXCERPT_BYTES = 200
 #: Headers are never kept, but libcurl holds up to 300 KB of them per answer: on every handle of a
 #: large window a hostile server could make that hundreds of MB.
 HEADER_BYTES = 64 * 1024
+#: What :meth:`Capture.prereq` answers libcurl: send, or abort the transfer unsent (``CURL_PREREQFUNC_*``).
+PREREQ_OK, PREREQ_ABORT = 0, 1
 
 
 class Finished(NamedTuple):
@@ -36,6 +39,8 @@ class Finished(NamedTuple):
     replayed: bool = False
     #: Seconds until the API's quota resets, when its ``RateLimit`` headers say none is left.
     quota_rest: float | None = None
+    #: Never sent: the sender's fence no longer held when libcurl was about to send it (:meth:`Capture.prereq`).
+    fenced: bool = False
 
 
 class Capture:
@@ -45,7 +50,20 @@ class Capture:
     or more to capture values from), a count of header bytes, the few hint headers' values.
     """
 
-    __slots__ = ("body", "body_taken", "chunks", "header_bytes", "hints", "keep", "kept", "over", "started_at", "token")
+    __slots__ = (
+        "body",
+        "body_taken",
+        "chunks",
+        "fenced",
+        "guard",
+        "header_bytes",
+        "hints",
+        "keep",
+        "kept",
+        "over",
+        "started_at",
+        "token",
+    )
 
     def __init__(self, keep: int = EXCERPT_BYTES):
         self.chunks: list[bytes] = []
@@ -58,8 +76,10 @@ class Capture:
         self.started_at = 0.0
         self.body = b""  # the body libcurl reads through ``read`` (runs without keys), until it is taken
         self.body_taken = 0
+        self.guard: Callable[[], bool] | None = None  # asked by :meth:`prereq`, if the handle has it
+        self.fenced = False
 
-    def reset(self, token) -> None:
+    def reset(self, token, guard: Callable[[], bool] | None = None) -> None:
         self.chunks.clear()
         self.kept = 0
         self.over = False
@@ -67,7 +87,18 @@ class Capture:
         self.header_bytes = 0
         self.body_taken = 0
         self.token = token
+        self.guard = guard
+        self.fenced = False
         self.started_at = time.time()
+
+    def prereq(self, *_address) -> int:
+        """libcurl's last call before it sends the request, once connected: the ``guard`` (a claim's fence)
+        is asked again. A process frozen between starting the transfer and sending it (SIGSTOP, a VM
+        pause) wakes up here with the fence closed: the request is not sent, and the row is another's."""
+        if self.guard is None or self.guard():
+            return PREREQ_OK
+        self.fenced = True
+        return PREREQ_ABORT
 
     def release(self) -> None:
         """Drop what the ended transfer held (its row, its excerpt) while the handle waits for another."""

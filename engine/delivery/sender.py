@@ -75,16 +75,18 @@ class Sender:
             if permit == WAIT:
                 return False
             if permit == PROBE:
-                self._start(gate.take_probe(ready))
+                self._start(gate.take_probe(ready), fence)
                 return True
-            self._start(ready.popleft())
+            self._start(ready.popleft(), fence)
         return True
 
-    def _start(self, row: Dispatch) -> None:
-        """Start the row's transfer; a row that cannot even be started is quarantined and the sender goes
-        on: re-queued, it would only take down process after process."""
+    def _start(self, row: Dispatch, fence: Fence | None = None) -> None:
+        """Start the row's transfer (the ``fence`` asked once more just before it is sent); a row that cannot
+        even be started is quarantined and the sender goes on: re-queued, it would only take down process
+        after process."""
         try:
-            self.transport.start(row, *self.requests.render(row.row_id, row.payload, row.idempotency_key))
+            request = self.requests.render(row.row_id, row.payload, row.idempotency_key)
+            self.transport.start(row, *request, guard=None if fence is None else fence.valid)
         except TokenUnavailable as err:  # not sent: the row waits for the token, its attempt unspent
             log.debug("row %s waits for an access token: %s", row.row_id, err)
             self.retries.hold(row, time.monotonic() + FETCH_RETRY)
@@ -93,8 +95,12 @@ class Sender:
             self.records.append(unsendable_record(row, err))
 
     def poll(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds, settle what ended (record, retry, gate told); how many ended."""
+        """Wait up to ``timeout`` seconds, settle what ended (record, retry, gate told); how many ended.
+        A transfer its fence stopped before it was sent is dropped with the rows not started."""
         finished = self.transport.poll(timeout)
+        if any(done.fenced for done in finished):
+            self.dropped += sum(done.fenced for done in finished)
+            finished = [done for done in finished if not done.fenced]
         if self.authorizer is not None:
             self.retries.secrets = self.requests.compiled.spec.secrets + self.authorizer.secrets()
             finished = [done for done in finished if not self._reauthorize(done)]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections.abc import Callable
 
 import pycurl
 
-from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, Capture, Finished
+from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, PREREQ_ABORT, PREREQ_OK, Capture, Finished
 from engine.delivery.hints import read_hints
 from engine.delivery.loops import EPOLL_ABOVE, EpollLoop, SelectLoop
 from engine.delivery.policy import Outcome
@@ -112,6 +113,9 @@ def configure_unrepeatable(
         handle.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
 
 
+assert (PREREQ_OK, PREREQ_ABORT) == (pycurl.PREREQFUNC_OK, pycurl.PREREQFUNC_ABORT)
+
+
 def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, message: str | None) -> Finished:
     """What a finished handle (and its ``capture``) says about its transfer."""
     duration_ms = handle.getinfo(pycurl.TOTAL_TIME) * 1000.0
@@ -127,7 +131,13 @@ def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, messa
         if capture.header_bytes > HEADER_BYTES:
             message = f"response headers over {HEADER_BYTES} bytes"
         return Finished(
-            capture.token, outcome, capture.started_at, duration_ms, excerpt, f"curl {curl_error}: {message}"
+            capture.token,
+            outcome,
+            capture.started_at,
+            duration_ms,
+            excerpt,
+            f"curl {curl_error}: {message}",
+            fenced=capture.fenced,
         )
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
@@ -219,7 +229,11 @@ class Transport:
             return 1
         return limit
 
-    def start(self, token, url: str, headers: list[str], body: bytes | None) -> None:
+    def start(
+        self, token, url: str, headers: list[str], body: bytes | None, guard: Callable[[], bool] | None = None
+    ) -> None:
+        """Start a transfer. ``guard`` (a claim's fence), if given, is asked again just before libcurl sends
+        the request: a False then aborts it unsent (its :class:`Finished` says ``fenced``)."""
         if self.warm_until is None:
             self.warm_until = time.monotonic() + TLS_WARMUP if url.startswith("https:") else 0.0
         shard = self.turn
@@ -227,7 +241,9 @@ class Transport:
         free = self.free[shard]
         handle = free.pop() if free else self._new_handle(shard)
         capture = self.captures[handle]
-        capture.reset(token)
+        capture.reset(token, guard)
+        if guard is not None:  # only on nodes: a local pass holds no claim, and pays nothing for this
+            handle.setopt(pycurl.PREREQFUNCTION, capture.prereq)
         try:
             self.configure(handle, capture, url, headers, body)
         except BaseException:
