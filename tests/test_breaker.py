@@ -78,6 +78,17 @@ def test_a_probe_whose_answer_is_overdue_is_claimed_again():
     assert RULES.allow(probing, 1.1 + RULES.probe_timeout)[0] is Permit.PROBE
 
 
+def test_a_probe_never_sent_hands_the_probe_on_at_once():
+    """Its sender's fence closed just before libcurl sent it: nothing was learnt, and nobody waits out the
+    probe timeout for it."""
+    state = feed(RULES.initial(), Answer.UP, *[Answer.DOWN] * 3)
+    probing = RULES.allow(state, 1.0)[1]
+    unsent = feed(probing, Answer.PROBE_UNSENT, now=1.2)
+    assert unsent.mode is Mode.OPEN and unsent.interval == probing.interval
+    assert RULES.allow(unsent, 1.2)[0] is Permit.PROBE
+    assert feed(state, Answer.PROBE_UNSENT, now=1.2) == state  # no probe out: nothing to hand on
+
+
 def test_an_operators_hold_stops_every_start():
     held = BreakerState(held=True)
     assert RULES.allow(held, 0.0) == (Permit.WAIT, held)

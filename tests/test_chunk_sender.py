@@ -6,7 +6,7 @@ import multiprocessing
 import time
 from collections import Counter
 
-from engine.delivery.breaker import BreakerSettings, CircuitBreaker
+from engine.delivery.breaker import Answer, BreakerSettings, CircuitBreaker, Permit
 from engine.delivery.fence import Fence
 from engine.delivery.gate import Gate
 from engine.delivery.policy import RetryPolicy
@@ -102,6 +102,30 @@ def test_a_sender_frozen_between_a_start_and_its_send_sends_nothing():
         sending.close()
         assert api.stats()["requests"] == 0
     assert sending.take_records() == [] and sending.dropped == 5  # no attempt: the rows are the new owner's
+
+
+def test_an_outage_probe_its_fence_stopped_is_handed_on_at_once():
+    """The row a frozen sender started as the outage probe was never sent: the breaker hands the probe to
+    another sender now, not after its probe timeout."""
+    now = [100.0]
+    fence = Fence(5.0, lambda: True, clock=lambda: now[0])
+    with MockProcess() as api:
+        sending = sender(api.charge_url())
+        breaker = sending.gate.breaker
+        for answer in (Answer.UP, *[Answer.DOWN] * BreakerSettings().threshold):
+            breaker.record(answer)  # the endpoint went down: the breaker is open
+        time.sleep(BreakerSettings().first_interval + 0.1)  # a probe is due
+        sending.ready.extend(chunk(1))
+        sending.start(fence)
+        assert sending.gate.probe_rid == 1 and sending.transport.active == 1  # the probe started
+        now[0] += 30.0  # frozen before it was sent
+        deadline = time.monotonic() + 10
+        while sending.transport.active and time.monotonic() < deadline:
+            sending.poll(0.1)
+        sending.close()
+        assert api.stats()["requests"] == 0
+    assert sending.dropped == 1 and sending.gate.probe_rid is None
+    assert breaker.allow() is Permit.PROBE  # the next sender probes at once
 
 
 def test_a_chunk_cut_short_by_an_error_leaves_nothing_for_the_next_chunk():

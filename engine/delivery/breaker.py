@@ -60,6 +60,7 @@ class Answer(Enum):
     DOWN_AGAIN = "down again"  #: a row that was down already: no evidence
     PROBE_UP = "probe up"
     PROBE_DOWN = "probe down"
+    PROBE_UNSENT = "probe unsent"  #: the probe was never sent (its sender's claim ended first)
 
     @classmethod
     def of(cls, down: bool, probe: bool, counted: bool) -> Answer:
@@ -122,6 +123,8 @@ class BreakerSettings:
         if answer is Answer.PROBE_DOWN:
             interval = min(self.max_interval, state.interval * 2)
             return replace(state, mode=Mode.OPEN, interval=interval, probe_at=now + interval)
+        if answer is Answer.PROBE_UNSENT:  # nothing was learnt: another sender may probe at once
+            return replace(state, mode=Mode.OPEN, probe_at=now) if state.mode is Mode.PROBING else state
         if answer is Answer.UP:
             state = state if state.seen_up else replace(state, seen_up=True)
             # while open, a late success from before the pause proves nothing

@@ -111,6 +111,13 @@ class Gate:
         if time.monotonic() - self.reported_at >= REPORT_EVERY:
             self.report()
 
+    def unsent(self, rid: int) -> None:
+        """A started row that was never sent (its fence closed just before): if it was the probe, the
+        breaker hands the probe to another sender at once instead of waiting for it to time out."""
+        if rid == self.probe_rid:
+            self.probe_rid = None
+            self.breaker.record(Answer.PROBE_UNSENT)
+
     def forget(self, rid: int) -> None:
         """The row reached a final state."""
         self.failed_down.discard(rid)

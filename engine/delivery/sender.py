@@ -99,7 +99,10 @@ class Sender:
         A transfer its fence stopped before it was sent is dropped with the rows not started."""
         finished = self.transport.poll(timeout)
         if any(done.fenced for done in finished):
-            self.dropped += sum(done.fenced for done in finished)
+            for done in finished:
+                if done.fenced:
+                    self.dropped += 1
+                    self.gate.unsent(done.token.rid)
             finished = [done for done in finished if not done.fenced]
         if self.authorizer is not None:
             self.retries.secrets = self.requests.compiled.spec.secrets + self.authorizer.secrets()
