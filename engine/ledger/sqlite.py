@@ -17,7 +17,6 @@ import errno
 import functools
 import operator
 import os
-import re
 import shutil
 import sqlite3
 import time
@@ -61,7 +60,7 @@ _OPTIONAL = tuple(Attempt._fields.index(name) for name in ("http_status", "curl_
 class _AttemptStatements(NamedTuple):
     """The insert into attempts and the update of the row, for attempts with the same fields absent."""
 
-    insert: str  # of one attempt; :func:`_insert_attempts` makes the one of many
+    row: str  # one attempt's values in the insert: placeholders, NULL where absent
     update: str
     present: Callable[[tuple], tuple]  # the attempt's values the two statements bind, in order
 
@@ -73,7 +72,8 @@ def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
     present = [index for index in range(len(Attempt._fields)) if index not in missing]
     value = dict.fromkeys(Attempt._fields, "NULL")
     value.update({Attempt._fields[index]: f"?{number}" for number, index in enumerate(present, 1)})
-    insert = f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES ({', '.join(value.values())})"
+    # bound in field order, like the numbered placeholders the update refers to
+    row = "(" + ", ".join("NULL" if index in missing else "?" for index in range(len(Attempt._fields))) + ")"
     update = (
         f"UPDATE requests SET attempts = {value['attempt']}, status = {value['outcome']},"
         f" http_status = {value['http_status']}, curl_error = {value['curl_error']}, error = {value['error']},"
@@ -84,32 +84,27 @@ def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
         # nor does an older attempt overwrite a newer one, unless it succeeded (a charge is what counts)
         f" AND (coalesce(attempts, 0) <= {value['attempt']} OR {value['outcome']} = '{SUCCEEDED}')"
     )
-    return _AttemptStatements(insert, update, operator.itemgetter(*present))
+    return _AttemptStatements(row, update, operator.itemgetter(*present))
+
+
+#: Where loading inserts, and one pending request's values: (run_id, line, id, priority, payload, key, now).
+_REQUESTS_INTO = "requests (run_id, line, row_id, priority, payload, idempotency_key, status, attempts, updated_at)"
+_PENDING_ROW = "(?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
+_ATTEMPTS_INTO = f"attempts ({', '.join(Attempt._fields)})"
 
 
 @functools.cache
-def _insert_attempts(absent: tuple[bool, ...], rows: int) -> str:
-    """The insert of ``rows`` attempts at once (their present values bound one attempt after the other)."""
-    columns, one = _attempt_statements(absent).insert.split(" VALUES ")
-    return f"{columns} VALUES {', '.join([re.sub(r'[?][0-9]+', '?', one)] * rows)}"
+def _insert_many(into: str, row: str, rows: int) -> str:
+    """The INSERT into ``into`` (table and columns) of ``rows`` rows, each written as ``row``."""
+    return f"INSERT INTO {into} VALUES {', '.join([row] * rows)}"
 
 
-@functools.cache
-def _insert_requests(rows: int) -> str:
-    """The INSERT of ``rows`` pending requests, each bound as (run_id, line, id, priority, payload, key, now)."""
-    one = "(?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
-    return (
-        "INSERT INTO requests (run_id, line, row_id, priority, payload, idempotency_key, status, attempts,"
-        f" updated_at) VALUES {', '.join([one] * rows)}"
-    )
-
-
-def _insert_in_groups(conn: sqlite3.Connection, statement: Callable[[int], str], rows: list[tuple]) -> None:
-    """Insert ``rows`` (each a tuple of bound values) :data:`_INSERT_ROWS` at a time, in order; ``statement(n)``
-    is the INSERT of ``n`` of them."""
+def _insert_in_groups(conn: sqlite3.Connection, into: str, row: str, rows: list[tuple]) -> None:
+    """Insert ``rows`` (each a tuple of bound values, placed as ``row`` says) :data:`_INSERT_ROWS` at a time,
+    in order."""
     for start in range(0, len(rows), _INSERT_ROWS):
         group = rows[start : start + _INSERT_ROWS]
-        conn.execute(statement(len(group)), [value for row in group for value in row])
+        conn.execute(_insert_many(into, row, len(group)), [value for values in group for value in values])
 
 
 def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tuple]]:
@@ -240,7 +235,7 @@ class SQLiteStore(SQLStore):
         now = time.time()
         try:
             with self.conn:
-                _insert_in_groups(self.conn, _insert_requests, [(run_id, *row, now) for row in rows])
+                _insert_in_groups(self.conn, _REQUESTS_INTO, _PENDING_ROW, [(run_id, *row, now) for row in rows])
         except sqlite3.IntegrityError:
             raise self._find_duplicate(run_id, rows) from None
 
@@ -248,7 +243,7 @@ class SQLiteStore(SQLStore):
         for absent, group in _by_absent_fields(attempts).items():
             statements = _attempt_statements(absent)
             values = list(map(statements.present, group))
-            _insert_in_groups(self.conn, functools.partial(_insert_attempts, absent), values)
+            _insert_in_groups(self.conn, _ATTEMPTS_INTO, statements.row, values)
             self.conn.executemany(statements.update, values)
 
     def mark_in_flight(self, rids: list[int]) -> None:
