@@ -141,26 +141,26 @@ def gone(pid: int, limit: float) -> bool:
     return False
 
 
-def test_a_file_whose_reader_is_killed_mid_load_sends_nothing_and_says_so(customers, db, start_engine, tmp_path):
+def test_a_file_whose_reader_is_killed_mid_load_sends_nothing_and_says_so(customers, ledger, start_engine, tmp_path):
     with MockProcess() as api:
-        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
-        wait_loading(db, "R", engine, rows=1)
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, ledger)
+        wait_loading(ledger, "R", engine, rows=1)
         os.kill(reader_of(engine), signal.SIGKILL)
         _, err = engine.communicate(timeout=60)
         engine.feed.close()
         assert engine.returncode == 1, err
         assert err.strip().splitlines() == ["error: the process reading the input died (exit code -9)"], err
         assert api.stats()["requests"] == 0
-    assert run_state(db, "R") is None  # its half load is gone: the same bill starts again from nothing
+    assert run_state(ledger, "R") is None  # its half load is gone: the same bill starts again from nothing
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_file_load_stopped_by_a_signal_ends_its_reader_and_leaves_no_run(
-    customers, db, start_engine, tmp_path, signum
+    customers, ledger, start_engine, tmp_path, signum
 ):
     with MockProcess() as api:
-        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
-        wait_loading(db, "R", engine, rows=1)
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, ledger)
+        wait_loading(ledger, "R", engine, rows=1)
         reader = reader_of(engine)
         engine.send_signal(signum)
         _, err = engine.communicate(timeout=60)
@@ -169,13 +169,13 @@ def test_a_file_load_stopped_by_a_signal_ends_its_reader_and_leaves_no_run(
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert gone(reader, 10), "the reader outlived its engine"
         assert api.stats()["requests"] == 0
-    assert run_state(db, "R") is None
+    assert run_state(ledger, "R") is None
 
 
-def test_a_file_reader_outliving_a_killed_engine_ends_quietly(customers, db, start_engine, tmp_path):
+def test_a_file_reader_outliving_a_killed_engine_ends_quietly(customers, ledger, start_engine, tmp_path):
     with MockProcess() as api:
-        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, db)
-        wait_loading(db, "R", engine, rows=1)
+        engine = start_reading_ahead(start_engine, tmp_path, customers(ROWS), FIRST, api, ledger)
+        wait_loading(ledger, "R", engine, rows=1)
         reader = reader_of(engine)
         engine.kill()
         engine.wait()
@@ -183,6 +183,6 @@ def test_a_file_reader_outliving_a_killed_engine_ends_quietly(customers, db, sta
         engine.feed.close()
         assert gone(reader, 10), "the reader outlived its engine"
         assert "Traceback" not in engine.stderr.read()
-        done = run_engine(*bill_of(customers(ROWS), api, db))  # the next bill takes the run over
+        done = run_engine(*bill_of(customers(ROWS), api, ledger))  # the next bill takes the run over
         assert done.returncode == 0, done.stderr
         assert api.stats()["customers_charged"] == ROWS
