@@ -7,6 +7,7 @@ test's own on the local server).
 
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -25,6 +26,7 @@ from engine.ledger import (
     Store,
     open_store,
 )
+from engine.ledger.beside import ask_beside
 from engine.ledger.lease import Holder
 from engine.ledger.roles import Ledger
 from engine.ledger.selection import RowFilter
@@ -442,6 +444,38 @@ class TestLedgerReader:
 
     def test_percentiles_of_an_empty_run(self, store):
         assert store.latency_percentiles("r", (0.5,)) == {0.5: None}
+
+    def test_statuses_are_counted_per_answer_in_order_an_attempt_with_neither_first(self, store):
+        store.insert_requests("r", rows(4))
+        first, second, third, fourth = rids(store)
+        store.record(
+            [
+                answer(first, RETRYING, status=503),
+                answer(second, FAILED, status=None, curl_error=28, error="curl 28: timed out"),
+                answer(third, UNKNOWN, status=None, error="no answer recorded"),
+                answer(fourth, RETRYING, status=None, curl_error=7, error="curl 7: refused"),
+            ]
+        )
+        store.record([answer(first, attempt=2), answer(fourth, attempt=2)])
+        counted = store.status_counts("r")
+        assert list(counted.items()) == [(None, 1), ("200", 2), ("503", 1), ("curl:28", 1), ("curl:7", 1)]
+
+    def test_a_question_asked_beside_gets_its_own_connection_and_sees_what_was_committed(self, store):
+        store.insert_requests("r", rows(3))
+        store.record([answer(rid) for rid in rids(store)])
+        asked = ask_beside(store, lambda beside: (beside is store, threading.get_ident(), beside.attempt_count("r")))
+        same, thread, attempts = asked()
+        in_memory = store.location == MEMORY  # only its own connection sees it: asked there
+        assert attempts == 3
+        assert same is in_memory and (thread == threading.get_ident()) is in_memory
+
+    def test_an_error_beside_is_raised_where_its_answer_is_awaited(self, store):
+        def missing(beside):
+            return beside.get_run("no-such-run")
+
+        asked = ask_beside(store, missing)
+        with pytest.raises(LedgerError):
+            asked()
 
     def test_runs_are_listed_oldest_first_with_their_counts(self, store):
         store.insert_requests("r", rows(2))

@@ -91,15 +91,14 @@ class SQLReader(SQLBase, LedgerReader):
             f"SELECT count(*) FROM requests WHERE run_id = ? AND status = '{SUCCEEDED}' AND replayed = 1", (run_id,)
         )
 
-    def status_counts(self, run_id: str) -> dict[str, int]:
-        return dict(
-            self._run(
-                "SELECT coalesce(CAST(a.http_status AS TEXT), 'curl:' || a.curl_error), count(*)"
-                " FROM requests r JOIN attempts a ON a.rid = r.rid WHERE r.run_id = ?"
-                " GROUP BY 1 ORDER BY 1",
-                (run_id,),
-            ).fetchall()
-        )
+    def status_counts(self, run_id: str) -> dict[str | None, int]:
+        counted = self._run(  # grouped by the columns as stored: no text made per attempt to group on
+            "SELECT a.http_status, a.curl_error, count(*) FROM requests r JOIN attempts a ON a.rid = r.rid"
+            " WHERE r.run_id = ? GROUP BY a.http_status, a.curl_error",
+            (run_id,),
+        ).fetchall()
+        labelled = [(_status_label(status, curl), n) for status, curl, n in counted]
+        return dict(sorted(labelled, key=lambda pair: (pair[0] is not None, pair[0] or "")))
 
     def find_rows(self, run_id: str, rows: RowFilter, after_rid: int = 0, limit: int = 100) -> list[dict]:
         where, params = rows.where(self.LIKE)
@@ -207,3 +206,10 @@ def _found(row: dict) -> dict:
     if row["latency_ms"] is not None:
         row["latency_ms"] = round(row["latency_ms"], 3)
     return row
+
+
+def _status_label(http_status: int | None, curl_error: int | None) -> str | None:
+    """An attempt's answer as the summary names it: its HTTP status, else ``curl:<code>``, else None."""
+    if http_status is not None:
+        return str(http_status)
+    return None if curl_error is None else f"curl:{curl_error}"

@@ -7,8 +7,10 @@ import io
 import json
 import textwrap
 import time
+from collections.abc import Callable
 
 from engine.ledger import Store
+from engine.ledger.beside import ask_beside
 from engine.ledger.roles import CANCELLED_FLAG
 from engine.output.export import run_captures
 from engine.states import (
@@ -40,6 +42,8 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     error, worker nodes' chunks) and requests/s; a pass with no recorded end counts nothing.
     """
     run = ledger.get_run(run_id)
+    purged = bool(run.get("summary"))  # its rows and attempts are gone, their figures were kept
+    scanned = None if live or purged else start_scans(ledger, run_id)  # beside what follows
     counts = ledger.counts(run_id)
     passes = ledger.passes(run_id)
     elapsed = _elapsed(passes, until=time.time() if live else None)
@@ -71,10 +75,10 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     }
     if live:
         return summary
-    stored = run.get("summary")  # purged: its rows and attempts are gone, their figures were kept
-    summary.update(stored["scans"] if stored else scans(ledger, run_id))
+    answered = answers(ledger, run_id, run)
+    summary.update(run["summary"]["scans"] if scanned is None else scanned())
     summary["purged_at"] = run.get("purged_at")
-    summary.update(answers(ledger, run_id, run))
+    summary.update(answered)
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
     if len(passes) > 1:  # a rerun: what this pass did, apart from the whole run
         summary["last_pass"] = last_pass(ledger, run_id, passes[-1])
@@ -97,14 +101,25 @@ def last_pass(ledger: Store, run_id: str, the_pass: dict) -> dict:
 
 def scans(ledger: Store, run_id: str) -> dict:
     """The figures that scan a run's rows and attempts: attempts, latency, HTTP statuses, top error, chunks."""
-    latency = ledger.latency_percentiles(run_id, QUANTILES)
-    return {
-        "attempts": ledger.attempt_count(run_id),
-        "latency_ms": {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency.items()},
-        "http_status": ledger.status_counts(run_id),
-        "top_error": _top_error(ledger, run_id),
-        "chunks": ledger.chunk_summary(run_id),
-    }
+    return start_scans(ledger, run_id)()
+
+
+def start_scans(ledger: Store, run_id: str) -> Callable[[], dict]:
+    """:func:`scans` begun: the latency's sort, the longest, starts now on a second connection; the call
+    returned makes the other scans on this one, then waits for the sort."""
+    latency = ask_beside(ledger, lambda beside: beside.latency_percentiles(run_id, QUANTILES))
+
+    def finish() -> dict:
+        figures = {
+            "attempts": ledger.attempt_count(run_id),
+            "http_status": ledger.status_counts(run_id),
+            "top_error": _top_error(ledger, run_id),
+            "chunks": ledger.chunk_summary(run_id),
+        }
+        percentiles = {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency().items()}
+        return {"attempts": figures.pop("attempts"), "latency_ms": percentiles, **figures}
+
+    return finish
 
 
 def answers(ledger: Store, run_id: str, run: dict) -> dict:

@@ -71,8 +71,8 @@ class LedgerReader(Ledger):
         """Succeeded rows whose success was an ``Idempotent-Replayed`` answer (an earlier attempt's charge)."""
 
     @abstractmethod
-    def status_counts(self, run_id: str) -> dict[str, int]:
-        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer)."""
+    def status_counts(self, run_id: str) -> dict[str | None, int]:
+        """Attempts per HTTP status (``"curl:N"`` for transfers that got no answer, None for one with neither)."""
 
     @abstractmethod
     def latency_histogram(self, run_id: str, edges: tuple[float, ...]) -> list[int]:
