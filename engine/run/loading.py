@@ -9,6 +9,7 @@ input is ever sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
@@ -65,15 +66,11 @@ def load_rows(
     digest = hashlib.sha256(digest_seed.encode())
 
     def batches() -> Iterator[list[tuple]]:
-        return _ledger_rows(rows, validator, key_prefix or run_id, digest)
+        return _ledger_rows(rows, validator, key_prefix or run_id)
 
-    if ahead:
-        with read_ahead(batches, digest.hexdigest) as received:
-            total = _insert_all(ledger, run_id, received, source, settings.id_field, on_progress)
-        loaded = Loaded(total, received.digest or "")
-    else:
-        total = _insert_all(ledger, run_id, batches(), source, settings.id_field, on_progress)
-        loaded = Loaded(total, digest.hexdigest())
+    with read_ahead(batches) if ahead else contextlib.nullcontext(batches()) as ledger_rows:
+        total = _insert_all(ledger, run_id, ledger_rows, source, settings.id_field, on_progress, digest)
+    loaded = Loaded(total, digest.hexdigest())
     if settings.idempotency_key_field:  # two rows with one key: the API would charge only the first
         duplicate = ledger.duplicate_key(run_id)
         if duplicate is not None:
@@ -87,15 +84,13 @@ def load_rows(
     return loaded
 
 
-def _ledger_rows(rows: Iterable[Row], validator: RowValidator, key_prefix: str, digest) -> Iterator[list[tuple]]:
+def _ledger_rows(rows: Iterable[Row], validator: RowValidator, key_prefix: str) -> Iterator[list[tuple]]:
     """Each row checked, keyed and encoded, in batches of ledger rows ``(line, id, priority, payload, key)``."""
     batch: list[tuple] = []
     for row in rows:
         priority = validator.check(row)
         key = validator.idempotency_key(row, key_prefix)
-        payload = json_text(row.fields)
-        digest.update(f"{row.row_id}\0{payload}\n".encode())
-        batch.append((row.line, row.row_id, priority, payload, key))
+        batch.append((row.line, row.row_id, priority, json_text(row.fields), key))
         if len(batch) >= LOAD_BATCH:
             yield batch
             batch = []
@@ -110,7 +105,9 @@ def _insert_all(
     source: str,
     id_field: str,
     on_progress: Callable[[int], None],
+    digest,
 ) -> int:
+    """Insert every batch; ``digest`` is updated with each row's id and payload as it is written."""
     total = 0
     for batch in batches:
         try:
@@ -119,6 +116,7 @@ def _insert_all(
             raise InputError(
                 source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
             ) from None
+        digest.update("".join([f"{row_id}\0{payload}\n" for _, row_id, _, payload, _ in batch]).encode())
         total += len(batch)
         on_progress(total)
     return total

@@ -28,7 +28,7 @@ _FORK = multiprocessing.get_context("fork")
 
 #: What the reader sends, as the first byte of each message: a batch (``marshal``: plain tuples of str,
 #: int and float, written in a tenth of pickle's time, between two processes of one interpreter), the
-#: digest once every row was read, or the error that stopped it (pickled).
+#: end once every row was read, or the error that stopped it (pickled).
 _BATCH, _END, _ERROR = b"B", b"E", b"X"
 
 
@@ -39,11 +39,11 @@ class ReaderDied(EngineError):
 
 
 @contextlib.contextmanager
-def read_ahead(batches: Callable[[], Iterator[list[tuple]]], digest: Callable[[], str]):
-    """``batches()`` run in a forked reader; yields an iterator over what it sends, then sets
-    ``.digest`` on it (``digest()`` as the reader saw it at the end). The reader is stopped on exit."""
+def read_ahead(batches: Callable[[], Iterator[list[tuple]]]):
+    """``batches()`` run in a forked reader; yields an iterator over what it sends. The reader is
+    stopped on exit."""
     receiver, sender = _FORK.Pipe(duplex=False)
-    reader = _FORK.Process(target=_read, args=(batches, digest, receiver, sender), name="read-ahead", daemon=True)
+    reader = _FORK.Process(target=_read, args=(batches, receiver, sender), name="read-ahead", daemon=True)
     reader.start()
     sender.close()  # the reader's end: its exit is then seen here as the end of the pipe
     received = Received(receiver, reader)
@@ -57,11 +57,10 @@ def read_ahead(batches: Callable[[], Iterator[list[tuple]]], digest: Callable[[]
 
 
 class Received:
-    """The batches a reader sends, in order; :attr:`digest` once the last one came."""
+    """The batches a reader sends, in order."""
 
     def __init__(self, receiver: Connection, reader):
         self.receiver, self.reader = receiver, reader
-        self.digest: str | None = None
 
     def __iter__(self) -> Iterator[list[tuple]]:
         while True:
@@ -74,22 +73,19 @@ class Received:
             if kind == _BATCH:
                 yield marshal.loads(value)
             elif kind == _END:
-                self.digest = value.decode()
                 return
             else:
                 raise pickle.loads(value)
 
 
-def _read(
-    batches: Callable[[], Iterator[list[tuple]]], digest: Callable[[], str], receiver: Connection, sender: Connection
-) -> None:
+def _read(batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection) -> None:
     receiver.close()  # the fork's copy: with it open, a parent that died would still seem to be listening
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by the fork
     try:
         for batch in batches():
             sender.send_bytes(_BATCH + marshal.dumps(batch))
-        message = _END + digest().encode()
+        message = _END
     except Exception as err:  # noqa: BLE001 (every error goes back to the parent, which raises it)
         message = _ERROR + pickle.dumps(err)
     with contextlib.suppress(OSError):  # the parent is gone (killed): nobody is left to tell
