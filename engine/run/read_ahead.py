@@ -3,8 +3,9 @@
 Loading is the one serial step before anything may be sent, and it has two halves of about
 equal cost: reading and validating each row (Python), and writing it to the ledger (SQLite's
 B-trees, or PostgreSQL's COPY). A forked reader runs the first half on the other core and
-hands over batches of ledger rows through a pipe; the pipe's buffer bounds what is in
-between (the reader waits while the writer is behind), so memory stays flat at any size.
+hands over batches of ledger rows through a pipe; the pipe's buffer, widened to hold a few
+batches, bounds what is in between (the reader waits only when the writer is that far behind),
+so memory stays flat at any size.
 
 The reader is forked, not spawned: it inherits the validator and the rows' iterator as they
 are, and it leaves through ``os._exit`` (multiprocessing's fork start), so it never touches the
@@ -15,6 +16,7 @@ back as the :class:`~engine.errors.InputError` it raised, and a reader that dies
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import marshal
 import multiprocessing
 import pickle
@@ -25,6 +27,10 @@ from multiprocessing.connection import Connection
 from engine.errors import EngineError
 
 _FORK = multiprocessing.get_context("fork")
+
+#: What the pipe may hold (Linux; the most an unprivileged process may ask for by default): a few
+#: batches. At the default 64 KiB, less than one batch, the reader waited out each insert.
+PIPE_BYTES = 1 << 20
 
 #: What the reader sends, as the first byte of each message: a batch (``marshal``: plain tuples of str,
 #: int and float, written in a tenth of pickle's time, between two processes of one interpreter), the
@@ -43,6 +49,7 @@ def read_ahead(batches: Callable[[], Iterator[list[tuple]]]):
     """``batches()`` run in a forked reader; yields an iterator over what it sends. The reader is
     stopped on exit."""
     receiver, sender = _FORK.Pipe(duplex=False)
+    _widen(sender)
     reader = _FORK.Process(target=_read, args=(batches, receiver, sender), name="read-ahead", daemon=True)
     reader.start()
     sender.close()  # the reader's end: its exit is then seen here as the end of the pipe
@@ -76,6 +83,13 @@ class Received:
                 return
             else:
                 raise pickle.loads(value)
+
+
+def _widen(pipe: Connection) -> None:
+    """Ask for a pipe of :data:`PIPE_BYTES` where the system allows it; otherwise it stays as it is."""
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):  # over the user's pipe quota, or above the system's maximum
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _read(batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection) -> None:
