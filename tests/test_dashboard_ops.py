@@ -31,10 +31,12 @@ from test_dashboard import (  # noqa: F401  (the fixtures ``finished_run``, ``le
     serving,
 )
 
+import engine.ledger
 from engine.dashboard.bounds import Scans, ScanTooLong, open_bounded
 from engine.dashboard.groups import Cause, causes, fold
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
+from engine.output.report import scans, summarize
 
 
 def test_error_texts_fold_numbers_and_ids_into_one_cause():
@@ -194,6 +196,26 @@ def test_a_dashboard_query_is_cut_off_after_its_timeout_with_a_503_of_its_own(an
     with pytest.raises(ScanTooLong, match="narrow it"):
         anyio.run(Scans().answer, "slow", read)
     assert time.monotonic() - started < 1.5
+
+
+def test_a_pages_scans_stay_on_its_bounded_connection_only_a_command_lines_summary_asks_beside(db, monkeypatch):
+    """The summary's second connection (its latency sort, beside the other scans) would escape the
+    dashboard's statement timeout: a page's scans never open one; ``report``'s summary does."""
+    with open_store(db) as store:
+        store.create_run("s", input="-", url="http://127.0.0.1:9/", method="POST", options={}, not_before=None)
+        store.insert_requests("s", [(n, f"cus_{n}", 0.0, "{}", f"k{n}") for n in range(50)])
+        store.finish_load("s", 50, "fingerprint")
+    opened: list[str] = []
+
+    def counted(location: str, **kwargs):
+        opened.append(location)
+        return open_store(location, **kwargs)
+
+    monkeypatch.setattr(engine.ledger, "open_store", counted)
+    with open_bounded(db, timeout=5) as store:
+        page = scans(store, "s")
+        assert opened == [] and page["attempts"] == 0 and page["latency_ms"]["p50"] is None
+        assert summarize(store, "s")["latency_ms"] == page["latency_ms"] and opened == [db]
 
 
 ERROR_ROWS = 300_000

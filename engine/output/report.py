@@ -39,7 +39,8 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     ``live``: only what the ledger answers from its indexes (counts per state, progress, passes,
     paused), which a page may read every second; a pass under way counts until now. Otherwise
     also :func:`scans` of the run's rows and attempts (attempts, latency, HTTP statuses, the top
-    error, worker nodes' chunks) and requests/s; a pass with no recorded end counts nothing.
+    error, worker nodes' chunks) and requests/s; a pass with no recorded end counts nothing. The
+    latency's sort then runs on a second connection beside the rest (:func:`start_scans`).
     """
     run = ledger.get_run(run_id)
     purged = bool(run.get("summary"))  # its rows and attempts are gone, their figures were kept
@@ -100,26 +101,31 @@ def last_pass(ledger: Store, run_id: str, the_pass: dict) -> dict:
 
 
 def scans(ledger: Store, run_id: str) -> dict:
-    """The figures that scan a run's rows and attempts: attempts, latency, HTTP statuses, top error, chunks."""
-    return start_scans(ledger, run_id)()
+    """The figures that scan a run's rows and attempts: attempts, latency, HTTP statuses, top error, chunks.
+
+    All on ``ledger``'s own connection (the dashboard's is bounded in time: its scans stay there)."""
+    return _scans(ledger, run_id, lambda: ledger.latency_percentiles(run_id, QUANTILES))
 
 
 def start_scans(ledger: Store, run_id: str) -> Callable[[], dict]:
-    """:func:`scans` begun: the latency's sort, the longest, starts now on a second connection; the call
-    returned makes the other scans on this one, then waits for the sort."""
+    """:func:`scans` begun, for a whole summary on the command line: the latency's sort, the longest,
+    starts now on a second connection; the call returned makes the other scans, then waits for it."""
     latency = ask_beside(ledger, lambda beside: beside.latency_percentiles(run_id, QUANTILES))
+    return lambda: _scans(ledger, run_id, latency)
 
-    def finish() -> dict:
-        figures = {
-            "attempts": ledger.attempt_count(run_id),
-            "http_status": ledger.status_counts(run_id),
-            "top_error": _top_error(ledger, run_id),
-            "chunks": ledger.chunk_summary(run_id),
-        }
-        percentiles = {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency().items()}
-        return {"attempts": figures.pop("attempts"), "latency_ms": percentiles, **figures}
 
-    return finish
+def _scans(ledger: Store, run_id: str, latency: Callable[[], dict[float, float | None]]) -> dict:
+    attempts = ledger.attempt_count(run_id)
+    http_status = ledger.status_counts(run_id)
+    top_error = _top_error(ledger, run_id)
+    chunks = ledger.chunk_summary(run_id)
+    return {
+        "attempts": attempts,
+        "latency_ms": {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency().items()},
+        "http_status": http_status,
+        "top_error": top_error,
+        "chunks": chunks,
+    }
 
 
 def answers(ledger: Store, run_id: str, run: dict) -> dict:
