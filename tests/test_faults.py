@@ -25,6 +25,7 @@ from conftest import (
     wait_for_charges,
 )
 
+from engine.delivery.ratelimit import BURST_SECONDS
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
 
@@ -176,9 +177,23 @@ def test_rate_limit_is_global(customers, db):
         result = run_engine(*bill_args(customers(1500), api, db, "rate", *SENDERS, 50, "--rate", 200, "--quiet"))
         assert result.returncode == 0, result.stderr
         stats = api.stats()
-    assert 150 <= stats["max_requests_in_one_second"] <= 210, stats
-    elapsed = ledger_rows(db, "SELECT max(started_at) - min(started_at) FROM attempts")[0][0]
-    assert elapsed >= 1500 / 200 * 0.9
+    starts = [row[0] for row in ledger_rows(db, "SELECT started_at FROM attempts ORDER BY started_at")]
+    # what the pacer promises: starts (stamped a few µs after each permit: 10 ms of slack for a process
+    # descheduled in between)
+    assert most_in_one_second(starts) <= 200 * (1 + BURST_SECONDS + 0.01) + 1
+    # the API counts arrivals, which a busy machine may bunch by a scheduling delay (up to 0.1 s allowed)
+    assert 150 <= stats["max_requests_in_one_second"] <= 200 * 1.1 + 200 * BURST_SECONDS, stats
+    assert starts[-1] - starts[0] >= 1500 / 200 * 0.9
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """The most of the sorted ``times`` in any sliding one-second window."""
+    first, most = 0, 0
+    for last, now in enumerate(times):
+        while times[first] <= now - 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def test_429s_slow_the_run_down_and_it_recovers(customers, db):
