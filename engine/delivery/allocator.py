@@ -1,0 +1,29 @@
+"""A sending process's C allocator told to map buffers of 16 KiB and more on their own.
+
+libcurl gives every transfer with a body a send buffer of ``CURLOPT_UPLOAD_BUFFERSIZE`` bytes
+(16 KiB, its least) and keeps it for as long as the handle lives; over HTTP/2 it copies each
+body into a 16 KiB chunk of its connection's pool as well. A request writes only the first
+few hundred bytes of each. Carved from glibc's heap, such a buffer is resident whole
+(``calloc`` zeroes reused memory); mapped on its own, only the pages written are. Measured on
+25,000 HTTP/2 POSTs in flight in one process: 31.5 KB per transfer on the heap, 16.3 KB mapped,
+and no more CPU. Only senders ask for it: in the coordinator every large allocation would
+become a system call for nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+#: glibc's ``mallopt`` parameter for the size from which an allocation gets a mapping of its own.
+M_MMAP_THRESHOLD = -3
+
+
+def map_large_buffers(threshold: int) -> bool:
+    """Give allocations of ``threshold`` bytes and more mappings of their own (glibc); True if it took.
+    Elsewhere (macOS, musl) nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):  # no mallopt in it
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1

@@ -1,0 +1,47 @@
+"""A sender's send buffers get mappings of their own, so the pages libcurl never writes stay free.
+
+Checked through glibc's own count of mapped blocks (``mallinfo2``), in a fresh interpreter each
+time: the setting is process-wide and must not leak into the test process.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.delivery.transport import UPLOAD_BUFFER
+
+COUNT_MAPPED_BLOCKS = """
+import ctypes, sys
+from engine.delivery.allocator import map_large_buffers
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.calloc.restype = MallInfo2, ctypes.c_void_p
+if sys.argv[1] == "sender":
+    assert map_large_buffers(int(sys.argv[2]))
+elif sys.argv[1] == "transport":
+    from engine.delivery.transport import Transport
+    from engine.sender_parts import TransportOptions
+    Transport(10, TransportOptions(connect_timeout=5, timeout=5))
+before = libc.mallinfo2().hblks
+buffers = [libc.calloc(1, int(sys.argv[2]) + 32) for _ in range(100)]  # libcurl's chunk: the buffer and its header
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def mapped_blocks(mode: str) -> int:
+    command = [sys.executable, "-c", COUNT_MAPPED_BLOCKS, mode, str(UPLOAD_BUFFER)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
+def test_a_sending_process_maps_its_send_buffers_on_their_own_and_the_coordinator_does_not():
+    assert mapped_blocks("coordinator") == 0  # glibc's default: 16 KiB comes from the heap, resident whole
+    assert mapped_blocks("sender") >= 90  # each its own mapping: untouched pages cost nothing
+    assert mapped_blocks("transport") >= 90  # a Transport asks for it before its first handle
