@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.delivery.transport import UPLOAD_BUFFER
+from engine.delivery.transport import MAP_BUFFERS_ABOVE, UPLOAD_BUFFER
 
 COUNT_MAPPED_BLOCKS = """
 import ctypes, sys
@@ -23,10 +23,10 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype, libc.calloc.restype = MallInfo2, ctypes.c_void_p
 if sys.argv[1] == "sender":
     assert map_large_buffers(int(sys.argv[2]))
-elif sys.argv[1] == "transport":
+elif sys.argv[1].startswith("window"):
     from engine.delivery.transport import Transport
     from engine.sender_parts import TransportOptions
-    Transport(10, TransportOptions(connect_timeout=5, timeout=5))
+    Transport(int(sys.argv[1][len("window"):]), TransportOptions(connect_timeout=5, timeout=5))
 before = libc.mallinfo2().hblks
 buffers = [libc.calloc(1, int(sys.argv[2]) + 32) for _ in range(100)]  # libcurl's chunk: the buffer and its header
 print(libc.mallinfo2().hblks - before)
@@ -41,7 +41,8 @@ def mapped_blocks(mode: str) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
-def test_a_sending_process_maps_its_send_buffers_on_their_own_and_the_coordinator_does_not():
+def test_a_large_window_maps_its_send_buffers_on_their_own_a_small_one_and_the_coordinator_do_not():
     assert mapped_blocks("coordinator") == 0  # glibc's default: 16 KiB comes from the heap, resident whole
     assert mapped_blocks("sender") >= 90  # each its own mapping: untouched pages cost nothing
-    assert mapped_blocks("transport") >= 90  # a Transport asks for it before its first handle
+    assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE + 1}") >= 90  # a large window asks before its first handle
+    assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE}") == 0  # a small one keeps the heap: its buffers are few
