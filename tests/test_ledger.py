@@ -5,6 +5,7 @@ Every store runs these tests: the ``store`` fixture is parametrized by implement
 test's own on the local server).
 """
 
+import random
 import socket
 import subprocess
 import threading
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+import engine.ledger.sqlite_rows as sqlite_rows
 from engine.errors import LedgerError
 from engine.ledger import (
     MEMORY,
@@ -483,6 +485,46 @@ class TestLedgerReader:
         listed = store.list_runs()
         assert [run["run_id"] for run in listed] == ["r", "r2"]
         assert listed[0][PENDING] == 2 and listed[1][PENDING] == 0
+
+
+def test_sqlite_records_the_same_a_row_a_statement_or_many_rows_a_statement(tmp_path, monkeypatch):
+    """SQLite before 3.33 updates one row a statement; from 3.33 on many rows a statement, a row's attempts
+    in turns. Batches mixing retries, late older attempts, repeats and successes of the same rows end the
+    same both ways."""
+    chance = random.Random(5)
+    outcomes = (RETRYING, RETRYING, FAILED, UNKNOWN, SUCCEEDED)
+
+    def attempt(rid: int, number: int) -> tuple:
+        answered = chance.random() < 0.7
+        return answer(
+            rid,
+            chance.choice(outcomes),
+            attempt=number,
+            status=chance.choice((200, 402, 503)) if answered else None,
+            latency=chance.uniform(1, 100),
+            error=None if answered else "curl 28: timed out",
+            curl_error=None if answered else 28,
+        )
+
+    # each row's attempts 1..n, numbered once each, shuffled into batches: late, older ones arrive after newer
+    made = [attempt(rid, number) for rid in range(1, 41) for number in range(1, chance.randint(2, 12))]
+    chance.shuffle(made)
+    batches = [made[start : start + 100] for start in range(0, len(made), 100)]
+
+    def recorded(update_from: bool) -> list[tuple]:
+        monkeypatch.setattr(sqlite_rows, "_UPDATE_FROM", update_from)
+        with open_store(str(tmp_path / f"{update_from}.db")) as store:
+            store.create_run("r", input="in.csv", url="http://x/{id}", method="POST", options={}, not_before=None)
+            store.insert_requests("r", rows(40))
+            for batch in batches:
+                store.record(batch)
+            return store.conn.execute(
+                "SELECT rid, status, attempts, http_status, curl_error, error, latency_ms FROM requests ORDER BY rid"
+            ).fetchall()
+
+    many, one = recorded(True), recorded(False)
+    assert many == one
+    assert {row[1] for row in one} >= {SUCCEEDED, RETRYING}  # the batches did move the rows
 
 
 ROLES = (RunBook, PassLedger, ChunkLedger, LedgerReader)

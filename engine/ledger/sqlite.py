@@ -5,35 +5,31 @@ attempt. It is written by one process, the coordinator, in batched transactions;
 WAL mode lets ``status`` and ``report`` read it while a run is going.
 
 sqlite-utils creates the declared schema (:mod:`engine.ledger.schema`, versioned by
-:mod:`engine.ledger.migrations`); the
-per-row paths use prepared statements, which cost a fraction of building a dict per row:
-inserts write many rows per statement, and each recorded result updates its row with ``executemany``.
+:mod:`engine.ledger.migrations`); the per-row paths use prepared statements, which cost a
+fraction of building a dict per row, many rows to a statement (:mod:`engine.ledger.sqlite_rows`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import operator
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import closing, contextmanager
-from typing import NamedTuple
 
 import sqlite_utils
 
 from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.ddl import SQLiteDialect
 from engine.ledger.migrations import migrate
-from engine.ledger.retention import payload_after
 from engine.ledger.sql import SQLStore
+from engine.ledger.sqlite_rows import insert_pending, write_attempts
 from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable, nearest_ranks
-from engine.states import IN_FLIGHT, SUCCEEDED
-from engine.wire import Attempt
+from engine.states import IN_FLIGHT
 
 #: The ``--db`` of a ledger in memory: the same contract as a file, for a pass's unit tests; it is gone
 #: once closed, and only the process (the connection) that opened it sees it.
@@ -45,82 +41,6 @@ SPACE_PER_ROW = 1_000
 LEDGER_FILE_MODE = 0o600
 #: Page cache of the writer (KiB): big enough that loading a million rows stays in memory.
 CACHE_KIB = 65_536
-
-#: Rows per INSERT (loading, and the attempts of a batch of results): one statement of many rows costs
-#: SQLite about half of what a statement per row does (``executemany``: loading a million rows took
-#: 1.4 against 2.7 s of CPU).
-_INSERT_ROWS = 100
-
-#: The fields of an attempt that may be absent. Binding Python's None costs sqlite3 a failed
-#: adapter lookup (about 0.3 µs a value, measured: a successful attempt has three), so each
-#: pattern of absent fields gets statements with NULL written in and binds only what is present.
-_OPTIONAL = tuple(Attempt._fields.index(name) for name in ("http_status", "curl_error", "error", "excerpt", "captured"))
-
-
-class _AttemptStatements(NamedTuple):
-    """The insert into attempts and the update of the row, for attempts with the same fields absent."""
-
-    row: str  # one attempt's values in the insert: placeholders, NULL where absent
-    update: str
-    present: Callable[[tuple], tuple]  # the attempt's values the two statements bind, in order
-
-
-@functools.cache
-def _attempt_statements(absent: tuple[bool, ...]) -> _AttemptStatements:
-    """Statements for attempts whose optional fields are None where ``absent`` says so."""
-    missing = {index for index, gone in zip(_OPTIONAL, absent, strict=True) if gone}
-    present = [index for index in range(len(Attempt._fields)) if index not in missing]
-    value = dict.fromkeys(Attempt._fields, "NULL")
-    value.update({Attempt._fields[index]: f"?{number}" for number, index in enumerate(present, 1)})
-    # bound in field order, like the numbered placeholders the update refers to
-    row = "(" + ", ".join("NULL" if index in missing else "?" for index in range(len(Attempt._fields))) + ")"
-    update = (
-        f"UPDATE requests SET attempts = {value['attempt']}, status = {value['outcome']},"
-        f" http_status = {value['http_status']}, curl_error = {value['curl_error']}, error = {value['error']},"
-        f" latency_ms = {value['duration_ms']}, captured = {value['captured']}, replayed = {value['replayed']},"
-        f" updated_at = {value['started_at']} + {value['duration_ms']} / 1000.0,"
-        f" payload = {payload_after(value['outcome'])}"  # dropped as it succeeds (--keep-payload)
-        f" WHERE rid = {value['rid']} AND status != '{SUCCEEDED}'"  # a late or repeated result never undoes a success
-        # nor does an older attempt overwrite a newer one, unless it succeeded (a charge is what counts)
-        f" AND (coalesce(attempts, 0) <= {value['attempt']} OR {value['outcome']} = '{SUCCEEDED}')"
-    )
-    return _AttemptStatements(row, update, operator.itemgetter(*present))
-
-
-#: Where loading inserts, and one pending request's values: (run_id, line, id, priority, payload, key, now).
-_REQUESTS_INTO = "requests (run_id, line, row_id, priority, payload, idempotency_key, status, attempts, updated_at)"
-_PENDING_ROW = "(?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
-_ATTEMPTS_INTO = f"attempts ({', '.join(Attempt._fields)})"
-
-
-@functools.cache
-def _insert_many(into: str, row: str, rows: int) -> str:
-    """The INSERT into ``into`` (table and columns) of ``rows`` rows, each written as ``row``."""
-    return f"INSERT INTO {into} VALUES {', '.join([row] * rows)}"
-
-
-def _insert_in_groups(conn: sqlite3.Connection, into: str, row: str, rows: list[tuple]) -> None:
-    """Insert ``rows`` (each a tuple of bound values, placed as ``row`` says) :data:`_INSERT_ROWS` at a time,
-    in order."""
-    for start in range(0, len(rows), _INSERT_ROWS):
-        group = rows[start : start + _INSERT_ROWS]
-        conn.execute(_insert_many(into, row, len(group)), [value for values in group for value in values])
-
-
-def _by_absent_fields(attempts: list[tuple]) -> dict[tuple[bool, ...], list[tuple]]:
-    """The attempts grouped by which optional fields they lack (a batch has two or three patterns)."""
-    http_status, curl_error, error, excerpt, captured = _OPTIONAL
-    groups: dict[tuple[bool, ...], list[tuple]] = {}
-    for attempt in attempts:
-        absent = (
-            attempt[http_status] is None,
-            attempt[curl_error] is None,
-            attempt[error] is None,
-            attempt[excerpt] is None,
-            attempt[captured] is None,
-        )
-        groups.setdefault(absent, []).append(attempt)
-    return groups
 
 
 def _create_private(path: str) -> None:
@@ -235,16 +155,12 @@ class SQLiteStore(SQLStore):
         now = time.time()
         try:
             with self.conn:
-                _insert_in_groups(self.conn, _REQUESTS_INTO, _PENDING_ROW, [(run_id, *row, now) for row in rows])
+                insert_pending(self.conn, [(run_id, *row, now) for row in rows])
         except sqlite3.IntegrityError:
             raise self._find_duplicate(run_id, rows) from None
 
     def _write_attempts(self, attempts: list[tuple]) -> None:
-        for absent, group in _by_absent_fields(attempts).items():
-            statements = _attempt_statements(absent)
-            values = list(map(statements.present, group))
-            _insert_in_groups(self.conn, _ATTEMPTS_INTO, statements.row, values)
-            self.conn.executemany(statements.update, values)
+        write_attempts(self.conn, attempts)
 
     def mark_in_flight(self, rids: list[int]) -> None:
         """Write ahead that these rows are being sent (runs without idempotency keys only)."""
