@@ -217,6 +217,18 @@ class TestPassLedger:
         assert store.top_error("r") == ("curl 7: refused", 1)
         assert rids(store, (PENDING, FAILED)) == [third, fourth]
 
+    def test_rows_in_states_are_counted_the_same_while_loading_and_once_loaded(self, store):
+        store.insert_requests("r", rows(5))
+        first, second, *_ = rids(store)
+        store.record([answer(first), answer(second, FAILED, status=402, error=None)])
+
+        def counted() -> tuple[int, ...]:
+            return tuple(store.count_in("r", states) for states in ((PENDING,), (PENDING, FAILED), (SUCCEEDED,)))
+
+        while_loading = counted()  # each row read
+        store.finish_load("r", 5, "fingerprint")
+        assert counted() == while_loading == (3, 4, 1)  # once loaded: the run's total less its sent rows
+
     def test_a_late_result_never_undoes_a_success(self, store):
         store.insert_requests("r", rows(1))
         (rid,) = rids(store)
