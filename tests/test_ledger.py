@@ -5,6 +5,7 @@ Every store runs these tests: the ``store`` fixture is parametrized by implement
 test's own on the local server).
 """
 
+import hashlib
 import random
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import time
 import pytest
 
 import engine.ledger.sqlite_rows as sqlite_rows
-from engine.errors import LedgerError
+from engine.errors import InputError, LedgerError
 from engine.ledger import (
     MEMORY,
     ChunkLedger,
@@ -33,6 +34,7 @@ from engine.ledger.lease import Holder
 from engine.ledger.roles import Ledger
 from engine.ledger.selection import RowFilter
 from engine.ledger.store import FOUND_COLUMNS
+from engine.run.loading import _insert_all
 from engine.states import FAILED, IN_FLIGHT, PENDING, RETRYING, SELECTED, STATES, SUCCEEDED, UNKNOWN
 from engine.wire import attempt_record
 
@@ -537,6 +539,19 @@ def test_sqlite_records_the_same_a_row_a_statement_or_many_rows_a_statement(tmp_
     many, one = recorded(True), recorded(False)
     assert many == one
     assert {row[1] for row in one} >= {SUCCEEDED, RETRYING}  # the batches did move the rows
+
+
+@pytest.mark.parametrize("first_batch", [1, 2], ids=["earlier batch", "same batch"])
+def test_a_duplicate_id_in_a_load_transaction_names_its_first_line(store, first_batch):
+    """A load's transaction takes several batches: a duplicate names the line of its first occurrence,
+    though that row is not committed yet, and never a row of its own batch for itself."""
+    batches = [rows(150), rows(150, start=150)]
+    again = first_batch * 150 - 20  # its first line is again + 2
+    batches[1].append((999, f"c{again}", 0.0, "{}", "k:again"))  # in the batch's second statement of 100 rows
+    with pytest.raises(InputError) as refused:
+        _insert_all(store, "r", batches, lambda: True, "in.csv", "id", lambda total: None, hashlib.sha256())
+    assert refused.value.line == 999
+    assert f"duplicate id 'c{again}' (first on line {again + 2})" in str(refused.value)
 
 
 ROLES = (RunBook, PassLedger, ChunkLedger, LedgerReader)

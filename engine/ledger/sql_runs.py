@@ -163,12 +163,15 @@ class SQLRunBook(SQLBase, RunBook):
         return None if found is None else tuple(found)
 
     def _find_duplicate(self, run_id: str, rows: list[tuple]) -> DuplicateRow:
-        """The row of a refused batch whose id was seen before (in the ledger or earlier in the batch)."""
+        """The row of a refused batch whose id was seen before (in the ledger or earlier in the batch). Inside a
+        load's transaction the batch's rows before the refused statement are in the ledger: a row found
+        on its own line is itself, no earlier row."""
         seen: dict[str, int] = {}
         for line, row_id, *_ in rows:
-            first = self._run("SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)).fetchone()
-            if first is not None or row_id in seen:
-                return DuplicateRow(row_id, line, first[0] if first else seen[row_id])
+            found = self._run("SELECT line FROM requests WHERE run_id = ? AND row_id = ?", (run_id, row_id)).fetchone()
+            earlier = found[0] if found is not None and found[0] != line else seen.get(row_id)
+            if earlier is not None:
+                return DuplicateRow(row_id, line, earlier)
             seen[row_id] = line
         return DuplicateRow("?", rows[0][0], rows[0][0])
 

@@ -64,6 +64,7 @@ class SQLiteStore(SQLStore):
     def __init__(self, path: str, create: bool = True, busy_timeout: float = BUSY_TIMEOUT):
         self.path = self.location = path
         self.busy_timeout = busy_timeout
+        self._loading = False  # inside loading(): inserts leave the commit to it
         if not create and path != MEMORY and not os.path.exists(path):
             raise LedgerError(f"no ledger at {path} (give its path with --db)")
         try:
@@ -154,10 +155,19 @@ class SQLiteStore(SQLStore):
         """
         now = time.time()
         try:
-            with self.conn:
+            with contextlib.nullcontext() if self._loading else self.conn:
                 insert_pending(self.conn, [(run_id, *row, now) for row in rows])
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError:  # the statement was undone, the transaction stays: its rows are seen
             raise self._find_duplicate(run_id, rows) from None
+
+    @contextmanager
+    def loading(self):
+        self._loading = True
+        try:
+            with self.conn:  # commits at the end, rolls back on an exception
+                yield
+        finally:
+            self._loading = False
 
     def _write_attempts(self, attempts: list[tuple]) -> None:
         write_attempts(self.conn, attempts)

@@ -69,6 +69,10 @@ class Received:
     def __init__(self, receiver: Connection, reader):
         self.receiver, self.reader = receiver, reader
 
+    def ready(self) -> bool:
+        """Whether the reader has sent something not yet taken (the next batch, its end or its error)."""
+        return self.receiver.poll(0)
+
     def __iter__(self) -> Iterator[list[tuple]]:
         while True:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from engine.ledger.lease import Holder
 from engine.ledger.roles.base import Ledger
@@ -78,10 +79,17 @@ class RunBook(Ledger):
 
     @abstractmethod
     def insert_requests(self, run_id: str, rows: list[tuple]) -> None:
-        """Insert ``(line, row_id, priority, payload, idempotency_key)`` rows as ``pending``, all or none.
+        """Insert ``(line, row_id, priority, payload, idempotency_key)`` rows as ``pending``, all or none
+        (inside :meth:`loading`: with the rest of its inserts).
 
         A duplicate id raises :class:`DuplicateRow` naming the row and the line seen first.
         """
+
+    @abstractmethod
+    def loading(self) -> AbstractContextManager[None]:
+        """The inserts made inside commit together as it ends (or not at all, on an exception), where the
+        store gains by it: SQLite writes every page a transaction changed at its commit, and a load's
+        index entries for ids in no particular order each land on a page of their own."""
 
     @abstractmethod
     def duplicate_key(self, run_id: str) -> tuple[str, int, int] | None:
