@@ -7,11 +7,13 @@ import functools
 import json
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -298,11 +300,16 @@ def start_nginx(
     raise SystemExit("nginx did not start")
 
 
-def write_rows(path: str, count: int) -> None:
+def write_rows(path: str, count: int, random_ids: bool = False) -> None:
+    """``count`` customers; ``random_ids``: ids in no particular order, as a billing system's are
+    (``cus_`` and 14 letters and digits, seeded), else ``cus_0000000`` upwards."""
+    chance = random.Random(7)
+    alphabet = string.ascii_letters + string.digits
     with open(path, "w") as handle:
         handle.write("id,amount_cents,currency\n")
         for n in range(count):
-            handle.write(f"cus_{n:07d},{n % 5000},eur\n")
+            row_id = "cus_" + "".join(chance.choices(alphabet, k=14)) if random_ids else f"cus_{n:07d}"
+            handle.write(f"{row_id},{n % 5000},eur\n")
 
 
 #: The local PostgreSQL server and Redis db the node benchmarks use (trust auth on 127.0.0.1).

@@ -9,6 +9,7 @@ Example:
     python bench/ledger_cost.py                  # 200,000 rows
     python bench/ledger_cost.py --rows 2000      # a smoke run
     python bench/ledger_cost.py --rows 1000000 --load-wall   # and the load's wall time, read ahead or not
+    python bench/ledger_cost.py --rows 1000000 --load-wall --random-ids   # ids in no order, as real ones
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def backend_cpu(ledger) -> float:
     return cpu_seconds(conn.info.backend_pid)
 
 
-def ledger_cost(db: str, rows: int) -> dict[str, dict[str, float]]:
+def ledger_cost(db: str, rows: int, random_ids: bool = False) -> dict[str, dict[str, float]]:
     """CPU µs per row to load ``rows`` rows into ``db`` and to record one result each: this process
     (``client``) and, for PostgreSQL, its server backend (``server``). Loading is counted whole
     (parse, validate, encode, insert) and as the ledger's part alone (the inserts)."""
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
         path = os.path.join(directory, "rows.csv")
-        write_rows(path, rows)
+        write_rows(path, rows, random_ids)
         settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
         with open_store(db if "://" in db else os.path.join(directory, db)) as ledger:
             ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
@@ -81,14 +82,14 @@ def ledger_cost(db: str, rows: int) -> dict[str, dict[str, float]]:
     }
 
 
-def load_wall(rows: int, rounds: int = 2) -> dict[str, list[float]]:
+def load_wall(rows: int, rounds: int = 2, random_ids: bool = False) -> dict[str, list[float]]:
     """Wall seconds to load ``rows`` rows into a fresh SQLite ledger, in this process and read ahead by a
     forked reader (as ``bill`` loads a file), alternating, ``rounds`` times each."""
     settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
     walls: dict[str, list[float]] = {"in one process": [], "read ahead": []}
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
         path = os.path.join(directory, "rows.csv")
-        write_rows(path, rows)
+        write_rows(path, rows, random_ids)
         for round_no in range(rounds):
             for name, ahead in (("in one process", False), ("read ahead", True)):
                 with open_store(os.path.join(directory, f"{round_no}-{ahead}.db")) as ledger:
@@ -120,8 +121,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--db", default="ledger.db", help="a SQLite file name (in a temporary folder) or a URL")
     parser.add_argument("--load-wall", action="store_true", help="also the load's wall time, read ahead or not")
+    parser.add_argument("--random-ids", action="store_true", help="ids in no particular order, as real ones are")
     args = parser.parse_args()
-    cost = ledger_cost(args.db, args.rows)
+    cost = ledger_cost(args.db, args.rows, args.random_ids)
     load_us, record_us = cost["load"]["client"], cost["record"]["client"]
     record("ledger_cost", "load µs/row", load_us, "us", rows=args.rows, db=args.db.split(":")[0])
     record("ledger_cost", "record µs/row", record_us, "us", rows=args.rows, batch=LEDGER_BATCH)
@@ -137,7 +139,7 @@ def main() -> None:
     )
 
     if args.load_wall:
-        walls = load_wall(args.rows)
+        walls = load_wall(args.rows, random_ids=args.random_ids)
         print(f"\nloading {args.rows} rows into a fresh SQLite ledger, wall seconds (alternating)\n")
         print(table(["load", "wall (s)"], [[name, ", ".join(map(str, seconds))] for name, seconds in walls.items()]))
 
