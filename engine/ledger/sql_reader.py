@@ -34,13 +34,22 @@ class SQLReader(SQLBase, LedgerReader):
         ]
 
     def counts(self, run_id: str) -> dict[str, int]:
+        return self._counted(run_id)[0]
+
+    def count_in(self, run_id: str, states: Iterable[str]) -> int:
+        # from the indexes, as counts(): a pass about to send a million pending rows reads none of them
+        counts, purged = self._counted(run_id)
+        return 0 if purged else sum(counts.get(state, 0) for state in states)  # a purged run's rows are gone
+
+    def _counted(self, run_id: str) -> tuple[dict[str, int], bool]:
+        """Rows per state, and whether the run was purged (then its counts are those stored before)."""
         counts = dict.fromkeys(STATES, 0)
         loaded = self._run(
             "SELECT total, summary FROM runs WHERE run_id = ? AND state <> 'loading'", (run_id,)
         ).fetchone()
-        if loaded and loaded[1]:  # purged: its rows are gone, the counts stored before stay
+        if loaded and loaded[1]:
             counts.update(json.loads(loaded[1])["counts"])
-            return counts
+            return counts, True
         counts.update(
             self._run(
                 f"SELECT status, count(*) FROM requests WHERE run_id = ? AND {SENT} GROUP BY status",
@@ -48,30 +57,8 @@ class SQLReader(SQLBase, LedgerReader):
             ).fetchall()
         )
         total = loaded[0] if loaded else self._value("SELECT count(*) FROM requests WHERE run_id = ?", (run_id,))
-        counts[PENDING] = total - sum(counts.values())
-        return counts
-
-    def count_in(self, run_id: str, states: Iterable[str]) -> int:
-        # from the indexes, as counts() does: a pass about to send a million pending rows reads none of them
-        states = tuple(states)
-        sent = tuple(state for state in states if state != PENDING)
-        count = 0
-        if sent:
-            membership, state_params = self._in(sent)
-            count = self._value(
-                f"SELECT count(*) FROM requests WHERE run_id = ? AND {SENT} AND status {membership}",
-                (run_id, *state_params),
-            )
-        return count + (self._pending(run_id) if PENDING in states else 0)
-
-    def _pending(self, run_id: str) -> int:
-        """The run's pending rows: its total less its sent rows (a run loading or purged: counted)."""
-        loaded = self._run(
-            "SELECT total FROM runs WHERE run_id = ? AND state <> 'loading' AND summary IS NULL", (run_id,)
-        ).fetchone()
-        if loaded is None:
-            return self._value(f"SELECT count(*) FROM requests WHERE run_id = ? AND status = '{PENDING}'", (run_id,))
-        return loaded[0] - self._value(f"SELECT count(*) FROM requests WHERE run_id = ? AND {SENT}", (run_id,))
+        counts[PENDING] = total - sum(counts.values())  # pending rows are not in the index of sent ones
+        return counts, False
 
     def top_error(self, run_id: str) -> tuple[str, int] | None:
         found = self._run(

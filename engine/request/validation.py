@@ -51,8 +51,8 @@ class RowValidator:
         fields = row.fields
         for name, convert in self.types.items():
             self._convert(row, name, convert)
-        if not self.compiled.fields <= fields.keys():
-            missing = self.compiled.missing_fields(fields)
+        missing = self.compiled.missing_fields(fields)
+        if missing:
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
         for name in self.wire_fields:
             value = fields.get(name)
@@ -63,7 +63,7 @@ class RowValidator:
                 self.compiled.check(fields)
             except TemplateError as err:
                 raise InputError(self.source, row.line, str(err)) from None
-        return self._priority(row) if self.priority_field else 0.0
+        return self._priority(row, self.priority_field) if self.priority_field else 0.0
 
     def _convert(self, row: Row, name: str, convert) -> None:
         if name not in row.fields:
@@ -94,10 +94,7 @@ class RowValidator:
         if name in self.url_fields and text in (".", ".."):
             raise InputError(self.source, row.line, f"{text!r} would be read as a path segment and move the URL", name)
 
-    def _priority(self, row: Row) -> float:
-        name = self.priority_field
-        if not name:
-            return 0.0
+    def _priority(self, row: Row, name: str) -> float:
         value = row.fields.get(name)
         if value in (None, ""):
             return 0.0

@@ -131,12 +131,7 @@ def _insert_all(
         with ledger.loading():
             committed, since = total, time.monotonic()
             for batch in batches:
-                try:
-                    ledger.insert_requests(run_id, batch)
-                except DuplicateRow as dup:
-                    raise InputError(
-                        source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
-                    ) from None
+                _insert(ledger, run_id, batch, source, id_field)
                 digest.update("".join([f"{row_id}\0{payload}\n" for _, row_id, _, payload, _ in batch]).encode())
                 total += len(batch)
                 on_progress(total)
@@ -145,3 +140,12 @@ def _insert_all(
                     break
             else:
                 return total
+
+
+def _insert(ledger: Store, run_id: str, batch: list[tuple], source: str, id_field: str) -> None:
+    try:
+        ledger.insert_requests(run_id, batch)
+    except DuplicateRow as dup:
+        raise InputError(
+            source, dup.line, f"duplicate id {dup.row_id!r} (first on line {dup.first_line})", id_field
+        ) from None
