@@ -1,6 +1,7 @@
 """A sender's send buffers get mappings of their own, so the pages libcurl never writes stay free.
 
-Checked through glibc's own count of mapped blocks (``mallinfo2``), in a fresh interpreter each
+Checked through glibc's own count of mapped blocks (``mallinfo2``), with small blocks between the buffers as a
+transfer's are, in a fresh interpreter each
 time: the setting is process-wide and must not leak into the test process.
 """
 
@@ -27,8 +28,12 @@ elif sys.argv[1].startswith("window"):
     from engine.delivery.transport import Transport
     from engine.sender_parts import TransportOptions
     Transport(int(sys.argv[1][len("window"):]), TransportOptions(connect_timeout=5, timeout=5))
+libc.malloc.restype = ctypes.c_void_p
 before = libc.mallinfo2().hblks
-buffers = [libc.calloc(1, int(sys.argv[2]) + 32) for _ in range(100)]  # libcurl's chunk: the buffer and its header
+kept = []
+for _ in range(100):  # as transfers start: the handle's small blocks, then the send buffer
+    kept += [libc.malloc(300) for _ in range(20)]
+    kept.append(libc.calloc(1, int(sys.argv[2]) + 32))  # libcurl's chunk: the buffer and its header
 print(libc.mallinfo2().hblks - before)
 """
 
