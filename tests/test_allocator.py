@@ -1,8 +1,8 @@
 """A sender's send buffers get mappings of their own, so the pages libcurl never writes stay free.
 
-Checked through glibc's own count of mapped blocks (``mallinfo2``), with small blocks between the buffers as a
-transfer's are, in a fresh interpreter each
-time: the setting is process-wide and must not leak into the test process.
+Checked through glibc's own count of mapped blocks (``mallinfo2``), with small blocks between the
+buffers as a transfer's are, in a fresh interpreter each time: the setting is process-wide and must
+not leak into the test process.
 """
 
 import subprocess
