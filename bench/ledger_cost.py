@@ -84,20 +84,23 @@ def ledger_cost(db: str, rows: int, random_ids: bool = False) -> dict[str, dict[
 
 def load_wall(rows: int, rounds: int = 2, random_ids: bool = False) -> dict[str, list[float]]:
     """Wall seconds to load ``rows`` rows into a fresh SQLite ledger, in this process and read ahead by a
-    forked reader (as ``bill`` loads a file), alternating, ``rounds`` times each."""
+    forked reader (as ``bill`` loads a file, or its standard input), alternating, ``rounds`` times each."""
     settings = RunSettings(url="http://127.0.0.1:9/v1/customers/{id}/charges")
-    walls: dict[str, list[float]] = {"in one process": [], "read ahead": []}
+    ways = (("in one process", False, False), ("read ahead", True, False), ("standard input, read ahead", True, True))
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in ways}
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
         path = os.path.join(directory, "rows.csv")
         write_rows(path, rows, random_ids)
         for round_no in range(rounds):
-            for name, ahead in (("in one process", False), ("read ahead", True)):
-                with open_store(os.path.join(directory, f"{round_no}-{ahead}.db")) as ledger:
+            for name, ahead, stdin in ways:
+                with open_store(os.path.join(directory, f"{round_no}-{name}.db")) as ledger, open(path) as given:
                     ledger.create_run("bench", input=path, url=settings.url, method="POST", options={}, not_before=None)
+                    source, sys.stdin = ("-", given) if stdin else (path, sys.__stdin__)
                     started = time.perf_counter()
                     request = CompiledRequest(settings.request_spec())
-                    load_rows(ledger, "bench", read_rows(path, "csv", "id"), settings, request, path, ahead=ahead)
+                    load_rows(ledger, "bench", read_rows(source, "csv", "id"), settings, request, path, ahead=ahead)
                     walls[name].append(round(time.perf_counter() - started, 2))
+                    sys.stdin = sys.__stdin__
     return walls
 
 

@@ -5,9 +5,9 @@ test: the second ``bill`` is refused (exit 2) naming the holder, the first compl
 and every charge the API saw has its row in the ledger.
 
 The first bill reads its rows from standard input, which the test writes: the load is
-still under way, for as long as the test needs, until the test closes that pipe. A file is
-read ahead by a forked reader (``engine.run.read_ahead``): the tests that cut such a load
-short give the bill a named pipe as its file.
+still under way, for as long as the test needs, until the test closes that pipe. Any input
+is read ahead by a forked reader (``engine.run.read_ahead``); the tests that cut such a load
+short give the bill a named pipe as its file, or its standard input.
 """
 
 from __future__ import annotations
@@ -86,8 +86,11 @@ def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, db, st
     with MockProcess() as api:
         killed = start_loading(start_engine, path, FIRST, *bill_of("-", api, db))
         wait_loading(db, "R", killed, rows=1)  # some of its rows are written: the next bill must remove them
+        reader = reader_of(killed)  # standard input too is read ahead
         killed.send_signal(signal.SIGKILL)
         killed.wait()
+        killed.stdin.close()  # its reader reads the end, and finds nobody to hand its rows to
+        assert gone(reader, 10), "the reader outlived its engine"
         assert run_state(db, "R") == "loading"
         done = run_engine(*bill_of(path, api, db))
         assert done.returncode == 0, done.stderr

@@ -8,8 +8,8 @@ batches, bounds what is in between (the reader waits only when the writer is tha
 so memory stays flat at any size.
 
 The reader is forked, not spawned: it inherits the validator and the rows' iterator as they
-are, and it leaves through ``os._exit`` (multiprocessing's fork start), so it never touches the
-ledger connection it inherited. It ignores Ctrl-C (its parent stops it); a bad row travels
+are, standard input included, and it leaves through ``os._exit`` (multiprocessing's fork start),
+so it never touches the ledger connection it inherited. It ignores Ctrl-C (its parent stops it); a bad row travels
 back as the :class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
 """
 
@@ -21,6 +21,7 @@ import marshal
 import multiprocessing
 import pickle
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
@@ -50,8 +51,9 @@ def read_ahead(batches: Callable[[], Iterator[list[tuple]]]):
     stopped on exit."""
     receiver, sender = _FORK.Pipe(duplex=False)
     _widen(sender)
-    reader = _FORK.Process(target=_read, args=(batches, receiver, sender), name="read-ahead", daemon=True)
-    reader.start()
+    reader = _FORK.Process(target=_read, args=(batches, receiver, sender, sys.stdin), name="read-ahead", daemon=True)
+    with _stdin_left_open():
+        reader.start()
     sender.close()  # the reader's end: its exit is then seen here as the end of the pipe
     received = Received(receiver, reader)
     try:
@@ -96,7 +98,19 @@ def _widen(pipe: Connection) -> None:
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def _read(batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection) -> None:
+@contextlib.contextmanager
+def _stdin_left_open():
+    """A child of multiprocessing closes ``sys.stdin`` and reads /dev/null instead, unless there is none: the
+    reader is forked with none and puts the parent's back (the input may be standard input)."""
+    stdin, sys.stdin = sys.stdin, None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdin = stdin
+
+
+def _read(batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection, stdin) -> None:
+    sys.stdin = stdin
     receiver.close()  # the fork's copy: with it open, a parent that died would still seem to be listening
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by the fork

@@ -126,7 +126,7 @@ def bill(
                     on_progress=_with_heartbeat(ledger, run_id, holder, progress.count),
                     key_prefix=key_prefix,
                     digest_seed=f"{fingerprint}\n{key_prefix}\n",
-                    ahead=input_path != "-",  # a file is read on the other core; stdin stays this process's
+                    ahead=True,  # read and checked on the other core while this one writes
                 )
             earlier = ledger.finish_load(run_id, total, digest)
             if earlier is None and not on_purpose:
