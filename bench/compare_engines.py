@@ -30,7 +30,9 @@ def one_run(tree: str, csv_path: str, url: str, directory: str, name: str, nginx
     command = [sys.executable, "-m", "engine", "bill", csv_path, "--url", url, "--db", db, "--run-id", "bench",
                "--workers", "2", "--concurrency", "100", "--quiet", "--log-file", log]  # fmt: skip
     server_before, started = cpu_seconds(nginx_pid), time.time()
-    child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": tree}, stdout=subprocess.DEVNULL)
+    # run from the tree: ``python -m`` puts the working directory first on the path, before PYTHONPATH
+    tree = os.path.abspath(tree)
+    child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": tree}, cwd=tree, stdout=subprocess.DEVNULL)
     watch = TreeWatch(child.pid)
     if watch.wait(child) != 0:
         raise SystemExit(f"{tree}: bill failed")

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from engine.delivery.allocator import COLLECT_AFTER
 from engine.delivery.transport import MAP_BUFFERS_ABOVE, UPLOAD_BUFFER
 
 COUNT_MAPPED_BLOCKS = """
@@ -51,3 +52,15 @@ def test_a_large_window_maps_its_send_buffers_on_their_own_a_small_one_and_the_c
     assert mapped_blocks("sender") >= 90  # each its own mapping: untouched pages cost nothing
     assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE + 1}") >= 90  # a large window asks before its first handle
     assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE}") == 0  # a small one keeps the heap: its buffers are few
+
+
+def test_a_sender_runs_pythons_collector_less_often():
+    script = (
+        "import gc; from engine.delivery.transport import Transport; from engine.sender_parts import TransportOptions;"
+        "print(*gc.get_threshold()); Transport(100, TransportOptions(connect_timeout=5, timeout=5));"
+        "print(*gc.get_threshold())"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, after = (tuple(map(int, line.split())) for line in done.stdout.splitlines())
+    assert before == (700, 10, 10) and after == COLLECT_AFTER

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pycurl
 
-from engine.delivery.allocator import map_large_buffers
+from engine.delivery.allocator import collect_less, map_large_buffers
 from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, PREREQ_ABORT, PREREQ_OK, Capture, Finished
 from engine.delivery.hints import read_hints
 from engine.delivery.loops import EPOLL_ABOVE, EpollLoop, SelectLoop
@@ -205,6 +205,7 @@ class Transport:
     def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
         if size > MAP_BUFFERS_ABOVE:  # before any handle: only the pages of a send buffer written stay resident
             map_large_buffers(UPLOAD_BUFFER)
+        collect_less()
         # TLS sessions and DNS answers live in a multi handle's caches (libcurl >= 8.12), shared by all
         # its transfers: a new connection resumes a TLS session (one round trip, no certificate chain)
         # instead of a full handshake. Several multis share one cache through a CurlShare.
