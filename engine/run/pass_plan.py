@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from engine import tracing
 from engine.backend import Backend
+from engine.delivery.allocator import collect_less
 from engine.config import RunSettings
 from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
@@ -69,6 +70,7 @@ def send_pass(plan: PassPlan, backend: Backend | None = None, holder: Holder | N
     while the input loaded; its owner ends it. ``holder``: the claim of the ``bill`` that loaded the run."""
     ledger, run_id = plan.ledger, plan.run_id
     holder = holder or Holder.this_process()
+    collect_less()
     hold = ledger.acquire_lease(run_id, holder, plan.settings.timeout)
     clean = False
     try:
