@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 from engine import tracing
 from engine.backend import Backend
-from engine.delivery.allocator import collect_less
 from engine.config import RunSettings
+from engine.delivery.allocator import collect_less
 from engine.ledger import Store
 from engine.ledger.lease import HEARTBEAT_INTERVAL, Hold, Holder, chunk_silent_for
 from engine.ledger.selection import RowFilter, Selection
