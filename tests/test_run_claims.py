@@ -89,8 +89,8 @@ def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, db, st
         reader = reader_of(killed)  # standard input too is read ahead
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-        killed.stdin.close()  # its reader reads the end, and finds nobody to hand its rows to
-        assert gone(reader, 10), "the reader outlived its engine"
+        assert gone(reader, 10), "the reader outlived its engine"  # its input is still open: it would wait on
+        killed.stdin.close()
         assert run_state(db, "R") == "loading"
         done = run_engine(*bill_of(path, api, db))
         assert done.returncode == 0, done.stderr

@@ -9,16 +9,20 @@ so memory stays flat at any size.
 
 The reader is forked, not spawned: it inherits the validator and the rows' iterator as they
 are, standard input included, and it leaves through ``os._exit`` (multiprocessing's fork start),
-so it never touches the ledger connection it inherited. It ignores Ctrl-C (its parent stops it); a bad row travels
-back as the :class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
+so it never touches the ledger connection it inherited. It ignores Ctrl-C (its parent stops it), and on Linux the kernel
+ends it when its parent dies (``kill -9`` included), even while it waits on an input that never
+ends; elsewhere it finds out at its next batch. A bad row travels back as the
+:class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import marshal
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -37,6 +41,8 @@ PIPE_BYTES = 1 << 20
 #: int and float, written in a tenth of pickle's time, between two processes of one interpreter), the
 #: end once every row was read, or the error that stopped it (pickled).
 _BATCH, _END, _ERROR = b"B", b"E", b"X"
+#: ``prctl`` option (linux/prctl.h): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class ReaderDied(EngineError):
@@ -51,7 +57,9 @@ def read_ahead(batches: Callable[[], Iterator[list[tuple]]]):
     stopped on exit."""
     receiver, sender = _FORK.Pipe(duplex=False)
     _widen(sender)
-    reader = _FORK.Process(target=_read, args=(batches, receiver, sender, sys.stdin), name="read-ahead", daemon=True)
+    reader = _FORK.Process(
+        target=_read, args=(batches, receiver, sender, sys.stdin, os.getpid()), name="read-ahead", daemon=True
+    )
     with _stdin_left_open():
         reader.start()
     sender.close()  # the reader's end: its exit is then seen here as the end of the pipe
@@ -109,7 +117,19 @@ def _stdin_left_open():
         sys.stdin = stdin
 
 
-def _read(batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection, stdin) -> None:
+def _end_with(parent: int) -> None:
+    """Be killed when ``parent`` dies (Linux's ``PR_SET_PDEATHSIG``); leave now if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _read(
+    batches: Callable[[], Iterator[list[tuple]]], receiver: Connection, sender: Connection, stdin, parent: int
+) -> None:
+    _end_with(parent)
     sys.stdin = stdin
     receiver.close()  # the fork's copy: with it open, a parent that died would still seem to be listening
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
