@@ -2,9 +2,10 @@
 
 import json
 import os
+import subprocess
 
 import pytest
-from conftest import ledger_rows
+from conftest import ENGINE, ledger_rows
 
 
 def assert_refused(result, api, *fragments):
@@ -86,6 +87,18 @@ def test_unreadable_file(tmp_path, api, db, run):
     assert_refused(
         run("bill", tmp_path / "missing.csv", "--url", api.charge_url(), "--db", db), api, "missing.csv", "cannot open"
     )
+
+
+def test_a_closed_standard_input_is_one_line(api, db):
+    done = subprocess.run(
+        [*ENGINE, "bill", "-", "--format", "csv", "--url", api.charge_url(), "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),  # started as with ``<&-``
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: <stdin>: cannot read: standard input is closed"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

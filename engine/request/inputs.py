@@ -46,6 +46,8 @@ def detect_format(path: str, given: str | None) -> str:
 @contextmanager
 def _open_text(path: str):
     if path == "-":
+        if sys.stdin is None:  # started with it closed (``<&-``)
+            raise InputError("<stdin>", None, "cannot read: standard input is closed")
         yield io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
         return
     try:
