@@ -46,9 +46,10 @@ def test_pause_stops_new_requests_within_a_second_and_resume_finishes_the_run(cu
 def test_export_and_rerun_take_exactly_the_filtered_rows(customers, db):
     rows = 400
     with MockProcess(p503=0.2, p500=0.2, retry_after=0, seed=7) as api:
-        first = run_engine(
-            "bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "f", "--max-attempts", 1
-        )
+        first = run_engine(  # 40 % refused by design: the kill switch (50 %) could trip on an unlucky stretch
+            "bill", customers(rows), "--url", api.charge_url(), "--db", db, "--run-id", "f", "--max-attempts", 1,
+            "--max-failure-rate", "off",
+        )  # fmt: skip
         assert first.returncode == 1, first.stderr
         exported = run_engine("export", "f", "--db", db, "--http-status", "503", "--format", "jsonl")
         assert exported.returncode == 0, exported.stderr
