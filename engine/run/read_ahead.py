@@ -9,10 +9,10 @@ so memory stays flat at any size.
 
 The reader is forked, not spawned: it inherits the validator and the rows' iterator as they
 are, standard input included, and it leaves through ``os._exit`` (multiprocessing's fork start),
-so it never touches the ledger connection it inherited. It ignores Ctrl-C (its parent stops it), and on Linux the kernel
-ends it when its parent dies (``kill -9`` included), even while it waits on an input that never
-ends; elsewhere it finds out at its next batch. A bad row travels back as the
-:class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
+so it never touches the ledger connection it inherited. It ignores Ctrl-C (its parent stops it),
+and on Linux the kernel ends it when its parent dies (``kill -9`` included), even while it waits
+on an input that never ends; elsewhere it finds out at its next batch. A bad row travels back as
+the :class:`~engine.errors.InputError` it raised, and a reader that dies is one line.
 """
 
 from __future__ import annotations
