@@ -89,16 +89,29 @@ def test_unreadable_file(tmp_path, api, db, run):
     )
 
 
+def with_stdin_closed(*args) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS <&-``."""
+    command = [*ENGINE, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.close(0))
+
+
 def test_a_closed_standard_input_is_one_line(api, db):
-    done = subprocess.run(
-        [*ENGINE, "bill", "-", "--format", "csv", "--url", api.charge_url(), "--db", db],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: os.close(0),  # started as with ``<&-``
-    )
+    done = with_stdin_closed("bill", "-", "--format", "csv", "--url", api.charge_url(), "--db", db)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "error: <stdin>: cannot read: standard input is closed"
+
+
+def test_with_standard_input_closed_a_canary_ends_without_asking(api, customers, db):
+    done = with_stdin_closed("bill", customers(3), "--url", api.charge_url(), "--db", db, "--canary", 1, "--quiet")
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    assert api.stats()["charges"] == 1
+
+
+def test_with_standard_input_closed_a_dashboard_user_gets_no_password(tmp_path):
+    done = with_stdin_closed("dashboard-user", "add", "bob", "--role", "viewer", "--users", tmp_path / "users.txt")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: no password given: standard input is closed"
+    assert not (tmp_path / "users.txt").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

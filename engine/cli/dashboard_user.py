@@ -7,6 +7,7 @@ import sys
 import click
 
 from engine.cli.options import engine_errors
+from engine.errors import UsageError
 from engine.extras import DASHBOARD, require
 
 #: The users file the dashboard reads with ``--users``.
@@ -46,6 +47,8 @@ def add(name, role, users_file):
     require(DASHBOARD)
     from engine.dashboard.users import add_user
 
+    if sys.stdin is None:  # started with it closed (``<&-``)
+        raise UsageError("no password given: standard input is closed")
     if sys.stdin.isatty():
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     else:

@@ -17,8 +17,8 @@ VERDICTS = {0: "ok", 1: "incomplete", 4: "stopped", 130: "interrupted"}
 
 
 def on_terminal() -> bool:
-    """Someone is there to answer: stdin and stderr are both a terminal."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
+    """Someone is there to answer: stdin and stderr are both a terminal (neither closed)."""
+    return all(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stderr))
 
 
 def go_on_after_canary(result: RunResult) -> bool:
