@@ -81,21 +81,21 @@ def test_a_second_bill_of_a_run_id_being_loaded_is_refused_naming_its_holder(led
     assert stats["customers_charged"] == ROWS and stats["customers_charged_more_than_once"] == 0
 
 
-def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, db, start_engine):
+def test_a_bill_killed_while_loading_is_taken_over_by_the_next(customers, ledger, start_engine):
     path = customers(ROWS)
     with MockProcess() as api:
-        killed = start_loading(start_engine, path, FIRST, *bill_of("-", api, db))
-        wait_loading(db, "R", killed, rows=1)  # some of its rows are written: the next bill must remove them
+        killed = start_loading(start_engine, path, FIRST, *bill_of("-", api, ledger))
+        wait_loading(ledger, "R", killed, rows=1)  # some of its rows are written: the next bill must remove them
         reader = reader_of(killed)  # standard input too is read ahead
         killed.send_signal(signal.SIGKILL)
         killed.wait()
         assert gone(reader, 10), "the reader outlived its engine"  # its input is still open: it would wait on
         killed.stdin.close()
-        assert run_state(db, "R") == "loading"
-        done = run_engine(*bill_of(path, api, db))
+        assert run_state(ledger, "R") == "loading"
+        done = run_engine(*bill_of(path, api, ledger))
         assert done.returncode == 0, done.stderr
         stats = api.stats()
-    with open_store(db) as store:
+    with open_store(ledger) as store:
         assert store.counts("R")[SUCCEEDED] == ROWS == sum(store.counts("R").values())
     assert stats["customers_charged"] == ROWS and stats["customers_charged_more_than_once"] == 0
 
