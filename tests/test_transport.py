@@ -8,6 +8,7 @@ the transport's alone. Run as a script, this module is that child.
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -29,6 +30,8 @@ MB = 1024 * 1024
 #: 199 ASCII bytes then a two-byte character across the excerpt's end, sent in three pieces.
 SPLIT_BODY = b"a" * 150 + b"b" * 49 + "\u00e9".encode() + b"tail " * 100
 _ZEROS = memoryview(bytes(MB))
+#: The client ends of the connections that asked for ``/jitter``.
+CONNECTIONS: set[tuple[str, int]] = set()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -48,6 +51,10 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(b"")
         elif self.path == "/endless-headers":
             self._endless_headers()
+        elif self.path == "/jitter":  # answered after 0-20 ms, so transfers end out of order
+            CONNECTIONS.add(self.client_address)
+            time.sleep(random.random() / 50)
+            self._answer(b"ok")
         elif self.path.startswith("/retry-after/"):
             self.send_response(429)
             self.send_header("Retry-After", unquote(self.path.removeprefix("/retry-after/")))
@@ -271,16 +278,18 @@ if __name__ == "__main__":
 def test_a_large_window_is_spread_over_several_multis_and_every_transfer_ends_once(server, monkeypatch):
     """Over HTTP/1.1 a window above the select loop's is cut into CurlMulti handles of SHARD transfers
     (libcurl's search for a reusable connection walks all of a multi's): all of them carry transfers,
-    and each transfer comes back once, answered."""
+    each transfer comes back once, answered, and, though they end in no particular order, the window
+    never opens more connections than it holds transfers (each multi keeps its own connections)."""
     monkeypatch.setattr(transport_module, "SHARD", 100)
-    window, count = 450, 1800
+    window, count = 450, 2700
     transport = Transport(window, TransportOptions(connect_timeout=10, timeout=30), "GET")
     assert len(transport.multis) == 5
+    CONNECTIONS.clear()
     pending, finished, used = list(range(count)), [], Counter()
     try:
         while len(finished) < count:
             while pending and transport.has_room():
-                transport.start(pending.pop(), f"{server}/short", [], None)
+                transport.start(pending.pop(), f"{server}/jitter", [], None)
             finished += transport.poll(0.05)
             used.update(transport.home.values())
     finally:
@@ -288,6 +297,7 @@ def test_a_large_window_is_spread_over_several_multis_and_every_transfer_ends_on
     assert sorted(done.token for done in finished) == list(range(count))
     assert {done.outcome.http_status for done in finished} == {200}
     assert sorted(used) == [0, 1, 2, 3, 4]
+    assert len(CONNECTIONS) <= window
     assert (
         Transport(window, TransportOptions(connect_timeout=10, timeout=30, http2=True), "GET").multis[1:] == []
     )  # HTTP/2: one multi

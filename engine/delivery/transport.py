@@ -28,6 +28,9 @@ __all__ = ["EXCERPT_BYTES", "HEADER_BYTES", "Finished", "Transport", "configure"
 #: Transfers per CurlMulti at most over HTTP/1.1: a larger window is spread over several. To start a
 #: transfer libcurl looks through every connection its multi holds to the host for one to reuse
 #: (``url_match_conn``), so at 4,000 connections in one multi that search was 42 % of a worker's CPU.
+#: Each multi keeps its own connections, so a transfer starts on the handle that ended last (its multi
+#: has the connection just freed); starting them on the multis in turn opened a fifth more connections
+#: than the window as the multis' loads drifted apart.
 SHARD = 500
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 #: Longest a Transport's first HTTPS transfer runs alone (s), so that the connections the rest of
@@ -217,11 +220,11 @@ class Transport:
         self.configure = configure if options.resend_harmless else configure_unrepeatable
         loop = EpollLoop if size > EPOLL_ABOVE else SelectLoop
         self.loop = loop(self.multis, wake_fd)
-        self.free: list[list[pycurl.Curl]] = [[] for _ in self.multis]  # each multi's idle handles
+        self.free: list[pycurl.Curl] = []  # idle handles, the last to end on top
         # each handle's capture: a dict lookup costs 15 ns, an attribute set on a pycurl handle 320
         self.captures: dict[pycurl.Curl, Capture] = {}
         self.home: dict[pycurl.Curl, int] = {}  # the multi a handle is added to, always the same
-        self.turn = 0  # the multi the next transfer goes to (in turn)
+        self.turn = 0  # the multi the next new handle goes to (in turn)
         self.active = 0
         self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
 
@@ -244,10 +247,8 @@ class Transport:
         the request: a False then aborts it unsent (its :class:`Finished` says ``fenced``)."""
         if self.warm_until is None:
             self.warm_until = time.monotonic() + TLS_WARMUP if url.startswith("https:") else 0.0
-        shard = self.turn
-        self.turn = (shard + 1) % len(self.multis)
-        free = self.free[shard]
-        handle = free.pop() if free else self._new_handle(shard)
+        free = self.free
+        handle = free.pop() if free else self._new_handle()
         capture = self.captures[handle]
         capture.reset(token, guard)
         if guard is not None:  # only on nodes: a local pass holds no claim, and pays nothing for this
@@ -257,7 +258,7 @@ class Transport:
         except BaseException:
             free.append(handle)  # nothing was sent; the handle is set afresh by its next row
             raise
-        self.multis[shard].add_handle(handle)
+        self.multis[self.home[handle]].add_handle(handle)
         self.active += 1
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -281,7 +282,10 @@ class Transport:
             self.warm_until = 0.0
         return finished
 
-    def _new_handle(self, shard: int) -> pycurl.Curl:
+    def _new_handle(self) -> pycurl.Curl:
+        """A handle for one more transfer than ever before, on the multis in turn."""
+        shard = self.turn
+        self.turn = (shard + 1) % len(self.multis)
         handle, capture = _new_handle(self.options, self.method)
         if self.share is not None:
             handle.setopt(pycurl.SHARE, self.share)
@@ -292,17 +296,15 @@ class Transport:
     def _release(self, handle, errno, message) -> Finished:
         capture = self.captures[handle]
         result = harvest(handle, capture, errno, message)
-        shard = self.home[handle]
-        self.multis[shard].remove_handle(handle)
+        self.multis[self.home[handle]].remove_handle(handle)
         capture.release()
-        self.free[shard].append(handle)
+        self.free.append(handle)
         self.active -= 1
         return result
 
     def close(self) -> None:
-        for free in self.free:
-            for handle in free:
-                handle.close()
+        for handle in self.free:
+            handle.close()
         for multi in self.multis:
             multi.close()
         if self.share is not None:
