@@ -156,7 +156,7 @@ class SQLiteStore(SQLStore):
         now = time.time()
         try:
             with contextlib.nullcontext() if self._loading else self.conn:
-                insert_pending(self.conn, [(run_id, *row, now) for row in rows])
+                insert_pending(self.conn, run_id, now, rows)
         except sqlite3.IntegrityError:  # the statement was undone, the transaction stays: its rows are seen
             raise self._find_duplicate(run_id, rows) from None
 
