@@ -34,6 +34,7 @@ from test_dashboard import (  # noqa: F401  (the fixtures ``finished_run``, ``le
 import engine.ledger
 from engine.dashboard.bounds import Scans, ScanTooLong, open_bounded
 from engine.dashboard.groups import Cause, causes, fold
+from engine.errors import LedgerError
 from engine.ledger import open_store
 from engine.mock.process import MockProcess
 from engine.output.report import scans, summarize
@@ -216,6 +217,27 @@ def test_a_pages_scans_stay_on_its_bounded_connection_only_a_command_lines_summa
         page = scans(store, "s")
         assert opened == [] and page["attempts"] == 0 and page["latency_ms"]["p50"] is None
         assert summarize(store, "s")["latency_ms"] == page["latency_ms"] and opened == [db]
+
+
+def test_a_summary_that_fails_before_its_scans_leaves_no_sort_waiting_for_its_count(db, monkeypatch):
+    """The latency's sort beside is given its count by the summary's own connection (one scan with the
+    other totals): a summary that fails before it counts tells the sort there will be none, so no
+    thread is left waiting (it would hold the process at exit)."""
+    with open_store(db) as store:
+        store.create_run("s", input="-", url="http://127.0.0.1:9/", method="POST", options={}, not_before=None)
+        store.insert_requests("s", [(n, f"cus_{n}", 0.0, "{}", f"k{n}") for n in range(50)])
+        store.finish_load("s", 50, "fingerprint")
+
+        def unreadable(run_id: str):
+            raise LedgerError(f"ledger {db} is locked")
+
+        monkeypatch.setattr(store, "passes", unreadable)
+        with pytest.raises(LedgerError, match="locked"):
+            summarize(store, "s")
+    beside = [thread for thread in threading.enumerate() if thread.name.startswith("ledger-beside")]
+    for thread in beside:
+        thread.join(5)
+    assert not [thread for thread in beside if thread.is_alive()]
 
 
 ERROR_ROWS = 300_000

@@ -214,7 +214,7 @@ class TestPassLedger:
         store.record([answer(second, attempt=2, latency=5.0)])
         assert store.counts("r") == {**dict.fromkeys(STATES, 0), SUCCEEDED: 2, FAILED: 1, PENDING: 1}
         assert store.count_in("r", (PENDING, FAILED)) == 2
-        assert store.attempt_count("r") == 4
+        assert store.row_totals("r").attempts == 4
         assert store.status_counts("r") == {"200": 2, "503": 1, "curl:7": 1}
         assert store.top_error("r") == ("curl 7: refused", 1)
         assert rids(store, (PENDING, FAILED)) == [third, fourth]
@@ -256,7 +256,7 @@ class TestPassLedger:
         found = {row["row_id"]: row for row in store.iter_rows("r", (RETRYING, FAILED))}
         assert (found["c0"]["status"], found["c0"]["http_status"], found["c0"]["attempts"]) == (RETRYING, 429, 3)
         assert (found["c1"]["status"], found["c1"]["http_status"], found["c1"]["attempts"]) == (FAILED, 402, 2)
-        assert store.attempt_count("r") == 5  # every attempt itself is kept
+        assert store.row_totals("r").attempts == 5  # every attempt itself is kept
         # a success reported late (its node could not reach the ledger) still counts: that customer was charged
         store.record([answer(third, FAILED, attempt=2, status=500)])
         store.record([answer(third)])
@@ -461,6 +461,30 @@ class TestLedgerReader:
     def test_percentiles_of_an_empty_run(self, store):
         assert store.latency_percentiles("r", (0.5,)) == {0.5: None}
 
+    def test_percentiles_take_the_count_of_ranked_rows_once_sorted(self, store):
+        store.insert_requests("r", rows(10))
+        store.record([answer(rid, latency=float(n)) for n, rid in enumerate(rids(store), 1)])
+        counted_at: list[str] = []
+        ranked = store.latency_percentiles("r", (0.5, 0.99), lambda: counted_at.append("asked") or 10)
+        assert ranked == store.latency_percentiles("r", (0.5, 0.99)) == {0.5: 5.0, 0.99: 10.0}
+        assert counted_at == ([] if store.location.startswith("postgresql") else ["asked"])  # the server counts
+
+    def test_row_totals_add_up_attempts_replays_and_answered_rows_in_one_scan(self, store):
+        store.insert_requests("r", rows(5))
+        first, second, third, fourth, _ = rids(store)
+        replayed = attempt_record(rid=third, attempt=1, outcome=SUCCEEDED, http_status=200, started_at=1.0, replayed=1)
+        store.record(
+            [
+                answer(first, RETRYING, status=503),
+                answer(second, FAILED, status=None, curl_error=7, error="curl 7: refused"),
+                replayed,
+                answer(fourth, UNKNOWN, status=None, error="no answer recorded"),
+            ]
+        )
+        store.record([answer(first, attempt=2)])
+        assert store.row_totals("r") == (5, 1, 2)  # attempts; third's replay; first and third answered
+        assert store.row_totals("nothing") == (0, 0, 0)
+
     def test_statuses_are_counted_per_answer_in_order_an_attempt_with_neither_first(self, store):
         store.insert_requests("r", rows(4))
         first, second, third, fourth = rids(store)
@@ -479,7 +503,9 @@ class TestLedgerReader:
     def test_a_question_asked_beside_gets_its_own_connection_and_sees_what_was_committed(self, store):
         store.insert_requests("r", rows(3))
         store.record([answer(rid) for rid in rids(store)])
-        asked = ask_beside(store, lambda beside: (beside is store, threading.get_ident(), beside.attempt_count("r")))
+        asked = ask_beside(
+            store, lambda beside: (beside is store, threading.get_ident(), beside.row_totals("r").attempts)
+        )
         same, thread, attempts = asked()
         in_memory = store.location == MEMORY  # only its own connection sees it: asked there
         assert attempts == 3

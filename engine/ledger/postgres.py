@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import psycopg
@@ -26,6 +26,7 @@ from engine.ledger.migrations import migrate
 from engine.ledger.retention import payload_after
 from engine.ledger.schema import ATTEMPTS, REQUESTS, Table
 from engine.ledger.sql import SQLStore
+from engine.ledger.sql_reader import ANSWERED
 from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable
 from engine.states import IN_FLIGHT
 from engine.wire import Attempt
@@ -205,12 +206,15 @@ class PostgresStore(SQLStore):
     def mark_in_flight(self, rids: list[int]) -> None:
         self.conn.execute("UPDATE requests SET status = %s WHERE rid = ANY(%s)", (IN_FLIGHT, list(rids)))
 
-    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
-        """``percentile_disc`` is the nearest rank: the first value whose cumulative share reaches q."""
+    def latency_percentiles(
+        self, run_id: str, quantiles: Iterable[float], ranked: Callable[[], int] | None = None
+    ) -> dict[float, float | None]:
+        """``percentile_disc`` is the nearest rank: the first value whose cumulative share reaches q (the
+        server counts the rows itself: ``ranked`` is not needed)."""
         quantiles = list(quantiles)
         values = self._value(
             "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY latency_ms) FROM requests"
-            " WHERE run_id = %s AND latency_ms IS NOT NULL AND http_status IS NOT NULL",
+            f" WHERE run_id = %s AND {ANSWERED}",
             (quantiles, run_id),
         )
         return dict(zip(quantiles, values or [None] * len(quantiles), strict=True))

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader
+from engine.ledger.roles import EXPORT_COLUMNS, FOUND_COLUMNS, LedgerReader, RowTotals
 from engine.ledger.schema import SENT, UNSETTLED
 from engine.ledger.selection import NOT_SUCCEEDED, RowFilter
 from engine.ledger.sql_base import SQLBase
 from engine.states import CHUNK_DONE, CHUNK_RUNNING, PENDING, STATES, SUCCEEDED
 from engine.wire import Attempt
 
+#: The rows whose last attempt got an answer: what the latency percentiles rank.
+ANSWERED = "latency_ms IS NOT NULL AND http_status IS NOT NULL"
 #: What :meth:`SQLReader.failure_groups` gives of each group.
 GROUP_COLUMNS = ("status", "http_status", "curl_error", "error", "rows", "row_id")
 #: What :meth:`SQLReader.node_figures` gives of each node.
@@ -69,8 +71,15 @@ class SQLReader(SQLBase, LedgerReader):
         ).fetchone()
         return None if found is None else tuple(found)
 
-    def attempt_count(self, run_id: str) -> int:
-        return int(self._value("SELECT coalesce(sum(attempts), 0) FROM requests WHERE run_id = ?", (run_id,)))
+    def row_totals(self, run_id: str) -> RowTotals:
+        totals = self._run(
+            "SELECT coalesce(sum(attempts), 0),"
+            f" coalesce(sum(CASE WHEN status = '{SUCCEEDED}' AND replayed = 1 THEN 1 ELSE 0 END), 0),"
+            f" coalesce(sum(CASE WHEN {ANSWERED} THEN 1 ELSE 0 END), 0)"
+            " FROM requests WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return RowTotals(*map(int, totals))
 
     def elapsed(self, run_id: str) -> float:
         return self._value(
@@ -88,11 +97,6 @@ class SQLReader(SQLBase, LedgerReader):
             (*names, run_id),
         ).fetchone()
         return {name: int(count or 0) for name, count in zip(names, counted, strict=True)}
-
-    def replay_count(self, run_id: str) -> int:
-        return self._value(
-            f"SELECT count(*) FROM requests WHERE run_id = ? AND status = '{SUCCEEDED}' AND replayed = 1", (run_id,)
-        )
 
     def status_counts(self, run_id: str) -> dict[str | None, int]:
         counted = self._run(  # grouped by the columns as stored: no text made per attempt to group on

@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import closing, contextmanager
 
 import sqlite_utils
@@ -27,6 +27,7 @@ from engine.errors import LedgerError, LedgerUnavailable
 from engine.ledger.ddl import SQLiteDialect
 from engine.ledger.migrations import migrate
 from engine.ledger.sql import SQLStore
+from engine.ledger.sql_reader import ANSWERED
 from engine.ledger.sqlite_rows import insert_pending, write_attempts
 from engine.ledger.store import BUSY_TIMEOUT, ledger_unavailable, nearest_ranks
 from engine.states import IN_FLIGHT
@@ -177,12 +178,15 @@ class SQLiteStore(SQLStore):
         with self.conn:
             self.conn.executemany(f"UPDATE requests SET status = '{IN_FLIGHT}' WHERE rid = ?", [(r,) for r in rids])
 
-    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
+    def latency_percentiles(
+        self, run_id: str, quantiles: Iterable[float], ranked: Callable[[], int] | None = None
+    ) -> dict[float, float | None]:
         """Nearest-rank percentiles of the latency of each row's last attempt that got an answer.
 
-        One sorted scan, picking the ranks as they pass: constant memory for any run size.
+        One sorted scan, picking the ranks as they pass: constant memory for any run size. Once sorted, the
+        rows are counted in the same read, unless ``ranked`` says how many there are.
         """
-        where = "FROM requests WHERE run_id = ? AND latency_ms IS NOT NULL AND http_status IS NOT NULL"
-        count = self._value(f"SELECT count(*) {where}", (run_id,))
+        where = f"FROM requests WHERE run_id = ? AND {ANSWERED}"
         with closing(self.conn.execute(f"SELECT latency_ms {where} ORDER BY latency_ms", (run_id,))) as rows:
+            count = ranked() if ranked is not None else self._value(f"SELECT count(*) {where}", (run_id,))
             return nearest_ranks(map(operator.itemgetter(0), rows), count, quantiles)

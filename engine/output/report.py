@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 from engine.ledger import Store
 from engine.ledger.beside import ask_beside
-from engine.ledger.roles import CANCELLED_FLAG
+from engine.ledger.roles import CANCELLED_FLAG, RowTotals
 from engine.output.export import run_captures
 from engine.states import (
     FAILED,
@@ -44,7 +46,11 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     """
     run = ledger.get_run(run_id)
     purged = bool(run.get("summary"))  # its rows and attempts are gone, their figures were kept
-    scanned = None if live or purged else start_scans(ledger, run_id)  # beside what follows
+    with contextlib.nullcontext() if live or purged else start_scans(ledger, run_id) as scanned:  # beside what follows
+        return _summary(ledger, run_id, run, live, scanned)
+
+
+def _summary(ledger: Store, run_id: str, run: dict, live: bool, scanned: Callable[[], dict] | None) -> dict:
     counts = ledger.counts(run_id)
     passes = ledger.passes(run_id)
     elapsed = _elapsed(passes, until=time.time() if live else None)
@@ -76,10 +82,12 @@ def summarize(ledger: Store, run_id: str, live: bool = False) -> dict:
     }
     if live:
         return summary
-    answered = answers(ledger, run_id, run)
-    summary.update(run["summary"]["scans"] if scanned is None else scanned())
+    captured = ledger.capture_counts(run_id, run_captures(run))
+    figures = dict(run["summary"]["scans"] if scanned is None else scanned())
+    replays = figures.pop("replays", 0)  # a run purged by an earlier version kept none: its rows were gone
+    summary.update(figures)
     summary["purged_at"] = run.get("purged_at")
-    summary.update(answered)
+    summary["replays"], summary["captured"] = replays, captured
     summary["requests_per_s"] = round(per_second(summary["attempts"], elapsed), 1)
     if len(passes) > 1:  # a rerun: what this pass did, apart from the whole run
         summary["last_pass"] = last_pass(ledger, run_id, passes[-1])
@@ -101,39 +109,47 @@ def last_pass(ledger: Store, run_id: str, the_pass: dict) -> dict:
 
 
 def scans(ledger: Store, run_id: str) -> dict:
-    """The figures that scan a run's rows and attempts: attempts, latency, HTTP statuses, top error, chunks.
+    """The figures that scan a run's rows and attempts: attempts, replays (successes the API replayed:
+    an earlier attempt's charge, not a new one), latency, HTTP statuses, top error, chunks.
 
     All on ``ledger``'s own connection (the dashboard's is bounded in time: its scans stay there)."""
-    return _scans(ledger, run_id, lambda: ledger.latency_percentiles(run_id, QUANTILES))
+    totals = ledger.row_totals(run_id)
+    return _scans(
+        ledger, run_id, totals, lambda: ledger.latency_percentiles(run_id, QUANTILES, lambda: totals.answered)
+    )
 
 
-def start_scans(ledger: Store, run_id: str) -> Callable[[], dict]:
+@contextlib.contextmanager
+def start_scans(ledger: Store, run_id: str) -> Iterator[Callable[[], dict]]:
     """:func:`scans` begun, for a whole summary on the command line: the latency's sort, the longest,
-    starts now on a second connection; the call returned makes the other scans, then waits for it."""
-    latency = ask_beside(ledger, lambda beside: beside.latency_percentiles(run_id, QUANTILES))
-    return lambda: _scans(ledger, run_id, latency)
+    starts now on a second connection, and the rows it ranks are counted here with the other totals
+    (one scan); the call given makes the other scans, then waits for the sort. On leaving, a sort still
+    waiting for its count is told there will be none."""
+    counted: Future[int] = Future()
+    latency = ask_beside(ledger, lambda beside: beside.latency_percentiles(run_id, QUANTILES, counted.result))
+
+    def scanned() -> dict:
+        totals = ledger.row_totals(run_id)
+        counted.set_result(totals.answered)
+        return _scans(ledger, run_id, totals, latency)
+
+    try:
+        yield scanned
+    finally:
+        counted.cancel()  # nothing once counted
 
 
-def _scans(ledger: Store, run_id: str, latency: Callable[[], dict[float, float | None]]) -> dict:
-    attempts = ledger.attempt_count(run_id)
+def _scans(ledger: Store, run_id: str, totals: RowTotals, latency: Callable[[], dict[float, float | None]]) -> dict:
     http_status = ledger.status_counts(run_id)
     top_error = _top_error(ledger, run_id)
     chunks = ledger.chunk_summary(run_id)
     return {
-        "attempts": attempts,
+        "attempts": totals.attempts,
+        "replays": totals.replays,
         "latency_ms": {f"p{round(q * 100)}": (round(v, 1) if v is not None else None) for q, v in latency().items()},
         "http_status": http_status,
         "top_error": top_error,
         "chunks": chunks,
-    }
-
-
-def answers(ledger: Store, run_id: str, run: dict) -> dict:
-    """What the answers said: successes the API replayed (``Idempotent-Replayed``: an earlier attempt's
-    charge, not a new one) and, per ``--capture`` name, how many rows have a value."""
-    return {
-        "replays": ledger.replay_count(run_id),
-        "captured": ledger.capture_counts(run_id, run_captures(run)),
     }
 
 

@@ -66,7 +66,7 @@ class BrokerPass:
     def start(self) -> bool:
         """Wait out an earlier pass's requests, then plan this pass's chunks and enqueue them."""
         self.before = self.ledger.counts(self.run_id)
-        self.attempts_before = self.ledger.attempt_count(self.run_id)
+        self.attempts_before = self.ledger.row_totals(self.run_id).attempts
         if not self._wait_out_hold():
             return False
         for chunk_id in self.ledger.plan_chunks(self.run_id, self.pass_no, self.states, self.settings.chunks):
@@ -147,7 +147,7 @@ class BrokerPass:
         succeeded = now[SUCCEEDED] - self.before[SUCCEEDED]
         finished = sum(now[state] - self.before[state] for state in now if state not in self.states)
         return PassTally(
-            attempts=self.ledger.attempt_count(self.run_id) - self.attempts_before,
+            attempts=self.ledger.row_totals(self.run_id).attempts - self.attempts_before,
             succeeded=succeeded,
             not_succeeded=max(0, finished - succeeded),
             refused=sum(now[state] - self.before[state] for state in (REJECTED, FAILED) if state not in self.states),

@@ -13,7 +13,7 @@ workers report them.
 from engine.ledger.roles.base import Ledger
 from engine.ledger.roles.chunk_ledger import ChunkLedger
 from engine.ledger.roles.pass_ledger import CANCELLED_FLAG, Page, PassLedger
-from engine.ledger.roles.reader import EXPORT_COLUMNS, EXPORT_PAGE, FOUND_COLUMNS, LedgerReader
+from engine.ledger.roles.reader import EXPORT_COLUMNS, EXPORT_PAGE, FOUND_COLUMNS, LedgerReader, RowTotals
 from engine.ledger.roles.run_book import RunBook
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "LedgerReader",
     "Page",
     "PassLedger",
+    "RowTotals",
     "RunBook",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from engine.ledger.roles.base import Ledger
 from engine.ledger.selection import RowFilter
@@ -33,6 +34,16 @@ FOUND_COLUMNS = (
 )
 
 
+class RowTotals(NamedTuple):
+    """What one scan of a run's rows adds up: attempts made, successes the API replayed
+    (``Idempotent-Replayed``: an earlier attempt's charge), and rows whose last attempt was answered
+    (the latency percentiles rank those)."""
+
+    attempts: int
+    replays: int
+    answered: int
+
+
 class LedgerReader(Ledger):
     """What reports, ``status``, ``export`` and the dashboard read: counts, percentiles, rows found by a filter."""
 
@@ -52,23 +63,24 @@ class LedgerReader(Ledger):
         """The most common last error of the rows that did not succeed, and how many rows have it."""
 
     @abstractmethod
-    def attempt_count(self, run_id: str) -> int: ...
+    def row_totals(self, run_id: str) -> RowTotals:
+        """The run's :class:`RowTotals`, in one scan of its rows."""
 
     @abstractmethod
     def elapsed(self, run_id: str) -> float:
         """Seconds spent sending, summed over the run's passes."""
 
     @abstractmethod
-    def latency_percentiles(self, run_id: str, quantiles: Iterable[float]) -> dict[float, float | None]:
-        """Nearest-rank percentiles of the latency of each row's last answered attempt, in constant memory."""
+    def latency_percentiles(
+        self, run_id: str, quantiles: Iterable[float], ranked: Callable[[], int] | None = None
+    ) -> dict[float, float | None]:
+        """Nearest-rank percentiles of the latency of each row's last answered attempt, in constant memory.
+        ``ranked``, if given, says how many rows that is (:attr:`RowTotals.answered`), asked once the
+        rows are sorted: the caller may still be counting them, on another connection."""
 
     @abstractmethod
     def capture_counts(self, run_id: str, names: Iterable[str]) -> dict[str, int]:
         """How many rows have each ``--capture`` value."""
-
-    @abstractmethod
-    def replay_count(self, run_id: str) -> int:
-        """Succeeded rows whose success was an ``Idempotent-Replayed`` answer (an earlier attempt's charge)."""
 
     @abstractmethod
     def status_counts(self, run_id: str) -> dict[str | None, int]:
