@@ -49,15 +49,20 @@ class RowValidator:
     def check(self, row: Row) -> float:
         """The row's priority, once every check passed (a million rows take this path: few calls)."""
         fields = row.fields
-        for name, convert in self.types.items():
-            self._convert(row, name, convert)
-        missing = self.compiled.missing_fields(fields)
-        if missing:
+        if self.types:
+            for name, convert in self.types.items():
+                self._convert(row, name, convert)
+        if not self.compiled.fields <= fields.keys():
+            missing = self.compiled.missing_fields(fields)
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
         for name in self.wire_fields:
             value = fields.get(name)
-            if value is not None:
-                self._check_wire_value(row, name, value if isinstance(value, str) else str(value))
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else str(value)
+            # printable ASCII and not a dot segment passes every check below: the common value, asked in C
+            if not (text.isprintable() and text.isascii() and text not in (".", "..")):
+                self._check_wire_value(row, name, text)
         if self.checks_rows:
             try:
                 self.compiled.check(fields)

@@ -101,10 +101,10 @@ def load_rows(
 def _ledger_rows(rows: Iterable[Row], validator: RowValidator, key_prefix: str) -> Iterator[list[tuple]]:
     """Each row checked, keyed and encoded, in batches of ledger rows ``(line, id, priority, payload, key)``."""
     batch: list[tuple] = []
+    check, key_of = validator.check, validator.idempotency_key  # looked up once, not a million times
     for row in rows:
-        priority = validator.check(row)
-        key = validator.idempotency_key(row, key_prefix)
-        batch.append((row.line, row.row_id, priority, json_text(row.fields), key))
+        priority = check(row)
+        batch.append((row.line, row.row_id, priority, json_text(row.fields), key_of(row, key_prefix)))
         if len(batch) >= LOAD_BATCH:
             yield batch
             batch = []
