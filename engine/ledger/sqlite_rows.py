@@ -156,11 +156,13 @@ def insert_pending(conn: sqlite3.Connection, run_id: str, now: float, rows: list
 @functools.cache
 def _pending_rows(rows: int) -> str:
     """The insert of ``rows`` pending requests, their values numbered after the run's id and the time."""
-    numbers = iter(range(3, 3 + rows * _PENDING_FIELDS))
-    values = [
-        f"(?1, {', '.join(f'?{next(numbers)}' for _ in range(_PENDING_FIELDS))}, 'pending', 0, ?2)" for _ in range(rows)
-    ]
-    return _REQUESTS_INTO.replace("{rows}", ", ".join(values))
+    return _REQUESTS_INTO.replace("{rows}", ", ".join(_pending_row(3 + n * _PENDING_FIELDS) for n in range(rows)))
+
+
+def _pending_row(first: int) -> str:
+    """One pending request's values: the run's id (?1), its own five from ``?first`` on, the time (?2)."""
+    own = ", ".join(f"?{number}" for number in range(first, first + _PENDING_FIELDS))
+    return f"(?1, {own}, 'pending', 0, ?2)"
 
 
 def write_attempts(conn: sqlite3.Connection, attempts: list[tuple]) -> None:

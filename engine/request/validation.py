@@ -49,20 +49,15 @@ class RowValidator:
     def check(self, row: Row) -> float:
         """The row's priority, once every check passed (a million rows take this path: few calls)."""
         fields = row.fields
-        if self.types:
-            for name, convert in self.types.items():
-                self._convert(row, name, convert)
-        if not self.compiled.fields <= fields.keys():
-            missing = self.compiled.missing_fields(fields)
+        for name, convert in self.types.items():
+            self._convert(row, name, convert)
+        missing = self.compiled.missing_fields(fields)
+        if missing:
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
         for name in self.wire_fields:
             value = fields.get(name)
-            if value is None:
-                continue
-            text = value if isinstance(value, str) else str(value)
-            # printable ASCII and not a dot segment passes every check below: the common value, asked in C
-            if not (text.isprintable() and text.isascii() and text not in (".", "..")):
-                self._check_wire_value(row, name, text)
+            if value is not None:
+                self._check_wire_value(row, name, value if isinstance(value, str) else str(value))
         if self.checks_rows:
             try:
                 self.compiled.check(fields)
@@ -81,6 +76,8 @@ class RowValidator:
 
     def _check_wire_value(self, row: Row, name: str, text: str) -> None:
         """A value bound for a URL or header: no control characters (header injection, NUL), no dot segment."""
+        if text.isprintable() and text.isascii() and text not in (".", ".."):
+            return  # passes every check below: the common value, asked in C
         bad = None if text.isprintable() else _CONTROL.search(text)  # controls are never printable
         if bad:
             raise InputError(
