@@ -16,12 +16,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ENGINE, status_counts
+from conftest import ENGINE, ledger_rows, status_counts
 
+from engine.delivery.transport import TLS_WARMUP
 from engine.mock.process import MockProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from common import make_certificates, start_nginx  # noqa: E402
+from common import ECHO_MODULE, answer_after, make_certificates, start_nginx  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")) or not shutil.which("openssl"),
@@ -153,6 +154,26 @@ def test_new_connections_resume_their_tls_session(customers, db, certs, nginx):
     assert len(logged) == rows and len({connection for connection, *_ in logged}) == rows
     resumed = sum(1 for _, reused, *_ in logged if reused == "r")
     assert resumed >= rows - 2 * 10, resumed  # at most each worker's first burst does a full handshake
+
+
+needs_echo = pytest.mark.skipif(not os.path.exists(ECHO_MODULE), reason="no nginx echo module (.ci/run installs it)")
+
+
+@needs_echo
+def test_against_a_slow_api_the_window_opens_once_the_first_tls_handshake_is_done(customers, db, certs, nginx):
+    """A worker's first HTTPS transfer opens the connection whose TLS session the rest of its window
+    resumes. The rest wait for its handshake (and the session ticket just after), not for its answer nor
+    TLS_WARMUP: against an API that answers in a second they start at once, and still resume."""
+    server, rows = nginx(answer=answer_after(1.0)), 20
+    done = bill(
+        customers(rows), server.url(), db, "slow", "--ca-bundle", certs.ca, "--workers", 1, "--concurrency", rows
+    )
+    assert done.returncode == 0, done.stderr
+    starts = sorted(started for (started,) in ledger_rows(db, "SELECT started_at FROM attempts"))
+    assert len(starts) == rows and starts[-1] - starts[0] < TLS_WARMUP / 2, starts
+    logged = server.requests()
+    full_handshakes = {connection for connection, reused, *_ in logged if reused != "r"}
+    assert len(logged) == rows and len(full_handshakes) == 1, logged
 
 
 @needs_http2

@@ -34,9 +34,12 @@ __all__ = ["EXCERPT_BYTES", "HEADER_BYTES", "Finished", "Transport", "configure"
 SHARD = 500
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 #: Longest a Transport's first HTTPS transfer runs alone (s), so that the connections the rest of
-#: the window opens after it resume its TLS session instead of each doing a full handshake
-#: (the session ticket arrives just after the handshake). It ends sooner, when that transfer does.
+#: the window opens after it resume its TLS session instead of each doing a full handshake. It ends
+#: sooner: when that transfer does, or once its handshake is done and the session ticket has had
+#: time to arrive (TLS 1.3 sends it after the handshake): the handshake's own time again, and at
+#: least :data:`TICKET_WAIT`. Against an API that answers in 1.6 s the window no longer waits 0.5 s.
 TLS_WARMUP = 0.5
+TICKET_WAIT = 0.02
 #: Seconds a connection may sit idle and still be reused by a run without keys.
 UNKEYED_MAX_IDLE = 2
 #: Bytes of the buffer libcurl fills with each request's headers and body (CURLOPT_UPLOAD_BUFFERSIZE):
@@ -227,6 +230,8 @@ class Transport:
         self.turn = 0  # the multi the next new handle goes to (in turn)
         self.active = 0
         self.warm_until: float | None = None  # monotonic; None: nothing started yet, 0: warm
+        self.warming: pycurl.Curl | None = None  # the first HTTPS transfer, until its handshake is done
+        self.warm_started = 0.0  # monotonic: when it started
 
     def has_room(self) -> bool:
         return self.active < self.window(self.size)
@@ -236,19 +241,37 @@ class Transport:
         started (it says whether the run is over HTTPS) and, over HTTPS, while it opens the
         connection whose TLS session the others will resume."""
         warm_until = self.warm_until
-        if warm_until is None or (warm_until and time.monotonic() < warm_until):
+        if warm_until is None:
             return 1
+        if warm_until:
+            if self.warming is not None:
+                warm_until = self._ticket_due(self.warming, warm_until)
+            if time.monotonic() < warm_until:
+                return 1
         return limit
+
+    def _ticket_due(self, first: pycurl.Curl, warm_until: float) -> float:
+        """When the window opens: once the first transfer's TLS handshake is done, as long again (at least
+        :data:`TICKET_WAIT`) after it, for the session ticket to arrive; until then, ``warm_until``."""
+        handshake = first.getinfo(pycurl.APPCONNECT_TIME_T) / 1e6  # seconds after it started; 0 until done
+        if handshake:
+            self.warming = None
+            self.warm_until = warm_until = min(warm_until, self.warm_started + handshake + max(handshake, TICKET_WAIT))
+        return warm_until
 
     def start(
         self, token, url: str, headers: list[str], body: bytes | None, guard: Callable[[], bool] | None = None
     ) -> None:
         """Start a transfer. ``guard`` (a claim's fence), if given, is asked again just before libcurl sends
         the request: a False then aborts it unsent (its :class:`Finished` says ``fenced``)."""
-        if self.warm_until is None:
-            self.warm_until = time.monotonic() + TLS_WARMUP if url.startswith("https:") else 0.0
+        first = self.warm_until is None
+        if first:
+            self.warm_started = time.monotonic()
+            self.warm_until = self.warm_started + TLS_WARMUP if url.startswith("https:") else 0.0
         free = self.free
         handle = free.pop() if free else self._new_handle()
+        if first and self.warm_until:
+            self.warming = handle
         capture = self.captures[handle]
         capture.reset(token, guard)
         if guard is not None:  # only on nodes: a local pass holds no claim, and pays nothing for this
@@ -279,7 +302,7 @@ class Transport:
                 for handle, errno, message in err_list:
                     finished.append(self._release(handle, errno, message))
         if finished:
-            self.warm_until = 0.0
+            self.warm_until, self.warming = 0.0, None
         return finished
 
     def _new_handle(self) -> pycurl.Curl:
