@@ -39,6 +39,7 @@ _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 #: time to arrive (TLS 1.3 sends it after the handshake): the handshake's own time again, and at
 #: least :data:`TICKET_WAIT`. Against an API that answers in 1.6 s the window no longer waits 0.5 s.
 TLS_WARMUP = 0.5
+#: Least time (s) the window still waits after the first HTTPS handshake, for its session ticket.
 TICKET_WAIT = 0.02
 #: Seconds a connection may sit idle and still be reused by a run without keys.
 UNKEYED_MAX_IDLE = 2
