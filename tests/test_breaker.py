@@ -199,3 +199,31 @@ def test_workers_asking_at_once_still_take_one_probe(breakers):
     with ThreadPoolExecutor(len(views)) as pool:
         permits = [permit for answers in pool.map(ask, views) for permit in answers]
     assert permits.count(Permit.PROBE) == 1
+
+
+# -- a process of the pool that dies holding the lock ------------------------------------------------
+
+
+def _hold_the_lock_mid_write(breaker: CircuitBreaker, holding) -> None:
+    """A worker caught inside a write: the lock taken, the version made odd, then frozen."""
+    breaker.state.shared.get_lock().acquire()
+    breaker.state.view[0] += 1
+    holding.set()
+    time.sleep(60)
+
+
+def test_a_worker_killed_inside_a_write_leaves_the_lock_to_the_pool_not_to_wait_on_forever():
+    fork = multiprocessing.get_context("fork")
+    breaker = CircuitBreaker.create(fork, RULES)
+    holding = fork.Event()
+    frozen = fork.Process(target=_hold_the_lock_mid_write, args=(breaker, holding))
+    frozen.start()
+    assert holding.wait(10)
+    frozen.kill()  # what the pool does to a worker that stopped making progress
+    frozen.join(10)
+    breaker.state.recover(wait=0.2)  # the pool, once it saw the worker die
+    stepped = threading.Thread(target=breaker.record, args=(Answer.DOWN,), daemon=True)
+    stepped.start()
+    stepped.join(5)
+    assert not stepped.is_alive(), "a step still waits for the dead worker's lock"
+    assert breaker.state.view[0] % 2 == 0 and breaker.state.read().streak == 1

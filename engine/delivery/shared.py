@@ -31,6 +31,10 @@ class Carried:
 
 S = TypeVar("S", bound=Carried)
 
+#: Seconds the pool waits, once one of its processes died, for a record's lock to be free: a write holds it
+#: for microseconds, so a lock still taken then was taken by the dead (or frozen and killed) process.
+ORPHAN_WAIT = 1.0
+
 #: One step of a state machine: from a state and the carrier's clock, an answer and the next state.
 Step = Callable[[S, float], tuple[T, S]]
 
@@ -56,7 +60,8 @@ class SharedRecord(Generic[S]):
 
     @classmethod
     def create(cls, context, initial: S) -> SharedRecord[S]:
-        return cls(context.Array("d", [0.0, *initial.encode()]), type(initial))
+        # a plain lock, not the default recursive one: any process may release it once its holder is dead
+        return cls(context.Array("d", [0.0, *initial.encode()], lock=context.Lock()), type(initial))
 
     def read(self) -> S:
         """A consistent snapshot of the record."""
@@ -67,10 +72,39 @@ class SharedRecord(Generic[S]):
         raw = view[1:]
         if version % 2 or view[0] != version:  # a writer is at work: read under its lock
             with self.shared.get_lock():
-                version, raw = view[0], view[1:]
+                return self._read_held()
         record = self.kind.decode(raw)
         self.seen = (version, record)
         return record
+
+    def _read_held(self) -> S:
+        """The record, read by the lock's holder. A write whose process died half way (the version left odd)
+        is finished as the fields stand: each field is whole, its old value or its new one."""
+        view = self.view
+        if view[0] % 2:
+            view[0] += 1
+        version, seen = view[0], self.seen
+        if seen is not None and seen[0] == version:
+            return seen[1]
+        record = self.kind.decode(view[1:])
+        self.seen = (version, record)
+        return record
+
+    def recover(self, wait: float = ORPHAN_WAIT) -> None:
+        """Once a process of the pool died (or was killed frozen): a lock still taken ``wait`` seconds later was
+        taken by it and is released, else every other process would wait for it forever; a write it left half
+        done is finished."""
+        lock = self.shared.get_lock()
+        if not lock.acquire(timeout=wait):
+            try:
+                lock.release()  # nobody else ever would
+            except ValueError:  # released meanwhile: its holder was alive after all
+                pass
+            lock.acquire()
+        try:
+            self._read_held()
+        finally:
+            lock.release()
 
     def step(self, step: Step[S, T]) -> T:
         """Run ``step`` on the state; store what it returns unless it is the same state."""
@@ -79,7 +113,7 @@ class SharedRecord(Generic[S]):
         if after is seen:
             return answer
         with self.shared.get_lock():
-            state = self.read()
+            state = self._read_held()
             answer, after = step(state, time.monotonic())
             if after is not state:  # a step returns the very state it was given when nothing changes
                 self._write(after)

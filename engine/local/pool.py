@@ -106,6 +106,9 @@ class LocalBackend(Backend):
                 if not slot.closed:  # it left without saying goodbye
                     slot.closed = True
                     dead.append(slot.index)
+        if dead:  # it may have died holding the lock of the state the workers share
+            self.breaker.state.recover()
+            self.pacer.state.recover()
         return messages, dead
 
     def _receive(self, slot: _Slot) -> list[Report]:
