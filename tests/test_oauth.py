@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import time
 import urllib.error
@@ -199,3 +201,26 @@ def test_each_worker_node_fetches_one_token_for_its_processes(
     assert stats["customers_charged"] == rows and stats["unauthorized"] == 0
     # per node, not per pool process (8 processes would ask 8 times at the start alone)
     assert 2 <= stats["token_requests"] <= 2 * (took / (expiry * 0.8) + 1), (stats["token_requests"], took)
+
+
+def _take_the_token_lock_and_hang(shared: SharedToken, holding) -> None:
+    """A worker caught in a token fetch: the lock taken, then frozen."""
+    shared.take()
+    holding.set()
+    time.sleep(60)
+
+
+def test_a_worker_killed_while_it_fetches_a_token_leaves_the_lock_to_the_pool():
+    fork = multiprocessing.get_context("fork")
+    shared = SharedToken.create(fork)
+    holding = fork.Event()
+    fetching = fork.Process(target=_take_the_token_lock_and_hang, args=(shared, holding))
+    fetching.start()
+    assert holding.wait(10)
+    fetching.kill()
+    fetching.join(10)
+    shared.recover([os.getpid()])  # a process that is not the holder: nothing released
+    assert not shared.take(block=False)
+    shared.recover([fetching.pid])  # the pool, once it saw the worker die
+    assert shared.take(block=False)
+    shared.give_back()

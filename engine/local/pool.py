@@ -106,9 +106,11 @@ class LocalBackend(Backend):
                 if not slot.closed:  # it left without saying goodbye
                     slot.closed = True
                     dead.append(slot.index)
-        if dead:  # it may have died holding the lock of the state the workers share
+        if dead:  # it may have died holding a lock of the state the workers share
             self.breaker.state.recover()
             self.pacer.state.recover()
+            if self.tokens is not None:
+                self.tokens.recover([self.slots[index].process.pid or 0 for index in dead])
         return messages, dead
 
     def _receive(self, slot: _Slot) -> list[Report]:
