@@ -206,7 +206,7 @@ def test_workers_asking_at_once_still_take_one_probe(breakers):
 
 def _hold_the_lock_mid_write(breaker: CircuitBreaker, holding) -> None:
     """A worker caught inside a write: the lock taken, the version made odd, then frozen."""
-    breaker.state.shared.get_lock().acquire()
+    breaker.state.lock.acquire()
     breaker.state.view[0] += 1
     holding.set()
     time.sleep(60)
@@ -221,7 +221,7 @@ def test_a_worker_killed_inside_a_write_leaves_the_lock_to_the_pool_not_to_wait_
     assert holding.wait(10)
     frozen.kill()  # what the pool does to a worker that stopped making progress
     frozen.join(10)
-    breaker.state.recover(wait=0.2)  # the pool, once it saw the worker die
+    breaker.state.recover([frozen.pid])  # the pool, once it saw the worker die
     stepped = threading.Thread(target=breaker.record, args=(Answer.DOWN,), daemon=True)
     stepped.start()
     stepped.join(5)

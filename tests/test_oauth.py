@@ -205,7 +205,7 @@ def test_each_worker_node_fetches_one_token_for_its_processes(
 
 def _take_the_token_lock_and_hang(shared: SharedToken, holding) -> None:
     """A worker caught in a token fetch: the lock taken, then frozen."""
-    shared.take()
+    shared.lock.acquire()
     holding.set()
     time.sleep(60)
 
@@ -219,8 +219,8 @@ def test_a_worker_killed_while_it_fetches_a_token_leaves_the_lock_to_the_pool():
     assert holding.wait(10)
     fetching.kill()
     fetching.join(10)
-    shared.recover([os.getpid()])  # a process that is not the holder: nothing released
-    assert not shared.take(block=False)
-    shared.recover([fetching.pid])  # the pool, once it saw the worker die
-    assert shared.take(block=False)
-    shared.give_back()
+    shared.lock.recover([os.getpid()])  # a process that is not the holder: nothing released
+    assert not shared.lock.acquire(block=False)
+    shared.lock.recover([fetching.pid])  # the pool, once it saw the worker die
+    assert shared.lock.acquire(block=False)
+    shared.lock.release()

@@ -11,12 +11,11 @@ lock; only one with no valid token does.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.auth.oauth import OAuthClient, Token, TokenError
+from engine.delivery.shared import HeldLock
 
 #: Most bytes of a token (JWTs with many claims run to a few kilobytes).
 MAX_TOKEN_BYTES = 16384
@@ -31,21 +30,20 @@ MAX_FETCH_FAILURES = 5
 
 
 class SharedToken:
-    """The token, its identity and times, in shared memory; one lock serialises refreshes, and the process
-    that holds it is written beside it, so that the pool can release it if that process dies."""
+    """The token, its identity and times, in shared memory; one lock serialises refreshes (a
+    :class:`~engine.delivery.shared.HeldLock`: held for a whole fetch, released by the pool if its holder dies)."""
 
-    def __init__(self, lock, token, identity, times, holder):
-        self.lock, self.token, self.identity, self.times, self.holder = lock, token, identity, times, holder
+    def __init__(self, lock: HeldLock, token, identity, times):
+        self.lock, self.token, self.identity, self.times = lock, token, identity, times
 
     @classmethod
     def create(cls, context) -> SharedToken:
         """Shared memory from a multiprocessing ``context``, passed to (or inherited by) each process."""
         return cls(
-            context.Lock(),
+            HeldLock.create(context),
             context.Array("c", MAX_TOKEN_BYTES, lock=False),
             context.Array("c", MAX_IDENTITY_BYTES, lock=False),
             context.Array("d", 2, lock=False),  # fetched_at, expires_at
-            context.Value("q", 0, lock=False),  # the pid holding the lock, 0: none
         )
 
     @classmethod
@@ -54,29 +52,10 @@ class SharedToken:
         return cls.create(multiprocessing.get_context("spawn"))
 
     def __getstate__(self):
-        return self.lock, self.token, self.identity, self.times, self.holder
+        return self.lock, self.token, self.identity, self.times
 
     def __setstate__(self, state):
-        self.lock, self.token, self.identity, self.times, self.holder = state
-
-    def take(self, block: bool = True) -> bool:
-        """Take the lock as this process's (False: ``block`` was False and another process holds it)."""
-        if not self.lock.acquire(block=block):
-            return False
-        self.holder.value = os.getpid()
-        return True
-
-    def give_back(self) -> None:
-        self.holder.value = 0
-        self.lock.release()
-
-    def recover(self, dead: Iterable[int]) -> None:
-        """Release the lock if one of the ``dead`` processes held it (a token fetch cut short): nobody else
-        ever would, and every process whose token expired would wait on it."""
-        holder = self.holder.value
-        if holder and holder in set(dead):
-            self.holder.value = 0
-            self.lock.release()
+        self.lock, self.token, self.identity, self.times = state
 
     def read(self, identity: str) -> Token | None:
         """The token held for ``identity`` (another client's is not returned)."""
@@ -150,7 +129,7 @@ class Authorizer:
         if current is not None and time.time() < refresh_at(current):
             return current.value
         still_valid = current is not None and time.time() < current.expires_at
-        if not self.shared.take(block=not still_valid):
+        if not self.shared.lock.acquire(block=not still_valid):
             return current.value  # type: ignore[union-attr]
         try:
             self._refresh()
@@ -158,22 +137,19 @@ class Authorizer:
             if not still_valid:
                 raise  # the row waits (TokenUnavailable) or fails with the endpoint's reason
         finally:
-            self.shared.give_back()
+            self.shared.lock.release()
         assert self.current is not None
         return self.current.value
 
     def unauthorized(self, sent_at: float) -> None:
         """A request sent at ``sent_at`` (Unix time) got 401: refresh the token unless it was replaced
         since (one refresh for all the transfers the old token was in)."""
-        self.shared.take()
-        try:
+        with self.shared.lock:
             held = self.shared.read(self.identity)
             if held is not None and held.fetched_at > sent_at:
                 self._adopt(held)
                 return
             self._fetch()
-        finally:
-            self.shared.give_back()
 
     def _refresh(self) -> None:
         """Under the lock: take the machine's token if another process refreshed it, else fetch one."""

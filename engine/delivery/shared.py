@@ -8,8 +8,9 @@ worker process of the pool. Worker nodes carry the same records in Redis
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -31,12 +32,45 @@ class Carried:
 
 S = TypeVar("S", bound=Carried)
 
-#: Seconds the pool waits, once one of its processes died, for a record's lock to be free: a write holds it
-#: for microseconds, so a lock still taken then was taken by the dead (or frozen and killed) process.
-ORPHAN_WAIT = 1.0
-
 #: One step of a state machine: from a state and the carrier's clock, an answer and the next state.
 Step = Callable[[S, float], tuple[T, S]]
+
+
+class HeldLock:
+    """A lock the pool's processes share that knows which of them holds it: once that process is dead
+    (killed, or frozen and killed as stalled) the pool releases it, instead of every other process waiting
+    on it forever. Killed between taking it and writing its pid (a few instructions), a holder is not seen."""
+
+    def __init__(self, lock, holder):
+        self.lock, self.holder = lock, holder
+
+    @classmethod
+    def create(cls, context) -> HeldLock:
+        return cls(context.Lock(), context.Value("q", 0, lock=False))  # the holder's pid, 0: none
+
+    def acquire(self, block: bool = True) -> bool:
+        """Take it as this process's (False: ``block`` was False and another process holds it)."""
+        if not self.lock.acquire(block=block):
+            return False
+        self.holder.value = os.getpid()
+        return True
+
+    def release(self) -> None:
+        self.holder.value = 0
+        self.lock.release()
+
+    def __enter__(self) -> HeldLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+    def recover(self, dead: Iterable[int]) -> None:
+        """Release it if one of the ``dead`` processes (pids) held it: nobody else ever would."""
+        holder = self.holder.value
+        if holder and holder in set(dead):
+            self.release()
 
 
 class SharedRecord(Generic[S]):
@@ -52,16 +86,15 @@ class SharedRecord(Generic[S]):
     the monotonic one: the same for every process of the pool.
     """
 
-    def __init__(self, shared, kind: type[S]):
-        self.shared = shared
+    def __init__(self, shared, lock: HeldLock, kind: type[S]):
+        self.shared, self.lock = shared, lock
         self.kind = kind
-        self.view = shared.get_obj()
+        self.view = shared
         self.seen: tuple[float, S] | None = None  # the version last decoded, and its record
 
     @classmethod
     def create(cls, context, initial: S) -> SharedRecord[S]:
-        # a plain lock, not the default recursive one: any process may release it once its holder is dead
-        return cls(context.Array("d", [0.0, *initial.encode()], lock=context.Lock()), type(initial))
+        return cls(context.Array("d", [0.0, *initial.encode()], lock=False), HeldLock.create(context), type(initial))
 
     def read(self) -> S:
         """A consistent snapshot of the record."""
@@ -71,7 +104,7 @@ class SharedRecord(Generic[S]):
             return seen[1]
         raw = view[1:]
         if version % 2 or view[0] != version:  # a writer is at work: read under its lock
-            with self.shared.get_lock():
+            with self.lock:
                 return self._read_held()
         record = self.kind.decode(raw)
         self.seen = (version, record)
@@ -90,21 +123,10 @@ class SharedRecord(Generic[S]):
         self.seen = (version, record)
         return record
 
-    def recover(self, wait: float = ORPHAN_WAIT) -> None:
-        """Once a process of the pool died (or was killed frozen): a lock still taken ``wait`` seconds later was
-        taken by it and is released, else every other process would wait for it forever; a write it left half
-        done is finished."""
-        lock = self.shared.get_lock()
-        if not lock.acquire(timeout=wait):
-            try:
-                lock.release()  # nobody else ever would
-            except ValueError:  # released meanwhile: its holder was alive after all
-                pass
-            lock.acquire()
-        try:
-            self._read_held()
-        finally:
-            lock.release()
+    def recover(self, dead: Iterable[int]) -> None:
+        """The pool saw the ``dead`` processes go: a lock one of them held is released (the next holder
+        finishes a write it left half done)."""
+        self.lock.recover(dead)
 
     def step(self, step: Step[S, T]) -> T:
         """Run ``step`` on the state; store what it returns unless it is the same state."""
@@ -112,7 +134,7 @@ class SharedRecord(Generic[S]):
         answer, after = step(seen, time.monotonic())
         if after is seen:
             return answer
-        with self.shared.get_lock():
+        with self.lock:
             state = self._read_held()
             answer, after = step(state, time.monotonic())
             if after is not state:  # a step returns the very state it was given when nothing changes
@@ -136,4 +158,4 @@ class SharedRecord(Generic[S]):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.view = self.shared.get_obj()
+        self.view = self.shared

@@ -107,10 +107,11 @@ class LocalBackend(Backend):
                     slot.closed = True
                     dead.append(slot.index)
         if dead:  # it may have died holding a lock of the state the workers share
-            self.breaker.state.recover()
-            self.pacer.state.recover()
+            pids = [self.slots[index].process.pid or 0 for index in dead]
+            self.breaker.state.recover(pids)
+            self.pacer.state.recover(pids)
             if self.tokens is not None:
-                self.tokens.recover([self.slots[index].process.pid or 0 for index in dead])
+                self.tokens.lock.recover(pids)
         return messages, dead
 
     def _receive(self, slot: _Slot) -> list[Report]:
