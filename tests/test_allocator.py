@@ -1,17 +1,27 @@
-"""A sender's send buffers get mappings of their own, so the pages libcurl never writes stay free.
+"""A sender's memory: its send buffers get mappings of their own, so the pages libcurl never writes
+stay free, and a large window's worker runs on jemalloc.
 
-Checked through glibc's own count of mapped blocks (``mallinfo2``), with small blocks between the
-buffers as a transfer's are, in a fresh interpreter each time: the setting is process-wide and must
-not leak into the test process.
+The mappings are checked through glibc's own count of mapped blocks (``mallinfo2``), with small
+blocks between the buffers as a transfer's are, in a fresh interpreter each time: the setting is
+process-wide and must not leak into the test process. The allocator is checked in the libraries a
+spawned worker has loaded.
 """
 
+import os
 import subprocess
 import sys
+import time
+from ctypes.util import find_library
+from pathlib import Path
 
 import pytest
 
-from engine.delivery.allocator import COLLECT_AFTER
-from engine.delivery.transport import MAP_BUFFERS_ABOVE, UPLOAD_BUFFER
+from engine.delivery.allocator import COLLECT_AFTER, LARGE_WINDOW, PRELOAD, sender_allocator
+from engine.delivery.policy import RetryPolicy
+from engine.delivery.transport import UPLOAD_BUFFER
+from engine.local.pool import LocalBackend
+from engine.request.spec import RequestSpec
+from engine.sender_parts import SenderParts, TransportOptions
 
 COUNT_MAPPED_BLOCKS = """
 import ctypes, sys
@@ -50,8 +60,8 @@ def mapped_blocks(mode: str) -> int:
 def test_a_large_window_maps_its_send_buffers_on_their_own_a_small_one_and_the_coordinator_do_not():
     assert mapped_blocks("coordinator") == 0  # glibc's default: 16 KiB comes from the heap, resident whole
     assert mapped_blocks("sender") >= 90  # each its own mapping: untouched pages cost nothing
-    assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE + 1}") >= 90  # a large window asks before its first handle
-    assert mapped_blocks(f"window{MAP_BUFFERS_ABOVE}") == 0  # a small one keeps the heap: its buffers are few
+    assert mapped_blocks(f"window{LARGE_WINDOW + 1}") >= 90  # a large window asks before its first handle
+    assert mapped_blocks(f"window{LARGE_WINDOW}") == 0  # a small one keeps the heap: its buffers are few
 
 
 def test_a_sender_runs_pythons_collector_less_often():
@@ -64,3 +74,39 @@ def test_a_sender_runs_pythons_collector_less_often():
     assert done.returncode == 0, done.stderr
     before, after = (tuple(map(int, line.split())) for line in done.stdout.splitlines())
     assert before == (700, 10, 10) and after == COLLECT_AFTER
+
+
+def _libraries_once_started(pid: int) -> str:
+    """The memory map of a spawned worker once it has loaded pycurl (it has exec'd and imported)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        if "pycurl" in maps:
+            return maps
+        time.sleep(0.05)
+    raise AssertionError("the worker did not start within 30 s")
+
+
+@pytest.mark.skipif(find_library("jemalloc") is None, reason="libjemalloc2 (.ci/run installs it)")
+@pytest.mark.skipif(PRELOAD in os.environ, reason="an LD_PRELOAD of the test's own is left alone")
+def test_a_large_window_worker_runs_on_jemalloc_a_small_one_and_the_coordinator_do_not():
+    on_jemalloc = {}
+    for window in (LARGE_WINDOW + 1, LARGE_WINDOW):
+        options = TransportOptions(connect_timeout=5, timeout=5)
+        spec = RequestSpec.build("http://127.0.0.1:9/charge")
+        parts = SenderParts(spec=spec, policy=RetryPolicy(), transport=options, window=window, chunk_size=100)
+        backend = LocalBackend(1, parts)
+        try:
+            on_jemalloc[window] = "libjemalloc" in _libraries_once_started(backend.slots[0].process.pid or 0)
+        finally:
+            backend.close()
+    assert on_jemalloc == {LARGE_WINDOW + 1: True, LARGE_WINDOW: False}
+    assert PRELOAD not in os.environ  # the coordinator's environment is as it was
+    assert "libjemalloc" not in Path("/proc/self/maps").read_text()
+
+
+def test_an_operators_preload_is_left_alone(monkeypatch):
+    monkeypatch.setenv(PRELOAD, "")  # LD_PRELOAD= turns jemalloc off
+    with sender_allocator(LARGE_WINDOW + 1):
+        assert os.environ[PRELOAD] == ""
+    assert os.environ[PRELOAD] == ""

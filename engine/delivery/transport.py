@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pycurl
 
-from engine.delivery.allocator import collect_less, map_large_buffers
+from engine.delivery.allocator import LARGE_WINDOW, collect_less, map_large_buffers
 from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, PREREQ_ABORT, PREREQ_OK, Capture, Finished
 from engine.delivery.hints import read_hints
 from engine.delivery.loops import EPOLL_ABOVE, EpollLoop, SelectLoop
@@ -47,10 +47,6 @@ UNKEYED_MAX_IDLE = 2
 #: its least. The default, 64 KB, is allocated and zeroed for every request with a body and held
 #: while it is in flight: 3.2 GB at 50,000 in flight. A larger body is sent in more pieces.
 UPLOAD_BUFFER = 16 * 1024
-#: Transfers in flight above which a sender maps its large buffers on their own
-#: (:mod:`engine.delivery.allocator`): 16 KB a transfer is 1.6 MB at 100 in flight, and the mappings
-#: cost a small window about 1 % more CPU (0.7 µs a request, measured against nginx).
-MAP_BUFFERS_ABOVE = 1000
 #: HTTP/2 streams per connection at most (CURLMOPT_MAX_CONCURRENT_STREAMS; the server's own limit
 #: still holds). libcurl's default, 100, opens a connection per 100 transfers: 250 TLS connections
 #: for a window of 25,000.
@@ -210,7 +206,7 @@ class Transport:
     """
 
     def __init__(self, size: int, options: TransportOptions, method: str = "POST", wake_fd: int | None = None):
-        if size > MAP_BUFFERS_ABOVE:  # before any handle: only the pages of a send buffer written stay resident
+        if size > LARGE_WINDOW:  # before any handle: only the pages of a send buffer written stay resident
             map_large_buffers(UPLOAD_BUFFER)
         collect_less()
         # TLS sessions and DNS answers live in a multi handle's caches (libcurl >= 8.12), shared by all

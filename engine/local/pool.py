@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 
 from engine.auth.tokens import SharedToken
 from engine.backend import Backend
+from engine.delivery.allocator import sender_allocator
 from engine.delivery.breaker import CircuitBreaker
 from engine.delivery.ratelimit import Pacer
 from engine.local.worker import run_worker
@@ -54,7 +55,8 @@ class _Slot:
             name=f"engine-worker-{index}",
             daemon=True,
         )
-        self.process.start()
+        with sender_allocator(parts.window):
+            self.process.start()
         inbox_reader.close()
         results_writer.close()
         self.closed = False  # said goodbye, or was shut down: no longer watched
