@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from engine.ledger.retention import payload_after
 from engine.states import SUCCEEDED
-from engine.wire import Attempt
+from engine.wire import RID, Attempt
 
 #: Rows per statement (loading, and a batch of results: their attempts and their rows' updates): one
 #: statement of many rows costs SQLite about half of what a statement per row does (``executemany``:
@@ -97,6 +97,7 @@ _REQUESTS_INTO = (
     " VALUES {rows}"
 )
 _PENDING_FIELDS = 5
+_BY_ROW = operator.itemgetter(RID)
 _ATTEMPTS_INTO = f"INSERT INTO attempts ({', '.join(Attempt._fields)}) VALUES {{rows}}"
 
 
@@ -167,7 +168,13 @@ def _pending_row(first: int) -> str:
 
 def write_attempts(conn: sqlite3.Connection, attempts: list[tuple]) -> None:
     """Insert the attempts and move their rows on, in the caller's transaction; each row ends as if its
-    attempts had been applied one by one in order (the rule is :func:`_newer`'s)."""
+    attempts had been applied one by one in order (the rule is :func:`_newer`'s).
+
+    They are written in the order of their rows (a stable sort: a row's own attempts keep theirs).
+    Answers end in no particular order within a window, and rows written as they ended send each
+    update to another page of the table and of its indexes: at 16,000 in flight that cost 10-20 µs
+    a row, in row order 4-7."""
+    attempts = sorted(attempts, key=_BY_ROW)
     for absent, group in _by_absent_fields(attempts).items():
         statements = _attempt_statements(absent)
         values = list(map(statements.present, group))
