@@ -213,6 +213,36 @@ def test_an_outage_longer_than_max_pause_ends_the_pass(ledger):
     assert not sender.supervisor.interrupted
 
 
+class SteadyBackend(FakeBackend):
+    """A fake whose workers answer a few rows every few milliseconds, as a steady stream."""
+
+    def events(self, timeout: float) -> tuple[list[Report], list[int]]:
+        time.sleep(0.005)
+        return super().events(timeout)
+
+
+def test_a_slow_ledger_write_is_followed_by_a_longer_wait_so_the_next_one_writes_more_rows(ledger, monkeypatch):
+    backend = SteadyBackend(size=2, want=10)
+    sender = new_pass(ledger, backend, rows=5000, concurrency=10)
+    writes: list[tuple[float, float, int]] = []  # (started, ended, rows)
+    record = ledger.record
+
+    def slow_record(attempts):  # rows scattered over the ledger: each write takes 30 ms
+        started = time.monotonic()
+        time.sleep(0.03)
+        record(attempts)
+        writes.append((started, time.monotonic(), len(attempts)))
+
+    monkeypatch.setattr(ledger, "record", slow_record)
+    run(sender)
+    assert ledger.counts("r")[SUCCEEDED] == 5000
+    during = writes[:-1]  # the last one is the pass's end, whenever it comes
+    assert len(during) >= 3
+    waits = [later[0] - earlier[1] for earlier, later in zip(during, during[1:], strict=False)]
+    assert min(waits) >= 0.25, waits  # ten times the write's 30 ms, where 0.1 s was the rule
+    assert max(waits) <= 1.0, waits  # and never much beyond LEDGER_INTERVAL_MAX
+
+
 def test_attempts_travel_as_plain_tuples_in_attempt_order():
     record = attempt_record(rid=3, attempt=2, outcome=SUCCEEDED, http_status=201, started_at=1.0, duration_ms=2.0)
     assert type(record) is tuple
