@@ -39,7 +39,6 @@ import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ctypes.util import find_library
 from functools import cache
 
 #: Transfers in flight above which a sender has a large window: it maps its large buffers on their own
@@ -77,6 +76,8 @@ def collect_less() -> None:
 @cache
 def _jemalloc() -> str | None:
     """The name the loader finds jemalloc by on this machine (``libjemalloc.so.2``), or None."""
+    from ctypes.util import find_library  # only the coordinator asks: a worker does not import it
+
     return find_library("jemalloc")
 
 
