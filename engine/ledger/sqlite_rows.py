@@ -172,8 +172,8 @@ def write_attempts(conn: sqlite3.Connection, attempts: list[tuple]) -> None:
 
     They are written in the order of their rows (a stable sort: a row's own attempts keep theirs).
     Answers end in no particular order within a window, and rows written as they ended send each
-    update to another page of the table and of its indexes: at 16,000 in flight that cost 10-20 µs
-    a row, in row order 4-7."""
+    update to another page of the table and of its indexes: 4,096 answers of a 16,000 window with
+    spread latencies cost 17.8 µs a row written as they ended, 10.7 in row order."""
     attempts = sorted(attempts, key=_BY_ROW)
     for absent, group in _by_absent_fields(attempts).items():
         statements = _attempt_statements(absent)
