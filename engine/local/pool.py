@@ -21,6 +21,7 @@ from engine.backend import Backend
 from engine.delivery.allocator import sender_allocator
 from engine.delivery.breaker import CircuitBreaker
 from engine.delivery.ratelimit import Pacer
+from engine.local.pipes import MessageWaits
 from engine.local.worker import run_worker
 from engine.sender_parts import SenderParts
 from engine.wire import DRAIN_COMMAND, STOP_COMMAND, Dispatch, Report, decode_report, rows_command
@@ -48,6 +49,7 @@ class _Slot:
         self.index = index
         inbox_reader, self.inbox = _pipe()
         self.results, results_writer = _pipe()
+        self.message_waits = MessageWaits(self.results)
         heartbeats[index] = time.monotonic() + STARTUP_GRACE
         self.process = _CONTEXT.Process(
             target=run_worker,
@@ -119,7 +121,7 @@ class LocalBackend(Backend):
     def _receive(self, slot: _Slot) -> list[Report]:
         messages = []
         try:
-            while slot.results.poll():
+            while slot.message_waits():
                 report = decode_report(slot.index, slot.results.recv())
                 messages.append(report)
                 if report.bye:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from engine.delivery.ratelimit import Pacer
 from engine.delivery.sender import Sender
 from engine.local.demand import Demand
 from engine.local.limits import raise_open_file_limit
+from engine.local.pipes import MessageWaits
 from engine.sender_parts import SenderParts
 from engine.wire import DRAIN, ROWS, STOP, Dispatch, decode_command, report_message
 
@@ -87,10 +87,7 @@ class WorkerLoop:
         self, parts: SenderParts, inbox, outbox, gate: Gate, heartbeats, index: int, tokens: SharedToken | None = None
     ):
         self.inbox, self.outbox = inbox, outbox
-        # asked every turn whether a message waits: ``inbox.poll()`` builds a selector for each
-        # question (3.3 µs), a poll object kept for the pipe answers in 0.4
-        self.inbox_ready = select.poll()
-        self.inbox_ready.register(inbox.fileno(), select.POLLIN)
+        self.message_waits = MessageWaits(inbox)
         self.gate = gate
         self.heartbeats, self.index = heartbeats, index
         self.sender = Sender(parts, gate, inbox.fileno(), tokens)
@@ -145,11 +142,11 @@ class WorkerLoop:
 
     def _read_inbox(self, block: bool) -> None:
         """Take every message waiting; when idle, wait for one (checking the coordinator lives)."""
-        while block and not self.draining and not self._message_waits(PARENT_CHECK_INTERVAL):
+        while block and not self.draining and not self.message_waits(PARENT_CHECK_INTERVAL):
             self.heartbeats[self.index] = time.monotonic()
             if os.getppid() != self.parent:
                 raise EOFError
-        while self._message_waits(0):
+        while self.message_waits():
             command = decode_command(self.inbox.recv())
             if command.kind == ROWS:
                 self._take_rows(command.chunks or [])
@@ -158,11 +155,6 @@ class WorkerLoop:
             elif command.kind == STOP:
                 self.stopping = True
                 return
-
-    def _message_waits(self, timeout: float) -> bool:
-        """Whether a message (or the pipe's end, which ``recv`` then reports) waits in the inbox,
-        waiting up to ``timeout`` seconds for one."""
-        return bool(self.inbox_ready.poll(timeout * 1000))
 
     def _take_rows(self, chunks: list) -> None:
         self.demand.answered(sum(map(len, chunks)), time.monotonic())
