@@ -86,10 +86,9 @@ class SharedRecord(Generic[S]):
     the monotonic one: the same for every process of the pool.
     """
 
-    def __init__(self, shared, lock: HeldLock, kind: type[S]):
-        self.shared, self.lock = shared, lock
+    def __init__(self, view, lock: HeldLock, kind: type[S]):
+        self.view, self.lock = view, lock  # the shared array: the version, then the fields
         self.kind = kind
-        self.view = shared
         self.seen: tuple[float, S] | None = None  # the version last decoded, and its record
 
     @classmethod
@@ -150,12 +149,7 @@ class SharedRecord(Generic[S]):
         view[0] = version + 2
         self.seen = (version + 2, record)
 
-    def __getstate__(self):  # sent to a worker: the shared array travels, its view is rebuilt there
+    def __getstate__(self):  # sent to a worker: the shared array and its lock travel, not the decoded record
         state = self.__dict__.copy()
-        del state["view"]
         state["seen"] = None
         return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.view = self.shared
