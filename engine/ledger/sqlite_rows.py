@@ -112,7 +112,7 @@ def _in_groups(conn: sqlite3.Connection, statement: str, row: str, rows: list[tu
     :data:`_STATEMENT_ROWS` at a time, in order."""
     for start in range(0, len(rows), _STATEMENT_ROWS):
         group = rows[start : start + _STATEMENT_ROWS]
-        conn.execute(_many(statement, row, len(group)), [value for values in group for value in values])
+        conn.execute(_many(statement, row, len(group)), [*itertools.chain.from_iterable(group)])
 
 
 def _each_row_once(values: list[tuple]) -> list[list[tuple]]:
