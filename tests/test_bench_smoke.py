@@ -81,6 +81,14 @@ def test_compare_engines_smoke():
     assert out.count(f"| {tree} |") == 2
 
 
+@needs_nginx
+def test_instructions_smoke():
+    """The per-request counting, with CPU time standing in for valgrind (which CI does not install)."""
+    tree = str(BENCH.parent)
+    out = run_bench("instructions.py", "--no-valgrind", "--rows", 50, 150, "--engine", tree)
+    assert "| bare |" in out and f"| engine ({tree}) |" in out and "/ bare loop" in out
+
+
 @pytest.mark.parametrize("protocol", ["http2", "http1.1"])
 def test_latency_bound_nginx_smoke(protocol):
     """The large-window mode against nginx echo_sleep, beside h2load (HTTP/2) or wrk (HTTP/1.1)."""
