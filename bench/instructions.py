@@ -102,7 +102,9 @@ def measure(
 
 def _by_group(out: str) -> dict[str, int]:
     """The instructions of a callgrind output file by object file (:data:`GROUPS`; the rest is "other")."""
-    annotated = subprocess.run(["callgrind_annotate", "--threshold=100", out], capture_output=True, text=True).stdout
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--auto=no", "--threshold=100", out], capture_output=True, text=True
+    ).stdout
     groups: collections.Counter[str] = collections.Counter()
     for line in annotated.splitlines():
         found = re.match(r"\s*([\d,]+) \([ \d.]+%\)\s+(\S.*)$", line)
