@@ -2,8 +2,9 @@
 """Instructions per request: one sending process of the engine against the bare pycurl loop, counted by callgrind.
 
 On a shared 2-core VM the CPU time of the same code moves by 20–30 % from run to run; the
-instructions a process executes do not (two runs agree to 0.1 %), so a change of a few per cent
-in the per-request path shows here when no timing can show it. Each client sends ``--rows N1``
+instructions a process executes move by 0.1–2 % (how many answers each turn of the loop finds
+varies a little), so a change of a few per cent in the per-request path shows here when no timing
+can show it. Each client sends ``--rows N1``
 and then ``N2`` rows to nginx answering ``return 200``, each time in a process of its own under
 ``valgrind --tool=callgrind``; (instructions at N2 − at N1) / (N2 − N1) is its cost per request,
 start-up left out. User space only: the kernel's share (loopback TCP, epoll) is not counted.
