@@ -256,6 +256,10 @@ def big_ledger(db):
 
 
 def test_twenty_parallel_error_scans_do_not_delay_the_live_page(big_ledger):
+    """The live page is asked every 0.1 s while 20 error-text searches run. Measured with four of these
+    tests at once on two cores: the scans on their own threads, the live page took 12–14 ms at the
+    median, at most 41 ms at p90, and 0.3–1.3 s at worst (its once-a-second recount, starved of CPU);
+    the scans run on the event loop instead, it took 2.5–3.1 s at the median and 2.8–5.0 s at worst."""
     with serving(big_ledger) as (web, process):
         base = str(web.base_url)
         web.get("/runs/big/live.json")
@@ -278,7 +282,8 @@ def test_twenty_parallel_error_scans_do_not_delay_the_live_page(big_ledger):
         done.set()
         for scan in scans:
             scan.join()
-    assert slowest and max(slowest) < 1.0, slowest
+    times = sorted(slowest)
+    assert len(times) >= 10 and times[9 * len(times) // 10] < 0.5 and times[-1] < 2.0, times
 
 
 def test_the_nodes_page_shows_two_nodes_during_a_run_and_a_silent_one_in_red(
