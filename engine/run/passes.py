@@ -147,8 +147,12 @@ class LocalPass:
             self._salvage(index)
         if dead:
             self._serve_hungry()  # the dead worker's rows, to whoever asks
-        if self.unwritten and time.monotonic() - self.written_at >= self.write_every:
+        if self.unwritten and self._write_due():
             self._write_ledger()
+
+    def _write_due(self) -> bool:
+        """Whether the answers held have waited long enough for a write (see :data:`LEDGER_INTERVAL`)."""
+        return time.monotonic() - self.written_at >= self.write_every
 
     def _write_ledger(self) -> None:
         started = time.monotonic()
@@ -162,7 +166,7 @@ class LocalPass:
     def _record(self, worker: int, attempts: list[tuple]) -> None:
         """Queue a worker's batch for the ledger, and forget the rows that reached a final state."""
         self.unwritten.extend(attempts)
-        if len(self.unwritten) >= LEDGER_BATCH or time.monotonic() - self.written_at >= self.write_every:
+        if len(self.unwritten) >= LEDGER_BATCH or self._write_due():
             self._write_ledger()
         outcomes = Counter(attempt[OUTCOME] for attempt in attempts)
         self._tally.add(outcomes)
