@@ -95,16 +95,19 @@ class Gate:
         self.probe_rid = row.rid
         return row
 
-    def settle(self, rid: int, outcome: Outcome) -> None:
-        """Count an answer: for the breaker (a row's first "down" answer is evidence), and for the pacer."""
+    def settle(self, rid: int, outcome: Outcome, final: bool = False) -> None:
+        """Count an answer: for the breaker (a row's first "down" answer is evidence), and for the pacer.
+        ``final``: the answer ended the row (no retry follows in this pass), so its "down" mark goes."""
         probe = rid == self.probe_rid
         if probe:
             self.probe_rid = None
         down = is_down(outcome.http_status, outcome.curl_error, outcome.connected)
         first_down = down and rid not in self.failed_down
-        if first_down:
+        if final:
+            self.failed_down.discard(rid)
+        elif first_down:
             self.failed_down.add(rid)
-        self.breaker.record(Answer.of(down, probe, counted=first_down))
+        self.breaker.record(Answer.of(down, probe, first_down))
         self.answers += 1
         if outcome.http_status == 429:
             self.throttled += 1
@@ -117,10 +120,6 @@ class Gate:
         if rid == self.probe_rid:
             self.probe_rid = None
             self.breaker.record(Answer.PROBE_UNSENT)
-
-    def forget(self, rid: int) -> None:
-        """The row reached a final state."""
-        self.failed_down.discard(rid)
 
     def rest(self, until: float) -> None:
         """A slot that got a 429 rests until its row's retry (monotonic ``until``), unless 429s are noise."""

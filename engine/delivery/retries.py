@@ -48,20 +48,20 @@ class Retries:
         """Decide what the answer means for its row; the attempt's record."""
         row: Dispatch = done.token
         outcome = done.outcome
-        self.gate.settle(row.rid, outcome)
-        if done.quota_rest is not None:
-            self.gate.rest_all(time.monotonic() + done.quota_rest)  # the API's quota is spent until its reset
         attempt = self.tries.get(row.rid, 0) + 1 if self.tries else 1
         decision = self.policy.decide(outcome, attempt, self.rng)
-        if decision.state == RETRYING:
+        retry = decision.state == RETRYING
+        self.gate.settle(row.rid, outcome, not retry)
+        if done.quota_rest is not None:
+            self.gate.rest_all(time.monotonic() + done.quota_rest)  # the API's quota is spent until its reset
+        if retry:
             self.tries[row.rid] = attempt
             due = time.monotonic() + decision.delay
             self.hold(row, due)
             if outcome.http_status == 429:
                 self.gate.rest(due)  # the slot rests too, or it would spin on instant 429s
-        else:
+        elif self.tries:
             self.tries.pop(row.rid, None)
-            self.gate.forget(row.rid)
         return finished_record(row, attempt, decision.state, done, self.secrets, self.extractor)
 
     def drop(self) -> None:

@@ -85,8 +85,8 @@ class Sender:
         even be started is quarantined and the sender goes on: re-queued, it would only take down process
         after process."""
         try:
-            request = self.requests.render(row.row_id, row.payload, row.idempotency_key)
-            self.transport.start(row, *request, guard=None if fence is None else fence.valid)
+            url, headers, body = self.requests.render(row.row_id, row.payload, row.idempotency_key)
+            self.transport.start(row, url, headers, body, None if fence is None else fence.valid)
         except TokenUnavailable as err:  # not sent: the row waits for the token, its attempt unspent
             log.debug("row %s waits for an access token: %s", row.row_id, err)
             self.retries.hold(row, time.monotonic() + FETCH_RETRY)

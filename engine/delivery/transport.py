@@ -18,7 +18,7 @@ import pycurl
 
 from engine.delivery.allocator import LARGE_WINDOW, collect_less, map_large_buffers
 from engine.delivery.capture import EXCERPT_BYTES, HEADER_BYTES, PREREQ_ABORT, PREREQ_OK, Capture, Finished
-from engine.delivery.hints import read_hints
+from engine.delivery.hints import NO_HINTS, read_hints
 from engine.delivery.loops import EPOLL_ABOVE, EpollLoop, SelectLoop
 from engine.delivery.policy import Outcome
 from engine.sender_parts import FILES_BESIDES_SOCKETS, TransportOptions
@@ -150,13 +150,11 @@ def harvest(handle: pycurl.Curl, capture: Capture, curl_error: int | None, messa
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     # libcurl reads Retry-After as delta-seconds or an HTTP date; 0 when absent, past or unreadable
     retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-    hints = read_hints(capture.hints)
-    outcome = Outcome(
-        http_status=status,
-        retry_after=float(retry_after) if retry_after > 0 else None,
-        excerpt=excerpt,
-        should_retry=hints.should_retry,
-    )
+    hints = read_hints(capture.hints) if capture.hints else NO_HINTS
+    delay = float(retry_after) if retry_after > 0 else None
+    # positional, in Outcome's field order (http_status, curl_error, connected, retry_after, body_taken,
+    # excerpt, should_retry): keywords cost twice as much, and this runs once a request
+    outcome = Outcome(status, None, True, delay, False, excerpt, hints.should_retry)
     # the whole body, to capture from: only when --capture keeps more than an excerpt, of a 2xx answer
     body = kept if capture.keep > EXCERPT_BYTES and 200 <= status < 300 and not capture.over else None
     return Finished(

@@ -156,6 +156,7 @@ class RowRequests:
         # the common case, a URL like /customers/{id}/charges and the row as the body, needs no parsing
         self.needs_fields = bool(self.compiled.fields - {id_field}) or spec.body not in (Body.JSON, Body.NONE)
         self.url_pieces = self._id_only_url()
+        self.payload_is_body = spec.body == Body.JSON  # with no fields needed: the body is the payload or none
         self.key_prefix = f"{self.key_header}: " if self.key_header else None
 
     def _id_only_url(self) -> list[str] | None:
@@ -175,7 +176,7 @@ class RowRequests:
         if self.url_pieces is not None:
             url = _url_quote(row_id).join(self.url_pieces)
             headers = [*self.compiled.fixed_headers, key_prefix + key] if key_prefix else self.compiled.fixed_headers
-            body = self.compiled.render_body({}, payload)  # the payload itself, or none
+            body = payload.encode() if self.payload_is_body else None
         else:
             fields = json.loads(payload) if self.needs_fields else {self.id_field: row_id}
             url, headers, body = self.compiled.render(fields, payload)
