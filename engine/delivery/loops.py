@@ -44,23 +44,23 @@ class SelectLoop:
 
 
 class EpollLoop:
-    """``socket_action`` driven by epoll and each multi's timer: no limit on descriptor numbers.
+    """``socket_action`` driven by epoll and each multi's timers: no limit on descriptor numbers.
 
     Every descriptor belongs to the multi that asked for it; a removal from a multi that no
-    longer owns the number (closed, then reopened by another) is ignored."""
+    longer owns the number (closed, then reopened by another) is ignored. Each multi's next timer
+    is asked (``timeout``) once a turn instead of being told through a timer callback: libcurl moves
+    its earliest timer about twice a transfer (added, then done), and a Python call each time cost
+    a large window more than the question asked once a turn."""
 
     def __init__(self, multis: list[pycurl.CurlMulti], wake_fd: int | None):
         self.epoll = select.epoll()
         self.owner: dict[int, pycurl.CurlMulti] = {}
         if wake_fd is not None:
             self.epoll.register(wake_fd, select.EPOLLIN)
-        # monotonic time each multi wants its timeout action (0: at once, to start; None: never)
-        self.deadlines: dict[pycurl.CurlMulti, float | None] = {}
+        self.multis = multis
         self.ready: list[tuple[int, int]] = []
         for multi in multis:
-            self.deadlines[multi] = 0.0
             multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-            multi.setopt(pycurl.M_TIMERFUNCTION, self._timer_of(multi))
 
     def _on_socket(self, what: int, fd: int, multi, socketp) -> None:
         if what == pycurl.POLL_REMOVE:
@@ -78,18 +78,11 @@ class EpollLoop:
             self.epoll.register(fd, mask)
         self.owner[fd] = multi
 
-    def _timer_of(self, multi: pycurl.CurlMulti):
-        deadlines = self.deadlines
-
-        def on_timer(timeout_ms: int) -> None:
-            deadlines[multi] = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
-
-        return on_timer
-
     def wait(self, timeout: float) -> None:
-        due = [deadline for deadline in self.deadlines.values() if deadline is not None]
-        if due:
-            timeout = min(timeout, max(0.0, min(due) - time.monotonic()))
+        for multi in self.multis:
+            due_ms = multi.timeout()  # -1: no timer; 0: one is due now
+            if 0 <= due_ms < timeout * 1000:
+                timeout = due_ms / 1000.0
         self.ready = self.epoll.poll(timeout)
 
     def drive(self) -> None:
@@ -105,10 +98,8 @@ class EpollLoop:
             )
             multi.socket_action(fd, flags)
         self.ready = []
-        now = time.monotonic()
-        for multi, deadline in self.deadlines.items():
-            if deadline is not None and now >= deadline:
-                self.deadlines[multi] = None
+        for multi in self.multis:
+            if multi.timeout() == 0:  # a timer is due: a transfer added, or one's timeout reached
                 multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
     def close(self) -> None:
