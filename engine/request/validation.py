@@ -51,13 +51,16 @@ class RowValidator:
         fields = row.fields
         for name, convert in self.types.items():
             self._convert(row, name, convert)
-        missing = self.compiled.missing_fields(fields)
-        if missing:
+        if not self.compiled.fields <= fields.keys():  # every row has them: only a bad one is sorted out
+            missing = self.compiled.missing_fields(fields)
             raise InputError(self.source, row.line, "used in a template but missing from the row", missing[0])
         for name in self.wire_fields:
             value = fields.get(name)
-            if value is not None:
-                self._check_wire_value(row, name, value if isinstance(value, str) else str(value))
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else str(value)
+            if not (text.isprintable() and text.isascii() and text not in (".", "..")):  # the common value, in C
+                self._check_wire_value(row, name, text)
         if self.checks_rows:
             try:
                 self.compiled.check(fields)
@@ -75,9 +78,8 @@ class RowValidator:
             raise InputError(self.source, row.line, f"expected {err}, found {value!r}", name) from None
 
     def _check_wire_value(self, row: Row, name: str, text: str) -> None:
-        """A value bound for a URL or header: no control characters (header injection, NUL), no dot segment."""
-        if text.isprintable() and text.isascii() and text not in (".", ".."):
-            return  # passes every check below: the common value, asked in C
+        """A value bound for a URL or header: no control characters (header injection, NUL), no dot segment
+        (:meth:`check` asks it only of a value that is not printable ASCII, or is a dot segment)."""
         bad = None if text.isprintable() else _CONTROL.search(text)  # controls are never printable
         if bad:
             raise InputError(
