@@ -314,7 +314,7 @@ def test_mutual_tls_with_a_client_certificate(customers, db, certs, nginx, tmp_p
 
 
 def test_a_window_spread_over_several_multis_resumes_one_tls_session(customers, db, certs, nginx):
-    """1,200 in flight in one worker: ten CurlMulti handles (``SHARD`` 125), one TLS session cache.
+    """1,200 in flight in one worker: 19 CurlMulti handles (``SHARD`` 64), one TLS session cache.
     After the first transfer's full handshake every new connection resumes its session."""
     server, rows = nginx(), 1200
     done = bill(

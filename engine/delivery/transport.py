@@ -29,11 +29,11 @@ __all__ = ["EXCERPT_BYTES", "HEADER_BYTES", "Finished", "Transport", "configure"
 #: transfer libcurl looks through every connection its multi holds to the host for one to reuse
 #: (``url_match_conn``), so at 4,000 connections in one multi that search was 42 % of a worker's CPU;
 #: in multis of 500 libcurl still did 96,000 instructions a request at 4,000 in flight, in multis of
-#: 125 60,000 (53,000 at 100 in one multi; ``bench/instructions.py --window 4000``).
+#: 125 60,000, of 64 54,000 (53,000 at 100 in one multi; ``bench/instructions.py --window 4000``).
 #: Each multi keeps its own connections, so a transfer starts on the handle that ended last (its multi
 #: has the connection just freed); starting them on the multis in turn opened a fifth more connections
 #: than the window as the multis' loads drifted apart.
-SHARD = 125
+SHARD = 64
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 #: Longest a Transport's first HTTPS transfer runs alone (s), so that the connections the rest of
 #: the window opens after it resume its TLS session instead of each doing a full handshake. It ends
